@@ -1,0 +1,1 @@
+"""cachesaver: cheaper, faster, reproducible LLM requests."""

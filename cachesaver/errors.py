@@ -1,0 +1,141 @@
+"""Every error cachesaver raises on purpose.
+
+The hierarchy, rooted at :class:`CacheSaverError`::
+
+    CacheSaverError
+    +-- ConfigurationError            bad arguments to a stage, pipeline or backend   (also ValueError)
+    +-- InvalidRequestError           a Request that cannot be served                 (also ValueError)
+    |   +-- UnserializableParameterError   a parameter with no canonical form for the cache key
+    +-- PipelineClosedError           a request reached a stage after aclose()        (also RuntimeError)
+    +-- BatchRequestError             some requests of a batch failed; carries every result
+    +-- BackendError                  the model behind the pipeline failed
+    |   +-- IncompleteResponseError   the model returned fewer samples than asked
+    |   +-- TransientBackendError     worth retrying (429, 5xx, timeouts); may carry retry_after_s
+    |   +-- PermanentBackendError     retrying cannot help (400, 401, 404, ...)
+    |       +-- ContextLengthError    the prompt does not fit the model's context window
+    +-- CacheMissError                replay-only mode met a request the cache cannot serve
+    +-- StoreError                    the sample store could not be read or written
+        +-- CorruptStoreError         the store holds something cachesaver did not write
+
+Backends translate their SDK's exceptions into these at one edge, chaining the original
+(``raise ... from exc``), so callers can catch one family whatever the provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = [
+    "BackendError",
+    "BatchRequestError",
+    "CacheMissError",
+    "CacheSaverError",
+    "ConfigurationError",
+    "ContextLengthError",
+    "CorruptStoreError",
+    "IncompleteResponseError",
+    "InvalidRequestError",
+    "PermanentBackendError",
+    "PipelineClosedError",
+    "StoreError",
+    "TransientBackendError",
+    "UnserializableParameterError",
+]
+
+
+class CacheSaverError(Exception):
+    """Raised for every failure cachesaver reports on purpose; catch this to catch them all."""
+
+
+class ConfigurationError(CacheSaverError, ValueError):
+    """Raised when a stage, pipeline or backend is built with arguments it cannot work with."""
+
+
+class InvalidRequestError(CacheSaverError, ValueError):
+    """Raised when a Request is malformed: n < 1, a prompt that is neither text nor messages, ..."""
+
+
+class UnserializableParameterError(InvalidRequestError):
+    """Raised when a request parameter has no canonical serialisation, so it cannot key the cache.
+
+    Keys must never collide silently, so values such as sets, NaN, arbitrary objects or
+    dictionaries with non-string keys are refused instead of being approximated.
+    """
+
+
+class PipelineClosedError(CacheSaverError, RuntimeError):
+    """Raised when a request reaches a stage or pipeline that has been closed."""
+
+
+class BatchRequestError(CacheSaverError):
+    """Raised by ``batch_request`` when at least one request of the batch failed.
+
+    Nothing is lost: ``results`` holds, in batch order, the :class:`~cachesaver.typedefs.Response`
+    of every request that succeeded and the exception of every request that failed. Pass
+    ``return_exceptions=True`` to ``batch_request`` to receive that list directly instead.
+    """
+
+    def __init__(self, results: Sequence[Any]) -> None:
+        self.results = list(results)
+        self.exceptions = [r for r in self.results if isinstance(r, BaseException)]
+        first = self.exceptions[0] if self.exceptions else None
+        super().__init__(
+            f"{len(self.exceptions)} of {len(self.results)} requests in the batch failed "
+            f"(first: {type(first).__name__}: {first}); the others succeeded and are in .results"
+        )
+
+
+class BackendError(CacheSaverError):
+    """Raised when the model behind a pipeline fails to serve a request.
+
+    ``status`` is the provider's HTTP status when there is one, ``request_id`` the
+    cachesaver request id of the failed request.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+
+
+class IncompleteResponseError(BackendError):
+    """Raised when a model keeps returning fewer samples than it was asked for.
+
+    The samples it did return are stored; only the request that came up short fails.
+    """
+
+
+class TransientBackendError(BackendError):
+    """Raised when a backend failure may succeed on retry (rate limit, overload, time-out)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: Any = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, request_id=request_id)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentBackendError(BackendError):
+    """Raised when a backend rejects a request in a way retrying cannot fix (400, 401, 404)."""
+
+
+class ContextLengthError(PermanentBackendError):
+    """Raised when the prompt (plus the requested completion) exceeds the model's context."""
+
+
+class CacheMissError(CacheSaverError):
+    """Raised in replay-only mode when a request needs samples the cache does not hold."""
+
+
+class StoreError(CacheSaverError):
+    """Raised when the sample store cannot be read or written."""
+
+
+class CorruptStoreError(StoreError):
+    """Raised when the store holds data cachesaver did not write, or a sample it wrote is gone
+    (for example evicted by a ``diskcache.Cache`` whose eviction policy is not ``'none'``)."""

@@ -1,0 +1,133 @@
+"""Canonical cache keys for requests.
+
+A request's key is the SHA-256 of a canonical JSON encoding of every dataclass field except
+``n``, ``request_id`` and ``namespace``, tagged with :data:`KEY_SCHEMA`. Guarantees:
+
+* Stable across processes, machines and Python runs (no ``hash()``, no pickles).
+* List order and repetition matter; dict key order does not.
+* ``1`` and ``1.0`` key the same (an integral float is keyed as the int); ``True`` and ``1`` differ.
+* A field whose value is None counts as absent, so a Request subclass that declares
+  ``stop: list | None = None`` keys like a class without ``stop``, and a field whose default
+  equals an explicitly passed value keys the same as passing it (only values are keyed, never
+  the class).
+* Tuples key like lists; enums key like their value.
+* Anything without a canonical encoding (sets, NaN or infinities, dicts with non-string keys,
+  arbitrary objects) raises :class:`~cachesaver.errors.UnserializableParameterError` naming the
+  field, rather than risking a silent collision.
+
+The key is computed once per request object and remembered on it.
+
+>>> from cachesaver.typedefs import Request
+>>> request_key(Request("hi")) == request_key(Request("hi", n=5, namespace="other"))
+True
+>>> len(request_key(Request("hi")))
+64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import UnserializableParameterError
+
+__all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value"]
+
+KEY_SCHEMA = "cachesaver-key/1"
+NON_KEY_FIELDS = frozenset({"n", "request_id", "namespace"})
+
+_MEMO = "_cachesaver_key"
+_fields_by_class: dict[type, tuple[str, ...]] = {}
+_encoder = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _key_fields(cls: type) -> tuple[str, ...]:
+    names = _fields_by_class.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in NON_KEY_FIELDS)
+        _fields_by_class[cls] = names
+    return names
+
+
+def canonical_value(value: Any, path: str = "value") -> Any:
+    """The canonical JSON-ready form of ``value``; raises UnserializableParameterError if none."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value
+    if kind is float:
+        if value.is_integer():
+            return int(value)
+        if math.isfinite(value):
+            return value
+        raise UnserializableParameterError(
+            f"{path} is {value!r}; NaN and infinities have no canonical cache key, pass a finite number"
+        )
+    if kind is list or kind is tuple:
+        return [canonical_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise UnserializableParameterError(
+                    f"{path} has a {type(k).__name__} key {k!r}; only string keys can be keyed "
+                    "canonically (JSON would silently turn 1 and '1' into the same key)"
+                )
+            out[k] = canonical_value(v, f"{path}[{k!r}]")
+        return out
+    if isinstance(value, enum.Enum):
+        return canonical_value(value.value, path)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return canonical_value(float(value), path)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [canonical_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        raise UnserializableParameterError(
+            f"{path} is a {kind.__name__}, which has no order; pass a sorted list instead"
+        )
+    raise UnserializableParameterError(
+        f"{path} is a {kind.__name__}, which has no canonical form for the cache key; "
+        "use str, int, float, bool, None, lists and string-keyed dicts"
+    )
+
+
+def request_key(request: Any) -> str:
+    """The cache key of ``request`` (64 hex characters), computed once and remembered."""
+    state = getattr(request, "__dict__", None)
+    memo = state.get(_MEMO) if state is not None else None
+    if memo is not None:
+        return memo
+    payload: dict[str, Any] = {}
+    for name in _key_fields(type(request)):
+        value = getattr(request, name)
+        if value is None:
+            continue
+        payload[name] = canonical_value(value, f"Request.{name}")
+    text = _encoder.encode([KEY_SCHEMA, payload])
+    key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if state is not None:
+        state[_MEMO] = key
+    return key
+
+
+def with_n(request: Any, n: int) -> Any:
+    """A copy of ``request`` asking for ``n`` samples, keeping its remembered key."""
+    copy = dataclasses.replace(request, n=n)
+    state = getattr(request, "__dict__", None)
+    if state is not None and _MEMO in state and hasattr(copy, "__dict__"):
+        copy.__dict__[_MEMO] = state[_MEMO]
+    return copy

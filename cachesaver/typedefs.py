@@ -1,0 +1,198 @@
+"""The values that flow through a pipeline and the two model contracts.
+
+``Request`` goes in, ``Response`` comes out, ``Batch`` groups requests. A *model* is anything
+with ``async request(Request) -> Response`` (:class:`SingleRequestModel`) and/or
+``async batch_request(Batch) -> list[Response]`` (:class:`BatchRequestModel`). Every cachesaver
+stage is such a model wrapping another one, so stages compose freely.
+
+>>> r = Request(prompt="What is 2 + 2?", n=2, request_id="q1", namespace="run-a")
+>>> (r.n, r.namespace, r.temperature)
+(2, 'run-a', None)
+>>> Response(data=["4", "four"], cached=[True, False], duplicated=[False, False])
+Response(data=['4', 'four'], cached=[True, False], duplicated=[False, False])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, List, Optional, Protocol, Union, runtime_checkable
+
+from .errors import InvalidRequestError
+
+__all__ = [
+    "Batch",
+    "BatchRequestModel",
+    "Message",
+    "Prompt",
+    "Request",
+    "Response",
+    "SingleRequestModel",
+]
+
+Message = Mapping[str, Any]
+Prompt = Union[str, Sequence[Message]]
+
+_KW_ONLY_NAMES = ("KW_ONLY", "dataclasses.KW_ONLY")
+
+
+def _is_kw_only_marker(annotation: Any) -> bool:
+    return annotation is KW_ONLY or (isinstance(annotation, str) and annotation in _KW_ONLY_NAMES)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question to a model, asking for ``n`` samples.
+
+    Guarantees:
+
+    * ``prompt`` is a string or a list of chat messages, each a mapping with a string ``role``
+      and a ``content``; anything else raises :class:`~cachesaver.errors.InvalidRequestError`.
+    * ``n`` is an int >= 1; ``request_id`` is None, a str or an int; ``namespace`` is a str.
+    * Every field after ``prompt`` is keyword-only, in this class and in every subclass, so a
+      subclass may add fields with or without defaults in any order::
+
+          @dataclass(frozen=True)
+          class ModelRequest(Request):
+              model: str                      # no default: a required keyword
+
+    * Reading a public attribute the class does not define (``request.top_p``) gives ``None``,
+      so one backend can serve many Request subclasses. Names starting with ``_`` raise
+      AttributeError as usual.
+    * The cache key covers every field except ``n``, ``request_id`` and ``namespace``; a field
+      whose value is ``None`` counts as absent (see :mod:`cachesaver.keys`).
+    """
+
+    prompt: Prompt
+    _: KW_ONLY
+    n: int = 1
+    request_id: Optional[Union[str, int]] = None
+    namespace: str = "default"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Make the subclass's own fields keyword-only, so a field without a default may follow
+        # inherited fields that have one. Runs before @dataclass processes the class.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__annotations__")
+        if own and not any(_is_kw_only_marker(a) for a in own.values()):
+            cls.__annotations__ = {"_cachesaver_kw_only_": KW_ONLY, **own}
+
+    def __post_init__(self) -> None:
+        _validate_request(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes that do not exist.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return None
+
+
+def _validate_request(request: Request) -> None:
+    n = request.n
+    if type(n) is not int:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InvalidRequestError(f"Request.n must be an int >= 1, got {n!r} ({type(n).__name__})")
+    if n < 1:
+        raise InvalidRequestError(f"Request.n must be >= 1, got {n}; ask for at least one sample")
+    rid = request.request_id
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        raise InvalidRequestError(
+            f"Request.request_id must be None, a str or an int, got {type(rid).__name__}"
+        )
+    if not isinstance(request.namespace, str):
+        raise InvalidRequestError(
+            f"Request.namespace must be a str, got {type(request.namespace).__name__}"
+        )
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Sequence):
+        raise InvalidRequestError(
+            "Request.prompt must be a string or a list of chat messages "
+            f"({{'role': ..., 'content': ...}}), got {type(prompt).__name__}"
+        )
+    if len(prompt) == 0:
+        raise InvalidRequestError("Request.prompt is an empty message list; give at least one message")
+    for i, message in enumerate(prompt):
+        if not isinstance(message, Mapping):
+            raise InvalidRequestError(
+                f"Request.prompt[{i}] must be a mapping with 'role' and 'content', "
+                f"got {type(message).__name__}"
+            )
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise InvalidRequestError(f"Request.prompt[{i}] needs a non-empty string 'role', got {role!r}")
+        if "content" not in message:
+            raise InvalidRequestError(f"Request.prompt[{i}] (role {role!r}) has no 'content'")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Several requests handed to a model at once; responses come back in the same order."""
+
+    requests: List[Request]
+
+
+@dataclass(frozen=True)
+class Response:
+    """The samples produced for one request, in order, with one flag per sample.
+
+    * ``cached[i]`` is True when sample *i* was already stored before the request asked for it
+      (no upstream call was made for it); None when no cache stage was involved.
+    * ``duplicated[i]`` is True when sample *i* came from an upstream call that was issued for
+      another, identical request merged with this one; None when no deduplicator was involved.
+    * ``usage[i]`` is the token usage the backend reported for sample *i* (a mapping), or None.
+      It is stored with the sample, so a cached sample still says what it cost. Not shown in
+      the repr.
+
+    Flag lists, when given, have exactly one entry per sample; anything else raises
+    :class:`~cachesaver.errors.InvalidRequestError`.
+    """
+
+    data: List[Any]
+    cached: Optional[List[bool]] = None
+    duplicated: Optional[List[bool]] = None
+    usage: Optional[List[Any]] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        data = self.data
+        if not isinstance(data, list):
+            if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Sequence):
+                raise InvalidRequestError(
+                    f"Response.data must be a list of samples, got {type(data).__name__}"
+                )
+            object.__setattr__(self, "data", list(data))
+        size = len(self.data)
+        for name in ("cached", "duplicated", "usage"):
+            values = getattr(self, name)
+            if values is not None and len(values) != size:
+                raise InvalidRequestError(
+                    f"Response.{name} has {len(values)} entries for {size} samples; give one per sample"
+                )
+
+    def replace(self, **changes: Any) -> "Response":
+        """A copy with the given fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@runtime_checkable
+class SingleRequestModel(Protocol):
+    """A model that answers one request at a time with ``request.n`` samples."""
+
+    async def request(self, request: Request) -> Response:
+        """Return exactly ``request.n`` samples for ``request``."""
+        ...
+
+
+@runtime_checkable
+class BatchRequestModel(Protocol):
+    """A model that answers a batch of requests at once, one Response per request, in order.
+
+    An entry of the returned list may be an exception instance instead of a Response: that
+    request alone failed, its neighbours did not.
+    """
+
+    async def batch_request(self, batch: Batch) -> List[Response]:
+        """Return one Response per request of ``batch``, in the same order."""
+        ...
