@@ -1,0 +1,171 @@
+"""Work that outlives the call that started it, with an owner and a shutdown path.
+
+An upstream call made for a batch or for merged requests serves several callers, so no single
+caller may own it: if that caller is cancelled, the others still need the answer and the
+samples must still be stored. :class:`BackgroundTasks` owns such work. Its task group is opened
+lazily, inside the running event loop, by a host task it spawns itself (so a pipeline can be
+created outside ``async with``, as notebooks do), and is closed by :meth:`BackgroundTasks.aclose`.
+
+:class:`Outcome` is the one-shot slot through which a background job hands its result or error
+to whoever waits for it; waiting is cancellable, setting never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from .errors import PipelineClosedError
+
+__all__ = ["BackgroundTasks", "Outcome"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Outcome(Generic[T]):
+    """A result or an exception, delivered once; any number of tasks may wait for it."""
+
+    __slots__ = ("_event", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, value: T) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    def result(self) -> T:
+        """The value (or raise the error) of a delivered outcome."""
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    async def get(self) -> T:
+        await self._event.wait()
+        return self.result()
+
+
+def _native_loop_token() -> object:
+    return anyio.lowlevel.current_token().native_token
+
+
+class BackgroundTasks:
+    """A lazily opened task group, owned by one stage, that jobs are spawned into.
+
+    Guarantees:
+
+    * A job runs to completion even if the task that spawned it is cancelled.
+    * A job's unexpected exception is logged at ERROR and never tears down its siblings; jobs
+      are expected to deliver their own errors through an :class:`Outcome`.
+    * :meth:`aclose` waits for running jobs (or cancels them after ``timeout_s``) and then
+      ends the group; spawning afterwards raises :class:`~cachesaver.errors.PipelineClosedError`.
+    * If the event loop the group lived in has ended (a script that calls ``asyncio.run``
+      twice with one pipeline), the next spawn opens a fresh group in the current loop.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._group: TaskGroup | None = None
+        self._loop: object = None
+        self._ready: anyio.Event | None = None
+        self._stop: anyio.Event | None = None
+        self._finished: anyio.Event | None = None
+        self._host: Any = None  # keeps the asyncio host task referenced
+        self._closed = False
+        self.running_jobs = 0
+
+    async def _open(self) -> TaskGroup:
+        loop = _native_loop_token()
+        if self._loop is loop:
+            if self._group is not None:
+                return self._group
+            if self._ready is not None:
+                await self._ready.wait()
+                if self._group is not None:
+                    return self._group
+        if self._closed:
+            raise PipelineClosedError(f"{self._name} is closed; create a new pipeline to make requests")
+        self._loop = loop
+        self._group = None
+        self._ready = ready = anyio.Event()
+        self._stop = stop = anyio.Event()
+        self._finished = finished = anyio.Event()
+
+        async def host() -> None:
+            try:
+                async with anyio.create_task_group() as group:
+                    self._group = group
+                    ready.set()
+                    await stop.wait()
+            finally:
+                if self._loop is loop:
+                    self._group = None
+                ready.set()
+                finished.set()
+
+        backend = anyio.lowlevel.get_async_backend().__name__.lower()
+        if "trio" in backend:
+            import trio
+
+            trio.lowlevel.spawn_system_task(host, name=f"cachesaver:{self._name}")
+        else:
+            import asyncio
+
+            self._host = asyncio.get_running_loop().create_task(host(), name=f"cachesaver:{self._name}")
+        await ready.wait()
+        if self._group is None:
+            raise PipelineClosedError(f"{self._name} could not start its background tasks")
+        return self._group
+
+    async def spawn(self, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``job(*args)`` in the background group, starting the group if needed."""
+        group = self._group
+        if group is None or self._loop is not _native_loop_token():
+            group = await self._open()
+        self.running_jobs += 1
+        group.start_soon(self._guard, job, args)
+
+    async def _guard(self, job: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        try:
+            await job(*args)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            logger.exception("cachesaver background job of %s failed unexpectedly", self._name)
+        finally:
+            self.running_jobs -= 1
+
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Stop accepting jobs, let running ones finish (cancel them after ``timeout_s``), end."""
+        self._closed = True
+        if self._group is None or self._loop is not _native_loop_token():
+            self._group = None
+            return
+        group, stop, finished = self._group, self._stop, self._finished
+        if stop is None or finished is None:  # pragma: no cover - set together with _group
+            return
+        stop.set()
+        if timeout_s is not None:
+            with anyio.move_on_after(timeout_s):
+                await finished.wait()
+            if not finished.is_set():
+                group.cancel_scope.cancel()
+        await finished.wait()

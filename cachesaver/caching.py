@@ -1,0 +1,181 @@
+"""The namespace-aware, list-valued cache stage.
+
+``AsyncCacher(model, cache)`` serves each request from the samples stored for its key and asks
+``model`` only for what is missing. Guarantees (a *run* is one cacher object, from
+construction to close):
+
+* **Fresh inside a namespace**: within a run and a namespace no stored sample is handed out
+  twice, whatever the concurrency, batch size or duplicates; the same request_id used twice
+  gets fresh samples the second time.
+* **Exact replay**: a new run on the same store, issuing the same requests with the same
+  request_ids in the same namespace, gets the same samples per request, all ``cached``, with
+  no model call, whatever the order in which requests arrive or finish.
+* **Reuse across namespaces**: another namespace gets the stored samples, in stored order,
+  with no model call while it asks no more of a key than is stored. So do requests whose
+  request_id is None or differs between runs.
+* **Fetch only what is missing**: with 1 of 3 samples stored, the model is asked for 2. A
+  model that returns fewer than asked has its samples stored and is asked for the rest (up to
+  ``max_refetch`` more times); if it still falls short, that request fails with
+  :class:`~cachesaver.errors.IncompleteResponseError`. Extra samples are stored for later.
+* **Nothing paid for is lost**: samples the model returned are stored even if the caller was
+  cancelled, a sibling request failed, or the pipeline is closing. Failures are never stored.
+* ``Response.cached[i]`` is True for samples taken from storage; ``duplicated`` flags come from
+  the stage below (False when it sets none); ``usage`` is the stored usage of each sample.
+
+``cache`` is a ``diskcache.Cache`` (or ``FanoutCache``), or a directory path, in which case
+the cacher opens it with eviction disabled and closes it on ``aclose()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .background import Outcome
+from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError
+from .keys import request_key, with_n
+from .sample_broker import Found, SampleBroker
+from .stage import Settled, Stage, call_model
+from .storage import SampleStore, StoredSample
+from .typedefs import Request, Response
+
+__all__ = ["AsyncCacher"]
+
+
+class _Pending:
+    """A request whose stored samples are known and whose missing ones are being fetched."""
+
+    __slots__ = ("request", "found", "indices", "samples", "duplicated", "needed")
+
+    def __init__(self, request: Request, found: Found) -> None:
+        self.request = request
+        self.found = found
+        self.indices = list(found.indices)
+        self.samples: list[StoredSample] = []
+        self.duplicated: list[bool] = []
+        self.needed = found.missing
+
+
+def _response(found: Found, new: list[StoredSample] = (), duplicated: list[bool] = ()) -> Response:  # type: ignore[assignment]
+    stored = found.samples
+    samples = list(stored) + list(new)
+    usage = [s.usage for s in samples]
+    return Response(
+        data=[s.data for s in samples],
+        cached=[True] * len(stored) + [False] * len(new),
+        duplicated=[False] * len(stored) + list(duplicated),
+        usage=usage if any(u is not None for u in usage) else None,
+    )
+
+
+class AsyncCacher(Stage):
+    """Serves requests from a sample store, fetching only missing samples from ``model``."""
+
+    def __init__(self, model: Any, cache: Any, *, max_refetch: int = 2) -> None:
+        super().__init__(model)
+        if cache is None:
+            raise ConfigurationError("AsyncCacher needs a cache: a diskcache.Cache or a directory path")
+        if type(max_refetch) is not int or max_refetch < 0:
+            raise ConfigurationError(f"max_refetch must be an int >= 0, got {max_refetch!r}")
+        self.store = SampleStore(cache)
+        self.max_refetch = max_refetch
+        self._broker = SampleBroker(self.store, self._background)
+
+    @property
+    def cache(self) -> Any:
+        return self.store.cache
+
+    async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
+        waiting: list[tuple[int, Request, Outcome[Found]]] = []
+        for i, request in enumerate(requests):
+            try:
+                key = request_key(request)
+            except InvalidRequestError as exc:
+                results[i] = exc
+                continue
+            waiting.append((i, request, self._broker.lookup(request, key)))
+        if not waiting:
+            return results
+        await self._broker.ensure_running()
+        misses: list[tuple[int, _Pending]] = []
+        for i, request, outcome in waiting:
+            try:
+                found = await outcome.get()
+            except Exception as exc:  # noqa: BLE001 - that request's own failure
+                results[i] = exc
+                continue
+            if found.missing == 0:
+                results[i] = _response(found)
+            else:
+                misses.append((i, _Pending(request, found)))
+        if misses:
+            fetched = await self._run_detached(self._fetch, [p for _, p in misses])
+            for (i, _), result in zip(misses, fetched):
+                results[i] = result
+        return results
+
+    async def _fetch(self, pending: list[_Pending]) -> list[Settled]:
+        """Fetch and store the missing samples of ``pending``; runs detached from the callers."""
+        outcomes: list[Settled | None] = [None] * len(pending)
+        todo = list(range(len(pending)))
+        for attempt in range(self.max_refetch + 1):
+            asks = [with_n(pending[j].request, pending[j].needed) for j in todo]
+            answers = await call_model(self.model, asks)
+            stores: list[tuple[int, Outcome[list[int]]]] = []
+            for j, answer in zip(todo, answers):
+                entry = pending[j]
+                response = answer
+                if isinstance(answer, IncompleteResponseError):
+                    response = getattr(answer, "response", None)
+                if not isinstance(response, Response) or not response.data:
+                    if isinstance(answer, BaseException):
+                        outcomes[j] = answer
+                    continue
+                new = [
+                    StoredSample(d, response.usage[k] if response.usage else None)
+                    for k, d in enumerate(response.data)
+                ]
+                flags = response.duplicated or [False] * len(new)
+                take = min(entry.needed, len(new))
+                entry.samples.extend(new[:take])
+                entry.duplicated.extend(bool(f) for f in flags[:take])
+                stores.append((j, self._broker.store_new(
+                    entry.request, entry.found.key, entry.found.use, entry.indices, new, entry.needed
+                )))
+                entry.needed -= take
+                if isinstance(answer, BaseException) and not isinstance(answer, IncompleteResponseError):
+                    outcomes[j] = answer
+            for j, outcome in stores:
+                indices = await outcome.get()
+                pending[j].indices.extend(indices)
+            todo = [j for j in todo if outcomes[j] is None and pending[j].needed > 0]
+            if not todo:
+                break
+        for j, entry in enumerate(pending):
+            if outcomes[j] is not None:
+                continue
+            if entry.needed > 0:
+                asked = entry.found.missing
+                outcomes[j] = IncompleteResponseError(
+                    f"the model returned {asked - entry.needed} of {asked} missing samples after "
+                    f"{self.max_refetch + 1} attempts; those were stored, the request failed",
+                    request_id=entry.request.request_id,
+                )
+            else:
+                outcomes[j] = _response(entry.found, entry.samples, entry.duplicated)
+        return outcomes  # type: ignore[return-value]
+
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Finish requests in flight (see :class:`~cachesaver.stage.Stage`), store everything
+        they fetched, then close the store if the cacher opened it."""
+        was_open = not self._closed
+        if was_open:
+            self._closed = True
+            self.begin_close()
+            await self._drain(timeout_s)
+            await self._broker.aclose()
+            await self._background.aclose(timeout_s=0 if timeout_s is not None else None)
+            self.store.close()
+        if isinstance(self.model, Stage):
+            await self.model.aclose(timeout_s)

@@ -1,0 +1,95 @@
+"""Ready-made pipelines: the stages assembled for online APIs and for local batch models.
+
+``OnlineAPI(model, cache, batch_size, timeout)`` is, from the caller inward::
+
+    AsyncCacher -> AsyncDeduplicator -> AsyncBatcher -> RequestReorderer -> LedgerTap -> model
+
+A request is answered from the cache when it can (never waiting for a batch window); what is
+missing is merged with identical requests in flight, grouped into batches of ``batch_size``
+(sent when full or ``timeout`` seconds after the batch started collecting), put in canonical
+order and sent to ``model``. ``model`` may implement ``request``, ``batch_request`` or both.
+
+``LocalAPI`` has the same stages and arguments for local batch models: ``model`` must implement
+``batch_request`` and always receives whole batches.
+
+Both are models themselves (``request`` / ``batch_request``), async context managers, and
+expose their stages (``cacher``, ``deduplicator``, ``batcher``, ``reorderer``) and a
+``ledger`` that counts upstream calls, generated, cached and merged samples per namespace.
+Closing (``aclose()``, ``cleanup()``, or leaving ``async with``) lets requests in flight finish
+and stores their samples; later requests raise :class:`~cachesaver.errors.PipelineClosedError`.
+The user's model is not closed.
+
+>>> import anyio, tempfile
+>>> from cachesaver.models import ScriptedModel
+>>> from cachesaver.typedefs import Request
+>>> async def demo():
+...     async with OnlineAPI(ScriptedModel(), tempfile.mkdtemp(), batch_size=4) as pipeline:
+...         return await pipeline.request(Request("hi", n=2, request_id="a"))
+>>> anyio.run(demo)
+Response(data=['hi#0', 'hi#1'], cached=[False, False], duplicated=[False, False])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .batching import AsyncBatcher
+from .caching import AsyncCacher
+from .deduplication import AsyncDeduplicator
+from .errors import ConfigurationError
+from .ledger import Ledger
+from .metering import LedgerTap
+from .reordering import RequestReorderer
+from .stage import Settled, Stage
+from .typedefs import Request, Response
+
+__all__ = ["LocalAPI", "OnlineAPI"]
+
+
+class _Pipeline(Stage):
+    def __init__(
+        self,
+        model: Any,
+        cache: Any,
+        batch_size: int,
+        timeout: float = 0.01,
+        *,
+        ledger: Any = None,
+        max_refetch: int = 2,
+    ) -> None:
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.reorderer = RequestReorderer(LedgerTap(model, self.ledger))
+        self.batcher = AsyncBatcher(self.reorderer, batch_size=batch_size, timeout=timeout)
+        self.deduplicator = AsyncDeduplicator(self.batcher)
+        self.cacher = AsyncCacher(self.deduplicator, cache, max_refetch=max_refetch)
+        super().__init__(self.cacher)
+
+    @property
+    def cache(self) -> Any:
+        """The diskcache holding the samples."""
+        return self.cacher.cache
+
+    async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        results = await self.cacher.settle(requests)
+        record = self.ledger.record_served
+        for request, result in zip(requests, results):
+            if isinstance(result, Response):
+                record(request, result)
+        return results
+
+
+class OnlineAPI(_Pipeline):
+    """Cache, deduplicate, batch and reorder requests for an online API model."""
+
+
+class LocalAPI(_Pipeline):
+    """Cache, deduplicate, batch and reorder requests for a local batch model."""
+
+    def __init__(self, model: Any, cache: Any, batch_size: int, timeout: float = 0.01, **options: Any) -> None:
+        if not callable(getattr(model, "batch_request", None)):
+            raise ConfigurationError(
+                f"LocalAPI needs a model with an async batch_request(); {type(model).__name__} has none. "
+                "Use OnlineAPI for models that only implement request()."
+            )
+        super().__init__(model, cache, batch_size, timeout, **options)

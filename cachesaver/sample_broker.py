@@ -1,0 +1,243 @@
+"""Hands stored samples out to requests and stores new ones, off the event loop.
+
+The broker is the only code that touches a run's :class:`~cachesaver.claims.RunClaims` and the
+:class:`~cachesaver.storage.SampleStore`. It works in *rounds*: every lookup and every store
+queued while the previous round ran is handled by the next round, in one worker-thread call,
+stores first (so freshly stored samples are claimed by their requester before any lookup can
+see them), then lookups. One round runs at a time, so decisions never race and no per-key lock
+is needed; the event loop only queues work and wakes waiters.
+
+Guarantees:
+
+* Within a run and a namespace no stored sample is handed out twice.
+* New samples are stored in one transaction per round, together with the replay record of the
+  request they were fetched for; a lookup fully served from storage records its indices too
+  (only when they differ from what was recorded).
+* An error reading one request's samples fails that request only. A round whose store
+  transaction fails delivers the samples anyway and reports the failure to the caller's log:
+  the caller keeps what it paid for even when the disk does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import anyio
+
+from .background import BackgroundTasks, Outcome
+from .claims import RunClaims
+from .errors import PipelineClosedError, StoreError
+from .storage import SampleStore, StoredSample
+from .typedefs import Request
+
+__all__ = ["Found", "SampleBroker"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Found:
+    """What a lookup found: stored samples handed to the request and how many are still missing."""
+
+    key: str
+    use: int | None
+    indices: list[int]
+    samples: list[StoredSample]
+    missing: int
+
+
+@dataclass
+class _Lookup:
+    request: Request
+    key: str
+    outcome: Outcome[Found] = field(default_factory=Outcome)
+
+
+@dataclass
+class _Store:
+    request: Request
+    key: str
+    use: int | None
+    prior: list[int]
+    samples: list[StoredSample]
+    needed: int
+    outcome: Outcome[list[int]] = field(default_factory=Outcome)
+
+
+class SampleBroker:
+    """Serial owner of a run's claims and of all store I/O; see the module docstring."""
+
+    def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 2048) -> None:
+        self.store = store
+        self.claims = RunClaims()
+        self._background = background
+        self._max_round = max_round
+        self._lookups: list[_Lookup] = []
+        self._stores: list[_Store] = []
+        self._wake: anyio.Event | None = None
+        self._running = False
+        self._stopping = False
+        self._stopped: anyio.Event | None = None
+        self.rounds = 0
+
+    # -- called on the event loop -----------------------------------------------------------
+
+    def lookup(self, request: Request, key: str) -> Outcome[Found]:
+        """Queue a lookup; its outcome is delivered by the next round."""
+        op = _Lookup(request, key)
+        self._lookups.append(op)
+        self._kick()
+        return op.outcome
+
+    def store_new(
+        self,
+        request: Request,
+        key: str,
+        use: int | None,
+        prior: Sequence[int],
+        samples: Sequence[StoredSample],
+        needed: int,
+    ) -> Outcome[list[int]]:
+        """Queue new samples for storage; the outcome is the indices the request now holds."""
+        op = _Store(request, key, use, list(prior), list(samples), needed)
+        self._stores.append(op)
+        self._kick()
+        return op.outcome
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def ensure_running(self) -> None:
+        if not self._running:
+            if self._stopping:
+                raise PipelineClosedError("the cache is closed; create a new pipeline")
+            self._running = True
+            self._stopped = anyio.Event()
+            try:
+                await self._background.spawn(self._serve)
+            except BaseException:
+                self._running = False
+                raise
+
+    async def aclose(self) -> None:
+        """Finish every queued round, then stop."""
+        self._stopping = True
+        self._kick()
+        if self._running and self._stopped is not None:
+            await self._stopped.wait()
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                if not self._lookups and not self._stores:
+                    if self._stopping:
+                        return
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    self._wake = None
+                    continue
+                stores, self._stores = self._stores, []
+                lookups = self._lookups[: self._max_round]
+                del self._lookups[: self._max_round]
+                await self._run_round(stores, lookups)
+        finally:
+            self._running = False
+            for op in self._stores + self._lookups:  # only reached when cancelled
+                op.outcome.fail(PipelineClosedError("the pipeline was closed before this request was served"))
+            self._stores, self._lookups = [], []
+            if self._stopped is not None:
+                self._stopped.set()
+
+    async def _run_round(self, stores: list[_Store], lookups: list[_Lookup]) -> None:
+        try:
+            stored, found, store_error = await anyio.to_thread.run_sync(self._round, stores, lookups)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else PipelineClosedError("closed during a store round")
+            for op in stores:
+                op.outcome.fail(error)
+            for op in lookups:
+                op.outcome.fail(error)
+            raise
+        self.rounds += 1
+        if store_error is not None:
+            logger.error(
+                "cachesaver could not store %d new sample(s); they were still returned: %s",
+                sum(len(op.samples) for op in stores),
+                store_error,
+            )
+        for op, indices in zip(stores, stored):
+            op.outcome.set(indices)
+        for op, result in zip(lookups, found):
+            if isinstance(result, BaseException):
+                op.outcome.fail(result)
+            else:
+                op.outcome.set(result)
+
+    # -- called in the worker thread, one round at a time -----------------------------------
+
+    def _round(
+        self, stores: list[_Store], lookups: list[_Lookup]
+    ) -> tuple[list[list[int]], list[Found | BaseException], BaseException | None]:
+        stored: list[list[int]] = []
+        store_error: BaseException | None = None
+        if stores:
+            try:
+                with self.store.transaction():
+                    stored = [self._store_one(op) for op in stores]
+            except Exception as exc:  # noqa: BLE001 - reported, samples still delivered
+                store_error = exc
+                stored = [[] for _ in stores]
+        counts: dict[str, int] = {}
+        records: list[tuple[Any, ...]] = []
+        found: list[Found | BaseException] = []
+        for op in lookups:
+            try:
+                found.append(self._lookup_one(op, counts, records))
+            except Exception as exc:  # noqa: BLE001 - fails that request only
+                found.append(exc)
+        if records:
+            try:
+                with self.store.transaction():
+                    for record in records:
+                        self.store.put_record(*record)
+            except Exception as exc:  # noqa: BLE001 - a lost record only costs exact replay
+                logger.error("cachesaver could not store %d replay record(s): %s", len(records), exc)
+        return stored, found, store_error
+
+    def _store_one(self, op: _Store) -> list[int]:
+        request = op.request
+        start = self.store.append_in_transaction(op.key, op.samples)
+        used = list(range(start, start + min(op.needed, len(op.samples))))
+        self.claims.claim(request.namespace, op.key, used)
+        if op.use is not None:
+            self.store.put_record(request.namespace, op.key, request.request_id, op.use, op.prior + used)
+        return used
+
+    def _lookup_one(self, op: _Lookup, counts: dict[str, int], records: list[tuple[Any, ...]]) -> Found:
+        request, key = op.request, op.key
+        namespace, request_id, n = request.namespace, request.request_id, request.n
+        use = None if request_id is None else self.claims.next_use(namespace, key, request_id)
+        recorded = None if use is None else self.store.get_record(namespace, key, request_id, use)
+        if recorded is not None and len(recorded) >= n:
+            head = list(recorded[:n])
+            entry = self.claims.claims(namespace, key)
+            if len(set(head)) == n and not any(entry.is_claimed(i) for i in head):
+                samples = self.store.try_read_stored(key, head)
+                if samples is not None:
+                    for i in head:
+                        entry.claim(i)
+                    if len(recorded) != n:
+                        records.append((namespace, key, request_id, use, head))
+                    return Found(key, use, head, samples, 0)
+        count = counts.get(key)
+        if count is None:
+            count = counts[key] = self.store.count(key)
+        chosen = self.claims.choose(namespace, key, n, count, recorded)
+        samples = self.store.read_stored(key, chosen)
+        missing = n - len(chosen)
+        if use is not None and missing == 0 and tuple(chosen) != recorded:
+            records.append((namespace, key, request_id, use, chosen))
+        return Found(key, use, chosen, samples, missing)

@@ -1,0 +1,244 @@
+"""The common shape of every pipeline stage, and how a stage calls the model it wraps.
+
+A stage is a model (``request`` / ``batch_request``) wrapping an inner model, so stages compose
+freely. Guarantees shared by every stage:
+
+* Errors are per request: inside ``batch_request`` one failing request never fails the others.
+  ``batch_request`` returns every Response, or raises
+  :class:`~cachesaver.errors.BatchRequestError` whose ``results`` hold each Response or
+  exception in batch order; with ``return_exceptions=True`` it returns that list instead.
+* A model never silently answers with fewer samples than asked: a short answer becomes an
+  :class:`~cachesaver.errors.IncompleteResponseError` carrying the partial Response.
+* After ``aclose()`` a request raises :class:`~cachesaver.errors.PipelineClosedError`.
+  ``aclose()`` first lets requests in flight finish (after ``timeout_s`` it cancels them, and
+  their callers get PipelineClosedError), then closes the inner model if it has ``aclose``.
+* Cancellation of a caller is always re-raised to that caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, List, Union
+
+import anyio
+
+from .background import BackgroundTasks, Outcome
+from .errors import (
+    BackendError,
+    BatchRequestError,
+    ConfigurationError,
+    IncompleteResponseError,
+    InvalidRequestError,
+    PipelineClosedError,
+)
+from .typedefs import Batch, Request, Response
+
+__all__ = ["Settled", "Stage", "call_model"]
+
+Settled = Union[Response, BaseException]
+
+
+def _check_model(model: Any, owner: str) -> None:
+    if model is None or not (
+        callable(getattr(model, "request", None)) or callable(getattr(model, "batch_request", None))
+    ):
+        raise ConfigurationError(
+            f"{owner} needs a model with an async request() or batch_request() method, "
+            f"got {type(model).__name__}"
+        )
+
+
+def _check_answer(request: Request, answer: Any) -> Settled:
+    if isinstance(answer, BaseException):
+        return answer
+    if not isinstance(answer, Response):
+        return BackendError(
+            f"the model answered a request with {type(answer).__name__}, not a Response",
+            request_id=request.request_id,
+        )
+    if len(answer.data) < request.n:
+        error = IncompleteResponseError(
+            f"the model returned {len(answer.data)} of {request.n} samples",
+            request_id=request.request_id,
+        )
+        error.response = answer  # type: ignore[attr-defined]
+        return error
+    return answer
+
+
+async def _gather_each(model: Any, requests: Sequence[Request]) -> list[Settled]:
+    results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
+
+    async def one(i: int, request: Request) -> None:
+        try:
+            results[i] = _check_answer(request, await model.request(request))
+        except Exception as exc:  # noqa: BLE001 - delivered to the request's caller
+            results[i] = exc
+
+    async with anyio.create_task_group() as group:
+        for i, request in enumerate(requests):
+            group.start_soon(one, i, request)
+    return results
+
+
+async def call_model(model: Any, requests: Sequence[Request], *, prefer_batch: bool = True) -> list[Settled]:
+    """Ask ``model`` for ``requests``; one Response or exception per request, in order.
+
+    A cachesaver stage is asked natively. A plain model is asked with one ``batch_request``
+    when it has one (and ``prefer_batch`` or there are several requests), else with concurrent
+    ``request`` calls. If a whole ``batch_request`` raises and the model also has
+    ``request``, each request is retried alone so only the failing ones fail (the outputs of
+    the failed batch call never reached us, so there is nothing of it to keep).
+    """
+    if isinstance(model, Stage):
+        return await model.settle(requests)
+    has_batch = callable(getattr(model, "batch_request", None))
+    has_single = callable(getattr(model, "request", None))
+    if has_single and (not has_batch or (len(requests) == 1 and not prefer_batch)):
+        if len(requests) == 1:
+            request = requests[0]
+            try:
+                return [_check_answer(request, await model.request(request))]
+            except Exception as exc:  # noqa: BLE001
+                return [exc]
+        return await _gather_each(model, requests)
+    try:
+        answers = await model.batch_request(Batch(requests=list(requests)))
+    except Exception as exc:  # noqa: BLE001
+        if has_single and len(requests) > 1:
+            return await _gather_each(model, requests)
+        return [exc for _ in requests]
+    if not isinstance(answers, (list, tuple)) or len(answers) != len(requests):
+        size = len(answers) if isinstance(answers, (list, tuple)) else type(answers).__name__
+        error = BackendError(
+            f"the model's batch_request returned {size} answers for {len(requests)} requests; "
+            "it must return one Response (or exception) per request, in order"
+        )
+        return [error for _ in requests]
+    return [_check_answer(r, a) for r, a in zip(requests, answers)]
+
+
+class Stage:
+    """Base class of the pipeline stages; subclasses implement :meth:`settle`."""
+
+    def __init__(self, model: Any) -> None:
+        _check_model(model, type(self).__name__)
+        self.model = model
+        self._closed = False
+        self._background = BackgroundTasks(type(self).__name__)
+        self._active = 0
+        self._idle: anyio.Event | None = None
+
+    # -- the model contract -----------------------------------------------------------------
+
+    async def request(self, request: Request) -> Response:
+        """Samples for one request; raises its error if it failed."""
+        (result,) = await self.settle([self._admit(request)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def batch_request(self, batch: Batch, return_exceptions: bool = False) -> List[Any]:
+        """One Response per request of ``batch``, in order; see the module docstring for errors."""
+        requests = getattr(batch, "requests", None)
+        if requests is None:
+            raise InvalidRequestError(f"batch_request takes a Batch, got {type(batch).__name__}")
+        results = await self.settle([self._admit(r) for r in requests])
+        if return_exceptions:
+            return results
+        if any(isinstance(r, BaseException) for r in results):
+            raise BatchRequestError(results)
+        return results
+
+    async def settle(self, requests: Sequence[Request]) -> list[Settled]:
+        """One Response or exception per request, in order; never raises for one request."""
+        self._enter()
+        try:
+            return await self._settle(requests)
+        finally:
+            self._exit()
+
+    async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        raise NotImplementedError
+
+    def _admit(self, request: Any) -> Request:
+        if self._closed:
+            raise PipelineClosedError(
+                f"{type(self).__name__} is closed; create a new pipeline to make more requests"
+            )
+        if not isinstance(request, Request):
+            raise InvalidRequestError(
+                f"expected a cachesaver.typedefs.Request, got {type(request).__name__}"
+            )
+        return request
+
+    # -- tracking work in flight ------------------------------------------------------------
+
+    def _enter(self) -> None:
+        self._active += 1
+
+    def _exit(self) -> None:
+        self._active -= 1
+        if self._active == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _spawn(self, job: Any, *args: Any) -> None:
+        await self._background.spawn(job, *args)
+
+    async def _run_detached(self, job: Any, *args: Any) -> Any:
+        """Run ``job(*args)`` in the background and wait for its value.
+
+        If the caller is cancelled the job still runs to the end; its result is dropped.
+        """
+        outcome: Outcome[Any] = Outcome()
+
+        async def runner() -> None:
+            self._enter()
+            try:
+                outcome.set(await job(*args))
+            except BaseException as exc:
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    outcome.fail(PipelineClosedError(f"{type(self).__name__} was closed while this request ran"))
+                    raise
+                outcome.fail(exc)
+            finally:
+                self._exit()
+
+        await self._spawn(runner)
+        return await outcome.get()
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def begin_close(self) -> None:
+        """Hint that closing has begun: stop waiting for more work (batch windows flush now)."""
+        inner = getattr(self.model, "begin_close", None)
+        if callable(inner):
+            inner()
+
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Refuse new requests, finish (or after ``timeout_s`` cancel) those in flight, then close
+        the inner model if it is a stage. A user's own model is never closed by a stage."""
+        if not self._closed:
+            self._closed = True
+            self.begin_close()
+            await self._drain(timeout_s)
+            await self._background.aclose(timeout_s=0 if timeout_s is not None else None)
+        if isinstance(self.model, Stage):
+            await self.model.aclose(timeout_s)
+
+    async def _drain(self, timeout_s: float | None) -> None:
+        if self._active == 0:
+            return
+        self._idle = anyio.Event()
+        with anyio.move_on_after(timeout_s):
+            await self._idle.wait()
+
+    async def cleanup(self) -> None:
+        """Alias of :meth:`aclose` (the name the seed notebooks use)."""
+        await self.aclose()
+
+    async def __aenter__(self) -> "Stage":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
