@@ -16,8 +16,6 @@ import sys
 from typing import Any, Callable, List
 
 import cachesaver
-from cachesaver.pipelines import OnlineAPI
-from cachesaver.typedefs import Request, Response
 
 import _workload
 
@@ -25,7 +23,10 @@ EXPECTED_VERSION = "0.0.6"
 
 
 def _check_reference() -> str:
-    version = importlib.metadata.version("cachesaver")
+    try:
+        version = importlib.metadata.version("cachesaver")
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
     location = os.path.dirname(os.path.abspath(cachesaver.__file__))
     repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if version != EXPECTED_VERSION or location.startswith(repository + os.sep + "cachesaver"):
@@ -35,6 +36,12 @@ def _check_reference() -> str:
             "(bench_pipeline.py does) from a directory outside the repository"
         )
     return location
+
+
+REFERENCE_LOCATION = _check_reference()  # before importing the rest: a wrong cachesaver must not run
+
+from cachesaver.pipelines import OnlineAPI  # noqa: E402
+from cachesaver.typedefs import Request, Response  # noqa: E402
 
 
 def _make_request(prompt: str, request_id: str, namespace: str) -> Any:
@@ -71,7 +78,7 @@ if __name__ == "__main__":
         _workload.Library(
             name="cachesaver (reference)",
             version=EXPECTED_VERSION,
-            location=_check_reference(),
+            location=REFERENCE_LOCATION,
             make_request=_make_request,
             make_response=_make_response,
             prompt_of=_prompt_of,

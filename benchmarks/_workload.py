@@ -14,6 +14,9 @@ stdout (the results); diagnostics go to stderr. Specs:
   - ``hit``: a new pipeline on the warm cache of ``miss``, the same requests (new objects);
   - ``dup``: fresh cache, every prompt appears twice (50% duplicates) in one namespace.
 
+  With ``"profile_dir": P, "label": L`` each timed section also runs under cProfile and its
+  stats go to ``P/L-<workload>-bs<B>.pstats`` (the times reported are then inflated).
+
 * ``{"mode": "append", "points": [10, 2000], "window": W, "sample_chars": C, "work_dir": D}``
   appends samples one at a time to one key and reports the cost of the appends whose
   resulting list length lies within ``W`` of each point.
@@ -27,6 +30,7 @@ counts calls, requests and samples.
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
 import hashlib
 import json
@@ -35,7 +39,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 import diskcache
 
@@ -95,6 +99,7 @@ async def _run_pass(
     prompts: List[str],
     batch_size: int,
     timeout_s: float,
+    profile_path: Optional[str] = None,
 ) -> Dict[str, Any]:
     cache = diskcache.Cache(cache_dir, **library.cache_options)
     model = CountingModel(library)
@@ -102,12 +107,18 @@ async def _run_pass(
         library.make_request(prompt, f"r{i}", NAMESPACE) for i, prompt in enumerate(prompts)
     ]
     pipeline = library.make_pipeline(model, cache, batch_size, timeout_s)
+    profiler = cProfile.Profile() if profile_path else None
     gc.collect()
+    if profiler is not None:
+        profiler.enable()
     started = time.perf_counter()
     responses = await asyncio.gather(*(pipeline.request(r) for r in requests))
     gathered = time.perf_counter()
     await library.close(pipeline)
     closed = time.perf_counter()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
     cache.close()
     data = [list(r.data) for r in responses]
     flat = [s for samples in data for s in samples]
@@ -137,10 +148,17 @@ async def run_pipeline_workloads(library: Library, spec: Dict[str, Any]) -> Dict
     distinct_prompts = [f"p{i}" for i in range(count)]
     paired_prompts = [f"p{i // 2}" for i in range(count)]
 
-    miss = await _run_pass(library, warm, distinct_prompts, batch_size, timeout_s)
-    hit = await _run_pass(library, warm, distinct_prompts, batch_size, timeout_s)
+    profile_dir = spec.get("profile_dir")
+
+    def profile(workload: str) -> Optional[str]:
+        if not profile_dir:
+            return None
+        return os.path.join(profile_dir, f"{spec['label']}-{workload}-bs{batch_size}.pstats")
+
+    miss = await _run_pass(library, warm, distinct_prompts, batch_size, timeout_s, profile("miss"))
+    hit = await _run_pass(library, warm, distinct_prompts, batch_size, timeout_s, profile("hit"))
     hit["replay_exact"] = hit["_data"] == miss["_data"]
-    dupe = await _run_pass(library, dup, paired_prompts, batch_size, timeout_s)
+    dupe = await _run_pass(library, dup, paired_prompts, batch_size, timeout_s, profile("dup"))
     for result in (miss, hit, dupe):
         del result["_data"]
     return {"miss": miss, "hit": hit, "dup": dupe}

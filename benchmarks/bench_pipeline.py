@@ -92,6 +92,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--ref-python", type=Path,
                         help=f"an existing interpreter with {REFERENCE_REQUIREMENT} (skips the venv)")
     parser.add_argument("--json", type=Path, help="also write every raw result to this file")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run each timed section under cProfile and write <side>-<workload>-bs<B>"
+                             ".pstats files to DIR (times are then inflated)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep the cache directories under benchmarks/.work/")
     parser.add_argument("--check", action="store_true",
@@ -217,6 +220,8 @@ def _run_pipelines(side: Side, args: argparse.Namespace, work: Path) -> Dict[int
                 "timeout_s": args.timeout_s,
                 "work_dir": str(directory),
             }
+            if args.profile is not None:
+                spec.update(profile_dir=str(args.profile.resolve()), label=side.label)
             result = _run_worker(side, spec, work)
             for name in WORKLOADS:
                 if name not in best or result[name]["us_per_request"] < best[name]["us_per_request"]:
@@ -384,6 +389,8 @@ def _report(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     WORK_ROOT.mkdir(exist_ok=True)
     work = WORK_ROOT / f"run-{os.getpid()}-{int(time.time())}"
     work.mkdir()

@@ -12,6 +12,7 @@ to whoever waits for it; waiting is cancellable, setting never blocks.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -31,26 +32,37 @@ T = TypeVar("T")
 class Outcome(Generic[T]):
     """A result or an exception, delivered once; any number of tasks may wait for it."""
 
-    __slots__ = ("_event", "_value", "_error")
+    __slots__ = ("_done", "_value", "_error", "_waiters")
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._done = False
         self._value: Any = None
         self._error: BaseException | None = None
+        self._waiters: list[Any] | None = None
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def set(self, value: T) -> None:
-        if not self._event.is_set():
+        if not self._done:
             self._value = value
-            self._event.set()
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
-        if not self._event.is_set():
+        if not self._done:
             self._error = error
-            self._event.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._done = True
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for waiter in waiters:
+                if isinstance(waiter, anyio.Event):
+                    waiter.set()
+                elif not waiter.done():
+                    waiter.set_result(None)
 
     def result(self) -> T:
         """The value (or raise the error) of a delivered outcome."""
@@ -59,7 +71,20 @@ class Outcome(Generic[T]):
         return self._value
 
     async def get(self) -> T:
-        await self._event.wait()
+        if not self._done:
+            waiter: Any
+            try:
+                waiter = asyncio.get_running_loop().create_future()
+            except RuntimeError:  # not asyncio (trio): a portable event
+                waiter = anyio.Event()
+            if self._waiters is None:
+                self._waiters = [waiter]
+            else:
+                self._waiters.append(waiter)
+            if isinstance(waiter, anyio.Event):
+                await waiter.wait()
+            else:
+                await waiter
         return self.result()
 
 

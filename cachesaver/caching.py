@@ -34,7 +34,8 @@ from typing import Any
 from .background import Outcome
 from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError
 from .keys import request_key, with_n
-from .sample_broker import Found, SampleBroker
+from .rounds import RoundCollector
+from .sample_broker import Found, NewSamples, SampleBroker
 from .stage import Settled, Stage, call_model
 from .storage import SampleStore, StoredSample
 from .typedefs import Request, Response
@@ -80,6 +81,7 @@ class AsyncCacher(Stage):
         self.store = SampleStore(cache)
         self.max_refetch = max_refetch
         self._broker = SampleBroker(self.store, self._background)
+        self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)
 
     @property
     def cache(self) -> Any:
@@ -110,9 +112,9 @@ class AsyncCacher(Stage):
             else:
                 misses.append((i, _Pending(request, found)))
         if misses:
-            fetched = await self._run_detached(self._fetch, [p for _, p in misses])
-            for (i, _), result in zip(misses, fetched):
-                results[i] = result
+            outcomes = await self._fetches.submit([p for _, p in misses])
+            for (i, _), outcome in zip(misses, outcomes):
+                results[i] = await outcome.get()
         return results
 
     async def _fetch(self, pending: list[_Pending]) -> list[Settled]:
@@ -122,7 +124,8 @@ class AsyncCacher(Stage):
         for attempt in range(self.max_refetch + 1):
             asks = [with_n(pending[j].request, pending[j].needed) for j in todo]
             answers = await call_model(self.model, asks)
-            stores: list[tuple[int, Outcome[list[int]]]] = []
+            batch: list[NewSamples] = []
+            owners: list[int] = []
             for j, answer in zip(todo, answers):
                 entry = pending[j]
                 response = answer
@@ -132,23 +135,22 @@ class AsyncCacher(Stage):
                     if isinstance(answer, BaseException):
                         outcomes[j] = answer
                     continue
-                new = [
-                    StoredSample(d, response.usage[k] if response.usage else None)
-                    for k, d in enumerate(response.data)
-                ]
+                usage = response.usage
+                new = [StoredSample(d, usage[k] if usage else None) for k, d in enumerate(response.data)]
                 flags = response.duplicated or [False] * len(new)
                 take = min(entry.needed, len(new))
                 entry.samples.extend(new[:take])
                 entry.duplicated.extend(bool(f) for f in flags[:take])
-                stores.append((j, self._broker.store_new(
-                    entry.request, entry.found.key, entry.found.use, entry.indices, new, entry.needed
-                )))
+                batch.append(NewSamples(
+                    entry.request, entry.found.key, entry.found.use, list(entry.indices), new, entry.needed
+                ))
+                owners.append(j)
                 entry.needed -= take
-                if isinstance(answer, BaseException) and not isinstance(answer, IncompleteResponseError):
-                    outcomes[j] = answer
-            for j, outcome in stores:
-                indices = await outcome.get()
-                pending[j].indices.extend(indices)
+            if batch:
+                await self._broker.ensure_running()
+                held = await self._broker.store_new(batch).get()
+                for j, indices in zip(owners, held):
+                    pending[j].indices.extend(indices)
             todo = [j for j in todo if outcomes[j] is None and pending[j].needed > 0]
             if not todo:
                 break

@@ -23,22 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import anyio.lowlevel
-
-from .background import Outcome
-from .errors import IncompleteResponseError, InvalidRequestError, PipelineClosedError
+from .errors import IncompleteResponseError, InvalidRequestError
 from .keys import request_key, with_n
+from .rounds import RoundCollector
 from .stage import Settled, Stage, call_model
 from .typedefs import Request, Response
 
 __all__ = ["AsyncDeduplicator"]
-
-
-class _Group:
-    __slots__ = ("members",)
-
-    def __init__(self) -> None:
-        self.members: list[tuple[Request, Outcome[Settled]]] = []
 
 
 def _slice(response: Response, start: int, stop: int, duplicated: bool) -> Response:
@@ -57,92 +48,62 @@ class AsyncDeduplicator(Stage):
 
     def __init__(self, model: Any) -> None:
         super().__init__(model)
-        self._open: dict[tuple[str, str], _Group] = {}
-        self._flush_scheduled = False
+        self._rounds: RoundCollector[Request] = RoundCollector(self, self._merge_and_call)
         self.merged_requests = 0
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        outcomes = await self._rounds.submit(requests)
+        return [await outcome.get() for outcome in outcomes]
+
+    async def _merge_and_call(self, requests: list[Request]) -> list[Settled]:
         results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
-        waiting: list[tuple[int, Outcome[Settled]]] = []
+        groups: dict[tuple[str, str], list[int]] = {}
         for i, request in enumerate(requests):
             try:
                 ident = (request_key(request), request.namespace)
             except InvalidRequestError as exc:
                 results[i] = exc
                 continue
-            group = self._open.get(ident)
-            if group is None:
-                group = self._open[ident] = _Group()
+            members = groups.get(ident)
+            if members is None:
+                groups[ident] = [i]
             else:
+                members.append(i)
                 self.merged_requests += 1
-            outcome: Outcome[Settled] = Outcome()
-            group.members.append((request, outcome))
-            waiting.append((i, outcome))
-        if waiting and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._enter()
-            try:
-                await self._spawn(self._flush)
-            except BaseException:
-                self._exit()
-                self._flush_scheduled = False
-                raise
-        for i, outcome in waiting:
-            results[i] = await outcome.get()
+        member_lists = list(groups.values())
+        merged = [
+            with_n(requests[m[0]], sum(requests[i].n for i in m)) if len(m) > 1 else requests[m[0]]
+            for m in member_lists
+        ]
+        answers = await call_model(self.model, merged)
+        for members, answer in zip(member_lists, answers):
+            for i, piece in zip(members, _distribute([requests[i] for i in members], answer)):
+                results[i] = piece
         return results
 
-    async def _flush(self) -> None:
-        groups: list[_Group] = []
-        try:
-            # Let every request issued in this pass of the event loop join its group first.
-            await anyio.lowlevel.checkpoint()
-            groups = list(self._open.values())
-            self._open = {}
-            self._flush_scheduled = False
-            merged = [with_n(g.members[0][0], sum(r.n for r, _ in g.members)) for g in groups]
-            answers = await call_model(self.model, merged)
-            for group, answer in zip(groups, answers):
-                self._distribute(group, answer)
-        except BaseException:
-            if not groups:
-                groups = list(self._open.values())
-                self._open = {}
-                self._flush_scheduled = False
-            closed = PipelineClosedError("the deduplicator was closed while this request was in flight")
-            for group in groups:
-                for _, outcome in group.members:
-                    outcome.set(closed)
-            raise
-        finally:
-            self._exit()
 
-    @staticmethod
-    def _distribute(group: _Group, answer: Settled) -> None:
-        partial = getattr(answer, "response", None) if isinstance(answer, IncompleteResponseError) else None
-        if isinstance(answer, BaseException) and partial is None:
-            for _, outcome in group.members:
-                outcome.set(answer)
-            return
-        response: Response = partial if partial is not None else answer  # type: ignore[assignment]
-        total = len(response.data)
-        start = 0
-        last = len(group.members) - 1
-        for position, (request, outcome) in enumerate(group.members):
-            stop = start + request.n
-            if position == 0 and last == 0:
-                stop = total  # a lone request keeps any extras
-            elif position == 0:
-                extras = total - sum(r.n for r, _ in group.members)
-                stop = start + request.n + max(0, extras)
-            stop = min(stop, total)
-            piece = _slice(response, start, stop, duplicated=position > 0)
-            if len(piece.data) < request.n:
-                error = IncompleteResponseError(
-                    f"the model returned {len(piece.data)} of {request.n} samples",
-                    request_id=request.request_id,
-                )
-                error.response = piece  # type: ignore[attr-defined]
-                outcome.set(error)
-            else:
-                outcome.set(piece)
-            start = stop
+def _distribute(members: list[Request], answer: Settled) -> list[Settled]:
+    partial = getattr(answer, "response", None) if isinstance(answer, IncompleteResponseError) else None
+    if isinstance(answer, BaseException) and partial is None:
+        return [answer] * len(members)
+    response: Response = partial if partial is not None else answer  # type: ignore[assignment]
+    if len(members) == 1 and partial is None:
+        return [_slice(response, 0, len(response.data), duplicated=False)]
+    total = len(response.data)
+    extras = max(0, total - sum(r.n for r in members))
+    out: list[Settled] = []
+    start = 0
+    for position, request in enumerate(members):
+        stop = min(total, start + request.n + (extras if position == 0 else 0))
+        piece = _slice(response, start, stop, duplicated=position > 0)
+        if len(piece.data) < request.n:
+            error = IncompleteResponseError(
+                f"the model returned {len(piece.data)} of {request.n} samples",
+                request_id=request.request_id,
+            )
+            error.response = piece  # type: ignore[attr-defined]
+            out.append(error)
+        else:
+            out.append(piece)
+        start = stop
+    return out

@@ -4,22 +4,25 @@ tokens and money.
 A pipeline feeds its :class:`Ledger` through two hooks:
 
 * ``record_upstream(request, outcome)`` once for every request that reaches the model
-  (``request.n`` samples asked), with the model's Response or the exception it raised. Its
-  samples are *generated*, and their token usage is *spent*.
+  (``request.n`` samples asked), with the model's Response or the exception it raised (a short
+  answer's partial Response counts). Its samples are *generated*, their token usage *spent*.
 * ``record_served(request, response)`` once for every request answered to the caller. Samples
-  flagged ``cached`` came from storage and samples flagged ``duplicated`` rode on another
-  request's upstream call: their stored token usage is *saved*. A sample counts as saved once
-  even if both flags are set.
+  flagged ``cached`` came from storage with no upstream call: their stored token usage is
+  *saved*. Samples flagged ``duplicated`` rode on an identical request's upstream call: they are
+  counted as *merged*, but they were generated (and their tokens spent) by that call, so they
+  save calls, not tokens.
 
 Because a cached sample carries the usage recorded when it was generated, "saved" is exactly
-what those samples cost the first time, and no token is counted both as spent and as saved by
-the same request. Money comes from a price table in USD per million input (prompt) and output
-(completion) tokens, keyed by ``request.model``; tokens of a model missing from the table are
-counted but not priced, and :meth:`Ledger.unpriced_models` names them.
+what those samples cost the first time, and no token is ever counted as both spent and saved.
+Money comes from a price table in USD per million input (prompt) and output (completion)
+tokens, keyed by ``request.model``; tokens of a model missing from the table are counted but
+not priced, and :meth:`Ledger.unpriced_models` names them.
 
+>>> from dataclasses import dataclass
 >>> from cachesaver.typedefs import Request, Response
 >>> ledger = Ledger(prices={"m": Price(input_usd_per_million=1.0, output_usd_per_million=2.0)})
->>> class R(Request):
+>>> @dataclass(frozen=True)
+... class R(Request):
 ...     model: str = "m"
 >>> usage = [{"prompt_tokens": 10, "completion_tokens": 5}] * 2
 >>> ledger.record_upstream(R("q", n=2), Response(["a", "b"], usage=usage))
@@ -82,11 +85,12 @@ class LedgerEntry:
 
     * ``upstream_calls``: requests that reached the model (``failed_calls`` of them failed).
     * ``samples_generated``: samples the model produced for them.
-    * ``samples_served``: samples answered to callers; of those, ``samples_cached`` came from
-      storage and ``samples_duplicated`` were merged onto another request's call.
+    * ``requests_served`` / ``samples_served``: answered to callers; of those samples,
+      ``samples_cached`` came from storage and ``samples_duplicated`` were merged onto an
+      identical request's call.
     * ``prompt_tokens`` / ``completion_tokens``: tokens spent upstream.
-    * ``prompt_tokens_saved`` / ``completion_tokens_saved``: the stored usage of the cached and
-      merged samples served.
+    * ``prompt_tokens_saved`` / ``completion_tokens_saved``: the stored usage of the cached
+      samples served.
     * ``cost_usd`` / ``saved_usd``: the same in money, for priced models.
     """
 
@@ -169,8 +173,12 @@ class Ledger:
             counts = self._bucket(request)
             counts["upstream_calls"] += 1
             if not isinstance(outcome, Response):
-                counts["failed_calls"] += 1
-                return
+                # A short answer arrives as IncompleteResponseError carrying what was returned.
+                partial = getattr(outcome, "response", None)
+                if not isinstance(partial, Response):
+                    counts["failed_calls"] += 1
+                    return
+                outcome = partial
             counts["samples_generated"] += len(outcome.data)
             for usage in outcome.usage or ():
                 prompt, completion = _tokens(usage)
@@ -188,12 +196,11 @@ class Ledger:
             counts["requests_served"] += 1
             counts["samples_served"] += size
             for was_cached, was_duplicated, sample_usage in zip(cached, duplicated, usage):
-                if was_cached:
-                    counts["samples_cached"] += 1
-                elif was_duplicated:
+                if was_duplicated and not was_cached:
                     counts["samples_duplicated"] += 1
-                else:
+                if not was_cached:
                     continue
+                counts["samples_cached"] += 1
                 prompt, completion = _tokens(sample_usage)
                 counts["prompt_tokens_saved"] += prompt
                 counts["completion_tokens_saved"] += completion
@@ -279,8 +286,6 @@ class Ledger:
     # -- rendering -------------------------------------------------------------------------
     def render(self, *, markdown: bool = False) -> str:
         """A table with one row per namespace and a total row (plain text or Markdown)."""
-        from ._ledger_table import render_table
-
         return render_table(self.namespaces(), self.total(), self.unpriced_models(), markdown=markdown)
 
     def __str__(self) -> str:
@@ -292,3 +297,50 @@ class Ledger:
             f"Ledger(namespaces={len(self.namespaces())}, upstream_calls={total.upstream_calls}, "
             f"samples_cached={total.samples_cached}, cost_usd={total.cost_usd}, saved_usd={total.saved_usd})"
         )
+
+
+_COLUMNS = (
+    ("namespace", None),
+    ("calls", "upstream_calls"),
+    ("failed", "failed_calls"),
+    ("generated", "samples_generated"),
+    ("served", "samples_served"),
+    ("cached", "samples_cached"),
+    ("merged", "samples_duplicated"),
+    ("tokens spent", "tokens_spent"),
+    ("tokens saved", "tokens_saved"),
+    ("USD spent", "cost_usd"),
+    ("USD saved", "saved_usd"),
+)
+
+
+def _cell(entry: LedgerEntry, attribute: str) -> str:
+    value = getattr(entry, attribute)
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return f"{value:,}"
+
+
+def render_table(
+    namespaces: Mapping[str, LedgerEntry], total: LedgerEntry, unpriced: list[str], *, markdown: bool = False
+) -> str:
+    """Lay out ledger entries as a table: one row per namespace, then the total."""
+    header = [title for title, _ in _COLUMNS]
+    rows = [[ns] + [_cell(e, a) for _, a in _COLUMNS[1:] if a] for ns, e in namespaces.items()]
+    rows.append(["total"] + [_cell(total, a) for _, a in _COLUMNS[1:] if a])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+        def line(row: list[str]) -> str:
+            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+            return "  ".join(cells).rstrip()
+
+        lines = [line(header), "  ".join("-" * w for w in widths)]
+        lines += [line(r) for r in rows[:-1]] + ["  ".join("-" * w for w in widths), line(rows[-1])]
+    if unpriced:
+        lines.append("")
+        lines.append(f"no price for: {', '.join(unpriced)} (their tokens are not in the USD columns)")
+    return "\n".join(lines)

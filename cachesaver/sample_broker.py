@@ -29,10 +29,10 @@ import anyio
 from .background import BackgroundTasks, Outcome
 from .claims import RunClaims
 from .errors import PipelineClosedError, StoreError
-from .storage import SampleStore, StoredSample
+from .storage import RecordEntry, SampleStore, StoredSample
 from .typedefs import Request
 
-__all__ = ["Found", "SampleBroker"]
+__all__ = ["Found", "NewSamples", "SampleBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +55,32 @@ class _Lookup:
     outcome: Outcome[Found] = field(default_factory=Outcome)
 
 
-@dataclass
-class _Store:
+@dataclass(frozen=True)
+class NewSamples:
+    """Samples fetched for ``request``: ``needed`` of them are its own, the rest are spare.
+
+    ``prior`` are the stored indices the request already holds; the replay record becomes
+    ``prior`` plus the indices of its own new samples.
+    """
+
     request: Request
     key: str
     use: int | None
     prior: list[int]
     samples: list[StoredSample]
     needed: int
-    outcome: Outcome[list[int]] = field(default_factory=Outcome)
+
+
+@dataclass
+class _Store:
+    items: list[NewSamples]
+    outcome: Outcome[list[list[int]]] = field(default_factory=Outcome)
 
 
 class SampleBroker:
     """Serial owner of a run's claims and of all store I/O; see the module docstring."""
 
-    def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 2048) -> None:
+    def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 1024) -> None:
         self.store = store
         self.claims = RunClaims()
         self._background = background
@@ -91,17 +102,9 @@ class SampleBroker:
         self._kick()
         return op.outcome
 
-    def store_new(
-        self,
-        request: Request,
-        key: str,
-        use: int | None,
-        prior: Sequence[int],
-        samples: Sequence[StoredSample],
-        needed: int,
-    ) -> Outcome[list[int]]:
-        """Queue new samples for storage; the outcome is the indices the request now holds."""
-        op = _Store(request, key, use, list(prior), list(samples), needed)
+    def store_new(self, items: Sequence["NewSamples"]) -> Outcome[list[list[int]]]:
+        """Queue new samples for storage; the outcome lists, per item, the indices it now holds."""
+        op = _Store(list(items))
         self._stores.append(op)
         self._kick()
         return op.outcome
@@ -165,7 +168,7 @@ class SampleBroker:
         if store_error is not None:
             logger.error(
                 "cachesaver could not store %d new sample(s); they were still returned: %s",
-                sum(len(op.samples) for op in stores),
+                sum(len(item.samples) for op in stores for item in op.items),
                 store_error,
             )
         for op, indices in zip(stores, stored):
@@ -180,64 +183,70 @@ class SampleBroker:
 
     def _round(
         self, stores: list[_Store], lookups: list[_Lookup]
-    ) -> tuple[list[list[int]], list[Found | BaseException], BaseException | None]:
-        stored: list[list[int]] = []
+    ) -> tuple[list[list[list[int]]], list[Found | BaseException], BaseException | None]:
+        stored: list[list[list[int]]] = []
         store_error: BaseException | None = None
         if stores:
             try:
                 with self.store.transaction():
-                    stored = [self._store_one(op) for op in stores]
+                    stored = [[self._store_one(item) for item in op.items] for op in stores]
             except Exception as exc:  # noqa: BLE001 - reported, samples still delivered
                 store_error = exc
-                stored = [[] for _ in stores]
-        counts: dict[str, int] = {}
-        records: list[tuple[Any, ...]] = []
+                stored = [[[] for _ in op.items] for op in stores]
+        heads: dict[str, Any] = {}
+        records: list[tuple[str, RecordEntry]] = []
         found: list[Found | BaseException] = []
         for op in lookups:
             try:
-                found.append(self._lookup_one(op, counts, records))
+                found.append(self._lookup_one(op, heads, records))
             except Exception as exc:  # noqa: BLE001 - fails that request only
                 found.append(exc)
         if records:
+            by_key: dict[str, list[RecordEntry]] = {}
+            for key, entry in records:
+                by_key.setdefault(key, []).append(entry)
             try:
                 with self.store.transaction():
-                    for record in records:
-                        self.store.put_record(*record)
+                    for key, entries in by_key.items():
+                        self.store.write(key, records=entries)
             except Exception as exc:  # noqa: BLE001 - a lost record only costs exact replay
                 logger.error("cachesaver could not store %d replay record(s): %s", len(records), exc)
         return stored, found, store_error
 
-    def _store_one(self, op: _Store) -> list[int]:
+    def _store_one(self, op: NewSamples) -> list[int]:
         request = op.request
-        start = self.store.append_in_transaction(op.key, op.samples)
+        record = None
+        if op.use is not None:
+            record = (request.namespace, request.request_id, op.use, op.prior, op.needed)
+        start = self.store.write(op.key, op.samples, record_new=record)
         used = list(range(start, start + min(op.needed, len(op.samples))))
         self.claims.claim(request.namespace, op.key, used)
-        if op.use is not None:
-            self.store.put_record(request.namespace, op.key, request.request_id, op.use, op.prior + used)
         return used
 
-    def _lookup_one(self, op: _Lookup, counts: dict[str, int], records: list[tuple[Any, ...]]) -> Found:
+    def _lookup_one(self, op: _Lookup, heads: dict[str, Any], records: list[tuple[str, RecordEntry]]) -> Found:
         request, key = op.request, op.key
         namespace, request_id, n = request.namespace, request.request_id, request.n
+        store = self.store
+        head = heads.get(key)
+        if head is None:
+            head = heads[key] = store.head(key)
         use = None if request_id is None else self.claims.next_use(namespace, key, request_id)
-        recorded = None if use is None else self.store.get_record(namespace, key, request_id, use)
+        recorded = None if use is None else store.get_record(namespace, key, request_id, use, head)
         if recorded is not None and len(recorded) >= n:
-            head = list(recorded[:n])
+            chosen = list(recorded[:n])
             entry = self.claims.claims(namespace, key)
-            if len(set(head)) == n and not any(entry.is_claimed(i) for i in head):
-                samples = self.store.try_read_stored(key, head)
+            if len(set(chosen)) == n and not any(entry.is_claimed(i) for i in chosen):
+                samples = store.try_read_stored(key, chosen, head)
                 if samples is not None:
-                    for i in head:
+                    for i in chosen:
                         entry.claim(i)
                     if len(recorded) != n:
-                        records.append((namespace, key, request_id, use, head))
-                    return Found(key, use, head, samples, 0)
-        count = counts.get(key)
-        if count is None:
-            count = counts[key] = self.store.count(key)
+                        records.append((key, RecordEntry(namespace, request_id, use, tuple(chosen))))
+                    return Found(key, use, chosen, samples, 0)
+        count = store.count(key, head)
         chosen = self.claims.choose(namespace, key, n, count, recorded)
-        samples = self.store.read_stored(key, chosen)
+        samples = store.read_stored(key, chosen, head)
         missing = n - len(chosen)
         if use is not None and missing == 0 and tuple(chosen) != recorded:
-            records.append((namespace, key, request_id, use, chosen))
+            records.append((key, RecordEntry(namespace, request_id, use, tuple(chosen))))
         return Found(key, use, chosen, samples, missing)

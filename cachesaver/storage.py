@@ -1,15 +1,21 @@
 """The list-valued sample store, on top of ``diskcache``.
 
-Each cache key owns an append-only list of samples; each sample is stored as its own entry, so
-appending the 2000th sample costs what appending the 10th does. Per namespace, the store also
-keeps *records*: which sample indices a (key, request_id, k-th use of that id) received, which
-is what lets a later run replay a request exactly.
+Each cache key owns an append-only list of samples. Per namespace, the store also keeps
+*records*: which sample indices the k-th request with a given request_id received for that
+key. Records are what let a later run replay a request exactly.
+
+Layout: a key's *head* entry holds its first :attr:`SampleStore.HEAD_SAMPLES` samples and its
+first :attr:`SampleStore.HEAD_RECORDS` records, so a key with few samples costs one read to
+serve and one write to extend. Later samples get an entry each (plus a count entry), later
+records too. An append therefore rewrites at most one bounded entry: appending the 2000th
+sample costs about what appending the 10th does.
 
 Guarantees:
 
-* ``append`` runs in one diskcache transaction (an SQLite write lock), so processes sharing a
+* Writes run in one diskcache transaction (an SQLite write lock), so processes sharing a
   directory never lose or overwrite each other's samples; indices are dense and never reused.
-* Nothing is ever deleted or rewritten by cachesaver; a sample once stored keeps its index.
+* Nothing stored is ever deleted or changed; a sample keeps its index forever. A record may be
+  replaced by a newer one for the same (namespace, key, request_id, use).
 * A sample that has gone missing (for example evicted by a ``diskcache.Cache`` created with an
   eviction policy other than ``'none'``) raises :class:`~cachesaver.errors.CorruptStoreError`
   when read, never a silent gap.
@@ -30,23 +36,23 @@ All methods block on disk I/O; the cache stage calls them from a worker thread.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import diskcache
 
 from .errors import ConfigurationError, CorruptStoreError, StoreError
 
-__all__ = ["SampleStore", "StoredSample"]
+__all__ = ["Head", "RecordEntry", "SampleStore", "StoredSample"]
 
 logger = logging.getLogger(__name__)
 
 _PREFIX = "cachesaver/1/"
 _COUNT = _PREFIX + "count/"
+_HEAD = _PREFIX + "head/"
 _SAMPLE = _PREFIX + "sample/"
 _RECORD = _PREFIX + "record/"
 _MISSING = object()
@@ -60,19 +66,47 @@ class StoredSample:
     usage: Any = None
 
 
-def _sample_key(key: str, index: int) -> str:
-    return f"{_SAMPLE}{key}/{index}"
+class Head(NamedTuple):
+    """A key's head entry: its first samples as (data, usage) pairs and its first records."""
+
+    samples: tuple[tuple[Any, Any], ...]
+    records: dict[str, tuple[int, ...]]
 
 
-def _record_key(namespace: str, key: str, request_id: Any, use: int) -> str:
-    ident = json.dumps([namespace, key, type(request_id).__name__, request_id, use], ensure_ascii=False)
-    return _RECORD + hashlib.sha256(ident.encode("utf-8")).hexdigest()
+class RecordEntry(NamedTuple):
+    """Which indices the ``use``-th request with ``request_id`` received, in ``namespace``."""
+
+    namespace: str
+    request_id: Any
+    use: int
+    indices: tuple[int, ...]
+
+
+_EMPTY_HEAD = Head((), {})
+_namespace_digests: dict[str, str] = {}
+
+
+def _record_tag(namespace: str, request_id: Any, use: int) -> str:
+    # The namespace digest has a fixed length and ``use`` is an int at the end, so the tag is
+    # unambiguous whatever characters the request id holds.
+    digest = _namespace_digests.get(namespace)
+    if digest is None:
+        digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:32]
+        if len(_namespace_digests) < 4096:
+            _namespace_digests[namespace] = digest
+    return f"{digest}/{type(request_id).__name__}:{request_id}/{use}"
+
+
+def _check_indices(value: Any, key: str) -> tuple[int, ...]:
+    if type(value) is not tuple or not all(type(i) is int and i >= 0 for i in value):
+        raise CorruptStoreError(f"a replay record of key {key} is malformed")
+    return value
 
 
 def open_cache(cache: Any) -> tuple[Any, bool]:
     """The diskcache to use for ``cache`` (a Cache, FanoutCache or a directory), and whether we own it."""
     if isinstance(cache, (str, os.PathLike)):
-        return diskcache.Cache(os.fspath(cache), eviction_policy="none"), True
+        return diskcache.Cache(os.fspath(cache), eviction_policy="none", cull_limit=0), True
     for method in ("get", "set", "transact"):
         if not callable(getattr(cache, method, None)):
             raise ConfigurationError(
@@ -94,28 +128,56 @@ def open_cache(cache: Any) -> tuple[Any, bool]:
 class SampleStore:
     """Append-only sample lists and replay records in one diskcache; see the module docstring."""
 
+    HEAD_SAMPLES = 16
+    HEAD_RECORDS = 16
+
     def __init__(self, cache: Any) -> None:
         self.cache, self._owned = open_cache(cache)
 
-    # -- samples --------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------
 
-    def count(self, key: str) -> int:
-        """How many samples are stored for ``key``."""
-        value = self.cache.get(_COUNT + key, 0, retry=True)
-        if type(value) is not int or value < 0:
-            raise CorruptStoreError(f"sample count for key {key} is {value!r}, not a non-negative int")
+    def head(self, key: str) -> Head:
+        """The head entry of ``key`` (empty when nothing is stored)."""
+        value = self.cache.get(_HEAD + key, None, retry=True)
+        if value is None:
+            return _EMPTY_HEAD
+        if (
+            type(value) is not tuple
+            or len(value) != 2
+            or type(value[0]) is not tuple
+            or type(value[1]) is not dict
+            or len(value[0]) > self.HEAD_SAMPLES
+        ):
+            raise CorruptStoreError(f"the head entry of key {key} is not a cachesaver entry")
+        return Head(value[0], value[1])
+
+    def count(self, key: str, head: Head | None = None) -> int:
+        """How many samples are stored for ``key`` (``head``: its head entry, if already read)."""
+        if head is None:
+            head = self.head(key)
+        if len(head.samples) < self.HEAD_SAMPLES:
+            return len(head.samples)
+        value = self.cache.get(_COUNT + key, None, retry=True)
+        if type(value) is not int or value < self.HEAD_SAMPLES:
+            raise CorruptStoreError(f"sample count for key {key} is {value!r}; the store is damaged")
         return value
 
     def read(self, key: str, indices: Sequence[int]) -> list[Any]:
-        """The samples at ``indices`` (as stored data, not StoredSample), in that order."""
+        """The samples at ``indices`` (their data), in that order."""
         return [s.data for s in self.read_stored(key, indices)]
 
-    def read_stored(self, key: str, indices: Sequence[int]) -> list[StoredSample]:
+    def read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample]:
         """The :class:`StoredSample` at each of ``indices``, in that order."""
+        size = self.HEAD_SAMPLES
+        if head is None and any(i < size for i in indices):
+            head = self.head(key)
         get = self.cache.get
         out = []
         for index in indices:
-            value = get(_sample_key(key, index), _MISSING, retry=True)
+            if index < size:
+                value = head.samples[index] if head is not None and index < len(head.samples) else _MISSING
+            else:
+                value = get(f"{_SAMPLE}{key}/{index}", _MISSING, retry=True)
             if value is _MISSING:
                 raise CorruptStoreError(
                     f"sample {index} of key {key} is missing from {self.directory}; it was evicted or "
@@ -126,25 +188,75 @@ class SampleStore:
             out.append(StoredSample(value[0], value[1]))
         return out
 
-    def try_read_stored(self, key: str, indices: Sequence[int]) -> list[StoredSample] | None:
+    def try_read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample] | None:
         """Like :meth:`read_stored`, but None when any of the samples is absent."""
         try:
-            return self.read_stored(key, indices)
+            return self.read_stored(key, indices, head)
         except CorruptStoreError:
             return None
+
+    def get_record(
+        self, namespace: str, key: str, request_id: Any, use: int, head: Head | None = None
+    ) -> tuple[int, ...] | None:
+        """The indices the ``use``-th request with ``request_id`` received in ``namespace``, or None."""
+        if head is None:
+            head = self.head(key)
+        tag = _record_tag(namespace, request_id, use)
+        value = head.records.get(tag)
+        if value is None and len(head.records) >= self.HEAD_RECORDS:
+            value = self.cache.get(f"{_RECORD}{key}/{tag}", None, retry=True)
+        return None if value is None else _check_indices(value, key)
+
+    # -- writing ----------------------------------------------------------------------------
 
     def append(self, key: str, samples: Sequence[Any]) -> int:
         """Append ``samples`` (data, no usage) to ``key``'s list; the index of the first one."""
         with self.transaction():
-            return self.append_in_transaction(key, [StoredSample(s) for s in samples])
+            return self.write(key, [StoredSample(s) for s in samples])
 
-    def append_in_transaction(self, key: str, samples: Sequence[StoredSample]) -> int:
-        """Append inside an open :meth:`transaction`; the index of the first appended sample."""
-        start = self.count(key)
+    def write(
+        self,
+        key: str,
+        samples: Sequence[StoredSample] = (),
+        records: Sequence[RecordEntry] = (),
+        record_new: tuple[str, Any, int, Sequence[int], int] | None = None,
+    ) -> int:
+        """Append ``samples`` to ``key`` and store ``records``; call inside :meth:`transaction`.
+
+        ``record_new`` = (namespace, request_id, use, prior, needed) also records that request
+        as holding ``prior`` plus the first ``needed`` of the appended samples. Returns the index
+        of the first appended sample (the old count).
+        """
+        head = self.head(key)
+        start = self.count(key, head)
         put = self.cache.set
-        for offset, sample in enumerate(samples):
-            put(_sample_key(key, start + offset), (sample.data, sample.usage), retry=True)
-        put(_COUNT + key, start + len(samples), retry=True)
+        head_samples = head.samples
+        pairs = [(s.data, s.usage) for s in samples]
+        room = self.HEAD_SAMPLES - len(head_samples)
+        if room > 0 and pairs:
+            head_samples = head_samples + tuple(pairs[:room])
+        for offset in range(max(room, 0), len(pairs)):
+            put(f"{_SAMPLE}{key}/{start + offset}", pairs[offset], retry=True)
+        if pairs and start + len(pairs) >= self.HEAD_SAMPLES:
+            put(_COUNT + key, start + len(pairs), retry=True)
+        all_records = list(records)
+        if record_new is not None:
+            namespace, request_id, use, prior, needed = record_new
+            used = range(start, start + min(needed, len(pairs)))
+            all_records.append(RecordEntry(namespace, request_id, use, tuple(prior) + tuple(used)))
+        head_records = head.records
+        copied = False
+        for entry in all_records:
+            tag = _record_tag(entry.namespace, entry.request_id, entry.use)
+            indices = tuple(entry.indices)
+            if tag in head_records or len(head_records) < self.HEAD_RECORDS:
+                if not copied:
+                    head_records, copied = dict(head_records), True
+                head_records[tag] = indices
+            else:
+                put(f"{_RECORD}{key}/{tag}", indices, retry=True)
+        if head_samples is not head.samples or copied:
+            put(_HEAD + key, (head_samples, head_records), retry=True)
         return start
 
     @contextmanager
@@ -157,23 +269,6 @@ class SampleStore:
             raise StoreError(
                 f"the cache at {self.directory} stayed locked by another process; try again"
             ) from exc
-
-    # -- replay records -------------------------------------------------------------------
-
-    def get_record(self, namespace: str, key: str, request_id: Any, use: int) -> tuple[int, ...] | None:
-        """The sample indices the ``use``-th request with this id received in ``namespace``."""
-        value = self.cache.get(_record_key(namespace, key, request_id, use), None, retry=True)
-        if value is None:
-            return None
-        if type(value) is not tuple or not all(type(i) is int and i >= 0 for i in value):
-            raise CorruptStoreError(f"replay record for key {key} in namespace {namespace!r} is malformed")
-        return value
-
-    def put_record(
-        self, namespace: str, key: str, request_id: Any, use: int, indices: Sequence[int]
-    ) -> None:
-        """Remember which indices a request received (inside or outside a transaction)."""
-        self.cache.set(_record_key(namespace, key, request_id, use), tuple(indices), retry=True)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 ``FakeChatServer`` speaks enough of the OpenAI / together chat-completions wire format for the
 real SDKs to talk to it through ``base_url``. It answers ``POST .../chat/completions`` with
 deterministic, distinct samples (``"<last message content>#<k>"``, k counting per prompt from
-0, like :class:`cachesaver.models.scripted.ScriptedModel`), and ``GET .../models`` with one model.
+0, like :class:`cachesaver.models.scripted.ScriptedModel`), ``GET .../models`` with one model
+and ``GET .../files`` with an empty list.
 
 What it records: every chat request body in arrival order (``requests``), every request's
 headers (``headers``), the paths of non-chat requests (``other_paths``), the number of chat
@@ -37,13 +38,15 @@ __all__ = ["Fault", "FakeChatServer"]
 class Fault:
     """How to answer one chat request instead of succeeding.
 
-    ``status=None`` closes the connection without sending a response.
+    ``status=None`` closes the connection without sending a response. ``delay_s`` waits that
+    long first (or until the server stops), to make a client time out.
     """
 
     status: int | None
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "injected failure"
     code: str | None = None
+    delay_s: float = 0.0
 
 
 def prompt_words(messages: list[dict[str, Any]]) -> int:
@@ -71,6 +74,7 @@ class FakeChatServer:
         self._predicates: list[Callable[[dict[str, Any]], Fault | None]] = []
         self._counters: dict[str, int] = {}
         self._hold_target: int | None = None
+        self._stopping = False
         self._condition = threading.Condition()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -102,6 +106,8 @@ class FakeChatServer:
         return self
 
     def stop(self) -> None:
+        with self._condition:
+            self._stopping = True
         self.release()
         if self._httpd is not None:
             self._httpd.shutdown()
@@ -126,10 +132,11 @@ class FakeChatServer:
         with self._condition:
             self._faults.extend([Fault(status, dict(headers or {}), message, code)] * times)
 
-    def drop_next(self, *, times: int = 1) -> None:
-        """Close the connection of the next ``times`` chat requests without answering."""
+    def drop_next(self, *, times: int = 1, delay_s: float = 0.0) -> None:
+        """Close the connection of the next ``times`` chat requests without answering (after
+        ``delay_s``, so a client with a shorter time-out gives up first)."""
         with self._condition:
-            self._faults.extend([Fault(None)] * times)
+            self._faults.extend([Fault(None, delay_s=delay_s)] * times)
 
     def fail_when(self, predicate: Callable[[dict[str, Any]], Fault | None]) -> None:
         """Fail every chat request whose body makes ``predicate`` return a Fault."""
@@ -172,6 +179,10 @@ class FakeChatServer:
                 if fault is not None:
                     return fault
             return None
+
+    def _pause(self, seconds: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._stopping, timeout=seconds)
 
     def _leave(self, succeeded: bool) -> None:
         with self._condition:
@@ -241,6 +252,8 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
                         {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
                     ]},
                 )
+            elif self.path.rstrip("/").endswith("/files"):
+                self._send_json(200, {"object": "list", "data": []})
             else:
                 self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -255,6 +268,8 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
             fault = server._enter(body, {k.lower(): v for k, v in self.headers.items()})
             succeeded = False
             try:
+                if fault is not None and fault.delay_s:
+                    server._pause(fault.delay_s)
                 if fault is not None and fault.status is None:
                     self.close_connection = True
                     self.connection.shutdown(2)  # drop the connection without an answer

@@ -51,7 +51,7 @@ class SampleProgress:
         rate = self._hit_rate() if self._hit_rate is not None else None
         if rate is not None:
             postfix["cache hits"] = f"{rate:.0%}"
-        self._bar.set_postfix(postfix, refresh=True)
+        self._bar.set_postfix(postfix, refresh=False)  # redrawn by update(), at tqdm's pace
 
     def started(self) -> None:
         self.running += 1
@@ -62,8 +62,9 @@ class SampleProgress:
         self.done += 1
         if failed:
             self.failed += 1
-        self._bar.update(1)
         self._refresh()
+        self._bar.update(1)
 
     def close(self) -> None:
+        self._refresh()
         self._bar.close()

@@ -6,6 +6,7 @@ table the CLI prints.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -39,6 +40,7 @@ class RunSummary:
     * ``samples_served`` / ``samples_cached``: agent samples received in this run and those
       served from the cache, when the agent counts them (None otherwise).
     * ``ledger``: the pipeline ledger's snapshot, ``ledger_table`` its rendering, if given.
+    * ``notes``: extra rows for the table, such as a simulated backend's modeled time.
     """
 
     task: str
@@ -56,6 +58,11 @@ class RunSummary:
     overall: Dict[str, Any] = field(default_factory=dict)
     ledger: Optional[Dict[str, Any]] = None
     ledger_table: Optional[str] = None
+    notes: Tuple[Tuple[str, str], ...] = ()
+
+    def with_notes(self, *rows: Tuple[str, str]) -> "RunSummary":
+        """A copy with extra ``(name, value)`` rows (e.g. the backend's modeled time)."""
+        return dataclasses.replace(self, notes=self.notes + tuple(rows))
 
     @property
     def cache_hit_rate(self) -> Optional[float]:
@@ -79,6 +86,7 @@ class RunSummary:
             shown = "n/a" if rate is None else f"{rate:.1%}"
             rows.append(("cache hits", f"{self.samples_cached}/{self.samples_served} samples ({shown})"))
         rows.append(("wall time", f"{self.wall_time_s:.2f} s"))
+        rows.extend(self.notes)
         return rows
 
     def render(self) -> str:

@@ -1,0 +1,8 @@
+"""``python -m cachesaver``: the same command line as ``cachesaver``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

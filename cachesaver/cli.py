@@ -1,0 +1,157 @@
+"""The ``cachesaver`` command line.
+
+``cachesaver run TASK --out DIR --namespace NS`` runs every sample of a task through a cached
+pipeline and writes ``DIR/<task name>/{runs.jsonl, error.jsonl, overall.json}``; TASK is
+``package.module:Class`` or ``path/to/file.py:Class``. Running it again into the same DIR
+resumes; running it into a new DIR with the same ``--cache``, namespace, backend and model
+replays the earlier run from the cache, and ``--replay-only`` guarantees no model is called
+(a sample that needs an uncached answer fails, naming the request). ``python -m cachesaver``
+is the same command.
+
+Exit status: 0 when every sample finished, 1 when some failed (see error.jsonl), 2 for a bad
+command line or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import anyio
+
+from .errors import CacheSaverError, ConfigurationError
+from .tasks.backends import BACKENDS, default_backend, default_model, make_model
+from .tasks.loading import load_task, parse_task_options
+from .tasks.summary import RunSummary
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_CACHE = "caches/runs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cachesaver",
+        description="Cheaper, faster, reproducible LLM experiments.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run a task (resumable; replays from the cache)",
+        description="Run every sample of TASK through a cached pipeline and write the results to "
+        "OUT/<task name>/ (runs.jsonl, error.jsonl, overall.json).",
+    )
+    run.add_argument("task", metavar="TASK", help="the task class: package.module:Class or path/file.py:Class")
+    run.add_argument("--out", required=True, metavar="DIR", help="output directory (re-use it to resume)")
+    run.add_argument("--namespace", required=True, metavar="NS", help="the run's cache namespace")
+    run.add_argument(
+        "--backend", choices=BACKENDS, default=None,
+        help="the model backend (default: together if TOGETHER_API_KEY is set, else simulated)",
+    )
+    run.add_argument("--model", metavar="M", help="model name (default depends on the backend)")
+    run.add_argument("--concurrency", type=int, metavar="K", help="samples at once (default: the task's)")
+    run.add_argument(
+        "--replay-only", action="store_true",
+        help="call no model: serve every request from the cache; a miss fails that sample",
+    )
+    run.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help=f"cache directory (default {DEFAULT_CACHE})")
+    run.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per upstream batch (default 8)")
+    run.add_argument("--temperature", type=float, help="sampling temperature (part of the cache key)")
+    run.add_argument("--max-tokens", type=int, metavar="N", help="completion token limit (part of the cache key)")
+    run.add_argument("--system-prompt", metavar="TEXT", help="a system message before every conversation")
+    run.add_argument("--sample-timeout", type=float, metavar="S", help="seconds a sample may take (default: no limit)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the simulated backend (default 0)")
+    run.add_argument(
+        "--time-scale", type=float, default=0.0, metavar="X",
+        help="real seconds slept per modeled second on the simulated backend (default 0: never sleep)",
+    )
+    run.add_argument(
+        "--task-option", action="append", default=[], metavar="KEY=VALUE",
+        help="keyword argument for the task class (VALUE read as JSON when it parses); repeatable",
+    )
+    run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    return parser
+
+
+def _modeled_seconds(model: Any) -> Optional[float]:
+    stats = getattr(model, "stats", None)
+    if not callable(stats):
+        return None
+    value = getattr(stats(), "modeled_seconds", None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+async def _run(args: argparse.Namespace) -> RunSummary:
+    from .models.replay_only import ReplayOnlyModel
+    from .pipelines import OnlineAPI
+    from .tasks.agents import PipelineAgent
+    from .tasks.runner import run_task
+
+    task = load_task(args.task, **parse_task_options(args.task_option))
+    backend = args.backend or default_backend()
+    model_name = args.model or default_model(backend)
+    cache = Path(args.cache)
+    if args.replay_only:
+        if not cache.is_dir():
+            raise ConfigurationError(
+                f"--replay-only needs the cache of an earlier run, and {str(cache)!r} does not exist; "
+                "pass the --cache directory that run used"
+            )
+        model: Any = ReplayOnlyModel()
+    else:
+        compose = getattr(task, "simulated_compose", None)
+        model = make_model(
+            backend, model_name, seed=args.seed, time_scale=args.time_scale,
+            compose=compose if callable(compose) else None,
+        )
+    started_modeled = _modeled_seconds(model)
+    async with OnlineAPI(model, str(cache), batch_size=args.batch_size) as pipeline:
+        agent = PipelineAgent(
+            pipeline,
+            namespace=args.namespace,
+            model=model_name,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            system_prompt=args.system_prompt,
+        )
+        summary = await run_task(
+            task,
+            agent,
+            args.out,
+            concurrency=args.concurrency,
+            sample_timeout_s=args.sample_timeout,
+            progress=not args.no_progress,
+            ledger=pipeline.ledger,
+        )
+    notes = [("backend", "replay-only (no model)" if args.replay_only else f"{backend} ({model_name})")]
+    if args.replay_only:
+        notes.append(("cache misses", f"{len(model.misses)} (no request reached any model)"))
+    modeled = _modeled_seconds(model)
+    if modeled is not None and started_modeled is not None:
+        notes.append(("modeled time", f"{modeled - started_modeled:.2f} s (simulated GPU-busy seconds)"))
+    return summary.with_notes(*notes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.concurrency is not None and args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        summary = anyio.run(_run, args, backend="asyncio")
+    except ConfigurationError as exc:
+        print(f"cachesaver: error: {exc}", file=sys.stderr)
+        return 2
+    except CacheSaverError as exc:
+        print(f"cachesaver: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(summary.render())
+    if summary.failed:
+        print(f"\n{summary.failed} sample(s) failed; see {summary.directory}/error.jsonl", file=sys.stderr)
+        return 1
+    return 0

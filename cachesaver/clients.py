@@ -1,0 +1,393 @@
+"""Drop-in SDK clients whose chat completions go through a cachesaver pipeline.
+
+``cachesaver.models.together.AsyncTogether`` / ``Together`` and ``cachesaver.models.openai.
+AsyncOpenAI`` / ``OpenAI`` are built on the two classes here. They take the SDK's constructor
+arguments plus these (all keyword-only):
+
+* ``namespace`` (default ``"default"``): the namespace of every call that does not pass one.
+* ``cache``: a directory path or a ``diskcache.Cache`` (default: ``$CACHESAVER_CACHE_DIR``, else
+  ``.cachesaver`` in the working directory).
+* ``batch_size`` (default 32) and ``batch_timeout_s`` (default 0.01): the pipeline's batching.
+* ``retry`` (a :class:`~cachesaver.retry.RetryPolicy`; by default the SDK's ``max_retries``
+  plus one attempts), ``limits`` (:class:`~cachesaver.ratelimit.RateLimits`),
+  ``max_n_per_call``, ``prices`` (a price table for the ledger) or ``ledger``.
+
+Guarantees:
+
+* ``await client.chat.completions.create(model=..., messages=..., n=...)`` returns the SDK's own
+  completion type with ``n`` choices, served by :class:`~cachesaver.pipelines.OnlineAPI`: the
+  client is one *run* (fresh samples within a namespace), a new client on the same cache
+  replays stored choices per ``(request, request_id)``. Per call it also accepts
+  ``namespace=`` and ``request_id=``. Each choice has ``cached`` and ``duplicated`` flags.
+* The cache key is the call's model, messages and every sampling argument, plus the backend
+  kind and base_url; credentials, time-outs and headers are not part of it. Per-call transport
+  options (``timeout``, ``extra_headers``, ``extra_query``) are refused with
+  :class:`~cachesaver.errors.ConfigurationError`: set them on the client.
+* ``stream=True`` replays the completion as a stream of the SDK's chunk type, one chunk per
+  choice (plus a usage chunk when ``stream_options={"include_usage": True}``).
+* Every other attribute (``client.models``, ``client.files``, ``client.chat.completions.
+  with_raw_response``, ...) is the real SDK client's, untouched and uncached.
+* ``aclose()`` / ``close()`` / leaving ``async with`` finishes calls in flight, stores their
+  samples, closes the pipeline and the SDK client. The sync clients run on a private event loop
+  thread (:class:`~cachesaver.loop_thread.LoopThread`), so they also work where an event loop
+  is already running (Jupyter), and are closed at the latest when garbage-collected or at exit.
+* ``client.ledger`` is the pipeline's :class:`~cachesaver.ledger.Ledger`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import anyio
+
+from .errors import ConfigurationError, InvalidRequestError
+from .keys import request_key
+from .ledger import Ledger, PriceTable
+from .loop_thread import LoopThread
+from .models.chat_completions import DECODING_FIELDS, ChatRequest
+from .pipelines import OnlineAPI
+from .ratelimit import RateLimiter, RateLimits
+from .retry import RetryPolicy
+from .typedefs import Response
+
+__all__ = ["AsyncReplayStream", "CachedAsyncClient", "CachedSyncClient", "ClientOptions", "ReplayStream"]
+
+DEFAULT_CACHE_DIR = ".cachesaver"
+_TRANSPORT_ONLY = ("timeout", "extra_headers", "extra_query")
+
+
+def _default_cache() -> str:
+    return os.environ.get("CACHESAVER_CACHE_DIR") or DEFAULT_CACHE_DIR
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """cachesaver's own constructor arguments of a drop-in client, split from the SDK's."""
+
+    namespace: str = "default"
+    cache: Any = None
+    batch_size: int = 32
+    batch_timeout_s: float = 0.01
+    retry: RetryPolicy | None = None
+    limits: RateLimits | RateLimiter | None = None
+    max_n_per_call: int = 128
+    prices: PriceTable | None = None
+    ledger: Ledger | None = None
+    sleep: Callable[[float], Any] = anyio.sleep
+    sdk_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    OWN: ClassVar[frozenset[str]] = frozenset(
+        {"namespace", "cache", "batch_size", "batch_timeout_s", "retry", "limits", "max_n_per_call",
+         "prices", "ledger", "sleep"}
+    )
+
+    @classmethod
+    def split(cls, kwargs: Mapping[str, Any]) -> ClientOptions:
+        own = {k: v for k, v in kwargs.items() if k in cls.OWN}
+        sdk = {k: v for k, v in kwargs.items() if k not in cls.OWN}
+        if own.get("cache") is None:
+            own["cache"] = _default_cache()
+        if not isinstance(own.get("namespace", "default"), str):
+            raise ConfigurationError(f"namespace must be a str, got {type(own['namespace']).__name__}")
+        if own.get("retry") is None and isinstance(sdk.get("max_retries"), int):
+            own["retry"] = RetryPolicy(max_attempts=max(0, sdk["max_retries"]) + 1)
+        return cls(**own, sdk_kwargs=sdk)
+
+
+def _is_not_given(value: Any) -> bool:
+    return type(value).__name__ in ("NotGiven", "Omit")
+
+
+def _message(message: Any) -> dict[str, Any]:
+    if isinstance(message, Mapping):
+        return dict(message)
+    dump = getattr(message, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json", exclude_none=True)
+    raise InvalidRequestError(f"a message must be a dict (role, content), got {type(message).__name__}")
+
+
+def chat_request(kind: str, base_url: str, namespace: str, call: Mapping[str, Any]) -> tuple[ChatRequest, bool, Any]:
+    """The ChatRequest for one ``create(**call)``, whether it streams, and its stream options."""
+    arguments = {k: v for k, v in call.items() if not _is_not_given(v)}
+    for name in _TRANSPORT_ONLY:
+        if arguments.pop(name, None) is not None:
+            raise ConfigurationError(
+                f"per-call {name}= is not supported by the caching client (it is not part of the "
+                f"cache key); set it on the client instead (timeout=, default_headers=, default_query=)"
+            )
+    if "model" not in arguments or "messages" not in arguments:
+        raise InvalidRequestError("chat.completions.create needs model= and messages=")
+    model = arguments.pop("model")
+    messages = [_message(m) for m in arguments.pop("messages")]
+    n = arguments.pop("n", None)
+    stream = bool(arguments.pop("stream", False))
+    stream_options = arguments.pop("stream_options", None)
+    request_id = arguments.pop("request_id", None)
+    call_namespace = arguments.pop("namespace", None)
+    fields = {name: arguments.pop(name) for name in DECODING_FIELDS if name in arguments}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    extra_body = arguments.pop("extra_body", None)
+    parameters = {k: v for k, v in arguments.items() if v is not None}
+    request = ChatRequest(
+        messages, n=1 if n is None else n, request_id=request_id,
+        namespace=namespace if call_namespace is None else call_namespace,
+        model=model, backend=kind, base_url=base_url, sample_format="choice",
+        parameters=parameters or None, extra_body=dict(extra_body) if extra_body else None, **fields,
+    )
+    return request, stream, stream_options
+
+
+def completion_payload(request: ChatRequest, response: Response) -> dict[str, Any]:
+    """The chat-completion JSON for ``response``: its choices renumbered, with cachesaver's
+    ``cached`` / ``duplicated`` flags on each, and the usage its samples carry, summed."""
+    size = len(response.data)
+    cached = response.cached or [False] * size
+    duplicated = response.duplicated or [False] * size
+    choices = []
+    for i, sample in enumerate(response.data):
+        if isinstance(sample, Mapping):
+            choice = dict(sample)
+        else:
+            choice = {"message": {"role": "assistant", "content": sample}, "finish_reason": "stop"}
+        choice["index"] = i
+        choice["cached"] = bool(cached[i])
+        choice["duplicated"] = bool(duplicated[i])
+        choices.append(choice)
+    payload: dict[str, Any] = {
+        "id": f"chatcmpl-cachesaver-{request_key(request)[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": choices,
+    }
+    if response.usage is not None:
+        prompt = sum(int((u or {}).get("prompt_tokens") or 0) for u in response.usage)
+        completion = sum(int((u or {}).get("completion_tokens") or 0) for u in response.usage)
+        payload["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return payload
+
+
+def stream_payloads(payload: Mapping[str, Any], stream_options: Any) -> list[dict[str, Any]]:
+    """The chunks that replay a completion: one per choice, then usage if asked for."""
+    head = {"id": payload["id"], "object": "chat.completion.chunk", "created": payload["created"], "model": payload["model"]}
+    chunks = []
+    for choice in payload["choices"]:
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": message.get("role", "assistant"), "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [dict(call, index=k) for k, call in enumerate(message["tool_calls"])]
+        chunks.append({**head, "choices": [{
+            "index": choice["index"], "delta": delta, "finish_reason": choice.get("finish_reason"),
+            "cached": choice["cached"], "duplicated": choice["duplicated"],
+        }]})
+    if isinstance(stream_options, Mapping) and stream_options.get("include_usage") and "usage" in payload:
+        chunks.append({**head, "choices": [], "usage": payload["usage"]})
+    return chunks
+
+
+class ReplayStream:
+    """A finished completion replayed as a (sync) stream of chunks."""
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self._chunks = iter(chunks)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._chunks
+
+    def __next__(self) -> Any:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks = iter(())
+
+    def __enter__(self) -> ReplayStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class AsyncReplayStream:
+    """A finished completion replayed as an async stream of chunks."""
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> AsyncReplayStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def close(self) -> None:
+        self._chunks = iter(())
+
+    async def __aenter__(self) -> AsyncReplayStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+
+class _Completions:
+    def __init__(self, client: CachedAsyncClient) -> None:
+        self._client = client
+
+    async def create(self, **call: Any) -> Any:
+        """Like the SDK's ``create``, served through the pipeline; see the module docstring."""
+        completion, chunks = await self._client._complete(call)
+        return AsyncReplayStream(chunks) if chunks is not None else completion
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client._sdk.chat.completions, name)
+
+
+class _Chat:
+    def __init__(self, completions: Any, sdk_chat: Callable[[], Any]) -> None:
+        self.completions = completions
+        self._sdk_chat = sdk_chat
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sdk_chat(), name)
+
+
+class CachedAsyncClient:
+    """An async SDK client whose ``chat.completions.create`` is cached (see the module doc).
+
+    Subclasses set ``completion_type`` and ``chunk_type`` (the SDK's pydantic models).
+    """
+
+    completion_type: ClassVar[Any]
+    chunk_type: ClassVar[Any]
+
+    def __init__(self, sdk: Any, model: Any, options: ClientOptions) -> None:
+        self._sdk = sdk
+        self.backend = model
+        self.namespace = options.namespace
+        self.ledger = options.ledger if options.ledger is not None else Ledger(options.prices)
+        self.pipeline = OnlineAPI(model, options.cache, options.batch_size, options.batch_timeout_s, ledger=self.ledger)
+        self.chat = _Chat(_Completions(self), lambda: sdk.chat)
+        self._closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        sdk = self.__dict__.get("_sdk")
+        if sdk is None:
+            raise AttributeError(name)
+        return getattr(sdk, name)
+
+    async def _complete(self, call: Mapping[str, Any]) -> tuple[Any, list[Any] | None]:
+        request, stream, stream_options = chat_request(self.backend.kind, self.backend.base_url, self.namespace, call)
+        response = await self.pipeline.request(request)
+        payload = completion_payload(request, response)
+        completion = self.completion_type.construct(**payload)
+        if not stream:
+            return completion, None
+        return completion, [self.chunk_type.construct(**c) for c in stream_payloads(payload, stream_options)]
+
+    async def aclose(self) -> None:
+        """Finish calls in flight, store their samples, close the pipeline and the SDK client."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.pipeline.aclose()
+            await self.backend.aclose()
+        finally:
+            await self._sdk.close()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (the SDK's name); never a chat call."""
+        await self.aclose()
+
+    async def __aenter__(self) -> CachedAsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+
+class _SyncCompletions:
+    def __init__(self, client: CachedSyncClient) -> None:
+        self._client = client
+
+    def create(self, **call: Any) -> Any:
+        """Like the SDK's ``create``, served through the pipeline; blocks until done."""
+        owner = self._client
+        completion, chunks = owner._loop.call(functools.partial(owner._async._complete, call))
+        return ReplayStream(chunks) if chunks is not None else completion
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client._sdk.chat.completions, name)
+
+
+def _shutdown(loop: LoopThread, async_client: CachedAsyncClient, sdk: Any) -> None:
+    try:
+        if loop.running:
+            loop.call(async_client.aclose)
+    finally:
+        try:
+            loop.stop()
+        finally:
+            sdk.close()
+
+
+class CachedSyncClient:
+    """A blocking SDK client whose ``chat.completions.create`` is cached (see the module doc).
+
+    ``make_async`` builds the matching :class:`CachedAsyncClient`; it runs on a private loop.
+    """
+
+    def __init__(self, sdk: Any, make_async: Callable[[], CachedAsyncClient]) -> None:
+        self._sdk = sdk
+        self._loop = LoopThread(name=f"cachesaver-{type(self).__name__}")
+        try:
+            self._async: CachedAsyncClient = self._loop.call(make_async)
+        except BaseException:
+            self._loop.stop()
+            sdk.close()
+            raise
+        self.chat = _Chat(_SyncCompletions(self), lambda: sdk.chat)
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._async, sdk)
+
+    def __getattr__(self, name: str) -> Any:
+        sdk = self.__dict__.get("_sdk")
+        if sdk is None:
+            raise AttributeError(name)
+        return getattr(sdk, name)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._async.ledger
+
+    @property
+    def pipeline(self) -> OnlineAPI:
+        return self._async.pipeline
+
+    @property
+    def backend(self) -> Any:
+        return self._async.backend
+
+    @property
+    def namespace(self) -> str:
+        return self._async.namespace
+
+    def close(self) -> None:
+        """Finish calls in flight, store their samples, close the pipeline, the SDK clients and
+        the private loop (idempotent); never a chat call."""
+        self._finalizer()
+
+    def __enter__(self) -> CachedSyncClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

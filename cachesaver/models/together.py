@@ -1,0 +1,169 @@
+"""The together backend, and drop-in ``AsyncTogether`` / ``Together`` clients that cache.
+
+:class:`TogetherModel` serves :class:`~cachesaver.models.chat_completions.ChatRequest` s with
+``together.AsyncTogether().chat.completions.create`` (see
+:class:`~cachesaver.models.chat_model.ChatCompletionsModel` for the guarantees)::
+
+    model = TogetherModel("meta-llama/Llama-3.3-70B-Instruct-Turbo")
+    async with OnlineAPI(model, "caches/demo", batch_size=8) as pipeline:
+        response = await pipeline.request(model.make_request("2 + 2?", n=3, temperature=0.7))
+
+Parameter mapping: ``max_completion_tokens`` (or ``max_tokens``) is sent as ``max_tokens``; a
+single ``stop`` string becomes a list; ``logprobs`` is together's int (``True`` means 1,
+``top_logprobs`` wins when set); every other decoding field is sent under its own name.
+
+The drop-in clients take together's constructor arguments plus ``namespace=``, ``cache=`` and
+``batch_size=`` (see :mod:`cachesaver.clients`)::
+
+    from cachesaver.models.together import AsyncTogether    # was: from together import AsyncTogether
+    client = AsyncTogether(namespace="run-1", cache="caches/demo")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from ..clients import CachedAsyncClient, CachedSyncClient, ClientOptions
+from ..errors import ConfigurationError
+from ..ratelimit import RateLimiter, RateLimits
+from ..retry import RetryPolicy
+from ..typedefs import Request
+from .chat_completions import as_list, decoding_parameters, finish_arguments, prompt_messages
+from .chat_model import ChatCompletionsModel, SdkErrors
+
+try:
+    import together as _together
+except ImportError as exc:  # pragma: no cover - together is a core dependency
+    raise ImportError(
+        "cachesaver.models.together needs the together SDK: pip install 'together>=2'"
+    ) from exc
+
+__all__ = ["AsyncTogether", "Together", "TogetherModel", "together_arguments"]
+
+_SAME_NAME = (
+    "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "logit_bias", "response_format", "tools", "tool_choice", "reasoning_effort",
+)
+
+
+def together_arguments(request: Request) -> dict[str, Any]:
+    """together ``chat.completions.create`` keyword arguments for ``request`` (all but ``n``)."""
+    fields = decoding_parameters(request)
+    arguments: dict[str, Any] = {"model": request.model, "messages": prompt_messages(request.prompt)}
+    for name in _SAME_NAME:
+        if name in fields:
+            arguments[name] = fields[name]
+    limit = fields.get("max_completion_tokens", fields.get("max_tokens"))
+    if limit is not None:
+        arguments["max_tokens"] = limit
+    if "stop" in fields:
+        arguments["stop"] = as_list(fields["stop"])
+    top = fields.get("top_logprobs")
+    logprobs = fields.get("logprobs")
+    if top is not None:
+        arguments["logprobs"] = top
+    elif logprobs is True:
+        arguments["logprobs"] = 1
+    elif logprobs is not None and logprobs is not False and logprobs > 0:
+        arguments["logprobs"] = logprobs
+    return finish_arguments(arguments, request)
+
+
+class TogetherModel(ChatCompletionsModel):
+    """Chat completions from together (or any server speaking its API at ``base_url``).
+
+    Parameters:
+        model: the default model of :meth:`make_request`.
+        api_key, base_url, timeout_s, default_headers: passed to ``together.AsyncTogether``
+            (``api_key`` defaults to ``TOGETHER_API_KEY``). Never part of the cache key,
+            except ``base_url``.
+        client: an ``AsyncTogether`` to use instead (its retries are turned off for our calls;
+            it is not closed by :meth:`aclose`).
+        max_n_per_call: the largest ``n`` one call asks for; larger requests are split.
+        retry: the :class:`~cachesaver.retry.RetryPolicy` for transient failures.
+        limits: :class:`~cachesaver.ratelimit.RateLimits` (or a shared RateLimiter).
+    """
+
+    kind = "together"
+    sdk_errors = SdkErrors(_together.TogetherError, _together.APIStatusError, _together.APIConnectionError)
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        client: Any = None,
+        max_n_per_call: int = 128,
+        retry: RetryPolicy | None = None,
+        limits: RateLimits | RateLimiter | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
+    ) -> None:
+        if client is None:
+            options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "max_retries": 0}
+            if timeout_s is not None:
+                options["timeout"] = timeout_s
+            if default_headers is not None:
+                options["default_headers"] = default_headers
+            client, owns = _make_sdk_client(_together.AsyncTogether, options), True
+        else:
+            if not isinstance(client, _together.AsyncTogether):
+                raise ConfigurationError(
+                    f"TogetherModel(client=...) needs a together.AsyncTogether, got {type(client).__name__}"
+                )
+            client, owns = client.with_options(max_retries=0), False
+        super().__init__(
+            client, model=model, owns_client=owns, max_n_per_call=max_n_per_call,
+            retry=retry, limits=limits, sleep=sleep,
+        )
+
+    def sdk_arguments(self, request: Request) -> dict[str, Any]:
+        return together_arguments(request)
+
+
+def _make_sdk_client(factory: Any, options: dict[str, Any]) -> Any:
+    try:
+        return factory(**options)
+    except _together.TogetherError as exc:
+        raise ConfigurationError(
+            f"could not create a together client: {exc} (pass api_key= or set TOGETHER_API_KEY)"
+        ) from exc
+
+
+class AsyncTogether(CachedAsyncClient):
+    """``together.AsyncTogether`` whose chat completions go through a cachesaver pipeline.
+
+    Takes together's constructor arguments plus cachesaver's (see
+    :class:`cachesaver.clients.CachedAsyncClient`); everything but ``chat.completions.create``
+    is the real SDK client's.
+    """
+
+    completion_type = _together.types.chat.ChatCompletion
+    chunk_type = _together.types.chat.ChatCompletionChunk
+
+    def __init__(self, **kwargs: Any) -> None:
+        options = ClientOptions.split(kwargs)
+        sdk = _make_sdk_client(_together.AsyncTogether, options.sdk_kwargs)
+        model = TogetherModel(
+            client=sdk, max_n_per_call=options.max_n_per_call, retry=options.retry, limits=options.limits,
+            sleep=options.sleep,
+        )
+        super().__init__(sdk, model, options)
+
+
+class Together(CachedSyncClient):
+    """``together.Together`` whose chat completions go through a cachesaver pipeline.
+
+    Calls block; they run on a private event loop thread, so this works in plain scripts and
+    inside a running event loop (Jupyter). Close it (``close()`` or ``with``) when done.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        options = ClientOptions.split(kwargs)
+        sync_sdk = _make_sdk_client(_together.Together, options.sdk_kwargs)
+        super().__init__(sync_sdk, lambda: AsyncTogether(**kwargs))

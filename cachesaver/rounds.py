@@ -1,0 +1,81 @@
+"""Collecting the work that arrives in one pass of the event loop, to handle it in one go.
+
+Requests issued together (by ``gather``, a ``batch_request``, or a stage that answers many
+callers at once) arrive at a stage one task after another within the same pass of the event
+loop. :class:`RoundCollector` lets a stage treat them as one group: the first submission
+schedules a detached flush, the flush yields once so the rest of the pass can join, then hands
+everything collected to the stage's handler and delivers one outcome per item.
+
+Guarantees: every submitted item gets exactly one outcome, in submission order; the handler
+runs detached from the submitters (a cancelled submitter does not cancel it); if the flush is
+cancelled (forced close), every item it holds is answered with PipelineClosedError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio.lowlevel
+
+from .background import Outcome
+from .errors import PipelineClosedError
+
+if TYPE_CHECKING:
+    from .stage import Stage
+
+__all__ = ["RoundCollector"]
+
+Item = TypeVar("Item")
+
+
+class RoundCollector(Generic[Item]):
+    """Batches items submitted in one event-loop pass into one call of ``handle``."""
+
+    def __init__(self, stage: "Stage", handle: Callable[[list[Item]], Awaitable[Sequence[Any]]]) -> None:
+        self._stage = stage
+        self._handle = handle
+        self._queue: list[tuple[Item, Outcome[Any]]] = []
+        self._scheduled = False
+        self.rounds = 0
+
+    async def submit(self, items: Sequence[Item]) -> list[Outcome[Any]]:
+        """Queue ``items``; their outcomes are delivered when the round is handled."""
+        outcomes: list[Outcome[Any]] = [Outcome() for _ in items]
+        self._queue.extend(zip(items, outcomes))
+        if not self._scheduled:
+            self._scheduled = True
+            self._stage._enter()
+            try:
+                await self._stage._spawn(self._flush)
+            except BaseException:
+                self._stage._exit()
+                self._scheduled = False
+                raise
+        return outcomes
+
+    def _take(self) -> list[tuple[Item, Outcome[Any]]]:
+        taken, self._queue = self._queue, []
+        self._scheduled = False
+        return taken
+
+    async def _flush(self) -> None:
+        taken: list[tuple[Item, Outcome[Any]]] = []
+        try:
+            await anyio.lowlevel.checkpoint()  # let the rest of this pass join
+            taken = self._take()
+            self.rounds += 1
+            results = await self._handle([item for item, _ in taken])
+            for (_, outcome), result in zip(taken, results):
+                outcome.set(result)
+        except BaseException:
+            if not taken:
+                taken = self._take()
+            closed = PipelineClosedError(
+                f"{type(self._stage).__name__} was closed while this request was in flight"
+            )
+            for _, outcome in taken:
+                outcome.set(closed)
+            raise
+        finally:
+            self._stage._exit()

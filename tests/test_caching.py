@@ -1,0 +1,241 @@
+"""AsyncCacher on its own: fetch only what is missing, store everything paid for, never a gap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import diskcache
+import pytest
+from _support import GateModel, ShortOnceModel, gather
+
+from cachesaver.caching import AsyncCacher
+from cachesaver.errors import (
+    BackendError,
+    BatchRequestError,
+    ConfigurationError,
+    IncompleteResponseError,
+    PipelineClosedError,
+    UnserializableParameterError,
+)
+from cachesaver.keys import request_key
+from cachesaver.models import ScriptedModel
+from cachesaver.storage import SampleStore
+from cachesaver.typedefs import Batch, Request, Response
+
+
+@dataclass(frozen=True)
+class Extra(Request):
+    extra: Any = None
+
+
+def stored_count(cache_dir: Path, request: Request) -> int:
+    store = SampleStore(cache_dir)
+    try:
+        return store.count(request_key(request))
+    finally:
+        store.close()
+
+
+async def run_once(cache: Any, model: Any, *requests: Request, **options: Any) -> list[Response]:
+    async with AsyncCacher(model, cache, **options) as cacher:
+        return [await cacher.request(r) for r in requests]
+
+
+async def test_a_miss_is_fetched_and_then_replayed(tmp_path: Path) -> None:
+    request = Request("hi", n=2, request_id="a")
+    model = ScriptedModel()
+    (first,) = await run_once(tmp_path, model, request)
+    assert first == Response(data=["hi#0", "hi#1"], cached=[False, False], duplicated=[False, False])
+    replay_model = ScriptedModel()
+    (second,) = await run_once(tmp_path, replay_model, request)
+    assert second == Response(data=["hi#0", "hi#1"], cached=[True, True], duplicated=[False, False])
+    assert replay_model.calls == 0
+
+
+async def test_only_the_missing_samples_are_fetched(tmp_path: Path) -> None:
+    await run_once(tmp_path, ScriptedModel(), Request("hi", n=1))
+    model = ScriptedModel(sample=lambda request, k: f"second-run#{k}")
+    (response,) = await run_once(tmp_path, model, Request("hi", n=3))
+    assert model.n_requested == [2]
+    assert response.data == ["hi#0", "second-run#0", "second-run#1"]
+    assert response.cached == [True, False, False]
+    assert stored_count(tmp_path, Request("hi")) == 3
+
+
+async def test_a_short_answer_is_stored_and_then_an_incomplete_response_error(tmp_path: Path) -> None:
+    model = ScriptedModel(short_by=1)
+    request = Request("hi", n=3)
+    with pytest.raises(IncompleteResponseError):
+        await run_once(tmp_path, model, request)
+    # asked 3 and got 2; any refetch asks only for the one missing sample (at most max_refetch=2)
+    assert model.n_requested[0] == 3
+    assert 2 <= len(model.n_requested) <= 3 and set(model.n_requested[1:]) == {1}
+    assert stored_count(tmp_path, request) == 2
+    full = ScriptedModel(sample=lambda request, k: f"later#{k}")
+    (response,) = await run_once(tmp_path, full, request)
+    assert full.n_requested == [1]
+    assert response.data == ["hi#0", "hi#1", "later#0"]
+    assert response.cached == [True, True, False]
+
+
+async def test_a_short_answer_is_completed_by_fetching_the_rest(tmp_path: Path) -> None:
+    model = ShortOnceModel(short_by=2)
+    (response,) = await run_once(tmp_path, model, Request("hi", n=3))
+    assert response.data == ["hi#0", "hi#1", "hi#2"]
+    assert response.cached == [False, False, False]
+    assert model.inner.n_requested == [1, 2]
+    assert stored_count(tmp_path, Request("hi")) == 3
+
+
+async def test_an_empty_answer_is_an_incomplete_response_error_and_stores_nothing(tmp_path: Path) -> None:
+    model = ScriptedModel(short_by=5)
+    with pytest.raises(IncompleteResponseError):
+        await run_once(tmp_path, model, Request("hi", n=2))
+    assert stored_count(tmp_path, Request("hi")) == 0
+
+
+async def test_no_refetch_when_max_refetch_is_zero(tmp_path: Path) -> None:
+    model = ScriptedModel(short_by=1)
+    with pytest.raises(IncompleteResponseError):
+        await run_once(tmp_path, model, Request("hi", n=2), max_refetch=0)
+    assert model.n_requested == [2]
+    assert stored_count(tmp_path, Request("hi")) == 1
+
+
+class GenerousModel:
+    """Returns ``extra`` samples more than asked."""
+
+    def __init__(self, extra: int) -> None:
+        self.extra = extra
+        self.inner = ScriptedModel()
+
+    async def request(self, request: Request) -> Response:
+        return await self.inner.request(Request(request.prompt, n=request.n + self.extra))
+
+
+async def test_extra_samples_are_stored_for_later(tmp_path: Path) -> None:
+    model = GenerousModel(extra=2)
+    async with AsyncCacher(model, tmp_path) as cacher:
+        first = await cacher.request(Request("hi", n=1))
+        assert first.data == ["hi#0"]
+        assert stored_count(tmp_path, Request("hi")) == 3
+        second = await cacher.request(Request("hi", n=2))
+    assert second.data == ["hi#1", "hi#2"]
+    assert second.cached == [True, True]
+    assert model.inner.calls == 1
+
+
+async def test_failures_are_never_stored(tmp_path: Path) -> None:
+    model = ScriptedModel(fail={"bad"})
+    with pytest.raises(BackendError):
+        await run_once(tmp_path, model, Request("bad"))
+    assert stored_count(tmp_path, Request("bad")) == 0
+    retry = ScriptedModel()
+    (response,) = await run_once(tmp_path, retry, Request("bad"))
+    assert retry.calls == 1 and response.cached == [False]
+
+
+async def test_one_failing_request_does_not_fail_its_batch(tmp_path: Path) -> None:
+    model = ScriptedModel(fail={"bad"})
+    batch = Batch(requests=[Request("good"), Request("bad"), Request("fine", n=2)])
+    async with AsyncCacher(model, tmp_path) as cacher:
+        results = await cacher.batch_request(batch, return_exceptions=True)
+        with pytest.raises(BatchRequestError) as info:
+            await cacher.batch_request(Batch(requests=[Request("good"), Request("bad")]))
+    assert results[0].data == ["good#0"]
+    assert isinstance(results[1], BackendError)
+    assert results[2].data == ["fine#0", "fine#1"]
+    assert isinstance(info.value.results[0], Response)
+    assert isinstance(info.value.results[1], BackendError)
+    assert info.value.exceptions == [info.value.results[1]]
+    assert stored_count(tmp_path, Request("good")) == 2
+    assert stored_count(tmp_path, Request("bad")) == 0
+
+
+async def test_an_unserialisable_request_fails_alone_without_a_model_call(tmp_path: Path) -> None:
+    model = ScriptedModel()
+    batch = Batch(requests=[Extra("a", extra={1, 2}), Extra("b")])
+    async with AsyncCacher(model, tmp_path) as cacher:
+        results = await cacher.batch_request(batch, return_exceptions=True)
+        with pytest.raises(UnserializableParameterError):
+            await cacher.request(Extra("c", extra=float("nan")))
+    assert isinstance(results[0], UnserializableParameterError)
+    assert results[1].data == ["b#0"]
+    assert model.requests_seen == 1
+
+
+async def test_usage_is_stored_with_each_sample(tmp_path: Path) -> None:
+    request = Request("two words", n=2)
+    (fresh,) = await run_once(tmp_path, ScriptedModel(with_usage=True), request)
+    expected = [{"prompt_tokens": 2, "completion_tokens": 2}] * 2
+    assert fresh.usage == expected
+    (replayed,) = await run_once(tmp_path, ScriptedModel(), request)
+    assert replayed.cached == [True, True]
+    assert replayed.usage == expected
+
+
+async def test_samples_are_fresh_inside_a_run_under_concurrency(tmp_path: Path) -> None:
+    await run_once(tmp_path, ScriptedModel(), Request("hi", n=7))  # some samples stored already
+    model = ScriptedModel(sample=lambda request, k: f"new#{k}")
+    async with AsyncCacher(model, tmp_path) as cacher:
+        responses = await gather(*[lambda: cacher.request(Request("hi", n=3)) for _ in range(10)])
+    samples = [s for r in responses for s in r.data]
+    assert len(samples) == 30 and len(set(samples)) == 30
+    assert {f"hi#{k}" for k in range(7)} <= set(samples)
+    assert sum(c for r in responses for c in r.cached) == 7
+
+
+async def test_a_passed_in_cache_stays_open_after_close(tmp_path: Path) -> None:
+    cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
+    await run_once(cache, ScriptedModel(), Request("hi"))
+    cache["mine"] = 1
+    assert cache["mine"] == 1
+    (again,) = await run_once(cache, ScriptedModel(), Request("hi"))
+    assert again.cached == [True]
+    cache.close()
+
+
+async def test_a_caller_cancelled_mid_fetch_does_not_lose_the_samples(tmp_path: Path) -> None:
+    model = GateModel()
+    request = Request("hi", n=2, request_id="a")
+    with anyio.fail_after(5):
+        async with AsyncCacher(model, tmp_path) as cacher:
+            async with anyio.create_task_group() as group:
+                group.start_soon(cacher.request, request)
+                await model.entered.wait()
+                group.cancel_scope.cancel()
+            model.release()
+    assert model.finished == 1
+    replay = ScriptedModel()
+    (response,) = await run_once(tmp_path, replay, request)
+    assert response.data == ["hi#0", "hi#1"] and response.cached == [True, True]
+    assert replay.calls == 0
+
+
+async def test_request_after_close_is_a_pipeline_closed_error(tmp_path: Path) -> None:
+    cacher = AsyncCacher(ScriptedModel(), tmp_path)
+    await cacher.request(Request("hi"))
+    await cacher.aclose()
+    with pytest.raises(PipelineClosedError):
+        await cacher.request(Request("hi"))
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"model": None, "cache": "DIR"},
+        {"model": object(), "cache": "DIR"},
+        {"model": ScriptedModel(), "cache": None},
+        {"model": ScriptedModel(), "cache": object()},
+        {"model": ScriptedModel(), "cache": "DIR", "max_refetch": -1},
+    ],
+    ids=["no-model", "not-a-model", "no-cache", "not-a-cache", "negative-refetch"],
+)
+def test_bad_configuration_is_a_configuration_error(tmp_path: Path, arguments: dict[str, Any]) -> None:
+    if arguments["cache"] == "DIR":
+        arguments = {**arguments, "cache": tmp_path}
+    with pytest.raises(ConfigurationError):
+        AsyncCacher(**arguments)

@@ -1,0 +1,105 @@
+"""RunClaims: which stored samples a run has handed out, and which ones a request gets next."""
+
+from __future__ import annotations
+
+import random
+
+from cachesaver.claims import RunClaims
+
+
+def test_lowest_unclaimed_indices_first() -> None:
+    claims = RunClaims()
+    assert claims.choose("ns", "k", n=2, stored=5) == [0, 1]
+    assert claims.choose("ns", "k", n=2, stored=5) == [2, 3]
+    assert claims.choose("ns", "k", n=2, stored=5) == [4]
+    assert claims.choose("ns", "k", n=2, stored=5) == []
+
+
+def test_never_more_than_stored() -> None:
+    claims = RunClaims()
+    assert claims.choose("ns", "k", n=3, stored=0) == []
+    assert claims.choose("ns", "k", n=3, stored=1) == [0]
+
+
+def test_recorded_indices_come_first_in_recorded_order() -> None:
+    claims = RunClaims()
+    assert claims.choose("ns", "k", n=2, stored=6, recorded=[4, 2]) == [4, 2]
+    assert claims.choose("ns", "k", n=3, stored=6) == [0, 1, 3]
+
+
+def test_recorded_indices_already_claimed_are_replaced_by_the_lowest_free() -> None:
+    claims = RunClaims()
+    claims.choose("ns", "k", n=1, stored=6, recorded=[3])
+    assert claims.choose("ns", "k", n=2, stored=6, recorded=[3, 5]) == [5, 0]
+
+
+def test_recorded_indices_beyond_the_stored_count_are_skipped() -> None:
+    claims = RunClaims()
+    assert claims.choose("ns", "k", n=2, stored=2, recorded=[7, 1]) == [1, 0]
+
+
+def test_recorded_indices_are_not_taken_twice_by_one_request() -> None:
+    claims = RunClaims()
+    assert claims.choose("ns", "k", n=3, stored=4, recorded=[2, 2, 2]) == [2, 0, 1]
+
+
+def test_claims_are_per_namespace_and_key() -> None:
+    claims = RunClaims()
+    assert claims.choose("a", "k", n=2, stored=3) == [0, 1]
+    assert claims.choose("b", "k", n=2, stored=3) == [0, 1]
+    assert claims.choose("a", "k2", n=2, stored=3) == [0, 1]
+    assert claims.choose("a", "k", n=2, stored=3) == [2]
+
+
+def test_explicit_claims_are_respected() -> None:
+    claims = RunClaims()
+    claims.claim("ns", "k", [0, 2])
+    assert claims.choose("ns", "k", n=3, stored=5) == [1, 3, 4]
+
+
+def test_no_index_is_ever_handed_out_twice() -> None:
+    rng = random.Random(7)
+    claims = RunClaims()
+    handed: list[int] = []
+    stored = 0
+    for _ in range(500):
+        stored += rng.randrange(0, 3)
+        recorded = [rng.randrange(0, stored + 3) for _ in range(rng.randrange(0, 4))]
+        handed += claims.choose("ns", "k", n=rng.randrange(1, 4), stored=stored, recorded=recorded)
+    assert len(handed) == len(set(handed))
+    assert all(0 <= i < stored for i in handed)
+
+
+def test_use_counts_per_request_id() -> None:
+    claims = RunClaims()
+    assert [claims.next_use("ns", "k", "id") for _ in range(3)] == [0, 1, 2]
+    assert claims.next_use("ns", "k", "other") == 0
+    assert claims.next_use("ns2", "k", "id") == 0
+    assert claims.next_use("ns", "k2", "id") == 0
+
+
+def test_use_counts_tell_an_int_id_from_a_str_id() -> None:
+    claims = RunClaims()
+    assert claims.next_use("ns", "k", 1) == 0
+    assert claims.next_use("ns", "k", "1") == 0
+    assert claims.next_use("ns", "k", 1) == 1
+
+
+def test_claims_in_order_stay_small_however_many() -> None:
+    """Semantic 10: a key whose samples are claimed in order costs O(1) memory."""
+    claims = RunClaims()
+    for start in range(0, 10_000, 4):
+        claims.choose("ns", "k", n=4, stored=10_000)
+    entry = claims.claims("ns", "k")
+    assert entry.floor == 10_000
+    assert not entry.above
+
+
+def test_out_of_order_claims_compact_once_the_gap_fills() -> None:
+    claims = RunClaims()
+    claims.claim("ns", "k", [5, 3, 4, 1])
+    entry = claims.claims("ns", "k")
+    assert entry.is_claimed(3) and not entry.is_claimed(0)
+    claims.claim("ns", "k", [0, 2])
+    assert entry.floor == 6
+    assert not entry.above

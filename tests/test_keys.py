@@ -1,0 +1,216 @@
+"""Canonical cache keys (semantic 8): what changes a key, what does not, and what is refused."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pytest
+
+from cachesaver import keys
+from cachesaver.errors import InvalidRequestError, UnserializableParameterError
+from cachesaver.keys import request_key
+from cachesaver.typedefs import Request
+
+
+@dataclass(frozen=True)
+class Decoding(Request):
+    temperature: float = 1
+    max_completion_tokens: Optional[int] = None
+    stop: Any = None
+    extra: Any = None
+
+
+def user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
+# Pinned so that an accidental change of the canonical encoding (which would orphan every
+# stored sample) fails loudly; change it only together with KEY_SCHEMA.
+GOLDEN_KEY = "2612573fe9b3065e9024461e3ee7feb6092ebc43df2f6c23ed517a03fa250959"
+
+
+def test_key_is_64_hex_characters() -> None:
+    key = request_key(Request("hi"))
+    assert len(key) == 64
+    int(key, 16)
+
+
+def test_key_is_pinned_across_releases() -> None:
+    assert request_key(Request("What is the meaning of life?")) == GOLDEN_KEY
+
+
+def test_key_ignores_n_request_id_and_namespace() -> None:
+    base = request_key(Request("hi"))
+    assert request_key(Request("hi", n=7)) == base
+    assert request_key(Request("hi", request_id="x")) == base
+    assert request_key(Request("hi", request_id=3)) == base
+    assert request_key(Request("hi", namespace="other")) == base
+
+
+def test_prompt_changes_the_key() -> None:
+    assert request_key(Request("hi")) != request_key(Request("hi "))
+    assert request_key(Request("hi")) != request_key(Request([user("hi")]))
+
+
+def test_message_order_matters() -> None:
+    one = Request([user("a"), assistant("b")])
+    other = Request([assistant("b"), user("a")])
+    assert request_key(one) != request_key(other)
+
+
+def test_message_repetition_matters() -> None:
+    once = Request([user("a")])
+    twice = Request([user("a"), user("a")])
+    assert request_key(once) != request_key(twice)
+
+
+def test_list_order_inside_a_parameter_matters() -> None:
+    assert request_key(Decoding("hi", stop=["a", "b"])) != request_key(Decoding("hi", stop=["b", "a"]))
+    assert request_key(Decoding("hi", stop=["a"])) != request_key(Decoding("hi", stop=["a", "a"]))
+
+
+def test_dict_key_order_does_not_matter() -> None:
+    one = Request([{"role": "user", "content": "hi"}])
+    other = Request([{"content": "hi", "role": "user"}])
+    assert request_key(one) == request_key(other)
+    nested_one = Decoding("hi", extra={"a": {"x": 1, "y": 2}, "b": 3})
+    nested_other = Decoding("hi", extra={"b": 3, "a": {"y": 2, "x": 1}})
+    assert request_key(nested_one) == request_key(nested_other)
+
+
+def test_one_and_one_point_zero_key_the_same() -> None:
+    assert request_key(Decoding("hi", temperature=1)) == request_key(Decoding("hi", temperature=1.0))
+    assert request_key(Decoding("hi", extra=[2, {"k": 3}])) == request_key(Decoding("hi", extra=[2.0, {"k": 3.0}]))
+
+
+def test_distinct_floats_key_differently() -> None:
+    assert request_key(Decoding("hi", temperature=0.5)) != request_key(Decoding("hi", temperature=0.50001))
+    assert request_key(Decoding("hi", temperature=0.1 + 0.2)) != request_key(Decoding("hi", temperature=0.3))
+
+
+def test_true_and_one_key_differently() -> None:
+    assert request_key(Decoding("hi", extra=True)) != request_key(Decoding("hi", extra=1))
+    assert request_key(Decoding("hi", extra="1")) != request_key(Decoding("hi", extra=1))
+
+
+def test_subclass_default_keys_like_the_explicit_value() -> None:
+    assert request_key(Decoding("hi")) == request_key(Decoding("hi", temperature=1))
+    assert request_key(Decoding("hi")) != request_key(Decoding("hi", temperature=0.7))
+
+
+def test_none_field_keys_like_an_absent_field() -> None:
+    assert request_key(Decoding("hi", temperature=None)) == request_key(Request("hi"))  # type: ignore[arg-type]
+    assert request_key(Decoding("hi", max_completion_tokens=None)) == request_key(Decoding("hi"))
+
+
+def test_two_subclasses_with_the_same_values_key_the_same() -> None:
+    @dataclass(frozen=True)
+    class Other(Request):
+        temperature: float = 1
+
+    assert request_key(Other("hi")) == request_key(Decoding("hi"))
+
+
+def test_parameter_values_change_the_key() -> None:
+    base = request_key(Decoding("hi"))
+    assert request_key(Decoding("hi", max_completion_tokens=10)) != base
+    assert request_key(Decoding("hi", max_completion_tokens=10)) != request_key(Decoding("hi", max_completion_tokens=11))
+
+
+def test_tuples_key_like_lists_and_enums_like_their_value() -> None:
+    class Color(enum.Enum):
+        RED = "red"
+
+    assert request_key(Decoding("hi", stop=("a", "b"))) == request_key(Decoding("hi", stop=["a", "b"]))
+    assert request_key(Decoding("hi", extra=Color.RED)) == request_key(Decoding("hi", extra="red"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a", "b"},
+        frozenset({1}),
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        object(),
+        {1: "int key"},
+        {"ok": {2: "nested int key"}},
+        [1, {"a"}],
+        b"bytes",
+    ],
+    ids=["set", "frozenset", "nan", "inf", "-inf", "object", "int-key", "nested-int-key", "nested-set", "bytes"],
+)
+def test_unserialisable_parameter_is_refused(value: Any) -> None:
+    request = Decoding("hi", extra=value)
+    with pytest.raises(UnserializableParameterError) as info:
+        request_key(request)
+    assert isinstance(info.value, InvalidRequestError)
+    assert "extra" in str(info.value)
+
+
+def test_unserialisable_message_content_is_refused() -> None:
+    request = Request([{"role": "user", "content": {"a", "b"}}])
+    with pytest.raises(UnserializableParameterError, match="prompt"):
+        request_key(request)
+
+
+def test_key_is_remembered_on_the_request() -> None:
+    request = Decoding("hi", extra=[1, 2])
+    assert request_key(request) is request_key(request)
+
+
+def test_key_carries_the_schema_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert keys.KEY_SCHEMA.endswith("/1")
+    before = request_key(Request("hi"))
+    monkeypatch.setattr(keys, "KEY_SCHEMA", "cachesaver-key/2")
+    assert request_key(Request("hi")) != before
+
+
+_SUBPROCESS = """
+import json, sys
+from dataclasses import dataclass
+from typing import Any
+from cachesaver.keys import request_key
+from cachesaver.typedefs import Request
+
+@dataclass(frozen=True)
+class Decoding(Request):
+    temperature: float = 1
+    max_completion_tokens: Any = None
+    stop: Any = None
+    extra: Any = None
+
+print(json.dumps([request_key(Decoding(**spec)) for spec in json.loads(sys.argv[1])]))
+"""
+
+_SPECS = [
+    {"prompt": "What is the meaning of life?"},
+    {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "temperature": 0.5},
+    {"prompt": "x", "stop": ["a", "b"], "extra": {"z": 1, "a": [1.5, None, True]}, "max_completion_tokens": 30},
+    {"prompt": "unicode \u00e9\u6f22\u5b57 \U0001f600"},
+]
+
+
+@pytest.mark.parametrize("hash_seed", ["1", "12345"])
+def test_keys_are_stable_across_processes(hash_seed: str) -> None:
+    expected = [request_key(Decoding(**spec)) for spec in _SPECS]
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    completed = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS, json.dumps(_SPECS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert json.loads(completed.stdout) == expected
