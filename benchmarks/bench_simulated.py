@@ -7,10 +7,11 @@ fresh cache directory. It prints one line per workload:
 
 * ``requests``: requests that reached the model (a merged group of identical requests is one);
 * ``calls``: model invocations (the pipeline sends batches, the direct run one call per request);
+* ``samples generated``: samples the model produced;
 * ``tokens``: prompt plus completion tokens the model processed;
 * ``modeled s``: the simulated cluster's GPU-busy seconds (prefill after KV-cache reuse,
   decode, per-call overhead);
-* then the ratios direct / pipeline for each.
+each as ``direct -> pipeline (direct / pipeline)``.
 
 Workloads:
 
@@ -30,7 +31,7 @@ import argparse
 import importlib.util
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -58,8 +59,12 @@ def load_sweep() -> ModuleType:
 class Cost:
     requests: int
     calls: int
+    samples: int
     tokens: int
     modeled_seconds: float
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
 def _ratio(direct: float, piped: float) -> str:
@@ -74,7 +79,7 @@ async def run_direct(sweep: ModuleType, configs: Sequence[Any], seed: int, repea
         for config in configs:
             await sweep.run_config(model, config)
     stats = model.stats()
-    return Cost(stats.requests, stats.calls, stats.tokens, stats.modeled_seconds)
+    return Cost(stats.requests, stats.calls, stats.samples, stats.tokens, stats.modeled_seconds)
 
 
 async def run_piped(sweep: ModuleType, configs: Sequence[Any], seed: int, cache_dir: Path) -> Cost:
@@ -84,17 +89,22 @@ async def run_piped(sweep: ModuleType, configs: Sequence[Any], seed: int, cache_
             await sweep.run_config(pipeline, config)
         requests = pipeline.ledger.total().upstream_calls
     stats = model.stats()
-    return Cost(requests, stats.calls, stats.tokens, stats.modeled_seconds)
+    return Cost(requests, stats.calls, stats.samples, stats.tokens, stats.modeled_seconds)
 
 
 def line(name: str, direct: Cost, piped: Cost) -> str:
-    return (
-        f"{name:<20} direct: {direct.requests:>5} requests {direct.calls:>5} calls {direct.tokens:>8,} tokens "
-        f"{direct.modeled_seconds:>7.1f} modeled s | pipeline: {piped.requests:>4} requests {piped.calls:>3} calls "
-        f"{piped.tokens:>7,} tokens {piped.modeled_seconds:>6.1f} modeled s | "
-        f"requests {_ratio(direct.requests, piped.requests)}, calls {_ratio(direct.calls, piped.calls)}, "
-        f"tokens {_ratio(direct.tokens, piped.tokens)}, seconds {_ratio(direct.modeled_seconds, piped.modeled_seconds)}"
-    )
+    """One workload: ``direct -> pipeline (ratio)`` for every measure."""
+    cells = [f"{name:<20}"]
+    for label, attribute, fmt in (
+        ("requests", "requests", "{:,}"),
+        ("calls", "calls", "{:,}"),
+        ("samples generated", "samples", "{:,}"),
+        ("tokens", "tokens", "{:,}"),
+        ("modeled s", "modeled_seconds", "{:,.1f}"),
+    ):
+        a, b = getattr(direct, attribute), getattr(piped, attribute)
+        cells.append(f"{label} {fmt.format(a)} -> {fmt.format(b)} ({_ratio(a, b)})")
+    return " | ".join(cells)
 
 
 async def bench(seed: int) -> list[str]:
@@ -107,9 +117,7 @@ async def bench(seed: int) -> list[str]:
         lines.append(line("sweep", await run_direct(sweep, configs, seed, 1), first))
         again = await run_piped(sweep, configs, seed, cache)
         lines.append(line("sweep rerun", await run_direct(sweep, configs, seed, 1), again))
-        total = Cost(first.requests + again.requests, first.calls + again.calls,
-                     first.tokens + again.tokens, first.modeled_seconds + again.modeled_seconds)
-        lines.append(line("sweep, both runs", await run_direct(sweep, configs, seed, 2), total))
+        lines.append(line("sweep, both runs", await run_direct(sweep, configs, seed, 2), first + again))
         reverse = configs[::-1]
         lines.append(line("sweep largest-first", await run_direct(sweep, reverse, seed, 1),
                           await run_piped(sweep, reverse, seed, Path(tmp) / "reverse")))
@@ -123,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="SimulatedLLM seed (default 0)")
     args = parser.parse_args(argv)
-    print(f"backend: SimulatedLLM (seed {args.seed}, time_scale 0); workload: examples/sweep.py")
+    print(
+        f"backend: SimulatedLLM (seed {args.seed}, time_scale 0); workload: examples/sweep.py; "
+        "each measure reads direct -> through OnlineAPI (direct / pipeline)"
+    )
     for text in anyio.run(bench, args.seed):
         print(text)
 

@@ -83,6 +83,7 @@ class RecordEntry(NamedTuple):
 
 
 _EMPTY_HEAD = Head((), {})
+_warned_directories: set[str] = set()
 _namespace_digests: dict[str, str] = {}
 
 
@@ -114,12 +115,14 @@ def open_cache(cache: Any) -> tuple[Any, bool]:
                 f"{type(cache).__name__} without .{method}()"
             )
     policy = getattr(cache, "eviction_policy", "none")
-    if policy != "none":
+    directory = getattr(cache, "directory", "?")
+    if policy != "none" and directory not in _warned_directories:
+        _warned_directories.add(directory)
         logger.warning(
             "diskcache at %s uses eviction policy %r: stored samples may be evicted, and reading "
             "an evicted sample raises CorruptStoreError. Create it with "
             "Cache(directory, eviction_policy='none') to keep every sample.",
-            getattr(cache, "directory", "?"),
+            directory,
             policy,
         )
     return cache, False

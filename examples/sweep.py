@@ -222,6 +222,12 @@ async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
     return results
 
 
+async def ask(model: Any, prompt: Any, n: int, request_id: str, config: SweepConfig) -> list[str]:
+    """``n`` samples for ``prompt`` in the configuration's namespace."""
+    request = Request(prompt, n=n, request_id=request_id, namespace=config.name)
+    return (await model.request(request)).data
+
+
 async def solve(model: Any, puzzle: str, config: SweepConfig) -> bool:
     """Breadth-first Tree of Thoughts on one puzzle; True if a surviving state reached 24.
 
@@ -231,29 +237,28 @@ async def solve(model: Any, puzzle: str, config: SweepConfig) -> bool:
     """
     frontier = [root_state(puzzle)]
     for depth in range(DEPTH):
-
-        def propose(i: int, state: State) -> Callable[[], Awaitable[Any]]:
-            rid = f"{puzzle}/d{depth}/s{i}/propose"
-            return lambda: model.request(Request(state.prompt(), n=config.proposals, request_id=rid, namespace=config.name))
-
-        proposals = await gather([propose(i, s) for i, s in enumerate(frontier)])
+        proposals = await gather([
+            functools.partial(ask, model, state.prompt(), config.proposals, f"{puzzle}/d{depth}/s{i}/propose", config)
+            for i, state in enumerate(frontier)
+        ])
         children = [
-            c for state, r in zip(frontier, proposals) for t in r.data if (c := child_state(state, t)) is not None
+            child
+            for state, thoughts in zip(frontier, proposals)
+            for thought in thoughts
+            if (child := child_state(state, thought)) is not None
         ]
-
-        def value(j: int, state: State) -> Callable[[], Awaitable[Any]]:
-            rid = f"{puzzle}/d{depth}/c{j}/value"
-            return lambda: model.request(Request(value_prompt(state), n=config.value_samples, request_id=rid, namespace=config.name))
-
-        values = await gather([value(j, c) for j, c in enumerate(children)])
-        ranked = sorted(range(len(children)), key=lambda j: -score(values[j].data))
+        verdicts = await gather([
+            functools.partial(ask, model, value_prompt(state), config.value_samples, f"{puzzle}/d{depth}/c{j}/value", config)
+            for j, state in enumerate(children)
+        ])
+        ranked = sorted(range(len(children)), key=lambda j: -score(verdicts[j]))  # stable: ties keep order
         frontier = [children[j] for j in ranked[: config.beam_width]]
     return any(state.numbers == ("24",) for state in frontier)
 
 
 async def run_config(model: Any, config: SweepConfig, puzzles: Sequence[str] = PUZZLES) -> int:
     """Solve every puzzle concurrently under ``config``; the number solved."""
-    solved = await gather([lambda p=p: solve(model, p, config) for p in puzzles])
+    solved = await gather([functools.partial(solve, model, puzzle, config) for puzzle in puzzles])
     return sum(solved)
 
 
@@ -290,26 +295,35 @@ class SweepReport:
         return sum(r.samples_cached for r in self.rows)
 
 
+COLUMNS = ("configuration", "upstream calls", "samples cached", "duplicates merged", "modeled s", "KV hit rate", "solved")
+
+
 def _row(cells: Sequence[Any]) -> str:
-    widths = (16, 15, 17, 18, 11, 12, 7)
-    return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    first, *rest = (str(c) for c in cells)
+    return "  ".join([first.ljust(16)] + [c.rjust(len(title)) for c, title in zip(rest, COLUMNS[1:])]).rstrip()
 
 
 def _kv(stats: SimulatedStats) -> str:
     return f"{stats.kv_hit_rate:.0%}" if stats.kv_hits + stats.kv_misses else "-"
 
 
+def _servers(model: SimulatedLLM) -> str:
+    return ", ".join(
+        f"{name} (VRAM {server.max_vram_chats}, RAM {server.max_ram_chats} chats)"
+        for name, server in model.cluster.servers.items()
+    )
+
+
 async def main(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR, *, seed: int = 0) -> SweepReport:
     """Run the sweep through OnlineAPI with the cache in ``cache_dir``, print a table, return it."""
     cache_dir = Path(cache_dir)
     model = SimulatedLLM(seed=seed, compose=compose_game24)
-    servers = ", ".join(f"{n} (VRAM {s.max_vram_chats}, RAM {s.max_ram_chats} chats)" for n, s in model.cluster.servers.items())
-    print(f"backend: SimulatedLLM (embedded, seed {seed}, no API key) on a simulated KV-cache cluster: {servers}")
+    print(f"backend: SimulatedLLM (embedded, seed {seed}, no API key) on a simulated KV-cache cluster: {_servers(model)}")
     print(
         f"sweep: Tree of Thoughts on {len(PUZZLES)} Game-of-24 puzzles, depth {DEPTH}, "
         f"{len(CONFIGS)} configurations, one namespace each, through OnlineAPI (cache: {cache_dir})"
     )
-    print(_row(["configuration", "upstream calls", "samples cached", "duplicates merged", "modeled s", "KV hit rate", "solved"]))
+    print(_row(COLUMNS))
     rows = []
     async with OnlineAPI(model, cache_dir, batch_size=BATCH_SIZE) as pipeline:
         for config in CONFIGS:
@@ -317,15 +331,21 @@ async def main(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR, *, seed: i
             solved = await run_config(pipeline, config)
             used = model.stats().since(before)
             entry = pipeline.ledger.entry(config.name)
-            rows.append(
-                ConfigResult(config, solved, entry.upstream_calls, entry.samples_served, entry.samples_cached, entry.samples_duplicated, used)
+            row = ConfigResult(
+                config, solved, entry.upstream_calls, entry.samples_served,
+                entry.samples_cached, entry.samples_duplicated, used,
             )
-            print(_row([config.name, entry.upstream_calls, entry.samples_cached, entry.samples_duplicated,
-                        f"{used.modeled_seconds:.1f}", _kv(used), f"{solved}/{len(PUZZLES)}"]))
-    report = SweepReport(cache_dir, rows, model.stats().calls)
+            rows.append(row)
+            print(_row([
+                config.name, row.upstream_calls, row.samples_cached, row.samples_duplicated,
+                f"{used.modeled_seconds:.1f}", _kv(used), f"{solved}/{len(PUZZLES)}",
+            ]))
     total = model.stats()
-    print(_row(["total", report.upstream_calls, report.samples_cached,
-                sum(r.samples_duplicated for r in rows), f"{total.modeled_seconds:.1f}", _kv(total), ""]))
+    report = SweepReport(cache_dir, rows, total.calls)
+    print(_row([
+        "total", report.upstream_calls, report.samples_cached, sum(r.samples_duplicated for r in rows),
+        f"{total.modeled_seconds:.1f}", _kv(total), "",
+    ]))
     if report.upstream_calls == 0:
         print(
             f"replayed everything from {cache_dir}: 0 upstream calls, "
@@ -333,9 +353,9 @@ async def main(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR, *, seed: i
         )
     else:
         print(
-            f"first run: {report.upstream_calls} requests reached the model in {report.model_calls} batched calls, "
-            f"{report.samples_cached} of {report.samples_served} samples came from the cache; "
-            f"run again to replay everything from {cache_dir} with zero upstream calls"
+            f"first run: {report.upstream_calls} requests reached the model in {report.model_calls} "
+            f"batched calls, {report.samples_cached} of {report.samples_served} samples came from the "
+            f"cache; run again to replay everything from {cache_dir} with zero upstream calls"
         )
     return report
 

@@ -44,7 +44,8 @@ others) and the usage of a response sums to what the call cost.
 >>> again = anyio.run(SimulatedLLM(seed=1).request, Request("Name a prime.", n=3))
 >>> first.data == again.data, len(first.data)
 (True, 3)
->>> model.stats().kv_misses, model.stats().completion_tokens == sum(u["completion_tokens"] for u in first.usage)
+>>> stats = model.stats()
+>>> stats.kv_misses, stats.completion_tokens == sum(u["completion_tokens"] for u in first.usage)
 (1, True)
 """
 
@@ -69,10 +70,12 @@ from ..kvcache import Cluster, Routing
 from ..typedefs import Batch, Request, Response
 
 __all__ = [
+    "Conversation",
     "LatencyModel",
     "SimulatedLLM",
     "SimulatedStats",
     "chat_id_for",
+    "conversation_of",
     "default_cluster",
     "default_compose",
 ]
@@ -181,6 +184,12 @@ def default_compose(prompt: str, rank: int, rng: random.Random) -> str:
     return f"Thought {rank + 1}: " + " ".join(words) + "."
 
 
+def _finite_nonnegative(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
 def _digest(*parts: str) -> bytes:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
 
@@ -240,7 +249,7 @@ def _temperature(request: Any) -> float:
     value = getattr(request, "temperature", None)
     if value is None:
         return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not _finite_nonnegative(value):
         raise InvalidRequestError(f"temperature must be a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -300,10 +309,12 @@ class SimulatedLLM:
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
             raise ConfigurationError(f"num_candidates must be an int >= 1, got {num_candidates!r}")
         for name, value in (("zipf_s", zipf_s), ("time_scale", time_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not _finite_nonnegative(value):
                 raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
         if cluster is not None and not isinstance(cluster, Cluster):
-            raise ConfigurationError(f"cluster must be a cachesaver.kvcache.Cluster, got {type(cluster).__name__}")
+            raise ConfigurationError(
+                f"cluster must be a cachesaver.kvcache.Cluster, got {type(cluster).__name__}"
+            )
         self.seed = seed
         self.num_candidates = num_candidates
         self.zipf_s = float(zipf_s)
@@ -416,7 +427,8 @@ class SimulatedLLM:
             else:
                 u = _seeded(str(self.seed), "draw", stream, str(k)).random() * cumulative[-1]
                 rank = min(bisect.bisect_right(cumulative, u), self.num_candidates - 1)
-            text = self.compose(conversation[-1][1], rank, _seeded(str(self.seed), "candidate", prompt_digest, str(rank)))
+            rng = _seeded(str(self.seed), "candidate", prompt_digest, str(rank))
+            text = self.compose(conversation[-1][1], rank, rng)
             if max_tokens is not None:
                 text = text[: int(max_tokens * self.latency.chars_per_token)]
             samples.append(text)
@@ -439,7 +451,9 @@ class SimulatedLLM:
         shared = conversation[: _common_prefix(cached, conversation)]
         return sum(self.latency.message_tokens(text) for _, text in shared)
 
-    def _modeled_seconds(self, routing: Routing, prompt_tokens: int, reused: int, completion_tokens: int) -> float:
+    def _modeled_seconds(
+        self, routing: Routing, prompt_tokens: int, reused: int, completion_tokens: int
+    ) -> float:
         latency = self.latency
         new_tokens = prompt_tokens - reused
         seconds = new_tokens * latency.prefill_s_per_token

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from ..errors import ConfigurationError
 from ..typedefs import Request, Response
@@ -137,6 +137,10 @@ class PipelineAgent:
         namespace: the run's namespace.
         model, temperature, max_tokens, stop: decoding settings, part of the cache key.
         system_prompt: an optional first message with role ``system``.
+        request_factory: builds the request, called as ``factory(messages, n=1, request_id=...,
+            namespace=..., **settings)`` with only the settings that are not None; default
+            :class:`AgentRequest`. Pass an SDK backend's ``make_request`` (see
+            :func:`cachesaver.tasks.backends.request_factory`).
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class PipelineAgent:
         max_tokens: Optional[int] = None,
         stop: Optional[Sequence[str]] = None,
         system_prompt: Optional[str] = None,
+        request_factory: Optional[Callable[..., Request]] = None,
     ) -> None:
         if not callable(getattr(pipeline, "request", None)):
             raise ConfigurationError(
@@ -166,6 +171,7 @@ class PipelineAgent:
             "stop": None if stop is None else list(stop),
         }
         self.system_prompt = system_prompt
+        self.request_factory: Callable[..., Request] = request_factory or AgentRequest
         self._served = 0
         self._cached = 0
 
@@ -177,7 +183,7 @@ class PipelineAgent:
     def samples_cached(self) -> int:
         return self._cached
 
-    def build_request(self, turn: Turn) -> AgentRequest:
+    def build_request(self, turn: Turn) -> Request:
         """The request sent for ``turn`` (exposed so tests and tools can predict keys)."""
         messages: List[Dict[str, str]] = []
         if self.system_prompt is not None:
@@ -185,12 +191,9 @@ class PipelineAgent:
         messages.extend({"role": _ROLE_TO_CHAT[h.role], "content": h.content} for h in turn.history)
         if not messages:
             messages.append({"role": "user", "content": ""})
-        return AgentRequest(
-            messages,
-            n=1,
-            request_id=request_id_for(turn),
-            namespace=self.namespace,
-            **self._settings,
+        settings = {name: value for name, value in self._settings.items() if value is not None}
+        return self.request_factory(
+            messages, n=1, request_id=request_id_for(turn), namespace=self.namespace, **settings
         )
 
     async def act(self, turn: Turn) -> AgentOutput:

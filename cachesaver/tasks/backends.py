@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from ..errors import ConfigurationError
 
-__all__ = ["BACKENDS", "default_backend", "default_model", "make_model"]
+__all__ = ["BACKENDS", "default_backend", "default_model", "make_model", "request_factory"]
 
 BACKENDS = ("simulated", "together", "openai")
 
@@ -55,12 +55,16 @@ def make_model(
     seed: int = 0,
     time_scale: float = 0.0,
     compose: Optional[Callable[..., str]] = None,
+    requests_only: bool = False,
 ) -> Any:
     """A new model object for ``backend``.
 
     ``seed``, ``time_scale`` and ``compose`` only apply to ``simulated``. An SDK backend
     without its API key in the environment raises ConfigurationError saying which variable to
-    set. The model name itself travels in each request (see :class:`~cachesaver.tasks.PipelineAgent`).
+    set, unless ``requests_only``: then it is built with a placeholder key, to be used only for
+    ``make_request`` (a replay-only run must build the same requests, and so the same cache
+    keys, as the run it replays; it never calls the model). SDK backends hold a client: close
+    them with ``await model.aclose()``. Use :func:`request_factory` to build their requests.
     """
     _check(backend)
     name = model or default_model(backend)
@@ -72,7 +76,10 @@ def make_model(
             options["compose"] = compose
         return SimulatedLLM(**options)
     variable = _KEYS[backend]
-    if not os.environ.get(variable):
+    key = os.environ.get(variable)
+    if not key and requests_only:
+        key = "unused-replay-only"
+    if not key:
         raise ConfigurationError(
             f"the {backend} backend needs an API key: set {variable}, or use --backend simulated "
             "(or --replay-only to serve an earlier run from the cache without any model)"
@@ -80,7 +87,14 @@ def make_model(
     if backend == "together":
         from ..models.together import TogetherModel
 
-        return TogetherModel(model=name)
+        return TogetherModel(model=name, api_key=key)
     from ..models.openai import OpenAIModel
 
-    return OpenAIModel(model=name)
+    return OpenAIModel(model=name, api_key=key)
+
+
+def request_factory(model: Any) -> Optional[Callable[..., Any]]:
+    """The model's own request builder (``make_request``: SDK backends need requests that name
+    the backend, base URL and model), or None when any Request will do."""
+    factory = getattr(model, "make_request", None)
+    return factory if callable(factory) else None

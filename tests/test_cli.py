@@ -1,0 +1,129 @@
+"""The cachesaver command line: run, resume, replay-only, errors and exit codes."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cachesaver.cli import main
+
+GAME24 = str(Path(__file__).resolve().parent.parent / "examples" / "game24.py") + ":Game24Task"
+
+SMALL_TASK = '''
+from cachesaver.tasks import Task, TaskSampleExecutionResult
+
+class Small(Task):
+    def __init__(self):
+        super().__init__(name="small", concurrency=2)
+    def get_indices(self):
+        return [0, 1, 2]
+    async def start_sample(self, index, session):
+        reply = await session.action({"role": "user", "content": f"question {index}"})
+        return TaskSampleExecutionResult(result=reply.content)
+    def calculate_overall(self, results):
+        return {"n": len(results)}
+'''
+
+
+@pytest.fixture(autouse=True)
+def no_api_keys(monkeypatch):
+    monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+def run(tmp_path, out, *extra, task=GAME24):
+    return main(["run", task, "--out", str(tmp_path / out), "--namespace", "g24",
+                 "--cache", str(tmp_path / "cache"), "--no-progress", *extra])
+
+
+def outputs(path):
+    return {r["index"]: r["output"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def row(text, name):
+    return re.search(rf"^{name}\s+(.+)$", text, re.MULTILINE).group(1)
+
+
+def test_run_then_replay_only_gives_the_same_results_with_no_model(tmp_path, capsys):
+    assert run(tmp_path, "first", "--task-option", "puzzles=4", "--concurrency", "2") == 0
+    first = capsys.readouterr().out
+    assert row(first, "backend") == "simulated (simulated)"
+    assert row(first, "finished") == "4"
+    assert "modeled time" in first
+    assert run(tmp_path, "again", "--task-option", "puzzles=4", "--replay-only") == 0
+    again = capsys.readouterr().out
+    assert row(again, "backend") == "replay-only (no model)"
+    assert row(again, "cache misses").startswith("0 ")
+    assert row(again, "total").split()[0] == "0"  # ledger: no upstream call
+    assert outputs(tmp_path / "first" / "game24" / "runs.jsonl") == outputs(tmp_path / "again" / "game24" / "runs.jsonl")
+    overall = json.loads((tmp_path / "again" / "game24" / "overall.json").read_text())
+    assert overall["total"] == 4 and "accuracy" in overall["custom"]
+
+
+def test_a_replay_only_miss_exits_1_and_points_at_error_jsonl(tmp_path, capsys):
+    assert run(tmp_path, "first", "--task-option", "puzzles=2") == 0
+    capsys.readouterr()
+    assert run(tmp_path, "again", "--task-option", "puzzles=3", "--replay-only") == 1
+    captured = capsys.readouterr()
+    assert row(captured.out, "cache misses").startswith("1 ")
+    assert "error.jsonl" in captured.err
+    [error] = map(json.loads, (tmp_path / "again" / "game24" / "error.jsonl").read_text().splitlines())
+    assert error["index"] == 2 and "CacheMissError" in error["error"] and '["game24", 2, 0]' in error["error"]
+
+
+def test_rerunning_into_the_same_directory_resumes(tmp_path, capsys):
+    assert run(tmp_path, "out", "--task-option", "puzzles=2") == 0
+    capsys.readouterr()
+    assert run(tmp_path, "out", "--task-option", "puzzles=3") == 0
+    assert row(capsys.readouterr().out, "samples") == "3 (2 already done, 1 run now)"
+
+
+def test_settings_that_change_requests_change_the_cache_key(tmp_path, capsys):
+    assert run(tmp_path, "first", "--task-option", "puzzles=1") == 0
+    assert run(tmp_path, "hot", "--task-option", "puzzles=1", "--replay-only", "--temperature", "0.3") == 1
+    assert run(tmp_path, "other-model", "--task-option", "puzzles=1", "--replay-only", "--model", "m2") == 1
+
+
+def test_replay_only_without_a_cache_is_a_configuration_error(tmp_path, capsys):
+    assert run(tmp_path, "out", "--replay-only") == 2
+    assert "needs the cache of an earlier run" in capsys.readouterr().err
+
+
+def test_an_sdk_backend_without_its_key_says_what_to_set(tmp_path, capsys):
+    assert run(tmp_path, "out", "--backend", "together") == 2
+    assert "TOGETHER_API_KEY" in capsys.readouterr().err
+
+
+def test_a_bad_task_reference_is_a_configuration_error(tmp_path, capsys):
+    assert run(tmp_path, "out", task="nowhere/missing.py:Task") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", GAME24, "--namespace", "x"],
+        ["run", GAME24, "--out", "o", "--namespace", "x", "--concurrency", "0"],
+        ["run", GAME24, "--out", "o", "--namespace", "x", "--backend", "nope"],
+        [],
+    ],
+)
+def test_bad_command_lines_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+
+
+def test_python_dash_m_runs_a_task_file(tmp_path):
+    task_file = tmp_path / "small_task.py"
+    task_file.write_text(SMALL_TASK)
+    command = [sys.executable, "-m", "cachesaver", "run", f"{task_file}:Small", "--out", "out",
+               "--namespace", "ns", "--cache", "cache"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert row(done.stdout, "finished") == "3"
+    assert "small" in done.stderr  # the progress bar
+    assert json.loads((tmp_path / "out" / "small" / "overall.json").read_text())["custom"] == {"n": 3}
