@@ -87,6 +87,27 @@ class AsyncCacher(Stage):
     def cache(self) -> Any:
         return self.store.cache
 
+    async def settle_one(self, request: Request) -> Settled:
+        """The Response (or exception) for one request: :meth:`settle` without the list."""
+        try:
+            key = request_key(request)
+        except InvalidRequestError as exc:
+            return exc
+        outcome = self._broker.lookup(request, key)
+        self._enter()
+        try:
+            await self._broker.ensure_running()
+            try:
+                found = await outcome.get()
+            except Exception as exc:  # noqa: BLE001 - that request's own failure
+                return exc
+            if found.missing == 0:
+                return _response(found)
+            (fetched,) = await self._fetches.submit([_Pending(request, found)])
+            return await fetched.get()
+        finally:
+            self._exit()
+
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
         waiting: list[tuple[int, Request, Outcome[Found]]] = []

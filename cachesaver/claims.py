@@ -86,8 +86,14 @@ class RunClaims:
         n: int,
         stored: int,
         recorded: Sequence[int] | None = None,
+        reserved: Iterable[int] = (),
     ) -> list[int]:
-        """Pick and claim up to ``n`` stored indices (of ``stored``) for a request, in order."""
+        """Pick and claim up to ``n`` stored indices (of ``stored``) for a request, in order.
+
+        ``reserved`` are indices recorded for other requests of this namespace: they are taken
+        only when no other stored sample is left, so an unidentified request does not take the
+        sample an identified one will ask for back.
+        """
         entry = self.claims(namespace, key)
         chosen: list[int] = []
         if recorded:
@@ -96,6 +102,10 @@ class RunClaims:
                     break
                 if index < stored and not entry.is_claimed(index) and index not in chosen:
                     chosen.append(index)
+        if len(chosen) < n and reserved:
+            avoid = set(reserved)
+            avoid.update(chosen)
+            chosen.extend(entry.lowest_unclaimed(stored, n - len(chosen), avoid))
         if len(chosen) < n:
             chosen.extend(entry.lowest_unclaimed(stored, n - len(chosen), chosen))
         for index in chosen:

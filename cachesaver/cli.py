@@ -15,6 +15,7 @@ command line or configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,7 +23,7 @@ from typing import Any, Optional, Sequence
 import anyio
 
 from .errors import CacheSaverError, ConfigurationError
-from .tasks.backends import BACKENDS, default_backend, default_model, make_model
+from .tasks.backends import BACKENDS, default_backend, default_model, make_model, request_factory
 from .tasks.loading import load_task, parse_task_options
 from .tasks.summary import RunSummary
 
@@ -93,38 +94,48 @@ async def _run(args: argparse.Namespace) -> RunSummary:
     backend = args.backend or default_backend()
     model_name = args.model or default_model(backend)
     cache = Path(args.cache)
-    if args.replay_only:
-        if not cache.is_dir():
-            raise ConfigurationError(
-                f"--replay-only needs the cache of an earlier run, and {str(cache)!r} does not exist; "
-                "pass the --cache directory that run used"
+    runner_started = False
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if args.replay_only and not cache.is_dir():
+                raise ConfigurationError(
+                    f"--replay-only needs the cache of an earlier run, and {str(cache)!r} does not exist; "
+                    "pass the --cache directory that run used"
+                )
+            compose = getattr(task, "simulated_compose", None)
+            # In a replay-only run the backend only builds requests (SDK requests name their
+            # backend and base URL), so they key exactly like the run being replayed.
+            backend_model = make_model(
+                backend, model_name, seed=args.seed, time_scale=args.time_scale,
+                compose=compose if callable(compose) else None, requests_only=args.replay_only,
             )
-        model: Any = ReplayOnlyModel()
-    else:
-        compose = getattr(task, "simulated_compose", None)
-        model = make_model(
-            backend, model_name, seed=args.seed, time_scale=args.time_scale,
-            compose=compose if callable(compose) else None,
-        )
-    started_modeled = _modeled_seconds(model)
-    async with OnlineAPI(model, str(cache), batch_size=args.batch_size) as pipeline:
-        agent = PipelineAgent(
-            pipeline,
-            namespace=args.namespace,
-            model=model_name,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            system_prompt=args.system_prompt,
-        )
-        summary = await run_task(
-            task,
-            agent,
-            args.out,
-            concurrency=args.concurrency,
-            sample_timeout_s=args.sample_timeout,
-            progress=not args.no_progress,
-            ledger=pipeline.ledger,
-        )
+            if callable(getattr(backend_model, "aclose", None)):
+                stack.push_async_callback(backend_model.aclose)
+            model: Any = ReplayOnlyModel() if args.replay_only else backend_model
+            started_modeled = _modeled_seconds(model)
+            pipeline = await stack.enter_async_context(OnlineAPI(model, str(cache), batch_size=args.batch_size))
+            agent = PipelineAgent(
+                pipeline,
+                namespace=args.namespace,
+                model=model_name,
+                temperature=args.temperature,
+                max_tokens=args.max_tokens,
+                system_prompt=args.system_prompt,
+                request_factory=request_factory(backend_model),
+            )
+            runner_started = True
+            summary = await run_task(
+                task,
+                agent,
+                args.out,
+                concurrency=args.concurrency,
+                sample_timeout_s=args.sample_timeout,
+                progress=not args.no_progress,
+                ledger=pipeline.ledger,
+            )
+    finally:
+        if not runner_started:
+            task.release()  # run_task releases the task itself once it has started
     notes = [("backend", "replay-only (no model)" if args.replay_only else f"{backend} ({model_name})")]
     if args.replay_only:
         notes.append(("cache misses", f"{len(model.misses)} (no request reached any model)"))

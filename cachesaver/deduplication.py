@@ -16,6 +16,9 @@ Guarantees:
   later ones :class:`~cachesaver.errors.IncompleteResponseError` with what was left.
 * Extra samples beyond the summed ``n`` go to the first request, so a cache above keeps them.
 * The upstream call runs detached: a cancelled caller does not cancel its group's call.
+* With ``across_calls=False`` only the requests of one ``batch_request`` merge, and each call
+  goes to the model on its own (the caller's task runs it): this is how pipelines merge the
+  identical requests that waited in one batch window without joining separate batches.
 """
 
 from __future__ import annotations
@@ -46,12 +49,15 @@ def _slice(response: Response, start: int, stop: int, duplicated: bool) -> Respo
 class AsyncDeduplicator(Stage):
     """Merges identical concurrent requests into one call with ``n`` summed."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, across_calls: bool = True) -> None:
         super().__init__(model)
+        self.across_calls = across_calls
         self._rounds: RoundCollector[Request] = RoundCollector(self, self._merge_and_call)
         self.merged_requests = 0
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        if not self.across_calls:
+            return await self._merge_and_call(list(requests))
         outcomes = await self._rounds.submit(requests)
         return [await outcome.get() for outcome in outcomes]
 

@@ -2,18 +2,21 @@
 
 ``OnlineAPI(model, cache, batch_size, timeout)`` is, from the caller inward::
 
-    AsyncCacher -> AsyncDeduplicator -> AsyncBatcher -> RequestReorderer -> LedgerTap -> model
+    AsyncCacher -> AsyncDeduplicator -> AsyncBatcher -> AsyncDeduplicator -> RequestReorderer
+                -> LedgerTap -> model
 
 A request is answered from the cache when it can (never waiting for a batch window); what is
-missing is merged with identical requests in flight, grouped into batches of ``batch_size``
-(sent when full or ``timeout`` seconds after the batch started collecting), put in canonical
+missing is merged with identical requests issued together, grouped into batches of
+``batch_size`` (sent when full or ``timeout`` seconds after the batch started collecting),
+merged again with identical requests that waited in the same batch window, put in canonical
 order and sent to ``model``. ``model`` may implement ``request``, ``batch_request`` or both.
 
 ``LocalAPI`` has the same stages and arguments for local batch models: ``model`` must implement
 ``batch_request`` and always receives whole batches.
 
 Both are models themselves (``request`` / ``batch_request``), async context managers, and
-expose their stages (``cacher``, ``deduplicator``, ``batcher``, ``reorderer``) and a
+expose their stages (``cacher``, ``deduplicator``, ``batcher``, ``window_deduplicator``,
+``reorderer``) and a
 ``ledger`` that counts upstream calls, generated, cached and merged samples per namespace.
 Closing (``aclose()``, ``cleanup()``, or leaving ``async with``) lets requests in flight finish
 and stores their samples; later requests raise :class:`~cachesaver.errors.PipelineClosedError`.
@@ -60,7 +63,8 @@ class _Pipeline(Stage):
     ) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
         self.reorderer = RequestReorderer(LedgerTap(model, self.ledger))
-        self.batcher = AsyncBatcher(self.reorderer, batch_size=batch_size, timeout=timeout)
+        self.window_deduplicator = AsyncDeduplicator(self.reorderer, across_calls=False)
+        self.batcher = AsyncBatcher(self.window_deduplicator, batch_size=batch_size, timeout=timeout)
         self.deduplicator = AsyncDeduplicator(self.batcher)
         self.cacher = AsyncCacher(self.deduplicator, cache, max_refetch=max_refetch)
         super().__init__(self.cacher)
@@ -69,6 +73,19 @@ class _Pipeline(Stage):
     def cache(self) -> Any:
         """The diskcache holding the samples."""
         return self.cacher.cache
+
+    async def request(self, request: Request) -> Response:
+        """Samples for one request; raises its error if it failed."""
+        request = self._admit(request)
+        self._enter()
+        try:
+            result = await self.cacher.settle_one(request)
+        finally:
+            self._exit()
+        if isinstance(result, BaseException):
+            raise result
+        self.ledger.record_served(request, result)
+        return result
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         results = await self.cacher.settle(requests)

@@ -37,7 +37,7 @@ __all__ = ["Found", "NewSamples", "SampleBroker"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Found:
     """What a lookup found: stored samples handed to the request and how many are still missing."""
 
@@ -48,11 +48,13 @@ class Found:
     missing: int
 
 
-@dataclass
 class _Lookup:
-    request: Request
-    key: str
-    outcome: Outcome[Found] = field(default_factory=Outcome)
+    __slots__ = ("request", "key", "outcome")
+
+    def __init__(self, request: Request, key: str) -> None:
+        self.request = request
+        self.key = key
+        self.outcome: Outcome[Found] = Outcome()
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class SampleBroker:
             except Exception as exc:  # noqa: BLE001 - reported, samples still delivered
                 store_error = exc
                 stored = [[[] for _ in op.items] for op in stores]
-        heads: dict[str, Any] = {}
+        heads: dict[str, Any] = self.store.heads([op.key for op in lookups]) if lookups else {}
         records: list[tuple[str, RecordEntry]] = []
         found: list[Found | BaseException] = []
         for op in lookups:
@@ -244,7 +246,8 @@ class SampleBroker:
                         records.append((key, RecordEntry(namespace, request_id, use, tuple(chosen))))
                     return Found(key, use, chosen, samples, 0)
         count = store.count(key, head)
-        chosen = self.claims.choose(namespace, key, n, count, recorded)
+        reserved = store.recorded_indices(namespace, head, None if use is None else (request_id, use)) if head.records else ()
+        chosen = self.claims.choose(namespace, key, n, count, recorded, reserved)
         samples = store.read_stored(key, chosen, head)
         missing = n - len(chosen)
         if use is not None and missing == 0 and tuple(chosen) != recorded:

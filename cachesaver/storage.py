@@ -58,7 +58,7 @@ _RECORD = _PREFIX + "record/"
 _MISSING = object()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredSample:
     """One stored sample: what the model returned and the token usage it reported (or None)."""
 
@@ -136,12 +136,25 @@ class SampleStore:
 
     def __init__(self, cache: Any) -> None:
         self.cache, self._owned = open_cache(cache)
+        self._bulk_ok = type(self.cache) is diskcache.Cache and getattr(
+            self.cache, "eviction_policy", None
+        ) in ("none", "least-recently-stored")
 
     # -- reading ----------------------------------------------------------------------------
 
     def head(self, key: str) -> Head:
         """The head entry of ``key`` (empty when nothing is stored)."""
-        value = self.cache.get(_HEAD + key, None, retry=True)
+        return self._check_head(key, self.cache.get(_HEAD + key, None, retry=True))
+
+    def heads(self, keys: Sequence[str]) -> dict[str, Head]:
+        """The head entries of several keys at once (one query per few hundred keys)."""
+        unique = list(dict.fromkeys(keys))
+        values = self._bulk_get([_HEAD + key for key in unique]) if self._bulk_ok else None
+        if values is None:
+            return {key: self.head(key) for key in unique}
+        return {key: self._check_head(key, values.get(_HEAD + key)) for key in unique}
+
+    def _check_head(self, key: str, value: Any) -> Head:
         if value is None:
             return _EMPTY_HEAD
         if (
@@ -152,7 +165,33 @@ class SampleStore:
             or len(value[0]) > self.HEAD_SAMPLES
         ):
             raise CorruptStoreError(f"the head entry of key {key} is not a cachesaver entry")
-        return Head(value[0], value[1])
+        return tuple.__new__(Head, value)
+
+    def _bulk_get(self, names: list[str]) -> dict[str, Any] | None:
+        """Values of many string-keyed entries in few SQL queries; None if unsupported here.
+
+        Reads diskcache's table directly, which is only done for a plain ``diskcache.Cache``
+        whose eviction policy does not track reads (so skipping its read bookkeeping changes
+        nothing) and whose entries cachesaver wrote without expiry.
+        """
+        try:
+            sql = self.cache._sql
+            fetch = self.cache._disk.fetch
+            out: dict[str, Any] = {}
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = sql(
+                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                    chunk,
+                ).fetchall()
+                for name, mode, filename, value in rows:
+                    out[name] = fetch(mode, filename, value, False)
+            return out
+        except Exception as exc:  # noqa: BLE001 - fall back to diskcache's public API for good
+            logger.info("cachesaver: bulk reads unavailable (%s); using Cache.get", exc)
+            self._bulk_ok = False
+            return None
 
     def count(self, key: str, head: Head | None = None) -> int:
         """How many samples are stored for ``key`` (``head``: its head entry, if already read)."""
@@ -209,6 +248,17 @@ class SampleStore:
         if value is None and len(head.records) >= self.HEAD_RECORDS:
             value = self.cache.get(f"{_RECORD}{key}/{tag}", None, retry=True)
         return None if value is None else _check_indices(value, key)
+
+    def recorded_indices(self, namespace: str, head: Head, exclude: tuple[Any, int] | None = None) -> set[int]:
+        """Indices the head's records give to requests in ``namespace`` (but ``exclude``'s
+        (request_id, use)). Records kept outside the head are not included."""
+        prefix = _record_tag(namespace, "", 0).split("/", 1)[0] + "/"
+        skip = _record_tag(namespace, exclude[0], exclude[1]) if exclude is not None else None
+        out: set[int] = set()
+        for tag, indices in head.records.items():
+            if tag.startswith(prefix) and tag != skip:
+                out.update(indices)
+        return out
 
     # -- writing ----------------------------------------------------------------------------
 

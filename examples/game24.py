@@ -18,6 +18,7 @@ On the simulated backend the task's :meth:`Game24Task.simulated_compose` shapes 
 from __future__ import annotations
 
 import ast
+import contextlib
 import random
 import re
 import sys
@@ -237,14 +238,23 @@ async def main(out_dir: str = "out/game24-example", cache_dir: str = "caches/exa
     from cachesaver.models.replay_only import ReplayOnlyModel
     from cachesaver.pipelines import OnlineAPI
     from cachesaver.tasks import PipelineAgent, run_task
-    from cachesaver.tasks.backends import default_backend, default_model, make_model
+    from cachesaver.tasks.backends import default_backend, default_model, make_model, request_factory
 
-    backend = default_backend()
+    backend = default_backend()  # together when TOGETHER_API_KEY is set, else simulated
     model_name = default_model(backend)
     for label, replay_only in (("first-run", False), ("replay-only", True)):
-        model = ReplayOnlyModel() if replay_only else make_model(backend, compose=Game24Task.simulated_compose)
-        async with OnlineAPI(model, cache_dir, batch_size=4) as pipeline:
-            agent = PipelineAgent(pipeline, namespace="game24-example", model=model_name, max_tokens=512)
+        async with contextlib.AsyncExitStack() as stack:
+            backend_model = make_model(
+                backend, compose=Game24Task.simulated_compose, requests_only=replay_only
+            )
+            if callable(getattr(backend_model, "aclose", None)):
+                stack.push_async_callback(backend_model.aclose)
+            model = ReplayOnlyModel() if replay_only else backend_model
+            pipeline = await stack.enter_async_context(OnlineAPI(model, cache_dir, batch_size=4))
+            agent = PipelineAgent(
+                pipeline, namespace="game24-example", model=model_name, max_tokens=512,
+                request_factory=request_factory(backend_model),
+            )
             summary = await run_task(
                 Game24Task(puzzles=int(puzzles)), agent, Path(out_dir) / label, ledger=pipeline.ledger
             )

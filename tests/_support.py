@@ -158,3 +158,69 @@ async def wait_until(predicate: Any, limit_s: float = 5.0) -> None:
     with anyio.fail_after(limit_s):
         while not predicate():
             await anyio.sleep(0.001)
+
+
+# -- a worker for tests/test_multiprocess.py, run as a separate Python process ------------------
+
+WORKER = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import _support; _support.worker_main(sys.argv[2:])"
+)
+
+
+def _wait_for_go(directory: str, tag: str) -> None:
+    import os
+    import time
+
+    open(os.path.join(directory, f"ready-{tag}"), "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(directory, "go")):
+        if time.monotonic() > deadline:
+            raise SystemExit("never told to go")
+        time.sleep(0.001)
+
+
+def worker_main(argv: list[str]) -> None:
+    """``mode cache_dir sync_dir tag out_file``: append through SampleStore or a pipeline."""
+    import json
+
+    mode, cache_dir, sync_dir, tag, out_file = argv
+    if mode == "store":
+        from cachesaver.storage import SampleStore
+
+        store = SampleStore(cache_dir)
+        _wait_for_go(sync_dir, tag)
+        appended = []
+        for i in range(500):
+            key = f"key{i % 3}"
+            samples = [f"{tag}-{i}-{j}" for j in range(1 + i % 3)]
+            start = store.append(key, samples)
+            appended.append([key, start, samples])
+        store.close()
+        result: Any = appended
+    else:
+        result = anyio.run(_pipeline_worker, cache_dir, sync_dir, tag)
+    with open(out_file, "w") as handle:
+        json.dump(result, handle)
+
+
+async def _pipeline_worker(cache_dir: str, sync_dir: str, tag: str) -> dict[str, Any]:
+    from cachesaver.pipelines import OnlineAPI
+
+    model = ScriptedModel(sample=lambda request, k: f"{tag}:{request.prompt}#{k}")
+    rng = random.Random(tag)
+    requests = [Request(f"p{rng.randrange(4)}", n=rng.randrange(1, 4), request_id=f"{tag}-{i}") for i in range(240)]
+    _wait_for_go(sync_dir, tag)
+    served: list[list[Any]] = []
+    async with OnlineAPI(model, cache_dir, batch_size=8, timeout=0.001) as pipeline:
+        for start in range(0, len(requests), 40):
+            chunk = requests[start : start + 40]
+            responses = await gather(*[lambda r=r: pipeline.request(r) for r in chunk])
+            served += [[r.prompt, r.n, r.request_id, response.data] for r, response in zip(chunk, responses)]
+    generated: dict[str, list[Any]] = {}
+    for call in model.log:
+        for request in call.requests:
+            generated.setdefault(request.prompt, [])
+    for prompt in generated:
+        count = sum(r.n for call in model.log for r in call.requests if r.prompt == prompt)
+        generated[prompt] = [f"{tag}:{prompt}#{k}" for k in range(count)]
+    return {"served": served, "generated": generated}

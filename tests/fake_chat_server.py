@@ -14,9 +14,10 @@ handled at once (``peak_in_flight``).
 Fault injection: ``fail_next(status, times=..., headers=...)`` answers the next chat requests
 with an error status (for example a burst of 503s, or a 429 with ``Retry-After``);
 ``drop_next(times=...)`` closes the connection without answering; ``fail_when(predicate)``
-fails every request whose body matches. ``hold_until(k)`` makes each chat request wait until k
-are in flight, so a test can observe that a client never lets more than k run at once without
-relying on timing.
+fails every request whose body matches. ``hold_until(k, total=t)`` makes each chat request
+wait until k are in flight (or all t expected requests have arrived), so a test can observe
+that a client lets k run at once without relying on timing; ``latency_s`` keeps every chat
+request in flight a little longer, so a client that lets too many run shows it.
 
 Usage accounting: ``prompt_tokens`` is the number of whitespace-separated words in all message
 contents; each choice costs ``tokens_per_choice`` completion tokens.
@@ -61,8 +62,9 @@ def last_content(messages: list[dict[str, Any]]) -> str:
 class FakeChatServer:
     """A threaded fake chat-completions server; use as a context manager or call start/stop."""
 
-    def __init__(self, *, tokens_per_choice: int = 3, hold_timeout_s: float = 10.0) -> None:
+    def __init__(self, *, tokens_per_choice: int = 3, latency_s: float = 0.0, hold_timeout_s: float = 10.0) -> None:
         self.tokens_per_choice = tokens_per_choice
+        self.latency_s = latency_s
         self.hold_timeout_s = hold_timeout_s
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -74,6 +76,8 @@ class FakeChatServer:
         self._predicates: list[Callable[[dict[str, Any]], Fault | None]] = []
         self._counters: dict[str, int] = {}
         self._hold_target: int | None = None
+        self._hold_total: int | None = None
+        self._hold_base = 0
         self._stopping = False
         self._condition = threading.Condition()
         self._httpd: ThreadingHTTPServer | None = None
@@ -101,7 +105,7 @@ class FakeChatServer:
         handler = _make_handler(self)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-chat-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="fake-chat-server", daemon=True)
         self._thread.start()
         return self
 
@@ -143,10 +147,13 @@ class FakeChatServer:
         with self._condition:
             self._predicates.append(predicate)
 
-    def hold_until(self, in_flight: int) -> None:
-        """Make each chat request wait until ``in_flight`` requests are being handled."""
+    def hold_until(self, in_flight: int, *, total: int | None = None) -> None:
+        """Make each chat request wait until ``in_flight`` requests are being handled, or until
+        ``total`` requests have arrived since this call (so the last few are not held)."""
         with self._condition:
             self._hold_target = in_flight
+            self._hold_total = total
+            self._hold_base = len(self.requests)
 
     def release(self) -> None:
         """Stop holding requests."""
@@ -168,10 +175,7 @@ class FakeChatServer:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self._condition.notify_all()
             if self._hold_target is not None:
-                self._condition.wait_for(
-                    lambda: self._hold_target is None or self.in_flight >= self._hold_target,
-                    timeout=self.hold_timeout_s,
-                )
+                self._condition.wait_for(self._hold_over, timeout=self.hold_timeout_s)
             if self._faults:
                 return self._faults.pop(0)
             for predicate in self._predicates:
@@ -183,6 +187,11 @@ class FakeChatServer:
     def _pause(self, seconds: float) -> None:
         with self._condition:
             self._condition.wait_for(lambda: self._stopping, timeout=seconds)
+
+    def _hold_over(self) -> bool:
+        if self._hold_target is None or self.in_flight >= self._hold_target:
+            return True
+        return self._hold_total is not None and len(self.requests) - self._hold_base >= self._hold_total
 
     def _leave(self, succeeded: bool) -> None:
         with self._condition:
@@ -268,6 +277,8 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
             fault = server._enter(body, {k.lower(): v for k, v in self.headers.items()})
             succeeded = False
             try:
+                if server.latency_s:
+                    server._pause(server.latency_s)
                 if fault is not None and fault.delay_s:
                     server._pause(fault.delay_s)
                 if fault is not None and fault.status is None:

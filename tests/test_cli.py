@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_chat_server import Fault, FakeChatServer
 
 from cachesaver.cli import main
 
@@ -22,7 +23,8 @@ class Small(Task):
         return [0, 1, 2]
     async def start_sample(self, index, session):
         reply = await session.action({"role": "user", "content": f"question {index}"})
-        return TaskSampleExecutionResult(result=reply.content)
+        status = "completed" if reply.status == "normal" else reply.status.value
+        return TaskSampleExecutionResult(status=status, result=reply.content)
     def calculate_overall(self, results):
         return {"n": len(results)}
 '''
@@ -127,3 +129,33 @@ def test_python_dash_m_runs_a_task_file(tmp_path):
     assert row(done.stdout, "finished") == "3"
     assert "small" in done.stderr  # the progress bar
     assert json.loads((tmp_path / "out" / "small" / "overall.json").read_text())["custom"] == {"n": 3}
+
+
+def test_together_backend_against_a_local_server_then_replay_only_without_a_key(tmp_path, monkeypatch, capsys):
+    task_file = tmp_path / "small_task.py"
+    task_file.write_text(SMALL_TASK)
+    task = f"{task_file}:Small"
+    with FakeChatServer() as server:
+        monkeypatch.setenv("TOGETHER_BASE_URL", server.together_base_url)
+        monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
+        server.fail_when(
+            lambda body: Fault(400, message="maximum context length exceeded")
+            if body["messages"][-1]["content"] == "question 1" else None
+        )
+        assert run(tmp_path, "first", "--backend", "together", "--model", "test-model", task=task) == 0
+        first = outputs(tmp_path / "first" / "small" / "runs.jsonl")
+        assert first[0]["result"] == "question 0#0" and first[2]["result"] == "question 2#0"
+        assert first[1]["status"] == "agent context limit"  # ContextLengthError became a status
+        assert {body["model"] for body in server.requests} == {"test-model"}
+        calls = server.calls
+
+        monkeypatch.delenv("TOGETHER_API_KEY")
+        capsys.readouterr()
+        code = run(tmp_path, "again", "--backend", "together", "--model", "test-model", "--replay-only", task=task)
+        assert server.calls == calls  # nothing reached the server
+    again = outputs(tmp_path / "again" / "small" / "runs.jsonl")
+    assert again == {0: first[0], 2: first[2]}
+    # failures are never cached, so the sample whose call failed cannot be replayed
+    assert code == 1
+    [error] = map(json.loads, (tmp_path / "again" / "small" / "error.jsonl").read_text().splitlines())
+    assert error["index"] == 1 and "CacheMissError" in error["error"]

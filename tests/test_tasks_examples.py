@@ -15,7 +15,6 @@ from cachesaver.tasks import (
     AgentOutput,
     AgentOutputStatus,
     EchoAgent,
-    SampleStatus,
     load_task_class,
     run_task,
 )

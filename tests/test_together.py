@@ -18,7 +18,7 @@ from cachesaver.keys import request_key
 from cachesaver.models.openai import OpenAIModel
 from cachesaver.models.together import TogetherModel
 from cachesaver.pipelines import OnlineAPI
-from cachesaver.ratelimit import RateLimits
+from cachesaver.ratelimit import RateLimiter, RateLimits
 from cachesaver.retry import RetryPolicy
 from cachesaver.typedefs import Batch, Request
 
@@ -298,8 +298,20 @@ async def test_faults_lose_nothing_and_cache_nothing_from_failures(tmp_path, ser
     assert server.calls == calls_before + 1
 
 
+async def test_only_the_missing_samples_are_asked_for(tmp_path, server: FakeChatServer) -> None:
+    async with TogetherModel("m", api_key="k", base_url=server.together_base_url) as model:
+        async with OnlineAPI(model, str(tmp_path), batch_size=4) as pipeline:
+            await pipeline.request(model.make_request("q", n=1))
+        async with OnlineAPI(model, str(tmp_path), batch_size=4) as pipeline:
+            response = await pipeline.request(model.make_request("q", n=3))
+    assert response.data == ["q#0", "q#1", "q#2"]
+    assert response.cached == [True, False, False]
+    assert [body.get("n", 1) for body in server.requests] == [1, 2]
+
+
 async def test_the_in_flight_limit_is_honoured(tmp_path, server: FakeChatServer) -> None:
-    server.hold_until(3)  # each call waits until three are in flight, so the peak is observable
+    server.hold_until(3, total=12)  # each call waits until three are in flight: the peak shows
+    server.latency_s = 0.02
     async with TogetherModel(
         "m", api_key="k", base_url=server.together_base_url, limits=RateLimits(max_in_flight=3)
     ) as model:
@@ -310,3 +322,19 @@ async def test_the_in_flight_limit_is_honoured(tmp_path, server: FakeChatServer)
     assert [r.data for r in results] == [[f"p{i}#0"] for i in range(12)]
     assert server.peak_in_flight == 3
     assert model.limiter.peak_in_flight == 3
+
+
+async def test_requests_per_minute_pace_the_calls(server: FakeChatServer) -> None:
+    clock = Sleeps()
+    now = [0.0]
+
+    async def advance(seconds: float) -> None:
+        now[0] += seconds
+        await clock(seconds)
+
+    limiter = RateLimiter(RateLimits(requests_per_minute=2), clock=lambda: now[0], sleep=advance)
+    async with TogetherModel("m", api_key="k", base_url=server.together_base_url, limits=limiter) as model:
+        for i in range(3):
+            await model.request(model.make_request(f"q{i}"))
+    assert clock.waits == [30.0]  # the third call waited for the bucket to refill
+    assert server.calls == 3

@@ -43,7 +43,7 @@ from ..errors import (
 from ..ratelimit import RateLimiter, RateLimits, estimate_tokens
 from ..retry import RetryPolicy, retry_call
 from ..typedefs import Batch, Request, Response
-from .chat_completions import ChatRequest, prompt_messages, samples_from_completion, split_n
+from .chat_completions import ChatRequest, samples_from_completion, split_n
 
 __all__ = ["ChatCompletionsModel", "SdkErrors", "backend_error", "parse_retry_after"]
 

@@ -1,0 +1,293 @@
+"""Tests for the drop-in clients (cachesaver.clients, cachesaver.models.together / .openai).
+
+Each test runs against the real together and OpenAI SDKs talking HTTP to a fake server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+import together
+from fake_chat_server import Fault, FakeChatServer
+
+from cachesaver.errors import ConfigurationError, PermanentBackendError, PipelineClosedError
+from cachesaver.ledger import Price
+from cachesaver.models import openai as cached_openai
+from cachesaver.models import together as cached_together
+from cachesaver.retry import RetryPolicy
+
+FAST = RetryPolicy(max_attempts=6, initial_delay_s=0.0, jitter=0.0)
+USER = [{"role": "user", "content": "tell me a joke"}]
+
+
+@dataclass(frozen=True)
+class Sdk:
+    name: str
+    async_client: Any
+    sync_client: Any
+    completion_type: Any
+    chunk_type: Any
+    base_url: Any
+
+    def make(self, server: FakeChatServer, cache: Any, **options: Any) -> Any:
+        options.setdefault("api_key", "test-key")
+        options.setdefault("retry", FAST)
+        return self.async_client(base_url=self.base_url(server), cache=cache, **options)
+
+    def make_sync(self, server: FakeChatServer, cache: Any, **options: Any) -> Any:
+        options.setdefault("api_key", "test-key")
+        return self.sync_client(base_url=self.base_url(server), cache=cache, **options)
+
+
+SDKS = {
+    "together": Sdk(
+        "together", cached_together.AsyncTogether, cached_together.Together,
+        together.types.chat.ChatCompletion, together.types.chat.ChatCompletionChunk,
+        lambda s: s.together_base_url,
+    ),
+    "openai": Sdk(
+        "openai", cached_openai.AsyncOpenAI, cached_openai.OpenAI,
+        openai.types.chat.ChatCompletion, openai.types.chat.ChatCompletionChunk,
+        lambda s: s.openai_base_url,
+    ),
+}
+
+
+@pytest.fixture(params=sorted(SDKS))
+def sdk(request: pytest.FixtureRequest) -> Sdk:
+    return SDKS[request.param]
+
+
+@pytest.fixture
+def server():
+    with FakeChatServer() as running:
+        yield running
+
+
+def texts(completion: Any) -> list[str]:
+    return [c.message.content for c in completion.choices]
+
+
+async def test_create_returns_the_sdk_completion_with_n_choices(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        completion = await client.chat.completions.create(model="m", messages=USER, n=3, temperature=0.7)
+    assert isinstance(completion, sdk.completion_type)
+    assert texts(completion) == [f"tell me a joke#{k}" for k in range(3)]
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert [(c.cached, c.duplicated) for c in completion.choices] == [(False, False)] * 3
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (4, 9)
+    assert server.requests[0]["n"] == 3 and server.requests[0]["temperature"] == 0.7
+
+
+async def test_a_new_client_on_the_same_cache_replays(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path) as first:
+        original = [
+            texts(await first.chat.completions.create(model="m", messages=USER, n=2, request_id=i)) for i in range(3)
+        ]
+    calls = server.calls
+    async with sdk.make(server, tmp_path, api_key="another-key", timeout=5.0) as second:
+        replayed = []
+        for i in reversed(range(3)):  # any order: replay is per (request, request_id)
+            completion = await second.chat.completions.create(model="m", messages=USER, n=2, request_id=i)
+            assert [c.cached for c in completion.choices] == [True, True]
+            replayed.insert(0, texts(completion))
+    assert replayed == original
+    assert server.calls == calls  # credentials and time-outs are not part of the key
+    assert len({t for pair in original for t in pair}) == 6  # every request got fresh samples
+
+
+async def test_namespaces_per_client_and_per_call(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path, namespace="run-a") as client:
+        first = await client.chat.completions.create(model="m", messages=USER, n=2)
+        again = await client.chat.completions.create(model="m", messages=USER, n=2)
+        assert set(texts(first)).isdisjoint(texts(again))  # fresh inside a namespace
+        assert server.calls == 2
+        other = await client.chat.completions.create(model="m", messages=USER, n=2, namespace="run-b")
+        assert texts(other) == texts(first)  # another namespace reuses stored samples
+        assert [c.cached for c in other.choices] == [True, True]
+        assert server.calls == 2
+    assert client.ledger.entry("run-b").samples_cached == 2
+
+
+async def test_the_model_and_parameters_split_the_cache(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        await client.chat.completions.create(model="m", messages=USER)
+        await client.chat.completions.create(model="m", messages=USER, namespace="x")
+        await client.chat.completions.create(model="m2", messages=USER, namespace="x")
+        await client.chat.completions.create(model="m", messages=USER, namespace="y", temperature=0.1)
+    assert server.calls == 3
+    assert [b["model"] for b in server.requests] == ["m", "m2", "m"]
+
+
+async def test_previous_answers_may_be_sent_back_as_messages(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        first = await client.chat.completions.create(model="m", messages=USER)
+        follow_up = USER + [first.choices[0].message, {"role": "user", "content": "another"}]
+        second = await client.chat.completions.create(model="m", messages=follow_up)
+    assert texts(second) == ["another#0"]
+    assert server.requests[1]["messages"][1]["content"] == "tell me a joke#0"
+
+
+async def test_other_attributes_reach_the_real_sdk_untouched(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    client = sdk.make(server, tmp_path)
+    assert client.api_key == "test-key"
+    files = await client.files.list()
+    assert list(files.data) == []
+    assert server.other_paths[-1].endswith("/files")
+    raw = client.chat.completions.with_raw_response
+    assert type(raw).__module__.startswith(sdk.name)
+    await client.close()  # closing is not a chat call
+    assert server.calls == 0
+    assert client.is_closed()
+    with pytest.raises(PipelineClosedError):
+        await client.chat.completions.create(model="m", messages=USER)
+
+
+async def test_transport_options_per_call_are_refused(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        for option in ({"timeout": 3.0}, {"extra_headers": {"X-A": "1"}}, {"extra_query": {"a": "1"}}):
+            with pytest.raises(ConfigurationError, match="on the client"):
+                await client.chat.completions.create(model="m", messages=USER, **option)
+    assert server.calls == 0
+
+
+async def test_stream_replays_the_completion_as_chunks(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=USER, n=2, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        replay = await client.chat.completions.create(model="m", messages=USER, n=2, namespace="other")
+    assert all(isinstance(c, sdk.chunk_type) for c in chunks)
+    assert [c.choices[0].delta.content for c in chunks[:2]] == texts(replay)
+    assert [c.choices[0].finish_reason for c in chunks[:2]] == ["stop", "stop"]
+    assert chunks[2].choices == [] and chunks[2].usage.completion_tokens == 6
+    assert "stream" not in server.requests[0]  # the server never streamed: nothing to pickle
+
+
+async def test_faults_are_retried_and_never_stored(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    server.fail_next(503, times=3)
+    server.fail_next(429, headers={"Retry-After": "0.01"})
+    server.fail_when(lambda body: Fault(401) if body["messages"][-1]["content"] == "secret" else None)
+    prompts = [f"question {i}" for i in range(5)]
+    async with sdk.make(server, tmp_path) as client:
+        answers = await asyncio.gather(*[
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": p}], n=2) for p in prompts
+        ])
+        with pytest.raises(PermanentBackendError) as raised:
+            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "secret"}])
+    assert raised.value.status == 401
+    assert [texts(a) for a in answers] == [[f"{p}#0", f"{p}#1"] for p in prompts]
+    assert server.completed == 5
+    calls = server.calls
+    async with sdk.make(server, tmp_path) as client:
+        for p, answer in zip(prompts, answers):
+            again = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": p}], n=2)
+            assert texts(again) == texts(answer)
+        assert server.calls == calls
+        with pytest.raises(PermanentBackendError):
+            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "secret"}])
+    assert server.calls == calls + 1  # the failure was not stored: it was asked again
+
+
+async def test_sdk_max_retries_sets_the_retry_budget(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    server.fail_next(503, times=5)
+    async with sdk.make(server, tmp_path, max_retries=1, retry=None) as client:
+        assert client.backend.retry.max_attempts == 2
+        with pytest.raises(Exception, match="gave up after 2 attempts"):
+            await client.chat.completions.create(model="m", messages=USER)
+    assert server.calls == 2
+
+
+async def test_exact_ledger_numbers_with_prices(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    prices = {"m": Price(input_usd_per_million=2.0, output_usd_per_million=10.0)}
+    async with sdk.make(server, tmp_path, prices=prices, namespace="a") as client:
+        await client.chat.completions.create(model="m", messages=USER, n=3)  # 4 prompt + 9 completion
+        await client.chat.completions.create(model="m", messages=USER, n=3, namespace="b")  # all cached
+        other = [{"role": "user", "content": "another question"}]
+        await asyncio.gather(  # identical and concurrent: merged into one call of n=2
+            client.chat.completions.create(model="m", messages=other, namespace="c"),
+            client.chat.completions.create(model="m", messages=other, namespace="c"),
+        )
+    ledger = client.ledger
+    a, b, c = (ledger.entry(ns) for ns in "abc")
+    assert (a.upstream_calls, a.samples_generated, a.prompt_tokens, a.completion_tokens) == (1, 3, 4, 9)
+    assert a.cost_usd == (4 * 2.0 + 9 * 10.0) / 1e6
+    assert (b.upstream_calls, b.samples_cached, b.tokens_saved) == (0, 3, 13)
+    assert b.saved_usd == a.cost_usd
+    assert (c.upstream_calls, c.samples_generated, c.samples_duplicated, c.tokens_spent) == (1, 2, 1, 2 + 6)
+    total = ledger.total()
+    assert (total.upstream_calls, total.samples_served, total.tokens_spent) == (2, 8, 21)
+    assert total.cost_usd == (6 * 2.0 + 15 * 10.0) / 1e6
+    assert server.calls == 2
+    assert "total" in ledger.render()
+
+
+def test_sync_client_in_a_plain_script(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    with sdk.make_sync(server, tmp_path) as client:
+        completion = client.chat.completions.create(model="m", messages=USER, n=2)
+        assert isinstance(completion, sdk.completion_type)
+        assert texts(completion) == ["tell me a joke#0", "tell me a joke#1"]
+        stream = client.chat.completions.create(model="m", messages=USER, n=1, stream=True)
+        assert [c.choices[0].delta.content for c in stream] == ["tell me a joke#2"]
+        assert client.files.list().data == []  # the real sync SDK client
+        assert client.ledger.total().samples_generated == 3
+    assert server.calls == 2
+    with pytest.raises(PipelineClosedError):
+        client.chat.completions.create(model="m", messages=USER)
+    client.close()  # idempotent
+
+
+async def test_sync_client_inside_a_running_event_loop(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    # Jupyter runs cells inside an event loop; a blocking call from there must still work.
+    client = sdk.make_sync(server, tmp_path)
+    try:
+        completion = client.chat.completions.create(model="m", messages=USER, n=2)
+        assert texts(completion) == ["tell me a joke#0", "tell me a joke#1"]
+    finally:
+        client.close()
+    replay = sdk.make_sync(server, tmp_path)
+    try:
+        assert texts(replay.chat.completions.create(model="m", messages=USER, n=2)) == texts(completion)
+    finally:
+        replay.close()
+    assert server.calls == 1
+
+
+def test_the_cache_directory_defaults_to_the_environment(
+    sdk: Sdk, server: FakeChatServer, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHESAVER_CACHE_DIR", str(tmp_path / "from-env"))
+    with sdk.sync_client(api_key="k", base_url=sdk.base_url(server)) as client:
+        client.chat.completions.create(model="m", messages=USER)
+        assert client.pipeline.cache.directory == str(tmp_path / "from-env")
+
+
+def test_a_missing_api_key_is_a_configuration_error(sdk: Sdk, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    for name in ("TOGETHER_API_KEY", "OPENAI_API_KEY", "OPENAI_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError):
+        sdk.async_client(cache=tmp_path)
+
+
+def test_sync_client_in_a_jupyter_kernel(server: FakeChatServer, tmp_path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cell = f"""
+from cachesaver.models.openai import OpenAI
+client = OpenAI(api_key="k", base_url={server.openai_base_url!r}, cache={str(tmp_path)!r})
+completion = client.chat.completions.create(model="m", messages=[{{"role": "user", "content": "hi"}}], n=2)
+client.close()
+print([c.message.content for c in completion.choices], [c.cached for c in completion.choices])
+"""
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(cell)]
+    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    output = "".join(o.get("text", "") for o in notebook.cells[0].outputs)
+    assert output.strip() == "['hi#0', 'hi#1'] [False, False]"
+    assert server.calls == 1
