@@ -125,9 +125,11 @@ def request_key(request: Any) -> str:
 
 
 def with_n(request: Any, n: int) -> Any:
-    """A copy of ``request`` asking for ``n`` samples, keeping its remembered key."""
-    copy = dataclasses.replace(request, n=n)
+    """A copy of ``request`` asking for ``n`` samples (an int >= 1), keeping its remembered key."""
     state = getattr(request, "__dict__", None)
-    if state is not None and _MEMO in state and hasattr(copy, "__dict__"):
-        copy.__dict__[_MEMO] = state[_MEMO]
+    if state is None or type(n) is not int or n < 1:
+        return dataclasses.replace(request, n=n)  # validates
+    copy = object.__new__(type(request))
+    copy.__dict__.update(state)
+    copy.__dict__["n"] = n
     return copy

@@ -191,7 +191,8 @@ class SampleBroker:
         if stores:
             try:
                 with self.store.transaction():
-                    stored = [[self._store_one(item) for item in op.items] for op in stores]
+                    heads = self.store.heads([item.key for op in stores for item in op.items])
+                    stored = [[self._store_one(item, heads) for item in op.items] for op in stores]
             except Exception as exc:  # noqa: BLE001 - reported, samples still delivered
                 store_error = exc
                 stored = [[[] for _ in op.items] for op in stores]
@@ -215,12 +216,13 @@ class SampleBroker:
                 logger.error("cachesaver could not store %d replay record(s): %s", len(records), exc)
         return stored, found, store_error
 
-    def _store_one(self, op: NewSamples) -> list[int]:
+    def _store_one(self, op: NewSamples, heads: dict[str, Any]) -> list[int]:
         request = op.request
         record = None
         if op.use is not None:
             record = (request.namespace, request.request_id, op.use, op.prior, op.needed)
-        start = self.store.write(op.key, op.samples, record_new=record)
+        head = heads.pop(op.key, None)  # a key written twice in one round is read afresh
+        start = self.store.write(op.key, op.samples, record_new=record, head=head)
         used = list(range(start, start + min(op.needed, len(op.samples))))
         self.claims.claim(request.namespace, op.key, used)
         return used

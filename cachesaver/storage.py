@@ -273,14 +273,17 @@ class SampleStore:
         samples: Sequence[StoredSample] = (),
         records: Sequence[RecordEntry] = (),
         record_new: tuple[str, Any, int, Sequence[int], int] | None = None,
+        head: Head | None = None,
     ) -> int:
         """Append ``samples`` to ``key`` and store ``records``; call inside :meth:`transaction`.
 
         ``record_new`` = (namespace, request_id, use, prior, needed) also records that request
         as holding ``prior`` plus the first ``needed`` of the appended samples. Returns the index
-        of the first appended sample (the old count).
+        of the first appended sample (the old count). ``head`` is the key's head entry as read
+        inside the same transaction, when the caller already has it.
         """
-        head = self.head(key)
+        if head is None:
+            head = self.head(key)
         start = self.count(key, head)
         put = self.cache.set
         head_samples = head.samples
