@@ -46,7 +46,11 @@ from .storage import SampleStore, StoredSample
 from .typedefs import Batch, BatchRequestModel, Request, Response, SingleRequestModel
 
 _LAZY = {
+    "ChatRequest": "cachesaver.models.chat_completions",
     "OpenAIModel": "cachesaver.models.openai",
+    "RateLimiter": "cachesaver.ratelimit",
+    "RateLimits": "cachesaver.ratelimit",
+    "RetryPolicy": "cachesaver.retry",
     "ReplayOnlyModel": "cachesaver.models.replay_only",
     "SimulatedLLM": "cachesaver.models.simulated",
     "TogetherModel": "cachesaver.models.together",
@@ -62,6 +66,7 @@ __all__ = [
     "BatchRequestModel",
     "CacheMissError",
     "CacheSaverError",
+    "ChatRequest",
     "ConfigurationError",
     "ContextLengthError",
     "CorruptStoreError",
@@ -78,10 +83,13 @@ __all__ = [
     "PipelineClosedError",
     "Price",
     "PriceTable",
+    "RateLimiter",
+    "RateLimits",
     "ReplayOnlyModel",
     "Request",
     "RequestReorderer",
     "Response",
+    "RetryPolicy",
     "SampleStore",
     "ScriptedModel",
     "SimulatedLLM",

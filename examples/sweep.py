@@ -30,7 +30,6 @@ import itertools
 import os
 import random
 import re
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -361,4 +360,10 @@ async def main(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR, *, seed: i
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:], backend="asyncio")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Tree-of-Thoughts sweep on the embedded SimulatedLLM.")
+    parser.add_argument("cache_dir", nargs="?", default=str(DEFAULT_CACHE_DIR), help="cache directory (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="SimulatedLLM seed (default: %(default)s)")
+    arguments = parser.parse_args()
+    anyio.run(functools.partial(main, arguments.cache_dir, seed=arguments.seed), backend="asyncio")

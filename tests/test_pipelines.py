@@ -1130,3 +1130,45 @@ async def test_a_request_is_hashed_once_on_its_way_through_the_pipeline(tmp_path
     async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
         await pipeline.request(request)
     assert CountingList.walks == 1
+
+
+async def test_replay_with_identified_and_anonymous_requests_mixed_in_any_order(tmp_path: Path) -> None:
+    rng = random.Random(21)
+    requests = [
+        Request(f"p{rng.randrange(3)}", n=rng.randrange(1, 3), request_id=rng.choice([None, f"id{i}"]))
+        for i in range(40)
+    ]
+    first = await run_concurrently(tmp_path, JitterModel(ScriptedModel(), seed=1), requests, 4, seed=1, stagger_s=0.003)
+    order = list(range(len(requests)))
+    rng.shuffle(order)
+    replay_model = ScriptedModel()
+    second = await run_concurrently(
+        tmp_path, replay_model, [requests[i] for i in order], 3, seed=2, stagger_s=0.003
+    )
+    assert replay_model.calls == 0
+    anonymous_first: dict[str, Counter[Any]] = defaultdict(Counter)
+    anonymous_second: dict[str, Counter[Any]] = defaultdict(Counter)
+    for position, i in enumerate(order):
+        request = requests[i]
+        if request.request_id is None:
+            anonymous_first[request.prompt].update(first[i].data)
+            anonymous_second[request.prompt].update(second[position].data)
+        else:
+            assert second[position].data == first[i].data, request
+    assert anonymous_second == anonymous_first
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+async def test_an_anonymous_request_does_not_take_an_identified_requests_samples(
+    tmp_path: Path, concurrent: bool
+) -> None:
+    identified, anonymous = Request("hi", n=2, request_id="a"), Request("hi", n=2)
+    first = await run_sequentially(tmp_path, ScriptedModel(), [identified, anonymous])
+    replay_model = ScriptedModel()
+    if concurrent:
+        second = await run_concurrently(tmp_path, replay_model, [anonymous, identified], batch_size=2)
+    else:
+        second = await run_sequentially(tmp_path, replay_model, [anonymous, identified])
+    assert replay_model.calls == 0
+    assert second[1].data == first[0].data
+    assert second[0].data == first[1].data

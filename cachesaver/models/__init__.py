@@ -14,12 +14,23 @@ from .replay_only import ReplayOnlyModel
 from .scripted import RecordedCall, ScriptedModel
 
 _LAZY = {
+    "ChatCompletionsModel": "cachesaver.models.chat_model",
+    "ChatRequest": "cachesaver.models.chat_completions",
     "OpenAIModel": "cachesaver.models.openai",
     "SimulatedLLM": "cachesaver.models.simulated",
     "TogetherModel": "cachesaver.models.together",
 }
 
-__all__ = ["OpenAIModel", "RecordedCall", "ReplayOnlyModel", "ScriptedModel", "SimulatedLLM", "TogetherModel"]
+__all__ = [
+    "ChatCompletionsModel",
+    "ChatRequest",
+    "OpenAIModel",
+    "RecordedCall",
+    "ReplayOnlyModel",
+    "ScriptedModel",
+    "SimulatedLLM",
+    "TogetherModel",
+]
 
 
 def __getattr__(name: str) -> Any:
