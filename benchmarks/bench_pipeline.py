@@ -206,29 +206,32 @@ def _fresh_dir(work: Path, name: str) -> Path:
     return path
 
 
-def _run_pipelines(side: Side, args: argparse.Namespace, work: Path) -> Dict[int, Dict[str, Any]]:
-    out: Dict[int, Dict[str, Any]] = {}
+def _run_pipelines(
+    sides: Sequence[Side], args: argparse.Namespace, work: Path
+) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """Every workload set for every side; sides alternate run by run, so both see the same load."""
+    out: Dict[str, Dict[int, Dict[str, Any]]] = {side.label: {} for side in sides}
     for batch_size in args.batch_sizes:
-        best: Dict[str, Any] = {}
         for attempt in range(args.repeat):
-            _progress(f"  {side.label}: batch size {batch_size}, run {attempt + 1} of {args.repeat}")
-            directory = _fresh_dir(work, f"{side.label}-bs{batch_size}-{attempt}")
-            spec = {
-                "mode": "pipeline",
-                "requests": args.requests,
-                "batch_size": batch_size,
-                "timeout_s": args.timeout_s,
-                "work_dir": str(directory),
-            }
-            if args.profile is not None:
-                spec.update(profile_dir=str(args.profile.resolve()), label=side.label)
-            result = _run_worker(side, spec, work)
-            for name in WORKLOADS:
-                if name not in best or result[name]["us_per_request"] < best[name]["us_per_request"]:
-                    best[name] = result[name]
-            best["library"] = result["library"]
-            shutil.rmtree(directory, ignore_errors=True)
-        out[batch_size] = best
+            for side in sides:
+                _progress(f"  {side.label}: batch size {batch_size}, run {attempt + 1} of {args.repeat}")
+                directory = _fresh_dir(work, f"{side.label}-bs{batch_size}-{attempt}")
+                spec = {
+                    "mode": "pipeline",
+                    "requests": args.requests,
+                    "batch_size": batch_size,
+                    "timeout_s": args.timeout_s,
+                    "work_dir": str(directory),
+                }
+                if args.profile is not None:
+                    spec.update(profile_dir=str(args.profile.resolve()), label=side.label)
+                result = _run_worker(side, spec, work)
+                shutil.rmtree(directory, ignore_errors=True)
+                best = out[side.label].setdefault(batch_size, {})
+                for name in WORKLOADS:
+                    if name not in best or result[name]["us_per_request"] < best[name]["us_per_request"]:
+                        best[name] = result[name]
+                best["library"] = result["library"]
     return out
 
 
@@ -400,11 +403,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sides.append(Side("ours", Path(sys.executable), OURS_WORKER, _ours_env()))
         if args.only != "ours":
             sides.append(_ensure_reference(args, work))
-        pipelines: Dict[str, Dict[int, Dict[str, Any]]] = {}
         appends: Dict[str, Dict[str, Any]] = {}
         for side in sides:
-            _progress(f"running {side.label} ({side.python})")
-            pipelines[side.label] = _run_pipelines(side, args, work)
+            _progress(f"{side.label}: {side.python} {side.worker.name}")
+        pipelines = _run_pipelines(sides, args, work)
+        for side in sides:
             appends[side.label] = _run_append(side, args, work)
         ok = _report(args, pipelines, appends)
         if args.json is not None:

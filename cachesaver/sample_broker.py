@@ -28,7 +28,7 @@ import anyio
 
 from .background import BackgroundTasks, Outcome
 from .claims import RunClaims
-from .errors import PipelineClosedError, StoreError
+from .errors import CorruptStoreError, PipelineClosedError, StoreError
 from .storage import RecordEntry, SampleStore, StoredSample
 from .typedefs import Request
 
@@ -222,6 +222,9 @@ class SampleBroker:
         if op.use is not None:
             record = (request.namespace, request.request_id, op.use, op.prior, op.needed)
         head = heads.pop(op.key, None)  # a key written twice in one round is read afresh
+        if isinstance(head, CorruptStoreError):
+            logger.error("cachesaver cannot store new samples of key %s: %s", op.key, head)
+            return []
         start = self.store.write(op.key, op.samples, record_new=record, head=head)
         used = list(range(start, start + min(op.needed, len(op.samples))))
         self.claims.claim(request.namespace, op.key, used)
@@ -234,6 +237,8 @@ class SampleBroker:
         head = heads.get(key)
         if head is None:
             head = heads[key] = store.head(key)
+        if isinstance(head, CorruptStoreError):
+            raise head
         use = None if request_id is None else self.claims.next_use(namespace, key, request_id)
         recorded = None if use is None else store.get_record(namespace, key, request_id, use, head)
         if recorded is not None and len(recorded) >= n:

@@ -146,13 +146,21 @@ class SampleStore:
         """The head entry of ``key`` (empty when nothing is stored)."""
         return self._check_head(key, self.cache.get(_HEAD + key, None, retry=True))
 
-    def heads(self, keys: Sequence[str]) -> dict[str, Head]:
-        """The head entries of several keys at once (one query per few hundred keys)."""
+    def heads(self, keys: Sequence[str]) -> dict[str, Head | CorruptStoreError]:
+        """The head entries of several keys at once (one query per few hundred keys).
+
+        A damaged entry is returned as its :class:`CorruptStoreError`, so it fails only the
+        requests for that key.
+        """
         unique = list(dict.fromkeys(keys))
         values = self._bulk_get([_HEAD + key for key in unique]) if self._bulk_ok else None
-        if values is None:
-            return {key: self.head(key) for key in unique}
-        return {key: self._check_head(key, values.get(_HEAD + key)) for key in unique}
+        out: dict[str, Head | CorruptStoreError] = {}
+        for key in unique:
+            try:
+                out[key] = self.head(key) if values is None else self._check_head(key, values.get(_HEAD + key))
+            except CorruptStoreError as exc:
+                out[key] = exc
+        return out
 
     def _check_head(self, key: str, value: Any) -> Head:
         if value is None:

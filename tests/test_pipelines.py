@@ -35,6 +35,7 @@ from cachesaver.errors import (
     BatchRequestError,
     CacheSaverError,
     ConfigurationError,
+    CorruptStoreError,
     IncompleteResponseError,
     InvalidRequestError,
     PipelineClosedError,
@@ -375,17 +376,24 @@ async def test_identical_requests_waiting_in_one_batch_window_merge(tmp_path: Pa
     flight together with it: the two cost one upstream request with n summed."""
     model = ScriptedModel()
     pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
+    got: dict[str, Response] = {}
+
+    async def ask(request: Request) -> None:
+        got[str(request.request_id)] = await pipeline.request(request)
+
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            group.start_soon(pipeline.request, Request("hi", request_id="first"))
+            group.start_soon(ask, Request("hi", request_id="first"))
             await anyio.sleep(0.01)  # a later pass of the event loop, same batch window
-            group.start_soon(pipeline.request, Request("hi", request_id="second"))
-            group.start_soon(pipeline.request, Request("other"))
+            group.start_soon(ask, Request("hi", request_id="second"))
+            group.start_soon(ask, Request("other"))
             await anyio.sleep(0.01)
             assert model.calls == 0  # all three still wait in the window
             await pipeline.aclose()  # sends the window's batch now
     assert model.batch_sizes == [2], model.log
     assert sorted(model.n_requested) == [1, 2]
+    assert got["first"].data == ["hi#0"] and got["first"].duplicated == [False]
+    assert got["second"].data == ["hi#1"] and got["second"].duplicated == [True]
 
 
 async def test_a_cache_hit_does_not_wait_for_the_batch_window(tmp_path: Path) -> None:
@@ -1172,3 +1180,72 @@ async def test_an_anonymous_request_does_not_take_an_identified_requests_samples
     assert replay_model.calls == 0
     assert second[1].data == first[0].data
     assert second[0].data == first[1].data
+
+
+async def test_the_ledger_hooks_see_single_requests_too(tmp_path: Path) -> None:
+    ledger = RecordingLedger()
+    model = ScriptedModel(fail={"bad"})
+    async with OnlineAPI(model, tmp_path, batch_size=1, ledger=ledger) as pipeline:
+        fresh = await pipeline.request(Request("hi", n=2))
+        with pytest.raises(BackendError):
+            await pipeline.request(Request("bad"))
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1, ledger=ledger) as pipeline:
+        replayed = await pipeline.request(Request("hi", n=2))
+    assert [(r.prompt, r.n) for r, _ in ledger.upstream] == [("hi", 2), ("bad", 1)]
+    assert isinstance(ledger.upstream[1][1], BackendError)
+    assert [response for _, response in ledger.served] == [fresh, replayed]
+    assert ledger.served[1][1].cached == [True, True]
+
+
+async def test_the_same_request_id_used_concurrently_replays_as_a_whole(tmp_path: Path) -> None:
+    requests = [Request("hi", request_id="x"), Request("hi", n=2, request_id="x"), Request("hi", request_id="x")]
+    first = await run_concurrently(tmp_path, ScriptedModel(), requests, batch_size=4)
+    assert len(set(all_samples(first))) == 4
+    replay_model = ScriptedModel()
+    second = await run_concurrently(tmp_path, replay_model, list(reversed(requests)), batch_size=1)
+    assert replay_model.calls == 0
+    assert sorted(all_samples(second)) == sorted(all_samples(first))
+
+
+class FullDiskCache(diskcache.Cache):
+    """A diskcache whose writes fail once ``full`` is set, as on a full disk."""
+
+    full = False
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        if self.full:
+            import sqlite3
+
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().set(*args, **kwargs)
+
+
+async def test_samples_are_delivered_even_when_the_disk_refuses_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = FullDiskCache(str(tmp_path / "c"), eviction_policy="none")
+    cache.full = True
+    model = ScriptedModel()
+    with caplog.at_level(logging.ERROR, logger="cachesaver"):
+        async with OnlineAPI(model, cache, batch_size=1) as pipeline:
+            response = await pipeline.request(Request("hi", n=2))
+    assert response.data == ["hi#0", "hi#1"]
+    assert any("disk is full" in r.getMessage() or "disk is full" in (r.exc_text or "") for r in caplog.records)
+    cache.full = False
+    cache.close()
+
+
+async def test_a_damaged_entry_fails_its_request_only(tmp_path: Path) -> None:
+    cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
+    await run_sequentially(cache, ScriptedModel(), [Request("fine")])
+    before = set(cache.iterkeys())
+    await run_sequentially(cache, ScriptedModel(), [Request("damaged")])
+    for key in set(cache.iterkeys()) - before:
+        cache[key] = "something cachesaver did not write"
+    async with OnlineAPI(ScriptedModel(), cache, batch_size=2, timeout=0.001) as pipeline:
+        results = await pipeline.batch_request(
+            Batch(requests=[Request("fine"), Request("damaged")]), return_exceptions=True
+        )
+    assert results[0].data == ["fine#0"] and results[0].cached == [True]
+    assert isinstance(results[1], CorruptStoreError)
+    cache.close()

@@ -270,3 +270,34 @@ def test_top_level_package_re_exports_the_public_names() -> None:
     exported = getattr(cachesaver, "__all__", [])
     assert set(names) <= set(exported)
     assert list(exported) == sorted(exported)
+
+
+_OPTIMISED = """
+import sys, tempfile
+from cachesaver.errors import ConfigurationError, InvalidRequestError
+from cachesaver.models import ScriptedModel
+from cachesaver.pipelines import OnlineAPI
+from cachesaver.typedefs import Request
+checks = 0
+for bad in (lambda: Request("hi", n=0), lambda: Request([{"content": "x"}])):
+    try:
+        bad()
+    except InvalidRequestError:
+        checks += 1
+try:
+    OnlineAPI(ScriptedModel(), tempfile.mkdtemp(), batch_size=0)
+except ConfigurationError:
+    checks += 1
+print(checks)
+"""
+
+
+def test_argument_checks_survive_python_dash_o() -> None:
+    """Checks are real raises, not asserts that ``python -O`` strips."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-O", "-c", _OPTIMISED], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "3"
