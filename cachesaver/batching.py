@@ -87,8 +87,9 @@ class AsyncBatcher(Stage):
         try:
             if self._flushing_now is None:
                 self._flushing_now = anyio.Event()
-            with anyio.move_on_after(self.timeout):
-                await self._flushing_now.wait()
+            if not self._closing:  # closing may have begun before this task first ran
+                with anyio.move_on_after(self.timeout):
+                    await self._flushing_now.wait()
             if generation == self._generation:
                 while self._pending:
                     await self._send(self._take(min(self.batch_size, len(self._pending))))
