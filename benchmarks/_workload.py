@@ -171,7 +171,7 @@ def run_append(library: Library, spec: Dict[str, Any]) -> Dict[str, Any]:
     cache = diskcache.Cache(os.path.join(spec["work_dir"], "append"), **library.cache_options)
     append = library.make_appender(cache)
     key = hashlib.sha256(b"bench_pipeline append key").hexdigest()
-    wanted = {p: [] for p in points}  # type: Dict[int, List[float]]
+    wanted: Dict[int, List[float]] = {p: [] for p in points}
     last = max(points) + window
     gc.collect()
     for length in range(1, last + 1):

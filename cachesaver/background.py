@@ -104,6 +104,10 @@ class BackgroundTasks:
       ends the group; spawning afterwards raises :class:`~cachesaver.errors.PipelineClosedError`.
     * If the event loop the group lived in has ended (a script that calls ``asyncio.run``
       twice with one pipeline), the next spawn opens a fresh group in the current loop.
+
+    Under trio jobs are children of the group. Under asyncio they are plain tasks held in the
+    owner's set (a task group's per-task bookkeeping costs more than a small job); the owner
+    joins them when closing and cancels them with itself, so they have the same lifetime.
     """
 
     def __init__(self, name: str) -> None:
@@ -115,6 +119,7 @@ class BackgroundTasks:
         self._finished: anyio.Event | None = None
         self._host: Any = None  # keeps the asyncio host task referenced
         self._closed = False
+        self._native: set[Any] | None = None  # asyncio jobs, owned by the host task
         self.running_jobs = 0
 
     async def _open(self) -> TaskGroup:
@@ -134,26 +139,34 @@ class BackgroundTasks:
         self._stop = stop = anyio.Event()
         self._finished = finished = anyio.Event()
 
+        backend = anyio.lowlevel.get_async_backend().__name__.lower()
+        native: set[Any] | None = None if "trio" in backend else set()
+        self._native = native
+
         async def host() -> None:
             try:
                 async with anyio.create_task_group() as group:
                     self._group = group
                     ready.set()
                     await stop.wait()
+                    while native:
+                        await asyncio.wait(set(native))
             finally:
+                if native:
+                    for task in native:
+                        task.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait(set(native))
                 if self._loop is loop:
                     self._group = None
                 ready.set()
                 finished.set()
 
-        backend = anyio.lowlevel.get_async_backend().__name__.lower()
-        if "trio" in backend:
+        if native is None:
             import trio
 
             trio.lowlevel.spawn_system_task(host, name=f"cachesaver:{self._name}")
         else:
-            import asyncio
-
             self._host = asyncio.get_running_loop().create_task(host(), name=f"cachesaver:{self._name}")
         await ready.wait()
         if self._group is None:
@@ -166,7 +179,13 @@ class BackgroundTasks:
         if group is None or self._loop is not _native_loop_token():
             group = await self._open()
         self.running_jobs += 1
-        group.start_soon(self._guard, job, args)
+        native = self._native
+        if native is None:
+            group.start_soon(self._guard, job, args)
+        else:
+            task = asyncio.get_running_loop().create_task(self._guard(job, args))
+            native.add(task)
+            task.add_done_callback(native.discard)
 
     async def _guard(self, job: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         try:

@@ -57,6 +57,8 @@ class AsyncDeduplicator(Stage):
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         if not self.across_calls:
+            if len(requests) == 1:  # nothing to merge with
+                return await call_model(self.model, requests)
             return await self._merge_and_call(list(requests))
         outcomes = await self._rounds.submit(requests)
         return [await outcome.get() for outcome in outcomes]

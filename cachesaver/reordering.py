@@ -34,6 +34,8 @@ class RequestReorderer(Stage):
     """Sorts each batch by (request_id, key) for the model; restores the caller's order."""
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        if len(requests) == 1:
+            return await call_model(self.model, requests)
         results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
         keyed: list[tuple[tuple[Any, ...], int]] = []
         for i, request in enumerate(requests):

@@ -17,7 +17,7 @@ freely. Guarantees shared by every stage:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, List, Union
 
 import anyio
@@ -81,8 +81,8 @@ async def _gather_each(model: Any, requests: Sequence[Request]) -> list[Settled]
     return results
 
 
-async def call_model(model: Any, requests: Sequence[Request], *, prefer_batch: bool = True) -> list[Settled]:
-    """Ask ``model`` for ``requests``; one Response or exception per request, in order.
+def call_model(model: Any, requests: Sequence[Request], *, prefer_batch: bool = True) -> Awaitable[list[Settled]]:
+    """Ask ``model`` for ``requests``; awaits to one Response or exception per request, in order.
 
     A cachesaver stage is asked natively. A plain model is asked with one ``batch_request``
     when it has one (and ``prefer_batch`` or there are several requests), else with concurrent
@@ -91,7 +91,11 @@ async def call_model(model: Any, requests: Sequence[Request], *, prefer_batch: b
     the failed batch call never reached us, so there is nothing of it to keep).
     """
     if isinstance(model, Stage):
-        return await model.settle(requests)
+        return model.settle(requests)
+    return _call_plain_model(model, requests, prefer_batch)
+
+
+async def _call_plain_model(model: Any, requests: Sequence[Request], prefer_batch: bool) -> list[Settled]:
     has_batch = callable(getattr(model, "batch_request", None))
     has_single = callable(getattr(model, "request", None))
     if has_single and (not has_batch or (len(requests) == 1 and not prefer_batch)):
@@ -133,7 +137,12 @@ class Stage:
 
     async def request(self, request: Request) -> Response:
         """Samples for one request; raises its error if it failed."""
-        (result,) = await self.settle([self._admit(request)])
+        request = self._admit(request)
+        self._enter()
+        try:
+            (result,) = await self.settle([request])
+        finally:
+            self._exit()
         if isinstance(result, BaseException):
             raise result
         return result
@@ -143,20 +152,26 @@ class Stage:
         requests = getattr(batch, "requests", None)
         if requests is None:
             raise InvalidRequestError(f"batch_request takes a Batch, got {type(batch).__name__}")
-        results = await self.settle([self._admit(r) for r in requests])
+        admitted = [self._admit(r) for r in requests]
+        self._enter()
+        try:
+            results = await self.settle(admitted)
+        finally:
+            self._exit()
         if return_exceptions:
             return results
         if any(isinstance(r, BaseException) for r in results):
             raise BatchRequestError(results)
         return results
 
-    async def settle(self, requests: Sequence[Request]) -> list[Settled]:
-        """One Response or exception per request, in order; never raises for one request."""
-        self._enter()
-        try:
-            return await self._settle(requests)
-        finally:
-            self._exit()
+    def settle(self, requests: Sequence[Request]) -> Awaitable[list[Settled]]:
+        """Awaits to one Response or exception per request, in order; never raises for one request.
+
+        This is how stages call each other. Unlike :meth:`request` and :meth:`batch_request`
+        it does not check that the stage is open: a closing stage still serves the stage above
+        it until that one has drained.
+        """
+        return self._settle(requests)
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         raise NotImplementedError
@@ -184,28 +199,6 @@ class Stage:
 
     async def _spawn(self, job: Any, *args: Any) -> None:
         await self._background.spawn(job, *args)
-
-    async def _run_detached(self, job: Any, *args: Any) -> Any:
-        """Run ``job(*args)`` in the background and wait for its value.
-
-        If the caller is cancelled the job still runs to the end; its result is dropped.
-        """
-        outcome: Outcome[Any] = Outcome()
-
-        async def runner() -> None:
-            self._enter()
-            try:
-                outcome.set(await job(*args))
-            except BaseException as exc:
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    outcome.fail(PipelineClosedError(f"{type(self).__name__} was closed while this request ran"))
-                    raise
-                outcome.fail(exc)
-            finally:
-                self._exit()
-
-        await self._spawn(runner)
-        return await outcome.get()
 
     # -- closing -----------------------------------------------------------------------------
 
