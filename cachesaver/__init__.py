@@ -42,7 +42,7 @@ from .models.scripted import ScriptedModel
 from .pipelines import LocalAPI, OnlineAPI
 from .reordering import RequestReorderer
 from .stage import Stage
-from .storage import SampleStore, StoredSample
+from .storage import SampleStore
 from .typedefs import Batch, BatchRequestModel, Request, Response, SingleRequestModel
 
 _LAZY = {
@@ -96,7 +96,6 @@ __all__ = [
     "SingleRequestModel",
     "Stage",
     "StoreError",
-    "StoredSample",
     "TogetherModel",
     "TransientBackendError",
     "UnserializableParameterError",

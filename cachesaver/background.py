@@ -32,13 +32,13 @@ T = TypeVar("T")
 class Outcome(Generic[T]):
     """A result or an exception, delivered once; any number of tasks may wait for it."""
 
-    __slots__ = ("_done", "_value", "_error", "_waiters")
+    __slots__ = ("_done", "_value", "_error", "_waiter")
 
     def __init__(self) -> None:
         self._done = False
         self._value: Any = None
         self._error: BaseException | None = None
-        self._waiters: list[Any] | None = None
+        self._waiter: Any = None  # None, one waiter, or a list of them
 
     @property
     def done(self) -> bool:
@@ -56,13 +56,14 @@ class Outcome(Generic[T]):
 
     def _wake(self) -> None:
         self._done = True
-        waiters, self._waiters = self._waiters, None
-        if waiters:
-            for waiter in waiters:
-                if isinstance(waiter, anyio.Event):
-                    waiter.set()
-                elif not waiter.done():
-                    waiter.set_result(None)
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            return
+        for one in waiter if type(waiter) is list else (waiter,):
+            if isinstance(one, anyio.Event):
+                one.set()
+            elif not one.done():
+                one.set_result(None)
 
     def result(self) -> T:
         """The value (or raise the error) of a delivered outcome."""
@@ -77,10 +78,13 @@ class Outcome(Generic[T]):
                 waiter = asyncio.get_running_loop().create_future()
             except RuntimeError:  # not asyncio (trio): a portable event
                 waiter = anyio.Event()
-            if self._waiters is None:
-                self._waiters = [waiter]
+            current = self._waiter
+            if current is None:
+                self._waiter = waiter
+            elif type(current) is list:
+                current.append(waiter)
             else:
-                self._waiters.append(waiter)
+                self._waiter = [current, waiter]
             if isinstance(waiter, anyio.Event):
                 await waiter.wait()
             else:

@@ -57,14 +57,14 @@ class _Pending:
         self.needed = found.missing
 
 
-def _response(found: Found, new: list[StoredSample] = (), duplicated: list[bool] = ()) -> Response:  # type: ignore[assignment]
-    stored = found.samples
-    samples = list(stored) + list(new)
-    usage = [s.usage for s in samples]
+def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequence[bool] = ()) -> Response:
+    samples = found.samples + list(new) if new else found.samples
+    usage = [u for _, u in samples]
+    stored = len(found.samples)
     return Response(
-        data=[s.data for s in samples],
-        cached=[True] * len(stored) + [False] * len(new),
-        duplicated=[False] * len(stored) + list(duplicated),
+        data=[d for d, _ in samples],
+        cached=[True] * stored + [False] * len(new),
+        duplicated=[False] * stored + list(duplicated),
         usage=usage if any(u is not None for u in usage) else None,
     )
 
@@ -157,7 +157,7 @@ class AsyncCacher(Stage):
                         outcomes[j] = answer
                     continue
                 usage = response.usage
-                new = [StoredSample(d, usage[k] if usage else None) for k, d in enumerate(response.data)]
+                new = list(zip(response.data, usage)) if usage else [(d, None) for d in response.data]
                 flags = response.duplicated or [False] * len(new)
                 take = min(entry.needed, len(new))
                 entry.samples.extend(new[:take])

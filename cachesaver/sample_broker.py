@@ -48,13 +48,19 @@ class Found:
     missing: int
 
 
-class _Lookup:
-    __slots__ = ("request", "key", "outcome")
+class _Lookup(Outcome[Found]):
+    """A queued lookup; it is its own outcome."""
+
+    __slots__ = ("request", "key")
 
     def __init__(self, request: Request, key: str) -> None:
+        super().__init__()
         self.request = request
         self.key = key
-        self.outcome: Outcome[Found] = Outcome()
+
+    @property
+    def outcome(self) -> "_Lookup":
+        return self
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class _Store:
 class SampleBroker:
     """Serial owner of a run's claims and of all store I/O; see the module docstring."""
 
-    def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 1024) -> None:
+    def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 256) -> None:
         self.store = store
         self.claims = RunClaims()
         self._background = background
@@ -102,7 +108,7 @@ class SampleBroker:
         op = _Lookup(request, key)
         self._lookups.append(op)
         self._kick()
-        return op.outcome
+        return op
 
     def store_new(self, items: Sequence["NewSamples"]) -> Outcome[list[list[int]]]:
         """Queue new samples for storage; the outcome lists, per item, the indices it now holds."""

@@ -39,8 +39,7 @@ import hashlib
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence, Tuple
 
 import diskcache
 
@@ -58,12 +57,9 @@ _RECORD = _PREFIX + "record/"
 _MISSING = object()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSample:
-    """One stored sample: what the model returned and the token usage it reported (or None)."""
-
-    data: Any
-    usage: Any = None
+StoredSample = Tuple[Any, Any]
+"""One stored sample as a ``(data, usage)`` pair: what the model returned and the token usage it
+reported for that sample (or None)."""
 
 
 class Head(NamedTuple):
@@ -214,10 +210,10 @@ class SampleStore:
 
     def read(self, key: str, indices: Sequence[int]) -> list[Any]:
         """The samples at ``indices`` (their data), in that order."""
-        return [s.data for s in self.read_stored(key, indices)]
+        return [data for data, _ in self.read_stored(key, indices)]
 
     def read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample]:
-        """The :class:`StoredSample` at each of ``indices``, in that order."""
+        """The ``(data, usage)`` pair stored at each of ``indices``, in that order."""
         size = self.HEAD_SAMPLES
         if head is None and any(i < size for i in indices):
             head = self.head(key)
@@ -235,7 +231,7 @@ class SampleStore:
                 )
             if type(value) is not tuple or len(value) != 2:
                 raise CorruptStoreError(f"sample {index} of key {key} is not a cachesaver sample")
-            out.append(StoredSample(value[0], value[1]))
+            out.append(value)
         return out
 
     def try_read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample] | None:
@@ -273,7 +269,7 @@ class SampleStore:
     def append(self, key: str, samples: Sequence[Any]) -> int:
         """Append ``samples`` (data, no usage) to ``key``'s list; the index of the first one."""
         with self.transaction():
-            return self.write(key, [StoredSample(s) for s in samples])
+            return self.write(key, [(s, None) for s in samples])
 
     def write(
         self,
@@ -283,7 +279,8 @@ class SampleStore:
         record_new: tuple[str, Any, int, Sequence[int], int] | None = None,
         head: Head | None = None,
     ) -> int:
-        """Append ``samples`` to ``key`` and store ``records``; call inside :meth:`transaction`.
+        """Append ``samples`` ((data, usage) pairs) to ``key`` and store ``records``; call inside
+        :meth:`transaction`.
 
         ``record_new`` = (namespace, request_id, use, prior, needed) also records that request
         as holding ``prior`` plus the first ``needed`` of the appended samples. Returns the index
@@ -295,7 +292,7 @@ class SampleStore:
         start = self.count(key, head)
         put = self.cache.set
         head_samples = head.samples
-        pairs = [(s.data, s.usage) for s in samples]
+        pairs = list(samples)
         room = self.HEAD_SAMPLES - len(head_samples)
         if room > 0 and pairs:
             head_samples = head_samples + tuple(pairs[:room])
