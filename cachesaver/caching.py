@@ -61,11 +61,11 @@ def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequen
     samples = found.samples + list(new) if new else found.samples
     usage = [u for _, u in samples]
     stored = len(found.samples)
-    return Response(
-        data=[d for d, _ in samples],
-        cached=[True] * stored + [False] * len(new),
-        duplicated=[False] * stored + list(duplicated),
-        usage=usage if any(u is not None for u in usage) else None,
+    return Response._trusted(
+        [d for d, _ in samples],
+        [True] * stored + [False] * len(new),
+        [False] * stored + list(duplicated),
+        usage if any(u is not None for u in usage) else None,
     )
 
 

@@ -38,11 +38,11 @@ __all__ = ["AsyncDeduplicator"]
 def _slice(response: Response, start: int, stop: int, duplicated: bool) -> Response:
     below = response.duplicated
     flags = [duplicated or bool(below[i]) if below else duplicated for i in range(start, stop)]
-    return Response(
-        data=response.data[start:stop],
-        cached=response.cached[start:stop] if response.cached is not None else None,
-        duplicated=flags,
-        usage=response.usage[start:stop] if response.usage is not None else None,
+    return Response._trusted(
+        response.data[start:stop],
+        response.cached[start:stop] if response.cached is not None else None,
+        flags,
+        response.usage[start:stop] if response.usage is not None else None,
     )
 
 
