@@ -51,6 +51,7 @@ from .keys import request_key
 from .ledger import Ledger, PriceTable
 from .loop_thread import LoopThread
 from .models.chat_completions import DECODING_FIELDS, ChatRequest
+from .models.chat_model import ChatCompletionsModel
 from .pipelines import OnlineAPI
 from .ratelimit import RateLimiter, RateLimits
 from .retry import RetryPolicy
@@ -264,13 +265,28 @@ class _Chat:
 class CachedAsyncClient:
     """An async SDK client whose ``chat.completions.create`` is cached (see the module doc).
 
-    Subclasses set ``completion_type`` and ``chunk_type`` (the SDK's pydantic models).
+    Subclasses set ``model_class`` (the :class:`~cachesaver.models.chat_model.ChatCompletionsModel`
+    subclass that serves the calls; its ``sdk_client_class`` is the SDK client built here) and
+    ``completion_type`` / ``chunk_type`` (the SDK's pydantic models).
     """
 
+    model_class: ClassVar[type[ChatCompletionsModel]]
     completion_type: ClassVar[Any]
     chunk_type: ClassVar[Any]
 
-    def __init__(self, sdk: Any, model: Any, options: ClientOptions) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        """Takes the SDK client's constructor arguments plus cachesaver's (see :class:`ClientOptions`).
+
+        Raises :class:`~cachesaver.errors.ConfigurationError` when the SDK refuses its arguments
+        (a missing API key, ...) or cachesaver's are invalid.
+        """
+        options = ClientOptions.split(kwargs)
+        model_class = self.model_class
+        sdk = model_class.make_sdk_client(model_class.sdk_client_class, options.sdk_kwargs)
+        model = model_class(
+            client=sdk, max_n_per_call=options.max_n_per_call, retry=options.retry, limits=options.limits,
+            sleep=options.sleep,
+        )
         self._sdk = sdk
         self.backend = model
         self.namespace = options.namespace
@@ -344,14 +360,24 @@ def _shutdown(loop: LoopThread, async_client: CachedAsyncClient, sdk: Any) -> No
 class CachedSyncClient:
     """A blocking SDK client whose ``chat.completions.create`` is cached (see the module doc).
 
-    ``make_async`` builds the matching :class:`CachedAsyncClient`; it runs on a private loop.
+    Subclasses set ``sdk_class`` (the SDK's blocking client, for everything but chat calls) and
+    ``async_client_class`` (the matching :class:`CachedAsyncClient`, built with the same
+    arguments on a private event loop thread, which serves the chat calls).
     """
 
-    def __init__(self, sdk: Any, make_async: Callable[[], CachedAsyncClient]) -> None:
+    async_client_class: ClassVar[type[CachedAsyncClient]]
+    sdk_class: ClassVar[type]
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Takes the same arguments as ``async_client_class``; raises as it does. If building the
+        async client fails, the loop thread and the blocking SDK client are closed first."""
+        options = ClientOptions.split(kwargs)
+        async_class = self.async_client_class
+        sdk = async_class.model_class.make_sdk_client(self.sdk_class, options.sdk_kwargs)
         self._sdk = sdk
         self._loop = LoopThread(name=f"cachesaver-{type(self).__name__}")
         try:
-            self._async: CachedAsyncClient = self._loop.call(make_async)
+            self._async: CachedAsyncClient = self._loop.call(functools.partial(async_class, **kwargs))
         except BaseException:
             self._loop.stop()
             sdk.close()

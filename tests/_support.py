@@ -13,7 +13,9 @@ from typing import Any
 
 import anyio
 
+from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
+from cachesaver.storage import SampleStore
 from cachesaver.typedefs import Batch, Request, Response
 
 
@@ -224,3 +226,19 @@ async def _pipeline_worker(cache_dir: str, sync_dir: str, tag: str) -> dict[str,
         count = sum(r.n for call in model.log for r in call.requests if r.prompt == prompt)
         generated[prompt] = [f"{tag}:{prompt}#{k}" for k in range(count)]
     return {"served": served, "generated": generated}
+
+
+@dataclass(frozen=True)
+class Extra(Request):
+    """A Request with one extra, free-form key field."""
+
+    extra: Any = None
+
+
+def stored_count(cache_dir: Any, request: Request) -> int:
+    """How many samples the cache directory holds for ``request``'s key."""
+    store = SampleStore(cache_dir)
+    try:
+        return store.count(request_key(request))
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import diskcache
 import pytest
-from _support import GateModel, ShortOnceModel, gather
+from _support import Extra, stored_count, GateModel, ShortOnceModel, gather
 
 from cachesaver.caching import AsyncCacher
 from cachesaver.errors import (
@@ -24,19 +24,6 @@ from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
 from cachesaver.storage import SampleStore
 from cachesaver.typedefs import Batch, Request, Response
-
-
-@dataclass(frozen=True)
-class Extra(Request):
-    extra: Any = None
-
-
-def stored_count(cache_dir: Path, request: Request) -> int:
-    store = SampleStore(cache_dir)
-    try:
-        return store.count(request_key(request))
-    finally:
-        store.close()
 
 
 async def run_once(cache: Any, model: Any, *requests: Request, **options: Any) -> list[Response]:

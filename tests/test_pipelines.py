@@ -19,6 +19,8 @@ import diskcache
 import pytest
 import trio
 from _support import (
+    Extra,
+    stored_count,
     BatchOnlyModel,
     DecodingRequest,
     GateModel,
@@ -47,19 +49,6 @@ from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import LocalAPI, OnlineAPI
 from cachesaver.storage import SampleStore
 from cachesaver.typedefs import Batch, BatchRequestModel, Request, Response, SingleRequestModel
-
-
-@dataclass(frozen=True)
-class Extra(Request):
-    extra: Any = None
-
-
-def stored_count(cache_dir: Path, request: Request) -> int:
-    store = SampleStore(cache_dir)
-    try:
-        return store.count(request_key(request))
-    finally:
-        store.close()
 
 
 async def run_sequentially(cache: Any, model: Any, requests: list[Request], batch_size: int = 1) -> list[Response]:

@@ -45,7 +45,7 @@ from ..retry import RetryPolicy, retry_call
 from ..typedefs import Batch, Request, Response
 from .chat_completions import ChatRequest, samples_from_completion, split_n
 
-__all__ = ["ChatCompletionsModel", "SdkErrors", "backend_error", "parse_retry_after"]
+__all__ = ["ChatCompletionsModel", "SdkErrors", "backend_error", "given_options", "parse_retry_after"]
 
 _CONTEXT_HINTS = (
     "context length", "context_length", "context window", "maximum context", "too many tokens",
@@ -66,6 +66,15 @@ class SdkErrors:
         self.base = base
         self.status = status
         self.connection = connection
+
+
+def given_options(**options: Any) -> dict[str, Any]:
+    """``options`` without the entries whose value is None (constructor options left unset)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
@@ -131,11 +140,52 @@ def _status_message(exc: Any) -> str:
 class ChatCompletionsModel:
     """A chat-completions backend over an async Stainless SDK client (see the module docstring).
 
-    Subclasses set ``kind``, ``sdk_errors`` and :meth:`sdk_arguments`.
+    Subclasses set ``kind``, ``sdk_errors`` and :meth:`sdk_arguments`; SDK-backed subclasses
+    also set ``sdk_client_class``, ``sdk_name`` and ``sdk_key_hint`` and build their client with
+    :meth:`open_sdk_client`.
     """
 
     kind: ClassVar[str] = "chat"
     sdk_errors: ClassVar[SdkErrors]
+    #: The SDK's async client class (``together.AsyncTogether``, ``openai.AsyncOpenAI``).
+    sdk_client_class: ClassVar[type]
+    #: How error messages name the SDK ("together", "OpenAI").
+    sdk_name: ClassVar[str] = "chat"
+    #: How to supply credentials, appended to the error when the SDK client cannot be built.
+    sdk_key_hint: ClassVar[str] = "pass api_key="
+
+    @classmethod
+    def make_sdk_client(cls, factory: Callable[..., Any], options: Mapping[str, Any]) -> Any:
+        """``factory(**options)`` (an SDK client class, async or blocking).
+
+        Raises :class:`~cachesaver.errors.ConfigurationError`, chained to the SDK's exception and
+        ending with ``sdk_key_hint``, when the SDK refuses the options (a missing API key, ...).
+        """
+        try:
+            return factory(**options)
+        except cls.sdk_errors.base as exc:
+            raise ConfigurationError(
+                f"could not create {_with_article(cls.sdk_name)} client: {exc} ({cls.sdk_key_hint})"
+            ) from exc
+
+    @classmethod
+    def open_sdk_client(cls, client: Any, options: Mapping[str, Any]) -> tuple[Any, bool]:
+        """``(sdk_client, owns_client)`` for a subclass constructor; the SDK's retries are off.
+
+        With ``client`` None, a new ``sdk_client_class(**options, max_retries=0)`` that the
+        backend owns (see :meth:`make_sdk_client` for its errors). Otherwise ``client``, which
+        must be a ``sdk_client_class`` (else :class:`~cachesaver.errors.ConfigurationError`),
+        as ``client.with_options(max_retries=0)``, not owned: the caller closes it.
+        """
+        sdk_class = cls.sdk_client_class
+        if client is None:
+            return cls.make_sdk_client(sdk_class, {**options, "max_retries": 0}), True
+        if not isinstance(client, sdk_class):
+            wanted = f"{sdk_class.__module__.partition('.')[0]}.{sdk_class.__name__}"
+            raise ConfigurationError(
+                f"{cls.__name__}(client=...) needs {_with_article(wanted)}, got {type(client).__name__}"
+            )
+        return client.with_options(max_retries=0), False
 
     def __init__(
         self,

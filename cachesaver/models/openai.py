@@ -24,13 +24,12 @@ from typing import Any
 
 import anyio
 
-from ..clients import CachedAsyncClient, CachedSyncClient, ClientOptions
-from ..errors import ConfigurationError
+from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
 from .chat_completions import decoding_parameters, finish_arguments, prompt_messages
-from .chat_model import ChatCompletionsModel, SdkErrors
+from .chat_model import ChatCompletionsModel, SdkErrors, given_options
 
 try:
     import openai as _openai
@@ -85,6 +84,11 @@ class OpenAIModel(ChatCompletionsModel):
 
     kind = "openai"
     sdk_errors = SdkErrors(_openai.OpenAIError, _openai.APIStatusError, _openai.APIConnectionError)
+    sdk_client_class = _openai.AsyncOpenAI
+    sdk_name = "OpenAI"
+    sdk_key_hint = (
+        "pass api_key= or set OPENAI_API_KEY; local servers accept any key, e.g. api_key='none'"
+    )
 
     def __init__(
         self,
@@ -102,19 +106,14 @@ class OpenAIModel(ChatCompletionsModel):
         limits: RateLimits | RateLimiter | None = None,
         sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     ) -> None:
-        if client is None:
-            options: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
-            for name, value in (("base_url", base_url), ("organization", organization), ("project", project),
-                                ("timeout", timeout_s), ("default_headers", default_headers)):
-                if value is not None:
-                    options[name] = value
-            client, owns = _make_sdk_client(_openai.AsyncOpenAI, options), True
-        else:
-            if not isinstance(client, _openai.AsyncOpenAI):
-                raise ConfigurationError(
-                    f"OpenAIModel(client=...) needs an openai.AsyncOpenAI, got {type(client).__name__}"
-                )
-            client, owns = client.with_options(max_retries=0), False
+        options: dict[str, Any] = {
+            "api_key": api_key,
+            **given_options(
+                base_url=base_url, organization=organization, project=project, timeout=timeout_s,
+                default_headers=default_headers,
+            ),
+        }
+        client, owns = self.open_sdk_client(client, options)
         super().__init__(
             client, model=model, owns_client=owns, max_n_per_call=max_n_per_call,
             retry=retry, limits=limits, sleep=sleep,
@@ -122,16 +121,6 @@ class OpenAIModel(ChatCompletionsModel):
 
     def sdk_arguments(self, request: Request) -> dict[str, Any]:
         return openai_arguments(request)
-
-
-def _make_sdk_client(factory: Any, options: dict[str, Any]) -> Any:
-    try:
-        return factory(**options)
-    except _openai.OpenAIError as exc:
-        raise ConfigurationError(
-            f"could not create an OpenAI client: {exc} (pass api_key= or set OPENAI_API_KEY; "
-            "local servers accept any key, e.g. api_key='none')"
-        ) from exc
 
 
 class AsyncOpenAI(CachedAsyncClient):
@@ -142,17 +131,9 @@ class AsyncOpenAI(CachedAsyncClient):
     is the real SDK client's.
     """
 
+    model_class = OpenAIModel
     completion_type = _openai.types.chat.ChatCompletion
     chunk_type = _openai.types.chat.ChatCompletionChunk
-
-    def __init__(self, **kwargs: Any) -> None:
-        options = ClientOptions.split(kwargs)
-        sdk = _make_sdk_client(_openai.AsyncOpenAI, options.sdk_kwargs)
-        model = OpenAIModel(
-            client=sdk, max_n_per_call=options.max_n_per_call, retry=options.retry, limits=options.limits,
-            sleep=options.sleep,
-        )
-        super().__init__(sdk, model, options)
 
 
 class OpenAI(CachedSyncClient):
@@ -162,7 +143,5 @@ class OpenAI(CachedSyncClient):
     inside a running event loop (Jupyter). Close it (``close()`` or ``with``) when done.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        options = ClientOptions.split(kwargs)
-        sync_sdk = _make_sdk_client(_openai.OpenAI, options.sdk_kwargs)
-        super().__init__(sync_sdk, lambda: AsyncOpenAI(**kwargs))
+    async_client_class = AsyncOpenAI
+    sdk_class = _openai.OpenAI

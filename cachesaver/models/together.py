@@ -26,13 +26,12 @@ from typing import Any
 
 import anyio
 
-from ..clients import CachedAsyncClient, CachedSyncClient, ClientOptions
-from ..errors import ConfigurationError
+from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
 from .chat_completions import as_list, decoding_parameters, finish_arguments, prompt_messages
-from .chat_model import ChatCompletionsModel, SdkErrors
+from .chat_model import ChatCompletionsModel, SdkErrors, given_options
 
 try:
     import together as _together
@@ -89,6 +88,9 @@ class TogetherModel(ChatCompletionsModel):
 
     kind = "together"
     sdk_errors = SdkErrors(_together.TogetherError, _together.APIStatusError, _together.APIConnectionError)
+    sdk_client_class = _together.AsyncTogether
+    sdk_name = "together"
+    sdk_key_hint = "pass api_key= or set TOGETHER_API_KEY"
 
     def __init__(
         self,
@@ -104,19 +106,11 @@ class TogetherModel(ChatCompletionsModel):
         limits: RateLimits | RateLimiter | None = None,
         sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     ) -> None:
-        if client is None:
-            options: dict[str, Any] = {"api_key": api_key, "base_url": base_url, "max_retries": 0}
-            if timeout_s is not None:
-                options["timeout"] = timeout_s
-            if default_headers is not None:
-                options["default_headers"] = default_headers
-            client, owns = _make_sdk_client(_together.AsyncTogether, options), True
-        else:
-            if not isinstance(client, _together.AsyncTogether):
-                raise ConfigurationError(
-                    f"TogetherModel(client=...) needs a together.AsyncTogether, got {type(client).__name__}"
-                )
-            client, owns = client.with_options(max_retries=0), False
+        options: dict[str, Any] = {
+            "api_key": api_key, "base_url": base_url,
+            **given_options(timeout=timeout_s, default_headers=default_headers),
+        }
+        client, owns = self.open_sdk_client(client, options)
         super().__init__(
             client, model=model, owns_client=owns, max_n_per_call=max_n_per_call,
             retry=retry, limits=limits, sleep=sleep,
@@ -124,15 +118,6 @@ class TogetherModel(ChatCompletionsModel):
 
     def sdk_arguments(self, request: Request) -> dict[str, Any]:
         return together_arguments(request)
-
-
-def _make_sdk_client(factory: Any, options: dict[str, Any]) -> Any:
-    try:
-        return factory(**options)
-    except _together.TogetherError as exc:
-        raise ConfigurationError(
-            f"could not create a together client: {exc} (pass api_key= or set TOGETHER_API_KEY)"
-        ) from exc
 
 
 class AsyncTogether(CachedAsyncClient):
@@ -143,17 +128,9 @@ class AsyncTogether(CachedAsyncClient):
     is the real SDK client's.
     """
 
+    model_class = TogetherModel
     completion_type = _together.types.chat.ChatCompletion
     chunk_type = _together.types.chat.ChatCompletionChunk
-
-    def __init__(self, **kwargs: Any) -> None:
-        options = ClientOptions.split(kwargs)
-        sdk = _make_sdk_client(_together.AsyncTogether, options.sdk_kwargs)
-        model = TogetherModel(
-            client=sdk, max_n_per_call=options.max_n_per_call, retry=options.retry, limits=options.limits,
-            sleep=options.sleep,
-        )
-        super().__init__(sdk, model, options)
 
 
 class Together(CachedSyncClient):
@@ -163,7 +140,5 @@ class Together(CachedSyncClient):
     inside a running event loop (Jupyter). Close it (``close()`` or ``with``) when done.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        options = ClientOptions.split(kwargs)
-        sync_sdk = _make_sdk_client(_together.Together, options.sdk_kwargs)
-        super().__init__(sync_sdk, lambda: AsyncTogether(**kwargs))
+    async_client_class = AsyncTogether
+    sdk_class = _together.Together
