@@ -32,26 +32,29 @@ class KeyClaims:
 
     def __init__(self) -> None:
         self.floor = 0
-        self.above: set[int] = set()
+        self.above: set[int] | None = None  # created on the first out-of-order claim
 
     def is_claimed(self, index: int) -> bool:
-        return index < self.floor or index in self.above
+        return index < self.floor or (self.above is not None and index in self.above)
 
     def claim(self, index: int) -> None:
         if index == self.floor:
             self.floor += 1
             above = self.above
-            while self.floor in above:
-                above.remove(self.floor)
-                self.floor += 1
+            if above:
+                while self.floor in above:
+                    above.remove(self.floor)
+                    self.floor += 1
         elif index > self.floor:
+            if self.above is None:
+                self.above = set()
             self.above.add(index)
 
     def lowest_unclaimed(self, limit: int, want: int, exclude: Sequence[int] = ()) -> list[int]:
         """Up to ``want`` unclaimed indices below ``limit``, lowest first, skipping ``exclude``."""
         out: list[int] = []
         index = self.floor
-        above = self.above
+        above = self.above or ()
         while len(out) < want and index < limit:
             if index not in above and index not in exclude:
                 out.append(index)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from contextlib import contextmanager
 from typing import Any, Iterator, NamedTuple, Sequence, Tuple
 
@@ -55,6 +56,7 @@ _HEAD = _PREFIX + "head/"
 _SAMPLE = _PREFIX + "sample/"
 _RECORD = _PREFIX + "record/"
 _MISSING = object()
+_MODE_PICKLE = getattr(diskcache.core, "MODE_PICKLE", 4)
 
 
 StoredSample = Tuple[Any, Any]
@@ -190,7 +192,10 @@ class SampleStore:
                     chunk,
                 ).fetchall()
                 for name, mode, filename, value in rows:
-                    out[name] = fetch(mode, filename, value, False)
+                    if mode == _MODE_PICKLE and value is not None:  # what fetch() does, minus BytesIO
+                        out[name] = pickle.loads(value)
+                    else:
+                        out[name] = fetch(mode, filename, value, False)
             return out
         except Exception as exc:  # noqa: BLE001 - fall back to diskcache's public API for good
             logger.info("cachesaver: bulk reads unavailable (%s); using Cache.get", exc)
