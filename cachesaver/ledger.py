@@ -190,11 +190,16 @@ class Ledger:
         size = len(response.data)
         cached = response.cached or [False] * size
         duplicated = response.duplicated or [False] * size
-        usage = response.usage or [None] * size
+        usage = response.usage
         with self._lock:
             counts = self._bucket(request)
             counts["requests_served"] += 1
             counts["samples_served"] += size
+            if usage is None:  # no tokens to account: count flags only
+                counts["samples_cached"] += cached.count(True)
+                if True in duplicated:
+                    counts["samples_duplicated"] += sum(1 for c, d in zip(cached, duplicated) if d and not c)
+                return
             for was_cached, was_duplicated, sample_usage in zip(cached, duplicated, usage):
                 if was_duplicated and not was_cached:
                     counts["samples_duplicated"] += 1

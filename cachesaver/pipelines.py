@@ -76,12 +76,7 @@ class _Pipeline(Stage):
 
     async def request(self, request: Request) -> Response:
         """Samples for one request; raises its error if it failed."""
-        request = self._admit(request)
-        self._enter()
-        try:
-            result = await self.cacher.settle_one(request)
-        finally:
-            self._exit()
+        result = await self.cacher.settle_one(self._admit(request))  # the cacher tracks it
         if isinstance(result, BaseException):
             raise result
         self.ledger.record_served(request, result)
