@@ -93,7 +93,10 @@ class Outcome(Generic[T]):
 
 
 def _native_loop_token() -> object:
-    return anyio.lowlevel.current_token().native_token
+    try:
+        return asyncio.get_running_loop()  # cheap, and what anyio would return under asyncio
+    except RuntimeError:
+        return anyio.lowlevel.current_token().native_token
 
 
 class BackgroundTasks:
