@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from .background import Outcome
+from .background import Outcome, _native_loop_token
 from .errors import ConfigurationError, PipelineClosedError
 from .stage import Settled, Stage, call_model
 from .typedefs import Request
@@ -44,7 +44,8 @@ class AsyncBatcher(Stage):
         self._generation = 0
         self._timer_generation = -1
         self._flushing_now: anyio.Event | None = None
-        self._closing = False
+        self._flushing_loop: object = None
+        self._closing_begun = False
         self.batches_sent = 0
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
@@ -56,7 +57,7 @@ class AsyncBatcher(Stage):
             if len(self._pending) >= self.batch_size:
                 await self._send(self._take(self.batch_size))
         if self._pending:
-            if self.timeout == 0 or self._closing:
+            if self.timeout == 0 or self._closing_begun:
                 await self._send(self._take(len(self._pending)))
             elif self._timer_generation != self._generation:
                 self._timer_generation = self._generation
@@ -85,9 +86,10 @@ class AsyncBatcher(Stage):
 
     async def _window(self, generation: int) -> None:
         try:
-            if self._flushing_now is None:
-                self._flushing_now = anyio.Event()
-            if not self._closing:  # closing may have begun before this task first ran
+            loop = _native_loop_token()
+            if self._flushing_now is None or self._flushing_loop is not loop:
+                self._flushing_now, self._flushing_loop = anyio.Event(), loop  # events are loop-bound
+            if not self._closing_begun:  # closing may have begun before this task first ran
                 with anyio.move_on_after(self.timeout):
                     await self._flushing_now.wait()
             if generation == self._generation:
@@ -112,7 +114,7 @@ class AsyncBatcher(Stage):
 
     def begin_close(self) -> None:
         """Send the pending partial batch now instead of waiting for its window."""
-        self._closing = True
+        self._closing_begun = True
         if self._flushing_now is not None:
             self._flushing_now.set()
         super().begin_close()

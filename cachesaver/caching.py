@@ -28,6 +28,7 @@ the cacher opens it with eviction disabled and closes it on ``aclose()``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ from .storage import SampleStore, StoredSample
 from .typedefs import Request, Response
 
 __all__ = ["AsyncCacher"]
+
+logger = logging.getLogger(__name__)
 
 
 class _Pending:
@@ -168,8 +171,12 @@ class AsyncCacher(Stage):
                 owners.append(j)
                 entry.needed -= take
             if batch:
-                await self._broker.ensure_running()
-                held = await self._broker.store_new(batch).get()
+                try:
+                    await self._broker.ensure_running()
+                    held = await self._broker.store_new(batch).get()
+                except Exception as exc:  # noqa: BLE001 - the samples are still delivered
+                    logger.error("cachesaver could not store %d fetched request(s): %s", len(batch), exc)
+                    held = [[] for _ in batch]
                 for j, indices in zip(owners, held):
                     pending[j].indices.extend(indices)
             todo = [j for j in todo if outcomes[j] is None and pending[j].needed > 0]
@@ -189,16 +196,8 @@ class AsyncCacher(Stage):
                 outcomes[j] = _response(entry.found, entry.samples, entry.duplicated)
         return outcomes  # type: ignore[return-value]
 
-    async def aclose(self, timeout_s: float | None = None) -> None:
-        """Finish requests in flight (see :class:`~cachesaver.stage.Stage`), store everything
-        they fetched, then close the store if the cacher opened it."""
-        was_open = not self._closed
-        if was_open:
-            self._closed = True
-            self.begin_close()
-            await self._drain(timeout_s)
-            await self._broker.aclose()
-            await self._background.aclose(timeout_s=0 if timeout_s is not None else None)
-            self.store.close()
-        if isinstance(self.model, Stage):
-            await self.model.aclose(timeout_s)
+    async def _shutdown(self) -> None:
+        """Store everything fetched so far, stop, and close the store if the cacher opened it."""
+        await self._broker.aclose()
+        await super()._shutdown()
+        self.store.close()

@@ -7,8 +7,9 @@ schedules a detached flush, the flush yields once so the rest of the pass can jo
 everything collected to the stage's handler and delivers one outcome per item.
 
 Guarantees: every submitted item gets exactly one outcome, in submission order; the handler
-runs detached from the submitters (a cancelled submitter does not cancel it); if the flush is
-cancelled (forced close), every item it holds is answered with PipelineClosedError.
+runs detached from the submitters (a cancelled submitter does not cancel it); if the handler
+raises, every item it held gets that exception; if the flush is cancelled (forced close), every
+item it holds is answered with PipelineClosedError.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class RoundCollector(Generic[Item]):
             results = await self._handle([item for item, _ in taken])
             for (_, outcome), result in zip(taken, results):
                 outcome.set(result)
+        except Exception as exc:  # noqa: BLE001 - the handler failed: every item gets its error
+            for _, outcome in taken:
+                outcome.set(exc)
         except BaseException:
             if not taken:
                 taken = self._take()

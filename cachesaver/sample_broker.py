@@ -13,9 +13,12 @@ Guarantees:
 * New samples are stored in one transaction per round, together with the replay record of the
   request they were fetched for; a lookup fully served from storage records its indices too
   (only when they differ from what was recorded).
-* An error reading one request's samples fails that request only. A round whose store
-  transaction fails delivers the samples anyway and reports the failure to the caller's log:
-  the caller keeps what it paid for even when the disk does not.
+* An error reading one request's samples (a damaged entry) fails that request only. New
+  samples that cannot be stored (one unpicklable sample, a full disk) are retried one request
+  at a time; those that still fail are delivered anyway and logged at ERROR: the caller keeps
+  what it paid for even when the disk does not, and the others are stored.
+* Within a round, requests whose recorded samples are free are served before requests without
+  a record, so the latter cannot take samples the former will ask back for.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import anyio
 
 from .background import BackgroundTasks, Outcome
 from .claims import RunClaims
-from .errors import CorruptStoreError, PipelineClosedError, StoreError
+from .errors import PipelineClosedError, StoreError
 from .storage import RecordEntry, SampleStore, StoredSample
 from .typedefs import Request
 
@@ -128,7 +131,7 @@ class SampleBroker:
             self._running = True
             self._stopped = anyio.Event()
             try:
-                await self._background.spawn(self._serve)
+                await self._background.spawn(self._serve, service=True)
             except BaseException:
                 self._running = False
                 raise
@@ -156,7 +159,8 @@ class SampleBroker:
                 await self._run_round(stores, lookups)
         finally:
             self._running = False
-            for op in self._stores + self._lookups:  # only reached when cancelled
+            # Non-empty only when the loop was cancelled (a forced close or a dying event loop).
+            for op in self._stores + self._lookups:
                 op.outcome.fail(PipelineClosedError("the pipeline was closed before this request was served"))
             self._stores, self._lookups = [], []
             if self._stopped is not None:
@@ -164,21 +168,22 @@ class SampleBroker:
 
     async def _run_round(self, stores: list[_Store], lookups: list[_Lookup]) -> None:
         try:
-            stored, found, store_error = await anyio.to_thread.run_sync(self._round, stores, lookups)
-        except BaseException as exc:
-            error = exc if isinstance(exc, Exception) else PipelineClosedError("closed during a store round")
+            stored, found = await anyio.to_thread.run_sync(self._round, stores, lookups)
+        except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
+            logger.error("cachesaver store round failed: %s", exc)
             for op in stores:
-                op.outcome.fail(error)
+                op.outcome.fail(exc)
             for op in lookups:
-                op.outcome.fail(error)
+                op.outcome.fail(exc)
+            return
+        except BaseException:
+            closed = PipelineClosedError("the pipeline was closed during a store round")
+            for op in stores:
+                op.outcome.fail(closed)
+            for op in lookups:
+                op.outcome.fail(closed)
             raise
         self.rounds += 1
-        if store_error is not None:
-            logger.error(
-                "cachesaver could not store %d new sample(s); they were still returned: %s",
-                sum(len(item.samples) for op in stores for item in op.items),
-                store_error,
-            )
         for op, indices in zip(stores, stored):
             op.outcome.set(indices)
         for op, result in zip(lookups, found):
@@ -191,25 +196,33 @@ class SampleBroker:
 
     def _round(
         self, stores: list[_Store], lookups: list[_Lookup]
-    ) -> tuple[list[list[list[int]]], list[Found | BaseException], BaseException | None]:
+    ) -> tuple[list[list[list[int]]], list[Found | BaseException]]:
         stored: list[list[list[int]]] = []
-        store_error: BaseException | None = None
         if stores:
-            try:
-                with self.store.transaction():
-                    heads = self.store.heads([item.key for op in stores for item in op.items])
-                    stored = [[self._store_one(item, heads) for item in op.items] for op in stores]
-            except Exception as exc:  # noqa: BLE001 - reported, samples still delivered
-                store_error = exc
-                stored = [[[] for _ in op.items] for op in stores]
+            items = [item for op in stores for item in op.items]
+            held = iter(self._store_all(items))
+            stored = [[next(held) for _ in op.items] for op in stores]
         heads: dict[str, Any] = self.store.heads([op.key for op in lookups]) if lookups else {}
         records: list[tuple[str, RecordEntry]] = []
-        found: list[Found | BaseException] = []
-        for op in lookups:
+        found: list[Found | BaseException | None] = [None] * len(lookups)
+        deferred: list[tuple[int, _Lookup, int | None, tuple[int, ...] | None]] = []
+        # Requests whose recorded samples are free are served first, so a request without a
+        # record in the same round cannot take them.
+        for position, op in enumerate(lookups):
             try:
-                found.append(self._lookup_one(op, heads, records))
+                result = self._lookup_recorded(op, heads, records)
             except Exception as exc:  # noqa: BLE001 - fails that request only
-                found.append(exc)
+                found[position] = exc
+                continue
+            if isinstance(result, Found):
+                found[position] = result
+            else:
+                deferred.append((position, op, *result))
+        for position, op, use, recorded in deferred:
+            try:
+                found[position] = self._lookup_free(op, heads, records, use, recorded)
+            except Exception as exc:  # noqa: BLE001 - fails that request only
+                found[position] = exc
         if records:
             by_key: dict[str, list[RecordEntry]] = {}
             for key, entry in records:
@@ -220,30 +233,62 @@ class SampleBroker:
                         self.store.write(key, records=entries)
             except Exception as exc:  # noqa: BLE001 - a lost record only costs exact replay
                 logger.error("cachesaver could not store %d replay record(s): %s", len(records), exc)
-        return stored, found, store_error
+        return stored, found  # type: ignore[return-value]
 
-    def _store_one(self, op: NewSamples, heads: dict[str, Any]) -> list[int]:
+    def _store_all(self, items: list[NewSamples]) -> list[list[int]]:
+        """Store every item, in one transaction if possible; the indices each request now holds.
+
+        If the shared transaction fails, each item is stored in its own, so one bad sample
+        costs only its own request's storage. Claims are taken only for committed samples.
+        """
+        try:
+            with self.store.transaction():
+                heads = self.store.heads([item.key for item in items])
+                starts = [self._write_one(item, heads) for item in items]
+        except Exception:  # noqa: BLE001 - retried item by item below
+            starts = []
+            for item in items:
+                try:
+                    with self.store.transaction():
+                        starts.append(self._write_one(item, {}))
+                except Exception as exc:  # noqa: BLE001 - that item's samples are returned unstored
+                    logger.error(
+                        "cachesaver could not store %d new sample(s) of key %s; they were still "
+                        "returned: %s", len(item.samples), item.key, exc,
+                    )
+                    starts.append(None)
+        held: list[list[int]] = []
+        for item, start in zip(items, starts):
+            if start is None:
+                held.append([])
+                continue
+            used = list(range(start, start + min(item.needed, len(item.samples))))
+            self.claims.claim(item.request.namespace, item.key, used)
+            held.append(used)
+        return held
+
+    def _write_one(self, op: NewSamples, heads: dict[str, Any]) -> int | None:
         request = op.request
         record = None
         if op.use is not None:
             record = (request.namespace, request.request_id, op.use, op.prior, op.needed)
         head = heads.pop(op.key, None)  # a key written twice in one round is read afresh
-        if isinstance(head, CorruptStoreError):
+        if isinstance(head, StoreError):
             logger.error("cachesaver cannot store new samples of key %s: %s", op.key, head)
-            return []
-        start = self.store.write(op.key, op.samples, record_new=record, head=head)
-        used = list(range(start, start + min(op.needed, len(op.samples))))
-        self.claims.claim(request.namespace, op.key, used)
-        return used
+            return None
+        return self.store.write(op.key, op.samples, record_new=record, head=head)
 
-    def _lookup_one(self, op: _Lookup, heads: dict[str, Any], records: list[tuple[str, RecordEntry]]) -> Found:
+    def _lookup_recorded(
+        self, op: _Lookup, heads: dict[str, Any], records: list[tuple[str, RecordEntry]]
+    ) -> Found | tuple[int | None, tuple[int, ...] | None]:
+        """Serve ``op`` from its recorded samples if they are all free, else say what is known."""
         request, key = op.request, op.key
         namespace, request_id, n = request.namespace, request.request_id, request.n
         store = self.store
         head = heads.get(key)
         if head is None:
             head = heads[key] = store.head(key)
-        if isinstance(head, CorruptStoreError):
+        if isinstance(head, StoreError):
             raise head
         use = None if request_id is None else self.claims.next_use(namespace, key, request_id)
         recorded = None if use is None else store.get_record(namespace, key, request_id, use, head)
@@ -258,6 +303,21 @@ class SampleBroker:
                     if len(recorded) != n:
                         records.append((key, RecordEntry(namespace, request_id, use, tuple(chosen))))
                     return Found(key, use, chosen, samples, 0)
+        return use, recorded
+
+    def _lookup_free(
+        self,
+        op: _Lookup,
+        heads: dict[str, Any],
+        records: list[tuple[str, RecordEntry]],
+        use: int | None,
+        recorded: tuple[int, ...] | None,
+    ) -> Found:
+        """Serve ``op`` from free stored samples (recorded ones first); the rest is missing."""
+        request, key = op.request, op.key
+        namespace, request_id, n = request.namespace, request.request_id, request.n
+        store = self.store
+        head = heads[key]
         count = store.count(key, head)
         reserved = store.recorded_indices(namespace, head, None if use is None else (request_id, use)) if head.records else ()
         chosen = self.claims.choose(namespace, key, n, count, recorded, reserved)

@@ -132,6 +132,7 @@ class Stage:
         self._background = BackgroundTasks(type(self).__name__)
         self._active = 0
         self._idle: anyio.Event | None = None
+        self._closing: anyio.Event | None = None
 
     # -- the model contract -----------------------------------------------------------------
 
@@ -209,22 +210,54 @@ class Stage:
             inner()
 
     async def aclose(self, timeout_s: float | None = None) -> None:
-        """Refuse new requests, finish (or after ``timeout_s`` cancel) those in flight, then close
-        the inner model if it is a stage. A user's own model is never closed by a stage."""
-        if not self._closed:
+        """Refuse new requests, finish those in flight, then close the inner stages.
+
+        With ``timeout_s``, work still in flight at the deadline is cancelled from the
+        innermost stage outwards (so samples a model already returned still reach the cache),
+        and its callers get :class:`~cachesaver.errors.PipelineClosedError`. A second ``aclose``
+        waits for the first. A user's own model is never closed by a stage.
+        """
+        if self._closing is not None:
+            await self._closing.wait()
+            return
+        self._closing = closing = anyio.Event()
+        try:
             self._closed = True
             self.begin_close()
-            await self._drain(timeout_s)
-            await self._background.aclose(timeout_s=0 if timeout_s is not None else None)
-        if isinstance(self.model, Stage):
-            await self.model.aclose(timeout_s)
+            deadline = None if timeout_s is None else anyio.current_time() + timeout_s
+            if not await self._drain(deadline):
+                await self._cancel_in_flight()
+            await self._shutdown()
+            if isinstance(self.model, Stage):  # it may still hold work its callers did not track
+                remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
+                await self.model.aclose(remaining)
+        finally:
+            closing.set()
 
-    async def _drain(self, timeout_s: float | None) -> None:
+    async def _cancel_in_flight(self) -> None:
+        chain: list[Stage] = []
+        stage: Any = self.model
+        while isinstance(stage, Stage):
+            chain.append(stage)
+            stage = stage.model
+        for inner in reversed(chain):  # innermost first: answers flow outwards as errors
+            await inner._background.cancel_jobs()
+        if not await self._drain(anyio.current_time() + 0.05):
+            await self._background.cancel_jobs()  # own jobs waiting on a user model
+            await self._drain(None)
+
+    async def _shutdown(self) -> None:
+        """Stop this stage's background work once nothing is in flight."""
+        await self._background.aclose()
+
+    async def _drain(self, deadline: float | None) -> bool:
+        """Wait until nothing is in flight (True) or the deadline passes (False)."""
         if self._active == 0:
-            return
+            return True
         self._idle = anyio.Event()
-        with anyio.move_on_after(timeout_s):
+        with anyio.move_on_after(None if deadline is None else max(0.0, deadline - anyio.current_time())):
             await self._idle.wait()
+        return self._active == 0
 
     async def cleanup(self) -> None:
         """Alias of :meth:`aclose` (the name the seed notebooks use)."""

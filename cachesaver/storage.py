@@ -39,6 +39,7 @@ import hashlib
 import logging
 import os
 import pickle
+import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterator, NamedTuple, Sequence, Tuple
 
@@ -81,6 +82,16 @@ class RecordEntry(NamedTuple):
 
 
 _EMPTY_HEAD = Head((), {})
+
+
+class _Undecodable:
+    """Stands for an entry whose stored bytes could not be decoded."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
 _warned_directories: set[str] = set()
 _namespace_digests: dict[str, str] = {}
 
@@ -140,9 +151,19 @@ class SampleStore:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def _get(self, name: str, default: Any) -> Any:
+        """``cache.get`` that reports an unreadable entry as CorruptStoreError, a failing
+        database as StoreError."""
+        try:
+            return self.cache.get(name, default, retry=True)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise StoreError(f"could not read {name} from {self.directory}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a value that does not unpickle
+            raise CorruptStoreError(f"entry {name} in {self.directory} cannot be decoded: {exc}") from exc
+
     def head(self, key: str) -> Head:
         """The head entry of ``key`` (empty when nothing is stored)."""
-        return self._check_head(key, self.cache.get(_HEAD + key, None, retry=True))
+        return self._check_head(key, self._get(_HEAD + key, None))
 
     def heads(self, keys: Sequence[str]) -> dict[str, Head | CorruptStoreError]:
         """The head entries of several keys at once (one query per few hundred keys).
@@ -152,17 +173,19 @@ class SampleStore:
         """
         unique = list(dict.fromkeys(keys))
         values = self._bulk_get([_HEAD + key for key in unique]) if self._bulk_ok else None
-        out: dict[str, Head | CorruptStoreError] = {}
+        out: dict[str, Head | StoreError] = {}
         for key in unique:
             try:
                 out[key] = self.head(key) if values is None else self._check_head(key, values.get(_HEAD + key))
-            except CorruptStoreError as exc:
+            except StoreError as exc:
                 out[key] = exc
         return out
 
     def _check_head(self, key: str, value: Any) -> Head:
         if value is None:
             return _EMPTY_HEAD
+        if isinstance(value, _Undecodable):
+            raise CorruptStoreError(f"the head entry of key {key} cannot be decoded: {value.error}") from value.error
         if (
             type(value) is not tuple
             or len(value) != 2
@@ -192,10 +215,13 @@ class SampleStore:
                     chunk,
                 ).fetchall()
                 for name, mode, filename, value in rows:
-                    if mode == _MODE_PICKLE and value is not None:  # what fetch() does, minus BytesIO
-                        out[name] = pickle.loads(value)
-                    else:
-                        out[name] = fetch(mode, filename, value, False)
+                    try:
+                        if mode == _MODE_PICKLE and value is not None:  # fetch() minus BytesIO
+                            out[name] = pickle.loads(value)
+                        else:
+                            out[name] = fetch(mode, filename, value, False)
+                    except Exception as exc:  # noqa: BLE001 - that entry alone is damaged
+                        out[name] = _Undecodable(exc)
             return out
         except Exception as exc:  # noqa: BLE001 - fall back to diskcache's public API for good
             logger.info("cachesaver: bulk reads unavailable (%s); using Cache.get", exc)
@@ -208,7 +234,7 @@ class SampleStore:
             head = self.head(key)
         if len(head.samples) < self.HEAD_SAMPLES:
             return len(head.samples)
-        value = self.cache.get(_COUNT + key, None, retry=True)
+        value = self._get(_COUNT + key, None)
         if type(value) is not int or value < self.HEAD_SAMPLES:
             raise CorruptStoreError(f"sample count for key {key} is {value!r}; the store is damaged")
         return value
@@ -222,13 +248,13 @@ class SampleStore:
         size = self.HEAD_SAMPLES
         if head is None and any(i < size for i in indices):
             head = self.head(key)
-        get = self.cache.get
+        get = self._get
         out = []
         for index in indices:
             if index < size:
                 value = head.samples[index] if head is not None and index < len(head.samples) else _MISSING
             else:
-                value = get(f"{_SAMPLE}{key}/{index}", _MISSING, retry=True)
+                value = get(f"{_SAMPLE}{key}/{index}", _MISSING)
             if value is _MISSING:
                 raise CorruptStoreError(
                     f"sample {index} of key {key} is missing from {self.directory}; it was evicted or "
@@ -255,7 +281,7 @@ class SampleStore:
         tag = _record_tag(namespace, request_id, use)
         value = head.records.get(tag)
         if value is None and len(head.records) >= self.HEAD_RECORDS:
-            value = self.cache.get(f"{_RECORD}{key}/{tag}", None, retry=True)
+            value = self._get(f"{_RECORD}{key}/{tag}", None)
         return None if value is None else _check_indices(value, key)
 
     def recorded_indices(self, namespace: str, head: Head, exclude: tuple[Any, int] | None = None) -> set[int]:

@@ -1,0 +1,147 @@
+"""Regressions found by review: reuse across event loops, cancellation while a stage starts,
+damaged or unstorable data, closing under load, and replay after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+import time
+
+import anyio
+import diskcache
+import pytest
+from _support import GateModel
+
+from cachesaver.deduplication import AsyncDeduplicator
+from cachesaver.errors import CorruptStoreError, PipelineClosedError, TransientBackendError
+from cachesaver.keys import request_key
+from cachesaver.models import ScriptedModel
+from cachesaver.pipelines import OnlineAPI
+from cachesaver.typedefs import Batch, Request, Response
+
+
+def test_a_pipeline_with_a_batch_window_survives_a_second_event_loop(tmp_path):
+    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=8, timeout=0.05)
+
+    async def ask(tag):
+        with anyio.fail_after(5):
+            return (await pipeline.request(Request("hi " + tag, request_id=tag))).data
+
+    assert asyncio.run(ask("first")) == ["hi first#0"]
+    assert asyncio.run(ask("second")) == ["hi second#0"]
+
+
+@pytest.mark.parametrize("make", ["pipeline", "deduplicator"])
+async def test_a_caller_cancelled_while_the_stage_starts_does_not_strand_its_neighbour(tmp_path, make):
+    stage = (
+        OnlineAPI(ScriptedModel(), tmp_path, batch_size=8, timeout=0.01)
+        if make == "pipeline"
+        else AsyncDeduplicator(ScriptedModel())
+    )
+    first = asyncio.create_task(stage.request(Request("p", request_id="a")))
+    second = asyncio.create_task(stage.request(Request("q", request_id="b")))
+    await asyncio.sleep(0)  # both are inside the stage's first spawn
+    first.cancel()
+    with anyio.fail_after(5):
+        assert (await second).data == ["q#0"]
+    await stage.aclose()
+
+
+async def test_an_unstorable_sample_does_not_cost_the_others_their_storage(tmp_path, caplog):
+    def sample(request, k):
+        return threading.Lock() if request.prompt == "bad" else f"{request.prompt}#{k}"
+
+    with caplog.at_level(logging.ERROR, logger="cachesaver"):
+        async with OnlineAPI(ScriptedModel(sample=sample), tmp_path, batch_size=8) as pipeline:
+            good, bad = await pipeline.batch_request(Batch([Request("good", request_id="g"), Request("bad", request_id="b")]))
+    assert good.data == ["good#0"] and len(bad.data) == 1  # the caller still gets what it paid for
+    assert "could not store" in caplog.text
+    replay_model = ScriptedModel()
+    async with OnlineAPI(replay_model, tmp_path, batch_size=8) as pipeline:
+        again = await pipeline.request(Request("good", request_id="g"))
+    assert again.data == ["good#0"] and again.cached == [True] and replay_model.calls == 0
+
+
+def _damage(cache_dir, request):
+    cache = diskcache.Cache(str(cache_dir))
+    cache._sql("UPDATE Cache SET value = ? WHERE key = ?", (b"\x80\x04\x95", "cachesaver/1/head/" + request_key(request)))
+    cache.close()
+
+
+async def test_an_undecodable_entry_fails_its_own_key_only_and_stores_keep_working(tmp_path):
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=8) as pipeline:
+        await pipeline.batch_request(Batch([Request("damaged"), Request("fine")]))
+    _damage(tmp_path, Request("damaged"))
+    model = ScriptedModel(latency_s=0.02)
+    async with OnlineAPI(model, tmp_path, batch_size=1, timeout=0) as pipeline:
+        damaged, fine = await pipeline.batch_request(Batch([Request("damaged"), Request("fine")]), return_exceptions=True)
+
+        async def later_damaged():
+            await anyio.sleep(0.01)
+            return await pipeline.request(Request("damaged"))
+
+        fresh, _ = await asyncio.gather(pipeline.request(Request("brand new")), later_damaged(), return_exceptions=True)
+    assert isinstance(damaged, CorruptStoreError)
+    assert fine.data == ["fine#0"] and fine.cached == [True]
+    assert fresh.data == ["brand new#0"]
+    replay_model = ScriptedModel()
+    async with OnlineAPI(replay_model, tmp_path, batch_size=1) as pipeline:
+        assert (await pipeline.request(Request("brand new"))).cached == [True]
+    assert replay_model.calls == 0
+
+
+async def test_aclose_with_a_timeout_cancels_the_model_call_at_the_deadline(tmp_path):
+    model = GateModel()  # never released
+    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    task = asyncio.create_task(pipeline.request(Request("slow")))
+    with anyio.fail_after(5):
+        await model.entered.wait()
+        start = time.perf_counter()
+        await pipeline.aclose(timeout_s=0.2)
+        elapsed = time.perf_counter() - start
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(outcome, PipelineClosedError)
+    assert elapsed < 2  # one deadline for the whole pipeline, not one per stage
+    assert model.finished == 0
+
+
+async def test_a_second_aclose_waits_for_the_first_and_work_in_flight_finishes(tmp_path):
+    model = ScriptedModel(latency_s=0.1, short_by=1)  # short answers force a refetch while closing
+    pipeline = OnlineAPI(model, tmp_path, batch_size=1, max_refetch=0)
+    task = asyncio.create_task(pipeline.request(Request("x", n=2)))
+    await anyio.sleep(0.02)
+    with anyio.fail_after(5):
+        first = asyncio.create_task(pipeline.aclose())
+        await asyncio.sleep(0)
+        await pipeline.aclose()
+        assert task.done() and first.done()
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    assert not isinstance(outcome, PipelineClosedError)  # it ran to its own end
+
+
+async def test_replay_in_one_round_is_exact_after_a_request_failed_in_the_first_run(tmp_path):
+    class FailFor:
+        def __init__(self, failing):
+            self.failing, self.calls, self.drawn = failing, 0, 0
+
+        async def request(self, request):
+            self.calls += 1
+            if request.request_id in self.failing:
+                raise TransientBackendError("overloaded", status=503)
+            self.drawn += request.n
+            return Response([f"draw-{self.drawn - k}" for k in range(request.n)])
+
+    prompt = "Solve 4 4 6 8"
+    async with OnlineAPI(FailFor({"sample-1"}), tmp_path, batch_size=1) as pipeline:
+        first = [await pipeline.request(Request(prompt, request_id="sample-0"))]
+        with pytest.raises(TransientBackendError):
+            await pipeline.request(Request(prompt, request_id="sample-1"))
+    healthy = FailFor(set())
+    async with OnlineAPI(healthy, tmp_path, batch_size=1) as pipeline:
+        second = await pipeline.batch_request(
+            Batch([Request(prompt, request_id="sample-1"), Request(prompt, request_id="sample-0")])
+        )
+    assert second[1].data == first[0].data and second[1].cached == [True]  # sample-0 replays exactly
+    assert healthy.calls == 1  # only the request that failed before is fetched
