@@ -242,3 +242,14 @@ def stored_count(cache_dir: Any, request: Request) -> int:
         return store.count(request_key(request))
     finally:
         store.close()
+
+
+class Sleeps:
+    """A stand-in for ``anyio.sleep`` that records each wait and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await anyio.lowlevel.checkpoint()

@@ -62,12 +62,6 @@ def sdk(request: pytest.FixtureRequest) -> Sdk:
     return SDKS[request.param]
 
 
-@pytest.fixture
-def server():
-    with FakeChatServer() as running:
-        yield running
-
-
 def texts(completion: Any) -> list[str]:
     return [c.message.content for c in completion.choices]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from _support import Sleeps
+
 from cachesaver.errors import ConfigurationError, PermanentBackendError, TransientBackendError
 from cachesaver.retry import RetryPolicy, retry_call
 
@@ -22,15 +24,6 @@ class Script:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 def busy(retry_after_s: float | None = None) -> TransientBackendError:

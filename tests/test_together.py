@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 import together
+from _support import Sleeps
 from fake_chat_server import Fault, FakeChatServer
 
 from cachesaver.errors import (
@@ -23,26 +24,6 @@ from cachesaver.retry import RetryPolicy
 from cachesaver.typedefs import Batch, Request
 
 FAST = RetryPolicy(max_attempts=5, initial_delay_s=0.0, jitter=0.0)
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        await anyio.lowlevel.checkpoint()
-
-
-@pytest.fixture
-def server():
-    with FakeChatServer() as running:
-        yield running
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 @pytest.fixture
