@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cachesaver.errors import ConfigurationError
+from cachesaver.errors import ConfigurationError, InvalidRequestError
 from cachesaver.kvcache import ChatResponse, Cluster, HashRing, Server
 
 NAMES = ["gpu-0", "gpu-1", "gpu-2"]
@@ -135,3 +135,23 @@ def test_stats_report_occupancy_per_server_and_tier() -> None:
     assert not stats.servers["other"].is_online
     cluster.route("e", 5, "x")
     assert stats.occupancy["solo"]["ram"] == 2  # a snapshot
+
+
+def test_an_added_server_takes_over_the_chats_the_ring_now_gives_it() -> None:
+    cluster = make_cluster(8, 8)
+    cluster.add_server("gpu-3", Server(8, 8))
+    ring = HashRing([*NAMES, "gpu-3"])
+    chats = [f"chat-{i}" for i in range(40)]
+    owners = {chat: cluster.route(chat, i, "hi").server for i, chat in enumerate(chats)}
+    assert owners == {chat: ring.owner(chat) for chat in chats}
+    assert "gpu-3" in owners.values()
+    assert cluster.servers["gpu-3"].total_chats == sum(o == "gpu-3" for o in owners.values())
+
+
+def test_a_bad_message_is_refused_and_counts_nothing() -> None:
+    cluster = make_cluster()
+    with pytest.raises(InvalidRequestError, match="message must be a str"):
+        cluster.route("chat-a", 1, None)
+    stats = cluster.stats()
+    assert (stats.requests, stats.misses, stats.failed_requests) == (0, 0, 0)
+    assert not cluster.has_chat("chat-a")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cachesaver.errors import ConfigurationError
+from cachesaver.errors import ConfigurationError, InvalidRequestError
 from cachesaver.kvcache import ChatData, ChatResponse, Server
 
 
@@ -105,6 +105,19 @@ def test_tie_break_uses_tier_entry_order_not_first_arrival() -> None:
     assert list(server.vram_chats) == ["b", "d"]
 
 
+def test_tie_break_ignores_which_tied_chat_was_touched_last() -> None:
+    # b entered VRAM before c; touching b after c at the same timestamp must not change that.
+    server = Server(2, 2)
+    feed(server, ["a", "b"])
+    server.handle_request("b", 3, "touch b")
+    server.handle_request("c", 4, "new: a goes to RAM")  # vram b c, ram a
+    server.handle_request("c", 6, "touch c")
+    server.handle_request("b", 6, "touch b last")  # b@6 and c@6 tie; b entered VRAM first
+    server.handle_request("d", 7, "new")
+    assert list(server.ram_chats) == ["a", "b"]
+    assert list(server.vram_chats) == ["c", "d"]
+
+
 def test_a_chat_is_never_in_both_tiers() -> None:
     server = Server(2, 3)
     pattern = ["a", "b", "c", "a", "d", "b", "e", "a", "c", "f", "b", "a"]
@@ -142,9 +155,31 @@ def test_offline_server_fails_and_changes_nothing() -> None:
     server = Server(2, 2)
     server.shutdown()
     assert server.handle_request("a", 1, "hello") == ChatResponse(success=False)
-    assert ChatResponse(success=False).llm_reply == ""
     assert server.total_chats == 0
     assert (server.num_cache_hits, server.num_cache_misses) == (0, 0)
+
+
+def test_offline_server_holding_chats_changes_nothing() -> None:
+    server = Server(2, 2)
+    feed(server, ["a", "b", "c"])
+    server.is_online = False  # taken offline without clearing, e.g. a network partition
+    before = (dict(server.vram_chats), dict(server.ram_chats), server.stats())
+    for chat in ["a", "c", "new"]:
+        assert server.handle_request(chat, 10, "hello") == ChatResponse(success=False)
+    assert (dict(server.vram_chats), dict(server.ram_chats), server.stats()) == before
+
+
+@pytest.mark.parametrize(
+    "chat_id, timestamp, message",
+    [(None, 1, "hi"), ("a", 1, None), ("a", "1", "hi"), ("a", True, "hi"), (7, 1, "hi")],
+)
+def test_bad_arguments_are_refused_before_anything_changes(chat_id, timestamp, message) -> None:
+    server = Server(2, 2)
+    feed(server, ["x"])
+    before = (dict(server.vram_chats), server.stats())
+    with pytest.raises(InvalidRequestError, match="must be"):
+        server.handle_request(chat_id, timestamp, message)
+    assert (dict(server.vram_chats), server.stats()) == before
 
 
 def test_stats_is_a_snapshot() -> None:

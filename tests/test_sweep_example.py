@@ -38,6 +38,14 @@ async def test_second_run_replays_everything_with_zero_upstream_calls(
     assert first.rows[0].samples_cached == 0  # nothing stored before the first configuration
     assert sum(row.samples_cached for row in first.rows[1:]) > 0  # later ones reuse its samples
     assert "run again to replay" in out[-1]
+    header = out[2].split()
+    assert " ".join(header) == " ".join(sweep.COLUMNS)  # the columns the issue asks for
+    table = out[3 : 3 + len(sweep.CONFIGS)]
+    assert [line.split()[0] for line in table] == [config.name for config in sweep.CONFIGS]
+    for line, row in zip(table, first.rows):
+        cells = line.split()
+        assert [int(c) for c in cells[1:4]] == [row.upstream_calls, row.samples_cached, row.samples_duplicated]
+    assert out[3 + len(sweep.CONFIGS)].split()[:2] == ["total", str(first.upstream_calls)]
 
     second = await sweep.main()
     out = capsys.readouterr().out.splitlines()

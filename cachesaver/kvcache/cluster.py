@@ -29,7 +29,7 @@ from typing import Optional
 
 from ..errors import ConfigurationError
 from .ring import HashRing
-from .server import ChatResponse, Server, ServerStats, Tier
+from .server import ChatResponse, Server, ServerStats, Tier, check_chat_message
 
 __all__ = ["Cluster", "ClusterStats", "Routing"]
 
@@ -155,7 +155,12 @@ class Cluster:
         return self.route(chat_id, timestamp, message).response
 
     def route(self, chat_id: str, timestamp: int, message: str) -> Routing:
-        """Serve one message and report which server handled it and where the chat was found."""
+        """Serve one message and report which server handled it and where the chat was found.
+
+        Raises InvalidRequestError, counting nothing, when ``chat_id`` or ``message`` is not a
+        string or ``timestamp`` is not a number.
+        """
+        check_chat_message(chat_id, timestamp, message)
         self.requests += 1
         pinned = self._affinity.get(chat_id)
         candidates = [pinned] if pinned is not None else []

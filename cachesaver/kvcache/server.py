@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, InvalidRequestError
 
 __all__ = ["ChatData", "ChatResponse", "Server", "ServerStats", "Tier"]
 
@@ -153,7 +153,7 @@ class Server:
             RuntimeError: the server is already offline.
         """
         if not self.is_online:
-            raise RuntimeError("server is already offline; shutdown() may be called only once")
+            raise RuntimeError("server is already offline; there is nothing to shut down")
         self.is_online = False
         self.vram_chats.clear()
         self.ram_chats.clear()
@@ -166,7 +166,12 @@ class Server:
         latest use (promoting or inserting it, demoting and dropping others as the module
         docstring describes) and returns ``ChatResponse(success=True, llm_reply=...)``.
         ``timestamp`` is expected never to decrease from one request to the next.
+
+        Raises:
+            InvalidRequestError: ``chat_id`` or ``message`` is not a string, or ``timestamp``
+                is not a number; nothing is counted or stored then.
         """
+        check_chat_message(chat_id, timestamp, message)
         if not self.is_online:
             return ChatResponse(success=False)
         data = ChatData(chat_id, timestamp)
@@ -209,6 +214,17 @@ class Server:
             self.num_drops += 1
         self.ram_chats[victim] = self.vram_chats.pop(victim)
         self.num_demotions += 1
+
+
+def check_chat_message(chat_id: object, timestamp: object, message: object) -> None:
+    """Raise InvalidRequestError unless ``chat_id`` and ``message`` are strings and
+    ``timestamp`` is a number."""
+    if type(chat_id) is not str:
+        raise InvalidRequestError(f"chat_id must be a str, got {type(chat_id).__name__}")
+    if type(message) is not str:
+        raise InvalidRequestError(f"message must be a str, got {type(message).__name__}")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        raise InvalidRequestError(f"timestamp must be a number, got {type(timestamp).__name__}")
 
 
 def _least_recently_used(tier: dict[str, ChatData]) -> str:

@@ -430,7 +430,7 @@ class SimulatedLLM:
             rng = _seeded(str(self.seed), "candidate", prompt_digest, str(rank))
             text = self.compose(conversation[-1][1], rank, rng)
             if max_tokens is not None:
-                text = text[: int(max_tokens * self.latency.chars_per_token)]
+                text = text[: max(1, int(max_tokens * self.latency.chars_per_token))]
             samples.append(text)
         return samples
 
