@@ -8,8 +8,9 @@ replays the earlier run from the cache, and ``--replay-only`` guarantees no mode
 (a sample that needs an uncached answer fails, naming the request). ``python -m cachesaver``
 is the same command.
 
-Exit status: 0 when every sample finished, 1 when some failed (see error.jsonl), 2 for a bad
-command line or configuration.
+Exit status: 0 when every sample finished, 1 when some failed (see error.jsonl) or the task's
+``calculate_overall`` failed (overall.json is still written, its ``custom`` holding the error),
+2 for a bad command line or configuration.
 """
 
 from __future__ import annotations
@@ -162,7 +163,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"cachesaver: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(summary.render())
+    status = 0
     if summary.failed:
         print(f"\n{summary.failed} sample(s) failed; see {summary.directory}/error.jsonl", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    if summary.overall_error is not None:
+        print(
+            f"\ncachesaver: the task's calculate_overall failed ({summary.overall_error}); every sample "
+            f"is saved in {summary.directory}/runs.jsonl and overall.json holds the error under 'custom'. "
+            "Fix calculate_overall and run the same command again: finished samples are not run again.",
+            file=sys.stderr,
+        )
+        status = 1
+    return status

@@ -90,6 +90,10 @@ class Verdict:
     valid_expression: bool
 
 
+# A Game-24 expression over four numbers up to 13 fits in well under this; longer ones are
+# refused before parsing, so a pathological answer cannot exhaust the parser or the evaluator.
+MAX_EXPRESSION_CHARS = 200
+
 _ANSWER = re.compile(r"answer\s*[:=]\s*(.+)", re.IGNORECASE)
 _EXPRESSION_LINE = re.compile(r"^[\d\s+\-*/().×÷=]+$")
 
@@ -128,15 +132,28 @@ def _evaluate(node: ast.AST, used: List[int]) -> Fraction:
 
 
 def score(numbers: Sequence[int], answer: str) -> Verdict:
-    """Whether ``answer`` makes 24 from exactly ``numbers``; never raises."""
+    """Whether ``answer`` makes 24 from exactly ``numbers``; never raises, whatever the answer.
+
+    An expression longer than ``MAX_EXPRESSION_CHARS`` is an invalid expression (not parsed),
+    and so is one nested too deeply to parse or evaluate.
+    """
     expression = extract_expression(answer)
     if expression is None:
         return Verdict(None, False, "no expression found; end with 'Answer: <expression>'", False)
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        shown = expression[:40] + "..."
+        problem = (
+            f"the expression {shown!r} is {len(expression)} characters; keep it under "
+            f"{MAX_EXPRESSION_CHARS}"
+        )
+        return Verdict(expression, False, problem, False)
     try:
         used: List[int] = []
         value = _evaluate(ast.parse(expression, mode="eval"), used)
     except (SyntaxError, ValueError, ZeroDivisionError) as exc:
         return Verdict(expression, False, f"cannot evaluate {expression!r}: {exc}", False)
+    except (RecursionError, MemoryError):
+        return Verdict(expression, False, f"cannot evaluate {expression!r}: nested too deeply", False)
     if sorted(used) != sorted(numbers):
         return Verdict(expression, False, f"uses {sorted(used)} instead of {sorted(numbers)}", True)
     if value != TARGET:

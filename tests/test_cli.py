@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,15 @@ def outputs(path):
     return {r["index"]: r["output"] for r in map(json.loads, path.read_text().splitlines())}
 
 
+def lines_without_time(path):
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in path.read_text().splitlines()]
+
+
+def only_error(path):
+    [error] = map(json.loads, path.read_text().splitlines())
+    return error
+
+
 def row(text, name):
     return re.search(rf"^{name}\s+(.+)$", text, re.MULTILINE).group(1)
 
@@ -60,7 +70,9 @@ def test_run_then_replay_only_gives_the_same_results_with_no_model(tmp_path, cap
     assert row(again, "backend") == "replay-only (no model)"
     assert row(again, "cache misses").startswith("0 ")
     assert row(again, "total").split()[0] == "0"  # ledger: no upstream call
-    assert outputs(tmp_path / "first" / "game24" / "runs.jsonl") == outputs(tmp_path / "again" / "game24" / "runs.jsonl")
+    first_lines = lines_without_time(tmp_path / "first" / "game24" / "runs.jsonl")
+    assert first_lines == lines_without_time(tmp_path / "again" / "game24" / "runs.jsonl")  # line for line
+    assert [r["index"] for r in first_lines] == [0, 1, 2, 3]
     overall = json.loads((tmp_path / "again" / "game24" / "overall.json").read_text())
     assert overall["total"] == 4 and "accuracy" in overall["custom"]
 
@@ -87,6 +99,12 @@ def test_settings_that_change_requests_change_the_cache_key(tmp_path, capsys):
     assert run(tmp_path, "first", "--task-option", "puzzles=1") == 0
     assert run(tmp_path, "hot", "--task-option", "puzzles=1", "--replay-only", "--temperature", "0.3") == 1
     assert run(tmp_path, "other-model", "--task-option", "puzzles=1", "--replay-only", "--model", "m2") == 1
+    for out in ("hot", "other-model"):
+        error = only_error(tmp_path / out / "game24" / "error.jsonl")
+        assert error["index"] == 0 and error["output"]["status"] == "task error"
+        assert error["error"].startswith("CacheMissError: ")
+        assert "request_id '[\"game24\", 0, 0]'" in error["error"] and "namespace 'g24'" in error["error"]
+    assert not (tmp_path / "first" / "game24" / "error.jsonl").exists()
 
 
 def test_replay_only_without_a_cache_is_a_configuration_error(tmp_path, capsys):
@@ -131,6 +149,75 @@ def test_python_dash_m_runs_a_task_file(tmp_path):
     assert json.loads((tmp_path / "out" / "small" / "overall.json").read_text())["custom"] == {"n": 3}
 
 
+@pytest.mark.parametrize("launcher", ["console script", "python -m"])
+def test_a_module_in_the_current_directory_is_found_by_both_launchers(tmp_path, launcher):
+    (tmp_path / "small_task_module.py").write_text(SMALL_TASK)
+    if launcher == "console script":
+        script = shutil.which("cachesaver", path=str(Path(sys.executable).parent))
+        if script is None:
+            pytest.skip("the cachesaver console script is not installed next to this Python")
+        command = [script]
+    else:
+        command = [sys.executable, "-m", "cachesaver"]
+    command += ["run", "small_task_module:Small", "--out", "out", "--namespace", "ns", "--cache", "cache",
+                "--no-progress"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert row(done.stdout, "finished") == "3"
+
+
+SELF_REPORTING_TASK = '''
+from cachesaver.tasks import SampleStatus, Task, TaskSampleExecutionResult
+
+class Reporting(Task):
+    def __init__(self, broken=(), score="ok"):
+        super().__init__(name="reporting", concurrency=2)
+        self.broken, self.score = set(broken), score
+    def get_indices(self):
+        return [0, 1, 2]
+    async def start_sample(self, index, session):
+        reply = await session.action({"role": "user", "content": f"question {index}"})
+        if index in self.broken:
+            return TaskSampleExecutionResult(status=SampleStatus.TASK_ERROR, result={"why": "down"})
+        return TaskSampleExecutionResult(result=reply.content)
+    def calculate_overall(self, results):
+        if self.score != "ok":
+            raise ValueError(self.score)
+        return {"n": len(results)}
+'''
+
+
+def test_a_task_reporting_task_error_exits_1_and_is_retried(tmp_path, capsys):
+    (tmp_path / "reporting.py").write_text(SELF_REPORTING_TASK)
+    task = f"{tmp_path / 'reporting.py'}:Reporting"
+    assert run(tmp_path, "out", "--task-option", "broken=[1]", task=task) == 1
+    captured = capsys.readouterr()
+    assert (row(captured.out, "finished"), row(captured.out, "failed")) == ("2", "1")
+    assert "1 sample(s) failed" in captured.err
+    error = only_error(tmp_path / "out" / "reporting" / "error.jsonl")
+    assert error["index"] == 1 and error["output"]["result"] == {"why": "down"}
+    assert run(tmp_path, "out", task=task) == 0
+    assert row(capsys.readouterr().out, "samples") == "3 (2 already done, 1 run now)"
+
+
+def test_a_failing_calculate_overall_exits_1_with_overall_json_written(tmp_path, capsys):
+    (tmp_path / "reporting.py").write_text(SELF_REPORTING_TASK)
+    task = f"{tmp_path / 'reporting.py'}:Reporting"
+    assert run(tmp_path, "out", "--task-option", "score=no score today", task=task) == 1
+    captured = capsys.readouterr()
+    assert row(captured.out, "overall") == "calculate_overall failed: ValueError: no score today"
+    assert "calculate_overall failed (ValueError: no score today)" in captured.err
+    assert "Traceback" not in captured.err
+    directory = tmp_path / "out" / "reporting"
+    overall = json.loads((directory / "overall.json").read_text())
+    assert overall["total"] == 3 and overall["validation"]["completed"] == 1.0
+    assert overall["custom"]["error"] == "ValueError: no score today"
+    assert len(lines_without_time(directory / "runs.jsonl")) == 3
+    assert run(tmp_path, "out", task=task) == 0  # fixed: overall.json is rewritten, nothing re-run
+    assert row(capsys.readouterr().out, "samples") == "3 (3 already done, 0 run now)"
+    assert json.loads((directory / "overall.json").read_text())["custom"] == {"n": 3}
+
+
 def test_together_backend_against_a_local_server_then_replay_only_without_a_key(tmp_path, monkeypatch, capsys):
     task_file = tmp_path / "small_task.py"
     task_file.write_text(SMALL_TASK)
@@ -153,9 +240,10 @@ def test_together_backend_against_a_local_server_then_replay_only_without_a_key(
         capsys.readouterr()
         code = run(tmp_path, "again", "--backend", "together", "--model", "test-model", "--replay-only", task=task)
         assert server.calls == calls  # nothing reached the server
-    again = outputs(tmp_path / "again" / "small" / "runs.jsonl")
-    assert again == {0: first[0], 2: first[2]}
+    first_lines = lines_without_time(tmp_path / "first" / "small" / "runs.jsonl")
+    again_lines = lines_without_time(tmp_path / "again" / "small" / "runs.jsonl")
+    assert again_lines == [line for line in first_lines if line["index"] != 1]
     # failures are never cached, so the sample whose call failed cannot be replayed
     assert code == 1
-    [error] = map(json.loads, (tmp_path / "again" / "small" / "error.jsonl").read_text().splitlines())
+    error = only_error(tmp_path / "again" / "small" / "error.jsonl")
     assert error["index"] == 1 and "CacheMissError" in error["error"]

@@ -4,7 +4,7 @@ import pytest
 
 from cachesaver.errors import ConfigurationError
 from cachesaver.models.simulated import SimulatedLLM
-from cachesaver.tasks.backends import default_backend, default_model, make_model
+from cachesaver.tasks.backends import BACKENDS, default_backend, default_model, make_model
 
 
 def test_default_backend_follows_the_together_key():
@@ -14,7 +14,13 @@ def test_default_backend_follows_the_together_key():
 
 
 def test_every_backend_has_a_default_model_and_unknown_ones_are_refused():
-    assert {default_model(b) for b in ("simulated", "together", "openai")} >= {"simulated"}
+    # The model name is part of every cache key: changing a default silently stops earlier
+    # runs from replaying, so the defaults are pinned here.
+    assert {b: default_model(b) for b in BACKENDS} == {
+        "simulated": "simulated",
+        "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        "openai": "gpt-4o-mini",
+    }
     with pytest.raises(ConfigurationError, match="choose one of"):
         default_model("mystery")
 

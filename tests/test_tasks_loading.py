@@ -1,5 +1,8 @@
 """Finding task classes from module:Class and path.py:Class references."""
 
+import os
+import sys
+
 import pytest
 
 from cachesaver.errors import ConfigurationError
@@ -31,6 +34,20 @@ def test_file_reference_with_options(tmp_path):
     task = load_task(f"{path}:Small", **parse_task_options(["size=5", "label=hello"]))
     assert (task.name, task.size, task.label, task.get_indices()[-1]) == ("small", 5, "hello", 4)
     assert load_task_class(f"{path}:Small") is type(task)  # loaded once
+
+
+def test_a_module_reference_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "cwd_task_module_xyz.py").write_text(TASK_FILE)
+    here = os.getcwd()
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != "" and os.path.abspath(p) != here])
+    monkeypatch.delitem(sys.modules, "cwd_task_module_xyz", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cls = load_task_class("cwd_task_module_xyz:Small")
+    assert (cls.__name__, cls.__module__) == ("Small", "cwd_task_module_xyz")
+    assert sys.path[0] == str(tmp_path)
+    load_task_class("cwd_task_module_xyz:Small")
+    assert sys.path.count(str(tmp_path)) == 1  # added once
+    sys.modules.pop("cwd_task_module_xyz")
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,30 @@ def test_encode_refuses_values_json_cannot_hold(tmp_path):
     assert directory.encode({"index": 0, "output": {"result": "é"}}) == '{"index": 0, "output": {"result": "é"}}\n'.encode()
 
 
+def test_rewrite_runs_replaces_the_file_in_the_given_order(tmp_path):
+    directory = RunDirectory(tmp_path)
+    directory.append_run(line(2))
+    directory.append_run(line(0))
+    directory.rewrite_runs([line(0), line(2)])
+    assert directory.runs_path.read_bytes() == line(0) + line(2)
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.jsonl"]
+
+
+def test_a_rewrite_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+    directory = RunDirectory(tmp_path)
+    directory.append_run(line(1))
+    directory.append_run(line(0))
+
+    def lines_then_full_disk():
+        yield line(0)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        directory.rewrite_runs(lines_then_full_disk())
+    assert directory.runs_path.read_bytes() == line(1) + line(0)
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.jsonl"]
+
+
 def test_overall_is_replaced_whole(tmp_path):
     directory = RunDirectory(tmp_path)
     directory.write_overall({"total": 1})

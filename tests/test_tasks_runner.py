@@ -35,6 +35,7 @@ class CountingTask(Task):
         self.fail = set(fail)
         self.hook = hook
         self.started = []
+        self.completed = []
         self.released = 0
         self.seen_results = None
 
@@ -49,6 +50,7 @@ class CountingTask(Task):
         if index in self.fail:
             raise RuntimeError(f"task bug in sample {index}")
         second = await session.action({"role": "user", "content": f"sample {index} turn 1"})
+        self.completed.append(index)
         return TaskSampleExecutionResult(
             status=SampleStatus.COMPLETED, result={"answers": [first.content, second.content]}
         )
@@ -67,8 +69,8 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def by_index_without_time(path):
-    return {r["index"]: {k: v for k, v in r.items() if k != "time"} for r in read_jsonl(path)}
+def lines_without_time(path):
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_jsonl(path)]
 
 
 async def test_writes_runs_errors_and_overall(tmp_path):
@@ -164,6 +166,67 @@ async def test_failed_samples_are_retried_on_resume(tmp_path):
     overall = json.loads((tmp_path / "counting" / "overall.json").read_text())
     assert overall["validation"]["task error"] == 0.25
     assert [e["index"] for e in read_jsonl(tmp_path / "counting" / "error.jsonl")] == [1, 3, 3]
+    # sample 1 finished after sample 2, yet runs.jsonl is rewritten in get_indices() order
+    assert [r["index"] for r in read_jsonl(tmp_path / "counting" / "runs.jsonl")] == [0, 1, 2]
+
+
+async def test_a_task_reporting_task_error_itself_counts_as_failed_and_is_retried(tmp_path):
+    class SelfReporting(CountingTask):
+        def __init__(self, broken):
+            super().__init__(4)
+            self.broken = broken
+
+        async def start_sample(self, index, session):
+            self.started.append(index)
+            reply = await session.action({"role": "user", "content": f"sample {index}"})
+            if index in self.broken:
+                result = {1, 2} if index == 3 else {"why": "environment down"}  # 3: not JSON
+                return TaskSampleExecutionResult(status=SampleStatus.TASK_ERROR, result=result)
+            return TaskSampleExecutionResult(result=reply.content)
+
+    summary = await run_task(SelfReporting(broken={1, 3}), EchoAgent(), tmp_path)
+    assert (summary.finished, summary.failed) == (2, 2)
+    assert summary.statuses == {"completed": 2, "task error": 2}
+    directory = tmp_path / "counting"
+    assert [r["index"] for r in read_jsonl(directory / "runs.jsonl")] == [0, 2]
+    errors = {e["index"]: e for e in read_jsonl(directory / "error.jsonl")}
+    assert errors[1]["error"].startswith("TaskError: start_sample returned status 'task error'")
+    assert errors[1]["output"]["status"] == "task error"
+    assert errors[1]["output"]["result"] == {"why": "environment down"}  # the result is kept
+    assert errors[1]["output"]["history"][0] == {"role": "user", "content": "sample 1"}
+    assert "not JSON" in errors[3]["error"] and errors[3]["output"]["result"] is None
+    overall = json.loads((directory / "overall.json").read_text())
+    assert overall["validation"]["task error"] == 0.5 and overall["custom"] == {"finished": 2}
+
+    retried = SelfReporting(broken=set())
+    summary = await run_task(retried, EchoAgent(), tmp_path)
+    assert retried.started == [1, 3]
+    assert (summary.finished, summary.failed) == (4, 0)
+
+
+@pytest.mark.parametrize(
+    "score, error",
+    [
+        (lambda results: 1 / 0, "ZeroDivisionError: division by zero"),
+        (lambda results: {"ids": {1, 2}}, "TaskDefinitionError: calculate_overall returned a value that is not JSON"),
+    ],
+)
+async def test_a_failing_calculate_overall_still_writes_overall_json(tmp_path, score, error):
+    class BadScore(CountingTask):
+        def calculate_overall(self, results):
+            return score(results)
+
+    task = BadScore(3)
+    summary = await run_task(task, EchoAgent(), tmp_path)
+    directory = tmp_path / "counting"
+    overall = json.loads((directory / "overall.json").read_text())
+    assert overall["total"] == 3 and overall["validation"]["completed"] == 1.0
+    assert overall["custom"]["error"].startswith(error)
+    assert summary.overall_error == overall["custom"]["error"]
+    assert f"calculate_overall failed: {error}" in summary.render()
+    assert (summary.finished, summary.failed) == (3, 0)
+    assert len(read_jsonl(directory / "runs.jsonl")) == 3
+    assert task.released == 1
 
 
 async def test_concurrency_caps_samples_in_flight(tmp_path):
@@ -188,9 +251,14 @@ async def run_with_scripted_pipeline(task, out, cache, model, namespace="exp"):
 
 
 async def test_replay_only_rerun_makes_no_upstream_call_and_writes_the_same_runs(tmp_path):
+    async def lower_indices_are_slower(index):
+        await anyio.sleep(0.005 * (6 - index))
+
     model = ScriptedModel()
     cache = tmp_path / "cache"
-    first, _ = await run_with_scripted_pipeline(CountingTask(6, concurrency=3), tmp_path / "a", cache, model)
+    task = CountingTask(6, concurrency=3, hook=lower_indices_are_slower)
+    first, _ = await run_with_scripted_pipeline(task, tmp_path / "a", cache, model)
+    assert task.completed != sorted(task.completed)  # samples finished out of index order
     calls = model.calls
     assert calls > 0 and first.samples_cached == 0
 
@@ -201,9 +269,10 @@ async def test_replay_only_rerun_makes_no_upstream_call_and_writes_the_same_runs
     assert ledger.total().upstream_calls == 0
     assert (second.samples_served, second.samples_cached) == (12, 12)
     assert second.ledger["upstream_calls"] == {"exp": 0}
-    a = by_index_without_time(tmp_path / "a" / "counting" / "runs.jsonl")
-    b = by_index_without_time(tmp_path / "b" / "counting" / "runs.jsonl")
-    assert a == b and len(a) == 6
+    a = lines_without_time(tmp_path / "a" / "counting" / "runs.jsonl")
+    b = lines_without_time(tmp_path / "b" / "counting" / "runs.jsonl")
+    assert a == b  # line for line, time aside
+    assert [r["index"] for r in a] == list(range(6))
     overall_a = json.loads((tmp_path / "a" / "counting" / "overall.json").read_text())
     assert json.loads((tmp_path / "b" / "counting" / "overall.json").read_text()) == overall_a
 

@@ -1,5 +1,10 @@
 """Find a task class from a ``module:Class`` or ``path.py:Class`` reference (the CLI's TASK).
 
+A ``module:Class`` reference is imported with the current working directory on ``sys.path``
+(added once, at the front, when it is not there yet), as ``python -m`` does, so the
+``cachesaver`` console script and ``python -m cachesaver`` find the same modules. Like
+``python -m``, nothing is added under ``python -P`` / ``PYTHONSAFEPATH``.
+
 >>> load_task_class("cachesaver.tasks.task:Task").__name__
 'Task'
 """
@@ -10,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable
@@ -50,17 +56,31 @@ def _load_file(path: Path) -> Any:
     return module
 
 
+def _put_cwd_on_path() -> None:
+    """Put the current working directory first on ``sys.path`` unless it is already there
+    (``""`` also stands for it), as ``python -m`` does; the entry stays for later imports."""
+    if getattr(sys.flags, "safe_path", False):
+        return
+    cwd = os.getcwd()
+    for entry in sys.path:
+        if entry == "" or (isinstance(entry, str) and os.path.abspath(entry) == cwd):
+            return
+    sys.path.insert(0, cwd)
+
+
 def load_task_class(reference: str) -> type:
     """The class named by ``reference``: ``package.module:Class`` or ``dir/file.py:Class``.
 
-    Raises ConfigurationError when the module, file or class cannot be found, or the class
-    does not look like a Task (no ``get_indices`` / ``start_sample``). Errors raised by the
-    module's own code while importing propagate unchanged.
+    A module is looked up with the current working directory on ``sys.path`` (see the
+    module docstring). Raises ConfigurationError when the module, file or class cannot be
+    found, or the class does not look like a Task (no ``get_indices`` / ``start_sample``).
+    Errors raised by the module's own code while importing propagate unchanged.
     """
     where, attribute = _split(reference)
     if where.endswith(".py") or "/" in where or "\\" in where:
         module = _load_file(Path(where))
     else:
+        _put_cwd_on_path()
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:

@@ -5,6 +5,11 @@ Guarantees:
 * ``runs.jsonl`` gets one line per finished sample, ``error.jsonl`` one line per failed
   attempt; each line is written whole and flushed before the sample counts as done, so a killed
   process loses at most the samples that were in flight.
+* During a run lines are appended in completion order; :meth:`RunDirectory.rewrite_runs`
+  (called by the runner when a run ends) puts runs.jsonl in a chosen order by writing a
+  temporary file in the same directory, flushing it to disk and renaming it over runs.jsonl,
+  so a crash at any moment leaves either the old file or the new one, never a mix.
+  error.jsonl stays a log in completion order.
 * A line cut short by a crash (no trailing newline) is removed when the directory is opened
   again; any other unreadable line raises :class:`~cachesaver.errors.CorruptStoreError` naming
   the file and line.
@@ -26,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from ..errors import CorruptStoreError
 from .types import SampleIndex, TaskDefinitionError, TaskOutput
@@ -140,6 +145,20 @@ class RunDirectory:
 
     def append_error(self, line: bytes) -> None:
         self._append(self.errors_path, line)
+
+    def rewrite_runs(self, lines: Iterable[bytes]) -> None:
+        """Replace runs.jsonl atomically with ``lines`` (each from :meth:`encode`), in order."""
+        temporary = self.runs_path.with_name(RUNS_FILE + ".tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                for line in lines:
+                    handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.runs_path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
     def write_overall(self, overall: Dict[str, Any]) -> None:
         text = json.dumps(overall, ensure_ascii=False, indent=2, allow_nan=False) + "\n"

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -34,6 +35,7 @@ from .records import RunDirectory, RunState, index_key, output_of, time_record
 from .summary import RunSummary, ledger_text
 from .task import Session, Task
 from .types import (
+    JSONSerializable,
     SampleIndex,
     SampleStatus,
     TaskDefinitionError,
@@ -133,6 +135,24 @@ class _Run:
             group.cancel_scope.cancel()
         return result, error, trace, timed_out
 
+    @staticmethod
+    def _error_record(
+        index: SampleIndex,
+        message: str,
+        trace: Optional[str],
+        result: JSONSerializable,
+        history: List[Any],
+        duration: float,
+    ) -> Dict[str, Any]:
+        failed = TaskOutput(index, SampleStatus.TASK_ERROR, result, history)
+        return {
+            "index": index,
+            "error": message,
+            "traceback": trace,
+            "output": failed.to_json(),
+            "time": time_record(duration_s=duration),
+        }
+
     async def run_sample(self, index: SampleIndex) -> None:
         session = Session(self.agent, task_name=self.task.name, index=index)
         self.progress.started()
@@ -144,6 +164,7 @@ class _Run:
         duration = time.monotonic() - began
         history = list(session.history)
         message: Optional[str] = None
+        kept_result: JSONSerializable = None  # the result a failed sample still records
         if timed_out:
             message = (
                 f"SampleTimeout: sample {index!r} did not finish within {self.sample_timeout_s} s "
@@ -159,6 +180,12 @@ class _Run:
                 f"TaskDefinitionError: start_sample returned {type(result).__name__}; "
                 "return a TaskSampleExecutionResult(status=..., result=...)"
             )
+        elif result.status is SampleStatus.TASK_ERROR:
+            message = (
+                "TaskError: start_sample returned status 'task error'; the sample counts as failed "
+                "and runs again on the next run into this directory"
+            )
+            kept_result = result.result
         line = b""
         if message is None:
             output = TaskOutput(index, result.status, result.result, history)
@@ -168,15 +195,12 @@ class _Run:
             except TaskDefinitionError as exc:
                 message = f"TaskDefinitionError: {exc}"
         if message is not None:
-            failed = TaskOutput(index, SampleStatus.TASK_ERROR, None, history)
-            record = {
-                "index": index,
-                "error": message,
-                "traceback": trace,
-                "output": failed.to_json(),
-                "time": time_record(duration_s=duration),
-            }
-            line = self.directory.encode(record)
+            record = self._error_record(index, message, trace, kept_result, history, duration)
+            try:
+                line = self.directory.encode(record)
+            except TaskDefinitionError as exc:  # the kept result is not JSON: drop it
+                record = self._error_record(index, f"{message}; {exc}", trace, None, history, duration)
+                line = self.directory.encode(record)
         # A sample whose outcome is known is always written, even if the run is being cancelled.
         with anyio.CancelScope(shield=True):
             async with self.lock:
@@ -191,7 +215,37 @@ class _Run:
             self.progress.finished(failed=message is not None)
 
 
-def _overall(task: Task, indices: List[SampleIndex], state: RunState) -> Tuple[Dict[str, Any], Dict[str, int]]:
+def _ordered_runs(directory: RunDirectory, indices: List[SampleIndex], state: RunState) -> List[bytes]:
+    """runs.jsonl's lines in ``get_indices()`` order, then records of samples the task no
+    longer lists, in the order they were found."""
+    listed = [index_key(index) for index in indices]
+    keys = [key for key in listed if key in state.finished]
+    listed_set = set(listed)
+    keys += [key for key in state.finished if key not in listed_set]
+    return [directory.encode(state.finished[key]) for key in keys]
+
+
+def _custom(task: Task, finished: List[TaskOutput]) -> Tuple[Any, Optional[str]]:
+    """``calculate_overall(finished)`` and None, or an error description and the error."""
+    try:
+        custom = task.calculate_overall(finished)
+    except Exception as exc:  # the task's scoring failed: every sample is still saved
+        error = f"{type(exc).__name__}: {exc}"
+        return {"error": error, "traceback": traceback.format_exc()}, error
+    try:
+        json.dumps(custom, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        error = (
+            f"TaskDefinitionError: calculate_overall returned a value that is not JSON ({exc}); "
+            "return dicts, lists, str, int, float, bool and None"
+        )
+        return {"error": error}, error
+    return custom, None
+
+
+def _overall(
+    task: Task, indices: List[SampleIndex], state: RunState
+) -> Tuple[Dict[str, Any], Dict[str, int], Optional[str]]:
     finished: List[TaskOutput] = []
     failed = 0
     missing = 0
@@ -210,12 +264,13 @@ def _overall(task: Task, indices: List[SampleIndex], state: RunState) -> Tuple[D
             continue
         lengths.append(len(output.history or ()))
         statuses[output.status.value] = statuses.get(output.status.value, 0) + 1
+    custom, error = _custom(task, finished)
     overall = {
         "total": len(indices),
         "validation": validation(finished, failed=failed, missing=missing, history_lengths=lengths),
-        "custom": task.calculate_overall(finished),
+        "custom": custom,
     }
-    return overall, statuses
+    return overall, statuses, error
 
 
 async def run_task(
@@ -238,15 +293,23 @@ async def run_task(
       Each sample's outcome is appended as soon as it is known (see
       :mod:`cachesaver.tasks.records`), so a killed run loses at most the samples in flight.
     * At most ``concurrency`` samples run at once (default: ``task.concurrency``).
-    * A sample whose task code raises, whose result is not JSON, that met a cache miss in a
+    * A sample whose task code raises, that returns status ``TASK_ERROR`` itself (its result
+      is kept in the error record), whose result is not JSON, that met a cache miss in a
       replay-only run (even if the task caught it), or that outlives ``sample_timeout_s`` is
       written to error.jsonl with status ``"task error"`` and the reason (and traceback);
-      the other samples go on.
+      it counts as failed and runs again on the next run; the other samples go on.
     * On time-out the session is cancelled first (pending and later ``action`` calls return
       ``CANCELLED``), and the sample's code is cancelled ``cancel_grace_s`` later if it has
       not returned by then.
-    * overall.json is rewritten from the whole directory at the end; ``task.release()`` is
-      called exactly once, however the run ends.
+    * When the samples are done (not when the run is cancelled or crashes), runs.jsonl is
+      rewritten atomically with one line per finished sample in ``get_indices()`` order
+      (samples the task no longer lists last), so runs that finish the same samples with the
+      same outputs write the same runs.jsonl but for ``time``, whatever order samples
+      completed in, and across resumes.
+    * overall.json is then rewritten from the whole directory. If ``calculate_overall`` raises
+      or returns something that is not JSON, overall.json is still written, with ``custom``
+      ``{"error": "<Type>: message", ...}``, and ``RunSummary.overall_error`` says so.
+    * ``task.release()`` is called exactly once, however the run ends.
     * Cancelling the call cancels the samples in flight promptly and re-raises.
 
     ``ledger`` (normally ``pipeline.ledger``) is only read, for the summary.
@@ -288,7 +351,10 @@ async def run_task(
             for _ in range(min(width, len(todo))):
                 group.start_soon(worker)
 
-        overall, statuses = _overall(task, indices, state)
+        await anyio.to_thread.run_sync(
+            lambda: directory.rewrite_runs(_ordered_runs(directory, indices, state))
+        )
+        overall, statuses, overall_error = _overall(task, indices, state)
         await anyio.to_thread.run_sync(directory.write_overall, overall)
         finished = sum(1 for i in indices if index_key(i) in state.finished)
         return RunSummary(
@@ -307,6 +373,7 @@ async def run_task(
             overall=overall,
             ledger=ledger.snapshot() if callable(getattr(ledger, "snapshot", None)) else None,
             ledger_table=ledger_text(ledger),
+            overall_error=overall_error,
         )
     finally:
         if progress_bar is not None:

@@ -41,6 +41,8 @@ class RunSummary:
       served from the cache, when the agent counts them (None otherwise).
     * ``ledger``: the pipeline ledger's snapshot, ``ledger_table`` its rendering, if given.
     * ``notes``: extra rows for the table, such as a simulated backend's modeled time.
+    * ``overall_error``: ``"<Type>: message"`` when ``calculate_overall`` failed (overall.json
+      then holds it under ``custom``), else None.
     """
 
     task: str
@@ -59,6 +61,7 @@ class RunSummary:
     ledger: Optional[Dict[str, Any]] = None
     ledger_table: Optional[str] = None
     notes: Tuple[Tuple[str, str], ...] = ()
+    overall_error: Optional[str] = None
 
     def with_notes(self, *rows: Tuple[str, str]) -> "RunSummary":
         """A copy with extra ``(name, value)`` rows (e.g. the backend's modeled time)."""
@@ -80,6 +83,8 @@ class RunSummary:
         ]
         for status, count in sorted(self.statuses.items()):
             rows.append((f"  {status}", str(count)))
+        if self.overall_error is not None:
+            rows.append(("overall", f"calculate_overall failed: {self.overall_error}"))
         rows.append(("agent turns", str(self.agent_turns)))
         if self.samples_served is not None:
             rate = self.cache_hit_rate
