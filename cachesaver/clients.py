@@ -11,6 +11,8 @@ arguments plus these (all keyword-only):
 * ``retry`` (a :class:`~cachesaver.retry.RetryPolicy`; by default the SDK's ``max_retries``
   plus one attempts), ``limits`` (:class:`~cachesaver.ratelimit.RateLimits`),
   ``max_n_per_call``, ``prices`` (a price table for the ledger) or ``ledger``.
+* Blocking clients only: ``async_http_client``, an ``httpx.AsyncClient`` for the chat calls
+  (see below).
 
 Guarantees:
 
@@ -21,8 +23,11 @@ Guarantees:
   ``namespace=`` and ``request_id=``. Each choice has ``cached`` and ``duplicated`` flags.
 * The cache key is the call's model, messages and every sampling argument, plus the backend
   kind and base_url; credentials, time-outs and headers are not part of it. Per-call transport
-  options (``timeout``, ``extra_headers``, ``extra_query``) are refused with
-  :class:`~cachesaver.errors.ConfigurationError`: set them on the client.
+  options (``timeout``, ``extra_headers``, ``extra_query``) apply to the upstream calls made
+  for that ``create`` (retries included) and are not part of the key either: a call with them
+  and one without share the cache entry. When identical calls with different transport options
+  are merged by the deduplicator, the one upstream call carries the options of the first to
+  arrive; a call served from the cache makes no upstream call, so its options are unused.
 * ``stream=True`` replays the completion as a stream of the SDK's chunk type, one chunk per
   choice (plus a usage chunk when ``stream_options={"include_usage": True}``).
 * Every other attribute (``client.models``, ``client.files``, ``client.chat.completions.
@@ -31,12 +36,25 @@ Guarantees:
   samples, closes the pipeline and the SDK client. The sync clients run on a private event loop
   thread (:class:`~cachesaver.loop_thread.LoopThread`), so they also work where an event loop
   is already running (Jupyter), and are closed at the latest when garbage-collected or at exit.
+* A blocking client (``OpenAI``, ``Together``) holds two SDK clients. A real blocking SDK
+  client built with exactly the arguments given (``http_client=httpx.Client(...)`` included)
+  serves every attribute but chat completions, so ``client.models.list()`` and
+  ``client.files.list()`` block and return the SDK's results as ``openai.OpenAI`` would. The
+  chat calls run through an async SDK client on the loop thread, built with the same
+  arguments except two that only fit a blocking client: ``http_client`` is replaced by
+  ``async_http_client`` when given, else by the SDK's default async HTTP client (which honours
+  the SDK's ``timeout``, ``default_headers`` and the proxy environment variables, but not what
+  was configured on the ``httpx.Client`` itself: for a custom proxy, TLS or transport, pass an
+  ``httpx.AsyncClient`` set up the same way as ``async_http_client``); and a callable
+  ``api_key`` is called in a worker thread. Arguments either SDK client refuses raise
+  :class:`~cachesaver.errors.ConfigurationError`.
 * ``client.ledger`` is the pipeline's :class:`~cachesaver.ledger.Ledger`.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 import weakref
@@ -50,7 +68,7 @@ from .errors import ConfigurationError, InvalidRequestError
 from .keys import request_key
 from .ledger import Ledger, PriceTable
 from .loop_thread import LoopThread
-from .models.chat_completions import DECODING_FIELDS, ChatRequest
+from .models.chat_completions import DECODING_FIELDS, TRANSPORT_OPTIONS, ChatRequest
 from .models.chat_model import ChatCompletionsModel
 from .pipelines import OnlineAPI
 from .ratelimit import RateLimiter, RateLimits
@@ -60,7 +78,6 @@ from .typedefs import Response
 __all__ = ["AsyncReplayStream", "CachedAsyncClient", "CachedSyncClient", "ClientOptions", "ReplayStream"]
 
 DEFAULT_CACHE_DIR = ".cachesaver"
-_TRANSPORT_ONLY = ("timeout", "extra_headers", "extra_query")
 
 
 def _default_cache() -> str:
@@ -81,11 +98,12 @@ class ClientOptions:
     prices: PriceTable | None = None
     ledger: Ledger | None = None
     sleep: Callable[[float], Any] = anyio.sleep
+    async_http_client: Any = None
     sdk_kwargs: dict[str, Any] = field(default_factory=dict)
 
     OWN: ClassVar[frozenset[str]] = frozenset(
         {"namespace", "cache", "batch_size", "batch_timeout_s", "retry", "limits", "max_n_per_call",
-         "prices", "ledger", "sleep"}
+         "prices", "ledger", "sleep", "async_http_client"}
     )
 
     @classmethod
@@ -117,12 +135,8 @@ def _message(message: Any) -> dict[str, Any]:
 def chat_request(kind: str, base_url: str, namespace: str, call: Mapping[str, Any]) -> tuple[ChatRequest, bool, Any]:
     """The ChatRequest for one ``create(**call)``, whether it streams, and its stream options."""
     arguments = {k: v for k, v in call.items() if not _is_not_given(v)}
-    for name in _TRANSPORT_ONLY:
-        if arguments.pop(name, None) is not None:
-            raise ConfigurationError(
-                f"per-call {name}= is not supported by the caching client (it is not part of the "
-                f"cache key); set it on the client instead (timeout=, default_headers=, default_query=)"
-            )
+    # Kept even when None: the SDK reads timeout=None as "no time-out".
+    transport = {name: arguments.pop(name) for name in TRANSPORT_OPTIONS if name in arguments}
     if "model" not in arguments or "messages" not in arguments:
         raise InvalidRequestError("chat.completions.create needs model= and messages=")
     model = arguments.pop("model")
@@ -140,7 +154,8 @@ def chat_request(kind: str, base_url: str, namespace: str, call: Mapping[str, An
         messages, n=1 if n is None else n, request_id=request_id,
         namespace=namespace if call_namespace is None else call_namespace,
         model=model, backend=kind, base_url=base_url, sample_format="choice",
-        parameters=parameters or None, extra_body=dict(extra_body) if extra_body else None, **fields,
+        parameters=parameters or None, extra_body=dict(extra_body) if extra_body else None,
+        transport_options=transport or None, **fields,
     )
     return request, stream, stream_options
 
@@ -281,6 +296,11 @@ class CachedAsyncClient:
         (a missing API key, ...) or cachesaver's are invalid.
         """
         options = ClientOptions.split(kwargs)
+        if options.async_http_client is not None:
+            raise ConfigurationError(
+                f"{type(self).__name__} takes its httpx.AsyncClient as http_client=; "
+                "async_http_client= is only for the blocking clients (OpenAI, Together)"
+            )
         model_class = self.model_class
         sdk = model_class.make_sdk_client(model_class.sdk_client_class, options.sdk_kwargs)
         model = model_class(
@@ -357,27 +377,71 @@ def _shutdown(loop: LoopThread, async_client: CachedAsyncClient, sdk: Any) -> No
             sdk.close()
 
 
+def _is_async_http_client(value: Any) -> bool:
+    """Whether ``value`` is an async HTTP client (httpx's, or a look-alike with ``aclose``)."""
+    return value is not None and inspect.iscoroutinefunction(getattr(value, "aclose", None))
+
+
+def _in_worker_thread(provider: Callable[[], Any]) -> Callable[[], Any]:
+    """An async API-key provider that runs the blocking ``provider`` in a worker thread."""
+
+    async def api_key() -> Any:
+        return await anyio.to_thread.run_sync(provider)
+
+    return api_key
+
+
+def _async_arguments(kwargs: Mapping[str, Any], options: ClientOptions) -> dict[str, Any]:
+    """The arguments of the async client behind a blocking one built with ``kwargs`` (see the
+    module doc): ``http_client`` replaced by ``async_http_client`` (or dropped), a blocking
+    ``api_key`` callable wrapped to run in a worker thread."""
+    arguments = {k: v for k, v in kwargs.items() if k not in ("http_client", "async_http_client")}
+    if options.async_http_client is not None:
+        arguments["http_client"] = options.async_http_client
+    api_key = arguments.get("api_key")
+    if callable(api_key) and not inspect.iscoroutinefunction(api_key):
+        arguments["api_key"] = _in_worker_thread(api_key)
+    return arguments
+
+
 class CachedSyncClient:
     """A blocking SDK client whose ``chat.completions.create`` is cached (see the module doc).
 
-    Subclasses set ``sdk_class`` (the SDK's blocking client, for everything but chat calls) and
-    ``async_client_class`` (the matching :class:`CachedAsyncClient`, built with the same
-    arguments on a private event loop thread, which serves the chat calls).
+    Subclasses set ``sdk_class`` (the SDK's blocking client, built with the user's arguments,
+    for everything but chat calls) and ``async_client_class`` (the matching
+    :class:`CachedAsyncClient`, built on a private event loop thread from the same arguments,
+    adapted as the module doc says, which serves the chat calls).
     """
 
     async_client_class: ClassVar[type[CachedAsyncClient]]
     sdk_class: ClassVar[type]
 
     def __init__(self, **kwargs: Any) -> None:
-        """Takes the same arguments as ``async_client_class``; raises as it does. If building the
-        async client fails, the loop thread and the blocking SDK client are closed first."""
+        """Takes the blocking SDK client's constructor arguments plus cachesaver's (see
+        :class:`ClientOptions`), including ``async_http_client``. Raises
+        :class:`~cachesaver.errors.ConfigurationError` when either SDK client refuses them; if
+        building the async client fails, the loop thread and the blocking SDK client are closed
+        first."""
         options = ClientOptions.split(kwargs)
+        name = type(self).__name__
+        if _is_async_http_client(options.sdk_kwargs.get("http_client")):
+            raise ConfigurationError(
+                f"{name}(http_client=...) needs an httpx.Client (it serves the blocking SDK calls); pass "
+                "an httpx.AsyncClient as async_http_client= to use it for the chat calls, or use the async client"
+            )
+        if options.async_http_client is not None and not _is_async_http_client(options.async_http_client):
+            raise ConfigurationError(
+                f"{name}(async_http_client=...) needs an httpx.AsyncClient (it serves the chat calls on "
+                f"cachesaver's event loop), got {type(options.async_http_client).__name__}; pass an "
+                "httpx.Client as http_client="
+            )
         async_class = self.async_client_class
         sdk = async_class.model_class.make_sdk_client(self.sdk_class, options.sdk_kwargs)
         self._sdk = sdk
         self._loop = LoopThread(name=f"cachesaver-{type(self).__name__}")
         try:
-            self._async: CachedAsyncClient = self._loop.call(functools.partial(async_class, **kwargs))
+            build = functools.partial(async_class, **_async_arguments(kwargs, options))
+            self._async: CachedAsyncClient = self._loop.call(build)
         except BaseException:
             self._loop.stop()
             sdk.close()

@@ -89,13 +89,23 @@ class BackendError(CacheSaverError):
     """Raised when the model behind a pipeline fails to serve a request.
 
     ``status`` is the provider's HTTP status when there is one, ``request_id`` the
-    cachesaver request id of the failed request.
+    cachesaver request id of the failed request, and ``provider_request_id`` the provider's own
+    id for the failed call (its ``x-request-id`` header, what its support asks for), or None
+    when the provider gave none (no answer at all, or a backend without one).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, request_id: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: Any = None,
+        provider_request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.request_id = request_id
+        self.provider_request_id = provider_request_id
 
 
 class IncompleteResponseError(BackendError):
@@ -115,8 +125,9 @@ class TransientBackendError(BackendError):
         status: int | None = None,
         request_id: Any = None,
         retry_after_s: float | None = None,
+        provider_request_id: str | None = None,
     ) -> None:
-        super().__init__(message, status=status, request_id=request_id)
+        super().__init__(message, status=status, request_id=request_id, provider_request_id=provider_request_id)
         self.retry_after_s = retry_after_s
 
 

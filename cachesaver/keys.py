@@ -1,7 +1,10 @@
 """Canonical cache keys for requests.
 
 A request's key is the SHA-256 of a canonical JSON encoding of every dataclass field except
-``n``, ``request_id`` and ``namespace``, tagged with :data:`KEY_SCHEMA`. Guarantees:
+``n``, ``request_id`` and ``namespace`` (:data:`NON_KEY_FIELDS`), tagged with :data:`KEY_SCHEMA`.
+A Request class may leave more of its fields out of the key by naming them in a class attribute
+``unkeyed_fields`` (a tuple or frozenset of field names; for settings that do not change the
+samples, such as a per-call time-out); such fields may hold any value. Guarantees:
 
 * Stable across processes, machines and Python runs (no ``hash()``, no pickles).
 * List order and repetition matter; dict key order does not.
@@ -34,7 +37,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import UnserializableParameterError
+from .errors import ConfigurationError, UnserializableParameterError
 
 __all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value"]
 
@@ -51,7 +54,13 @@ _encoder = json.JSONEncoder(
 def _key_fields(cls: type) -> tuple[str, ...]:
     names = _fields_by_class.get(cls)
     if names is None:
-        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in NON_KEY_FIELDS)
+        unkeyed = getattr(cls, "unkeyed_fields", None) or ()
+        if not isinstance(unkeyed, (tuple, list, frozenset, set)) or not all(isinstance(x, str) for x in unkeyed):
+            raise ConfigurationError(
+                f"{cls.__name__}.unkeyed_fields must be a tuple of field names, got {unkeyed!r}"
+            )
+        skipped = NON_KEY_FIELDS.union(unkeyed)
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in skipped)
         _fields_by_class[cls] = names
     return names
 

@@ -11,8 +11,8 @@ connection), sleeps and calls it again, up to ``policy.max_attempts`` calls in a
   error carries ``retry_after_s`` (from a ``Retry-After`` header) the wait is at least that,
   capped at ``max_retry_after_s``.
 * When every attempt failed, the last error is raised again as a ``TransientBackendError``
-  that says how many attempts were made, with the same ``status``, ``request_id`` and
-  ``retry_after_s``, chained to the original.
+  that says how many attempts were made, with the same ``status``, ``request_id``,
+  ``provider_request_id`` and ``retry_after_s``, chained to the original.
 
 ``sleep`` and ``random`` are injectable, so tests observe the exact waits without waiting.
 
@@ -126,6 +126,7 @@ async def retry_call(
                     status=error.status,
                     request_id=error.request_id,
                     retry_after_s=error.retry_after_s,
+                    provider_request_id=getattr(error, "provider_request_id", None),
                 ) from error
             delay = policy.delay_s(attempt, error, random)
             if on_retry is not None:

@@ -7,17 +7,22 @@ deterministic, distinct samples (``"<last message content>#<k>"``, k counting pe
 and ``GET .../files`` with an empty list.
 
 What it records: every chat request body in arrival order (``requests``), every request's
-headers (``headers``), the paths of non-chat requests (``other_paths``), the number of chat
+headers (``headers``) and path with its query string (``paths``), the paths of non-chat requests (``other_paths``), the number of chat
 requests answered successfully (``completed``) and the peak number of chat requests being
 handled at once (``peak_in_flight``).
 
 Fault injection: ``fail_next(status, times=..., headers=...)`` answers the next chat requests
 with an error status (for example a burst of 503s, or a 429 with ``Retry-After``);
-``drop_next(times=...)`` closes the connection without answering; ``fail_when(predicate)``
+``drop_next(times=...)`` closes the connection without answering; ``slow_next(delay_s,
+times=...)`` answers the next chat requests normally, but only after ``delay_s`` (so a client
+with a shorter time-out gives up, and one without succeeds); ``fail_when(predicate)``
 fails every request whose body matches. ``hold_until(k, total=t)`` makes each chat request
 wait until k are in flight (or all t expected requests have arrived), so a test can observe
 that a client lets k run at once without relying on timing; ``latency_s`` keeps every chat
 request in flight a little longer, so a client that lets too many run shows it.
+
+Every chat answer, success or error, carries an ``x-request-id: req-fake-<k>`` header, k
+counting chat requests from 1 in arrival order (the provider's request id the SDKs read).
 
 Usage accounting: ``prompt_tokens`` is the number of whitespace-separated words in all message
 contents; each choice costs ``tokens_per_choice`` completion tokens.
@@ -39,8 +44,9 @@ __all__ = ["Fault", "FakeChatServer"]
 class Fault:
     """How to answer one chat request instead of succeeding.
 
-    ``status=None`` closes the connection without sending a response. ``delay_s`` waits that
-    long first (or until the server stops), to make a client time out.
+    ``status=None`` closes the connection without sending a response; a status below 400
+    answers normally. ``delay_s`` waits that long first (or until the server stops), to make a
+    client time out.
     """
 
     status: int | None
@@ -68,6 +74,7 @@ class FakeChatServer:
         self.hold_timeout_s = hold_timeout_s
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.other_paths: list[str] = []
         self.completed = 0
         self.in_flight = 0
@@ -142,6 +149,11 @@ class FakeChatServer:
         with self._condition:
             self._faults.extend([Fault(None, delay_s=delay_s)] * times)
 
+    def slow_next(self, delay_s: float, *, times: int = 1) -> None:
+        """Answer the next ``times`` chat requests normally, after ``delay_s`` seconds each."""
+        with self._condition:
+            self._faults.extend([Fault(200, delay_s=delay_s)] * times)
+
     def fail_when(self, predicate: Callable[[dict[str, Any]], Fault | None]) -> None:
         """Fail every chat request whose body makes ``predicate`` return a Fault."""
         with self._condition:
@@ -167,22 +179,25 @@ class FakeChatServer:
         return len(self.requests)
 
     # -- behaviour -------------------------------------------------------------------------
-    def _enter(self, body: dict[str, Any], headers: dict[str, str]) -> Fault | None:
+    def _enter(self, body: dict[str, Any], headers: dict[str, str], path: str) -> tuple[Fault | None, str]:
+        """Record a chat request; return how to fail it (None: succeed) and its x-request-id."""
         with self._condition:
             self.requests.append(body)
             self.headers.append(headers)
+            self.paths.append(path)
+            provider_id = f"req-fake-{len(self.requests)}"
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self._condition.notify_all()
             if self._hold_target is not None:
                 self._condition.wait_for(self._hold_over, timeout=self.hold_timeout_s)
             if self._faults:
-                return self._faults.pop(0)
+                return self._faults.pop(0), provider_id
             for predicate in self._predicates:
                 fault = predicate(body)
                 if fault is not None:
-                    return fault
-            return None
+                    return fault, provider_id
+            return None, provider_id
 
     def _pause(self, seconds: float) -> None:
         with self._condition:
@@ -243,14 +258,17 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
 
         def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-            self.wfile.flush()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timed out) first
+                self.close_connection = True
 
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             server.other_paths.append(self.path)
@@ -269,27 +287,29 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            if not self.path.rstrip("/").endswith("/chat/completions"):
+            if not self.path.partition("?")[0].rstrip("/").endswith("/chat/completions"):
                 server.other_paths.append(self.path)
                 self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                 return
             body = json.loads(raw or b"{}")
-            fault = server._enter(body, {k.lower(): v for k, v in self.headers.items()})
+            fault, provider_id = server._enter(body, {k.lower(): v for k, v in self.headers.items()}, self.path)
             succeeded = False
             try:
                 if server.latency_s:
                     server._pause(server.latency_s)
                 if fault is not None and fault.delay_s:
                     server._pause(fault.delay_s)
+                if fault is not None and fault.status is not None and fault.status < 400:
+                    fault = None  # a slow success: the delay is over
                 if fault is not None and fault.status is None:
                     self.close_connection = True
                     self.connection.shutdown(2)  # drop the connection without an answer
                     return
                 if fault is not None:
                     error = {"message": fault.message, "type": "injected", "code": fault.code}
-                    self._send_json(fault.status, {"error": error}, fault.headers)
+                    self._send_json(fault.status, {"error": error}, {"x-request-id": provider_id, **fault.headers})
                     return
-                self._send_json(200, server._completion(body))
+                self._send_json(200, server._completion(body), {"x-request-id": provider_id})
                 succeeded = True
             finally:
                 server._leave(succeeded)

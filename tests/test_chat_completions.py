@@ -89,10 +89,30 @@ def test_chat_request_keys_identity_and_decoding_but_not_n_id_or_namespace() -> 
     assert request_key(chat(parameters={"a": 1, "b": 2})) == request_key(chat(parameters={"b": 2, "a": 1}))
 
 
+def test_base_url_is_normalised_without_trailing_slashes() -> None:
+    slashed = chat(base_url="http://h/v1/")
+    assert slashed.base_url == "http://h/v1"
+    assert request_key(slashed) == request_key(chat(base_url="http://h/v1"))
+    assert request_key(chat(base_url="http://h/v1//")) == request_key(chat())
+
+
+def test_transport_options_are_not_keyed_compared_or_shown() -> None:
+    plain = chat(temperature=0.5)
+    options = {"timeout": 0.5, "extra_headers": {"X-Trace": "t"}, "extra_query": {"a": "1"}}
+    with_options = chat(temperature=0.5, transport_options=options)
+    assert request_key(with_options) == request_key(plain)
+    assert with_options == plain and "transport_options" not in repr(with_options)
+    assert with_options.transport_options == options
+    assert chat(transport_options={}).transport_options is None
+
+
 @pytest.mark.parametrize(
     "fields",
     [
         {"model": ""},
+        {"base_url": "/"},
+        {"transport_options": {"temperature": 0.5}},
+        {"transport_options": ["timeout"]},
         {"backend": None},
         {"sample_format": "json"},
         {"parameters": ["not", "a", "dict"]},
@@ -140,7 +160,14 @@ def test_parse_retry_after() -> None:
 def test_status_classification(status: int | None, message: str, kind: type) -> None:
     error = backend_error("openai", status, message, request_id="r", retry_after_s=2.0)
     assert type(error) is kind
-    assert (error.status, error.request_id) == (status, "r")
+    assert (error.status, error.request_id, error.provider_request_id) == (status, "r", None)
     if kind is TransientBackendError and status is not None:
         assert error.retry_after_s == 2.0
     assert message in str(error)
+
+
+def test_the_provider_request_id_is_carried_and_named() -> None:
+    for status in (None, 401, 503):
+        error = backend_error("openai", status, "failed", request_id="r", provider_request_id="req-9")
+        assert (error.request_id, error.provider_request_id) == ("r", "req-9")
+        assert "req-9" in str(error)

@@ -6,15 +6,18 @@ Each test runs against the real together and OpenAI SDKs talking HTTP to a fake 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import together
+from _support import Sleeps
 from fake_chat_server import Fault, FakeChatServer
 
-from cachesaver.errors import ConfigurationError, PermanentBackendError, PipelineClosedError
+from cachesaver.errors import ConfigurationError, PermanentBackendError, PipelineClosedError, TransientBackendError
 from cachesaver.ledger import Price
 from cachesaver.models import openai as cached_openai
 from cachesaver.models import together as cached_together
@@ -142,12 +145,38 @@ async def test_other_attributes_reach_the_real_sdk_untouched(sdk: Sdk, server: F
         await client.chat.completions.create(model="m", messages=USER)
 
 
-async def test_transport_options_per_call_are_refused(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+async def test_a_per_call_time_out_applies_to_that_call_only(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    server.slow_next(0.6, times=3)  # slower than the per-call time-out, well within the client's
+    sleeps = Sleeps()
+    retry = RetryPolicy(max_attempts=2, initial_delay_s=0.0, jitter=0.0)
+    async with sdk.make(server, tmp_path, retry=retry, sleep=sleeps) as client:
+        with pytest.raises(TransientBackendError, match="gave up after 2 attempts"):
+            await client.chat.completions.create(model="m", messages=USER, n=2, timeout=0.05)
+        assert (server.calls, sleeps.waits) == (2, [0.0])  # retried once, per the RetryPolicy
+        completion = await client.chat.completions.create(model="m", messages=USER, n=2)
+        assert [c.cached for c in completion.choices] == [False, False]
+        assert all(text.startswith("tell me a joke#") for text in texts(completion))
+    assert server.calls == 3
+
+
+async def test_per_call_headers_and_query_reach_the_server_but_not_the_key(
+    sdk: Sdk, server: FakeChatServer, tmp_path
+) -> None:
     async with sdk.make(server, tmp_path) as client:
-        for option in ({"timeout": 3.0}, {"extra_headers": {"X-A": "1"}}, {"extra_query": {"a": "1"}}):
-            with pytest.raises(ConfigurationError, match="on the client"):
-                await client.chat.completions.create(model="m", messages=USER, **option)
-    assert server.calls == 0
+        first = await client.chat.completions.create(
+            model="m", messages=USER, n=2, extra_headers={"X-Trace": "t-1"}, extra_query={"tag": "a"}
+        )
+        plain = await client.chat.completions.create(model="m", messages=USER, n=2, namespace="b")
+        timed = await client.chat.completions.create(model="m", messages=USER, n=2, namespace="c", timeout=0.05)
+    assert server.headers[0]["x-trace"] == "t-1"
+    assert server.paths[0].endswith("/chat/completions?tag=a")
+    assert set(server.requests[0]) == {"model", "messages", "n"}  # nothing leaked into the body
+    assert texts(plain) == texts(timed) == texts(first)  # one cache entry for all three
+    assert [c.cached for c in plain.choices + timed.choices] == [True] * 4
+    assert server.calls == 1
+    async with sdk.make(server, tmp_path) as replay:  # and a new run replays it without the options
+        again = await replay.chat.completions.create(model="m", messages=USER, n=2)
+    assert texts(again) == texts(first) and server.calls == 1
 
 
 async def test_stream_replays_the_completion_as_chunks(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
@@ -166,16 +195,21 @@ async def test_stream_replays_the_completion_as_chunks(sdk: Sdk, server: FakeCha
 
 async def test_faults_are_retried_and_never_stored(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
     server.fail_next(503, times=3)
-    server.fail_next(429, headers={"Retry-After": "0.01"})
+    server.fail_next(429, headers={"Retry-After": "7"})
     server.fail_when(lambda body: Fault(401) if body["messages"][-1]["content"] == "secret" else None)
     prompts = [f"question {i}" for i in range(5)]
-    async with sdk.make(server, tmp_path) as client:
+    sleeps = Sleeps()
+    async with sdk.make(server, tmp_path, sleep=sleeps) as client:
         answers = await asyncio.gather(*[
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": p}], n=2) for p in prompts
         ])
         with pytest.raises(PermanentBackendError) as raised:
-            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "secret"}])
-    assert raised.value.status == 401
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "secret"}], request_id="s-1"
+            )
+    assert sorted(sleeps.waits) == [0.0, 0.0, 0.0, 7.0]  # FAST backs off 0 s; Retry-After says 7
+    error = raised.value
+    assert (error.status, error.request_id, error.provider_request_id) == (401, "s-1", f"req-fake-{server.calls}")
     assert [texts(a) for a in answers] == [[f"{p}#0", f"{p}#1"] for p in prompts]
     assert server.completed == 5
     calls = server.calls
@@ -230,6 +264,8 @@ def test_sync_client_in_a_plain_script(sdk: Sdk, server: FakeChatServer, tmp_pat
         stream = client.chat.completions.create(model="m", messages=USER, n=1, stream=True)
         assert [c.choices[0].delta.content for c in stream] == ["tell me a joke#2"]
         assert client.files.list().data == []  # the real sync SDK client
+        assert not type(client.files).__name__.startswith("Async")
+        assert not type(client.chat.completions.with_raw_response).__name__.startswith("Async")
         assert client.ledger.total().samples_generated == 3
     assert server.calls == 2
     with pytest.raises(PipelineClosedError):
@@ -251,6 +287,58 @@ async def test_sync_client_inside_a_running_event_loop(sdk: Sdk, server: FakeCha
     finally:
         replay.close()
     assert server.calls == 1
+
+
+def test_sync_client_takes_the_sdk_http_client(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    blocking: list[str] = []
+    http_client = httpx.Client(event_hooks={"request": [lambda request: blocking.append(request.url.path)]})
+    with sdk.make_sync(server, tmp_path, http_client=http_client) as client:
+        completion = client.chat.completions.create(model="m", messages=USER, n=2)
+        assert texts(completion) == ["tell me a joke#0", "tell me a joke#1"]
+        files = client.files.list()  # blocking, through the caller's httpx.Client
+        assert not inspect.isawaitable(files) and list(files.data) == []
+        if sdk.name == "openai":  # together's models.list needs a project id
+            models = client.models.list()
+            assert not inspect.isawaitable(models) and [m.id for m in models] == ["fake-model"]
+    assert all(path.endswith(("/files", "/models")) for path in blocking) and blocking
+    assert http_client.is_closed  # closed with the SDK client, as the SDK does
+    assert server.calls == 1
+
+
+def test_sync_client_chat_calls_use_the_async_http_client(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    seen: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(request.url.path)
+
+    http_client = httpx.Client(headers={"X-Client": "blocking"})
+    async_http_client = httpx.AsyncClient(headers={"X-Client": "async"}, event_hooks={"request": [record]})
+    with sdk.make_sync(server, tmp_path, http_client=http_client, async_http_client=async_http_client) as client:
+        client.chat.completions.create(model="m", messages=USER)
+    assert seen and all(path.endswith("/chat/completions") for path in seen)
+    assert server.headers[0]["x-client"] == "async"
+
+
+def test_http_clients_of_the_wrong_kind_are_configuration_errors(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async def check() -> None:
+        async with httpx.AsyncClient() as async_http_client:
+            with pytest.raises(ConfigurationError, match="async_http_client"):
+                sdk.make_sync(server, tmp_path, http_client=async_http_client)
+            with pytest.raises(ConfigurationError, match="async_http_client= is only for the blocking"):
+                sdk.make(server, tmp_path, async_http_client=async_http_client)
+        with httpx.Client() as http_client:
+            with pytest.raises(ConfigurationError, match="needs an httpx.AsyncClient"):
+                sdk.make_sync(server, tmp_path, async_http_client=http_client)
+            with pytest.raises(ConfigurationError, match="refused its arguments"):  # the SDK's TypeError
+                sdk.make(server, tmp_path, http_client=http_client)
+
+    asyncio.run(check())
+
+
+def test_sync_openai_takes_a_blocking_api_key_provider(server: FakeChatServer, tmp_path) -> None:
+    with cached_openai.OpenAI(api_key=lambda: "from-provider", base_url=server.openai_base_url, cache=tmp_path) as client:
+        client.chat.completions.create(model="m", messages=USER)
+    assert server.headers[0]["authorization"] == "Bearer from-provider"
 
 
 def test_the_cache_directory_defaults_to_the_environment(

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pytest
 
 from cachesaver import keys
-from cachesaver.errors import InvalidRequestError, UnserializableParameterError
+from cachesaver.errors import ConfigurationError, InvalidRequestError, UnserializableParameterError
 from cachesaver.keys import request_key
 from cachesaver.typedefs import Request
 
@@ -214,3 +214,26 @@ def test_keys_are_stable_across_processes(hash_seed: str) -> None:
         check=True,
     )
     assert json.loads(completed.stdout) == expected
+
+
+def test_a_class_may_leave_declared_fields_out_of_the_key() -> None:
+    @dataclass(frozen=True)
+    class Timed(Request):
+        unkeyed_fields = ("timeout_s", "trace")
+        temperature: float = 1
+        timeout_s: Optional[float] = None
+        trace: Any = None
+
+    assert request_key(Timed("hi", timeout_s=3.0, trace=object())) == request_key(Timed("hi"))
+    assert request_key(Timed("hi")) == request_key(Decoding("hi"))  # keyed fields key as before
+    assert request_key(Timed("hi", temperature=0.5)) != request_key(Timed("hi"))
+
+
+def test_a_malformed_unkeyed_fields_declaration_is_refused() -> None:
+    @dataclass(frozen=True)
+    class Bad(Request):
+        unkeyed_fields = "timeout_s"
+        timeout_s: Optional[float] = None
+
+    with pytest.raises(ConfigurationError, match="unkeyed_fields"):
+        request_key(Bad("hi"))

@@ -100,8 +100,10 @@ async def test_401_is_raised_at_once(model: OpenAIModel, server: FakeChatServer,
     server.fail_next(401, message="Incorrect API key provided")
     with pytest.raises(PermanentBackendError, match="api_key") as raised:
         await model.request(model.make_request("q", request_id="r-1"))
-    assert (raised.value.status, raised.value.request_id) == (401, "r-1")
-    assert isinstance(raised.value.__cause__, openai.AuthenticationError)
+    error = raised.value
+    assert (error.status, error.request_id, error.provider_request_id) == (401, "r-1", "req-fake-1")
+    assert "req-fake-1" in str(error)
+    assert isinstance(error.__cause__, openai.AuthenticationError)
     assert (server.calls, sleeps.waits) == (1, [])
 
 
@@ -182,5 +184,18 @@ async def test_the_in_flight_limit_is_honoured(tmp_path) -> None:
         ) as model:
             async with OnlineAPI(model, str(tmp_path), batch_size=10) as pipeline:
                 results = await pipeline.batch_request(Batch([model.make_request(f"p{i}") for i in range(10)]))
-    assert len(results) == 10
+    assert [r.data for r in results] == [[f"p{i}#0"] for i in range(10)]
+    assert [r.cached for r in results] == [[False]] * 10
+    assert server.completed == server.calls == 10
     assert server.peak_in_flight == 2
+    assert model.limiter.peak_in_flight == 2
+
+
+async def test_per_request_transport_options_reach_the_sdk_call(model: OpenAIModel, server: FakeChatServer) -> None:
+    request = model.make_request(
+        "q", transport_options={"extra_headers": {"X-Trace": "t-1"}, "extra_query": {"tag": "a"}}
+    )
+    assert (await model.request(request)).data == ["q#0"]
+    assert server.headers[0]["x-trace"] == "t-1"
+    assert server.paths[0].endswith("/chat/completions?tag=a")
+    assert set(server.requests[0]) == {"model", "messages"}  # nothing leaked into the body

@@ -27,7 +27,9 @@ class Script:
 
 
 def busy(retry_after_s: float | None = None) -> TransientBackendError:
-    return TransientBackendError("busy", status=503, request_id="q1", retry_after_s=retry_after_s)
+    return TransientBackendError(
+        "busy", status=503, request_id="q1", retry_after_s=retry_after_s, provider_request_id="req-1"
+    )
 
 
 NO_JITTER = RetryPolicy(initial_delay_s=0.5, multiplier=2.0, max_delay_s=30.0, jitter=0.0)
@@ -102,6 +104,7 @@ async def test_giving_up_raises_a_transient_error_saying_how_many_attempts() -> 
     assert call.calls == 3
     error = raised.value
     assert (error.status, error.request_id, error.retry_after_s) == (503, "q1", 1.0)
+    assert error.provider_request_id == "req-1"
     assert error.__cause__ is last
 
 

@@ -165,8 +165,9 @@ async def test_401_is_raised_at_once_with_status_and_request_id(
     server.fail_next(401, message="invalid api key")
     with pytest.raises(PermanentBackendError, match="HTTP 401") as raised:
         await model.request(model.make_request("q", request_id="q1"))
-    assert (raised.value.status, raised.value.request_id) == (401, "q1")
-    assert isinstance(raised.value.__cause__, together.AuthenticationError)
+    error = raised.value
+    assert (error.status, error.request_id, error.provider_request_id) == (401, "q1", "req-fake-1")
+    assert isinstance(error.__cause__, together.AuthenticationError)
     assert server.calls == 1
     assert sleeps.waits == []
 
@@ -215,6 +216,19 @@ async def test_a_time_out_is_retried(server: FakeChatServer) -> None:
         response = await model.request(model.make_request("q"))
     assert response.data == ["q#0"]
     assert model.retries == 1
+
+
+async def test_a_per_request_time_out_is_retried_then_given_up(server: FakeChatServer, sleeps: Sleeps) -> None:
+    async with TogetherModel(
+        "m", api_key="k", base_url=server.together_base_url, retry=RetryPolicy(max_attempts=2, initial_delay_s=0),
+        sleep=sleeps,
+    ) as model:
+        server.drop_next(delay_s=30, times=2)
+        with pytest.raises(TransientBackendError, match="gave up after 2 attempts") as raised:
+            await model.request(model.make_request("q", transport_options={"timeout": 0.2}))
+        assert (raised.value.status, raised.value.provider_request_id) == (None, None)  # no answer, no id
+        assert (await model.request(model.make_request("q"))).data == ["q#0"]  # the client's own time-out
+    assert server.calls == 3
 
 
 async def test_giving_up_raises_a_transient_error(server: FakeChatServer, sleeps: Sleeps) -> None:

@@ -1,17 +1,20 @@
 """The chat-completions request and the mapping shared by the together and OpenAI backends.
 
 :class:`ChatRequest` is the Request a chat-completions backend serves. Its fields are the cache
-key (all but ``n``, ``request_id`` and ``namespace``), so they say *which* model answered:
-``backend`` (``"together"``, ``"openai"``), ``base_url`` and ``model``, plus every decoding
-parameter that changes the samples. Credentials, time-outs, headers and other transport
-settings live on the backend, never on the request, so they never split the cache.
+key (all but ``n``, ``request_id``, ``namespace`` and ``transport_options``), so they say
+*which* model answered: ``backend`` (``"together"``, ``"openai"``), ``base_url`` and ``model``,
+plus every decoding parameter that changes the samples. Credentials live on the backend; per-call
+transport settings (time-out, extra headers, extra query parameters) ride in the unkeyed
+``transport_options`` field, so they never split the cache.
 
 The helpers here turn a request into SDK keyword arguments (only the parameters that are set),
 split a large ``n`` into calls the provider accepts, and turn a completion into samples (the
 text by default, the whole choice as a plain dict when ``sample_format="choice"``), with the
 call's token usage shared out exactly over its samples.
 
->>> r = ChatRequest("2 + 2?", n=3, model="m", backend="openai", base_url="http://x/v1", temperature=0.5)
+>>> r = ChatRequest("2 + 2?", n=3, model="m", backend="openai", base_url="http://x/v1/", temperature=0.5)
+>>> r.base_url
+'http://x/v1'
 >>> prompt_messages(r.prompt)
 [{'role': 'user', 'content': '2 + 2?'}]
 >>> split_n(300, 128)
@@ -23,14 +26,15 @@ call's token usage shared out exactly over its samples.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from ..errors import InvalidRequestError
 from ..typedefs import Prompt, Request
 
 __all__ = [
     "SAMPLE_FORMATS",
+    "TRANSPORT_OPTIONS",
     "ChatRequest",
     "decoding_parameters",
     "finish_arguments",
@@ -38,9 +42,13 @@ __all__ = [
     "samples_from_completion",
     "split_evenly",
     "split_n",
+    "transport_arguments",
 ]
 
 SAMPLE_FORMATS = ("text", "choice")
+
+# Per-call SDK arguments that change how a call travels, never what it returns: not keyed.
+TRANSPORT_OPTIONS = ("timeout", "extra_headers", "extra_query")
 
 # Arguments the backend sets itself; a request may not pass them through ``parameters``.
 RESERVED_ARGUMENTS = frozenset({"messages", "model", "n", "stream", "extra_body", "extra_headers", "extra_query", "timeout"})
@@ -48,10 +56,12 @@ RESERVED_ARGUMENTS = frozenset({"messages", "model", "n", "stream", "extra_body"
 
 @dataclass(frozen=True)
 class ChatRequest(Request):
-    """A chat-completions request; every field but n/request_id/namespace keys the cache.
+    """A chat-completions request; every field but n/request_id/namespace/transport_options
+    keys the cache.
 
-    Identity: ``model``, ``backend`` (the backend kind) and ``base_url`` (normalised without a
-    trailing slash). Backends build these for you: ``model.make_request(prompt, ...)``.
+    Identity: ``model``, ``backend`` (the backend kind) and ``base_url`` (trailing slashes are
+    removed on construction, so ``http://x/v1/`` and ``http://x/v1`` key the same). Backends
+    build these for you: ``model.make_request(prompt, ...)``.
 
     Decoding fields (None means "not sent"): ``temperature``, ``top_p``, ``top_k``, ``min_p``,
     ``max_completion_tokens`` (sent as ``max_tokens`` to together), ``max_tokens``, ``stop``,
@@ -63,7 +73,15 @@ class ChatRequest(Request):
 
     ``sample_format``: ``"text"`` (each sample is the choice's message content) or
     ``"choice"`` (each sample is the whole choice, a plain dict).
+
+    ``transport_options``: a dict with any of ``timeout``, ``extra_headers``, ``extra_query``,
+    passed as given to every SDK call made for this request (retries included). Not part of
+    the cache key, of equality or of the repr: two requests that differ only here share their
+    cache entry, and when the deduplicator merges them into one upstream call, that call
+    carries the options of the first to arrive.
     """
+
+    unkeyed_fields: ClassVar[tuple[str, ...]] = ("transport_options",)
 
     model: str
     backend: str
@@ -89,9 +107,14 @@ class ChatRequest(Request):
     reasoning_effort: Optional[str] = None
     parameters: Optional[Dict[str, Any]] = None
     extra_body: Optional[Dict[str, Any]] = None
+    transport_options: Optional[Dict[str, Any]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.base_url, str):
+            object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.transport_options is not None:
+            object.__setattr__(self, "transport_options", transport_arguments(self) or None)
         for name in ("model", "backend", "base_url"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -108,7 +131,8 @@ class ChatRequest(Request):
         if reserved:
             raise InvalidRequestError(
                 f"ChatRequest.parameters may not set {reserved}: pass the prompt as the request's prompt, "
-                "n as its n, extra_body as its extra_body, and transport options on the backend"
+                "n as its n, extra_body as its extra_body, and timeout, extra_headers and extra_query "
+                "as its transport_options"
             )
 
 
@@ -119,6 +143,28 @@ DECODING_FIELDS = (
     "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "repetition_penalty",
     "logit_bias", "response_format", "tools", "tool_choice", "reasoning_effort",
 )
+
+
+def transport_arguments(request: Request) -> dict[str, Any]:
+    """``request.transport_options`` as SDK keyword arguments (empty when it has none).
+
+    Raises :class:`~cachesaver.errors.InvalidRequestError` when it is not a dict or names
+    anything but ``timeout``, ``extra_headers`` and ``extra_query``.
+    """
+    options = request.transport_options
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidRequestError(
+            f"Request.transport_options must be a dict, got {type(options).__name__}"
+        )
+    unknown = sorted(set(options).difference(TRANSPORT_OPTIONS))
+    if unknown:
+        raise InvalidRequestError(
+            f"Request.transport_options may only hold {list(TRANSPORT_OPTIONS)}, got {unknown}; "
+            "put decoding parameters in the request's fields or parameters, where they key the cache"
+        )
+    return dict(options)
 
 
 def decoding_parameters(request: Request) -> dict[str, Any]:

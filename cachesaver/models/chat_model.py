@@ -12,11 +12,14 @@ maps onto the SDK's keyword arguments, and which SDK exceptions mean what. Guara
   what the calls cost. If some calls of a split request fail and others succeed, the samples
   obtained are returned (a short answer the cache stage stores and asks again for the rest);
   if all fail, the first error is raised.
+* The request's ``transport_options`` (per-call ``timeout``, ``extra_headers``,
+  ``extra_query``; not part of the cache key) are passed to every SDK call made for it.
 * Every upstream HTTP call runs inside a :class:`~cachesaver.ratelimit.RateLimiter` slot, and
   transient failures are retried per :class:`~cachesaver.retry.RetryPolicy` (the SDK's own
   retries are disabled). Errors are translated here into ``TransientBackendError``,
   ``PermanentBackendError`` or ``ContextLengthError``, chained to the SDK's exception, carrying
-  the HTTP status and the request's ``request_id``.
+  the HTTP status, the request's ``request_id`` and the provider's request id
+  (``provider_request_id``, from the ``x-request-id`` response header; None when unknown).
 * ``batch_request`` serves the requests of a batch concurrently; a failed request becomes an
   exception entry, never failing its neighbours. Cancellation is re-raised.
 """
@@ -43,7 +46,7 @@ from ..errors import (
 from ..ratelimit import RateLimiter, RateLimits, estimate_tokens
 from ..retry import RetryPolicy, retry_call
 from ..typedefs import Batch, Request, Response
-from .chat_completions import ChatRequest, samples_from_completion, split_n
+from .chat_completions import ChatRequest, samples_from_completion, split_n, transport_arguments
 
 __all__ = ["ChatCompletionsModel", "SdkErrors", "backend_error", "given_options", "parse_retry_after"]
 
@@ -106,24 +109,43 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
 
 
 def backend_error(
-    kind: str, status: int | None, message: str, *, request_id: Any = None, retry_after_s: float | None = None
+    kind: str,
+    status: int | None,
+    message: str,
+    *,
+    request_id: Any = None,
+    retry_after_s: float | None = None,
+    provider_request_id: str | None = None,
 ) -> BackendError:
-    """The cachesaver error for an HTTP failure of backend ``kind`` (status None: no answer)."""
+    """The cachesaver error for an HTTP failure of backend ``kind`` (status None: no answer).
+
+    The message names the provider's request id when there is one, for support tickets.
+    """
     where = f"{kind} request {request_id!r}" if request_id is not None else f"{kind} request"
+    if provider_request_id is not None:
+        where = f"{where} (provider request id {provider_request_id})"
+    ids = {"request_id": request_id, "provider_request_id": provider_request_id}
     if status is None:
-        return TransientBackendError(
-            f"{where} got no answer ({message}); it will be retried", request_id=request_id
-        )
+        return TransientBackendError(f"{where} got no answer ({message}); it will be retried", **ids)
     text = f"{where} failed with HTTP {status}: {message}"
     if status in _TRANSIENT_STATUSES or status >= 500:
-        return TransientBackendError(text, status=status, request_id=request_id, retry_after_s=retry_after_s)
+        return TransientBackendError(text, status=status, retry_after_s=retry_after_s, **ids)
     lowered = message.lower()
     if status in (400, 413, 422) and any(h in lowered for h in _CONTEXT_HINTS):
-        return ContextLengthError(
-            f"{text}; shorten the prompt or lower max_completion_tokens", status=status, request_id=request_id
-        )
+        return ContextLengthError(f"{text}; shorten the prompt or lower max_completion_tokens", status=status, **ids)
     hint = _HINTS.get(status)
-    return PermanentBackendError(f"{text}; {hint}" if hint else text, status=status, request_id=request_id)
+    return PermanentBackendError(f"{text}; {hint}" if hint else text, status=status, **ids)
+
+
+def _provider_request_id(exc: Any, headers: Any) -> str | None:
+    """The provider's id for the failed call: the SDK's ``request_id``, else ``x-request-id``."""
+    value = getattr(exc, "request_id", None)
+    if value is None and headers is not None:
+        try:
+            value = headers.get("x-request-id")
+        except AttributeError:
+            value = None
+    return value if isinstance(value, str) and value else None
 
 
 def _status_message(exc: Any) -> str:
@@ -158,14 +180,22 @@ class ChatCompletionsModel:
     def make_sdk_client(cls, factory: Callable[..., Any], options: Mapping[str, Any]) -> Any:
         """``factory(**options)`` (an SDK client class, async or blocking).
 
-        Raises :class:`~cachesaver.errors.ConfigurationError`, chained to the SDK's exception and
-        ending with ``sdk_key_hint``, when the SDK refuses the options (a missing API key, ...).
+        Raises :class:`~cachesaver.errors.ConfigurationError`, chained to the SDK's exception,
+        when the SDK refuses the options: a missing API key (the message ends with
+        ``sdk_key_hint``), an unknown argument or one of the wrong type (an ``httpx.Client``
+        given to an async client, ...).
         """
         try:
             return factory(**options)
         except cls.sdk_errors.base as exc:
             raise ConfigurationError(
                 f"could not create {_with_article(cls.sdk_name)} client: {exc} ({cls.sdk_key_hint})"
+            ) from exc
+        except TypeError as exc:
+            name = f"{factory.__module__.partition('.')[0]}.{getattr(factory, '__name__', factory)}"
+            raise ConfigurationError(
+                f"could not create {_with_article(cls.sdk_name)} client: {name} refused its arguments: {exc}; "
+                "pass the arguments that client's constructor accepts"
             ) from exc
 
     @classmethod
@@ -258,6 +288,7 @@ class ChatCompletionsModel:
         """``request.n`` samples (fewer only if the provider returned fewer); see the module doc."""
         self._check_identity(request)
         arguments = self.sdk_arguments(request)
+        arguments.update(transport_arguments(request))
         chunks = split_n(request.n, self.max_n_per_call)
         results: list[Any] = [None] * len(chunks)
 
@@ -341,6 +372,7 @@ class ChatCompletionsModel:
             raise backend_error(
                 self.kind, exc.status_code, _status_message(exc),
                 request_id=request.request_id, retry_after_s=parse_retry_after(headers),
+                provider_request_id=_provider_request_id(exc, headers),
             ) from exc
         except errors.connection as exc:
             raise backend_error(self.kind, None, str(exc), request_id=request.request_id) from exc
