@@ -7,6 +7,26 @@ stages: a namespace-aware, replayable disk cache, a deduplicator, a batcher and 
 >>> sorted(cachesaver.__all__) == cachesaver.__all__
 True
 
+What is public, and so exported here (``tests/test_package.py`` checks it):
+
+* Every name in the ``__all__`` of the modules a pipeline user writes code against:
+  :mod:`~cachesaver.typedefs`, :mod:`~cachesaver.errors`, :mod:`~cachesaver.pipelines`, the
+  stage modules (:mod:`~cachesaver.stage`, :mod:`~cachesaver.caching`,
+  :mod:`~cachesaver.deduplication`, :mod:`~cachesaver.batching`,
+  :mod:`~cachesaver.reordering`, :mod:`~cachesaver.metering`), :mod:`~cachesaver.keys`,
+  :mod:`~cachesaver.ledger` and :mod:`cachesaver.models`. A name added to one of those
+  ``__all__`` must be added here.
+* From the plumbing modules, only what a user configures a pipeline or backend with:
+  ``SampleStore`` (:mod:`~cachesaver.storage`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
+  ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
+  those of :mod:`~cachesaver.clients`, :mod:`~cachesaver.background`,
+  :mod:`~cachesaver.rounds`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
+  :mod:`~cachesaver.loop_thread` and :mod:`~cachesaver.cli`, are for use from their module.
+* The simulated KV-cache cluster and the experiment runner are public subpackages that keep
+  their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
+  import Cluster``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous
+  here, and neither is needed to use a pipeline.
+
 Backends that pull in an SDK (``TogetherModel``, ``OpenAIModel``, ``SimulatedLLM``) are imported
 on first use, so ``import cachesaver`` stays light.
 """
@@ -35,17 +55,18 @@ from .errors import (
     TransientBackendError,
     UnserializableParameterError,
 )
-from .keys import KEY_SCHEMA, request_key
+from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, request_key
 from .ledger import Ledger, LedgerEntry, Price, PriceTable
 from .metering import LedgerTap
-from .models.scripted import ScriptedModel
+from .models.scripted import RecordedCall, ScriptedModel
 from .pipelines import LocalAPI, OnlineAPI
 from .reordering import RequestReorderer
-from .stage import Stage
+from .stage import Settled, Stage, call_model
 from .storage import SampleStore
-from .typedefs import Batch, BatchRequestModel, Request, Response, SingleRequestModel
+from .typedefs import Batch, BatchRequestModel, Message, Prompt, Request, Response, SingleRequestModel
 
 _LAZY = {
+    "ChatCompletionsModel": "cachesaver.models.chat_model",
     "ChatRequest": "cachesaver.models.chat_completions",
     "OpenAIModel": "cachesaver.models.openai",
     "RateLimiter": "cachesaver.ratelimit",
@@ -66,6 +87,7 @@ __all__ = [
     "BatchRequestModel",
     "CacheMissError",
     "CacheSaverError",
+    "ChatCompletionsModel",
     "ChatRequest",
     "ConfigurationError",
     "ContextLengthError",
@@ -77,14 +99,18 @@ __all__ = [
     "LedgerEntry",
     "LedgerTap",
     "LocalAPI",
+    "Message",
+    "NON_KEY_FIELDS",
     "OnlineAPI",
     "OpenAIModel",
     "PermanentBackendError",
     "PipelineClosedError",
     "Price",
     "PriceTable",
+    "Prompt",
     "RateLimiter",
     "RateLimits",
+    "RecordedCall",
     "ReplayOnlyModel",
     "Request",
     "RequestReorderer",
@@ -92,6 +118,7 @@ __all__ = [
     "RetryPolicy",
     "SampleStore",
     "ScriptedModel",
+    "Settled",
     "SimulatedLLM",
     "SingleRequestModel",
     "Stage",
@@ -99,6 +126,8 @@ __all__ = [
     "TogetherModel",
     "TransientBackendError",
     "UnserializableParameterError",
+    "call_model",
+    "canonical_value",
     "request_key",
 ]
 __version__ = "0.1.0"

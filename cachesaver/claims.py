@@ -4,8 +4,8 @@ A *run* is one pipeline object. Inside a run and a namespace, a stored sample is
 most once (samples are i.i.d. draws, and reusing one would correlate answers). A request takes,
 in this order:
 
-1. the indices recorded for it by an earlier run (same namespace, key, request_id and k-th use
-   of that request_id), those that nobody in this run has claimed yet;
+1. the indices recorded for it by an earlier run (same namespace, key, request_id, n and k-th
+   use of that (request_id, n)), those that nobody in this run has claimed yet;
 2. then the lowest indices not yet claimed in this run;
 3. then new samples, appended past the end of the stored list.
 
@@ -13,14 +13,25 @@ Because step 1 looks requests up by identity rather than by arrival, a re-run th
 same requests with the same ids gets exactly the same samples whatever the order in which its
 requests arrive or finish. Requests without an id skip step 1 and still replay cheaply.
 
-Memory: one small entry per (namespace, key) and per (namespace, key, request_id) the run has
-touched; a key whose samples were claimed in order costs two integers, whatever its length.
-There are no per-key locks: all decisions are made by one worker at a time.
+Memory is bounded: a run keeps at most :attr:`RunClaims.max_in_memory` entries per (namespace,
+key) and as many use counts per (namespace, key, request_id, n) in memory (a key whose samples
+were claimed in order costs two integers, whatever its length). When :meth:`RunClaims.trim`
+finds more, it moves the least recently used ones to a private store in a temporary directory
+and brings them back when they are needed again, so a long run with ever-new prompts or ids
+keeps a fixed memory footprint and makes exactly the same choices. :meth:`RunClaims.close`
+deletes that directory. There are no per-key locks: all decisions are made by one worker at a
+time.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections import OrderedDict
+from itertools import islice
 from typing import Any, Iterable, Sequence
+
+import diskcache
 
 __all__ = ["KeyClaims", "RunClaims"]
 
@@ -63,24 +74,84 @@ class KeyClaims:
 
 
 class RunClaims:
-    """Per-run state: claims per (namespace, key) and use counts per (namespace, key, request_id)."""
+    """Per-run state: claims per (namespace, key) and use counts per (namespace, key,
+    request_id, n), with bounded memory (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self._keys: dict[tuple[str, str], KeyClaims] = {}
-        self._uses: dict[tuple[str, str, Any], int] = {}
+    max_in_memory = 100_000
+    """Entries of each kind :meth:`trim` lets stay in memory (it moves the oldest tenth out
+    when there are more); the rest wait on disk."""
+
+    def __init__(self, max_in_memory: int | None = None) -> None:
+        if max_in_memory is not None:
+            self.max_in_memory = max_in_memory
+        self._keys: OrderedDict[tuple[str, str], KeyClaims] = OrderedDict()
+        self._uses: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self._spill: diskcache.Cache | None = None
 
     def claims(self, namespace: str, key: str) -> KeyClaims:
-        entry = self._keys.get((namespace, key))
+        """The claims of (namespace, key); valid until the next :meth:`trim`."""
+        ident = (namespace, key)
+        keys = self._keys
+        entry = keys.get(ident)
         if entry is None:
-            entry = self._keys[(namespace, key)] = KeyClaims()
+            entry = KeyClaims()
+            if self._spill is not None:
+                saved = self._spill.get(("k", ident))
+                if saved is not None:
+                    entry.floor, entry.above = saved
+            keys[ident] = entry
+        else:
+            keys.move_to_end(ident)
         return entry
 
-    def next_use(self, namespace: str, key: str, request_id: Any) -> int:
-        """0 the first time this run sees (namespace, key, request_id), then 1, 2, ..."""
-        ident = (namespace, key, type(request_id).__name__, request_id)
-        use = self._uses.get(ident, 0)  # type: ignore[call-overload]
-        self._uses[ident] = use + 1  # type: ignore[index]
+    def next_use(self, namespace: str, key: str, request_id: Any, n: int = 1) -> int:
+        """0 the first time this run sees (namespace, key, request_id, n), then 1, 2, ..."""
+        ident = (namespace, key, type(request_id).__name__, request_id, n)
+        uses = self._uses
+        use = uses.pop(ident, None)
+        if use is None:
+            use = 0 if self._spill is None else self._spill.get(("u", ident), 0)
+        uses[ident] = use + 1
         return use
+
+    @property
+    def in_memory(self) -> int:
+        """How many entries (claims and use counts) are held in memory now."""
+        return len(self._keys) + len(self._uses)
+
+    def trim(self) -> None:
+        """Move the least recently used entries beyond :attr:`max_in_memory` to disk.
+
+        Call it only between rounds: a :class:`KeyClaims` returned earlier must not be used
+        after it. Blocks on disk I/O when there is something to move. If the disk refuses,
+        the error propagates and every entry stays in memory.
+        """
+        if len(self._keys) <= self.max_in_memory and len(self._uses) <= self.max_in_memory:
+            return
+        limit = self.max_in_memory * 9 // 10  # some slack, so the next rounds need not move any
+        spill = self._spill
+        if spill is None:
+            directory = tempfile.mkdtemp(prefix="cachesaver-claims-")
+            spill = self._spill = diskcache.Cache(directory, eviction_policy="none", cull_limit=0)
+        old_keys = list(islice(self._keys.items(), max(len(self._keys) - limit, 0)))
+        old_uses = list(islice(self._uses.items(), max(len(self._uses) - limit, 0)))
+        # Written first, dropped from memory after the commit: a failed write loses nothing.
+        with spill.transact():
+            for ident, entry in old_keys:
+                spill.set(("k", ident), (entry.floor, entry.above))
+            for ident, use in old_uses:
+                spill.set(("u", ident), use)
+        for ident, _ in old_keys:
+            del self._keys[ident]
+        for ident, _ in old_uses:
+            del self._uses[ident]
+
+    def close(self) -> None:
+        """Delete the on-disk part, if any; the object must not be used afterwards."""
+        spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.close()
+            shutil.rmtree(spill.directory, ignore_errors=True)
 
     def choose(
         self,

@@ -159,6 +159,8 @@ class SampleBroker:
                 await self._run_round(stores, lookups)
         finally:
             self._running = False
+            if self._stopping:
+                self.claims.close()  # deletes the claims' on-disk part, if a long run made one
             # Non-empty only when the loop was cancelled (a forced close or a dying event loop).
             for op in self._stores + self._lookups:
                 op.outcome.fail(PipelineClosedError("the pipeline was closed before this request was served"))
@@ -233,6 +235,10 @@ class SampleBroker:
                         self.store.write(key, records=entries)
             except Exception as exc:  # noqa: BLE001 - a lost record only costs exact replay
                 logger.error("cachesaver could not store %d replay record(s): %s", len(records), exc)
+        try:
+            self.claims.trim()  # between rounds: bounded memory however long the run
+        except Exception as exc:  # noqa: BLE001 - nothing is lost, memory just stays higher
+            logger.warning("cachesaver could not move per-run claims to disk: %s", exc)
         return stored, found  # type: ignore[return-value]
 
     def _store_all(self, items: list[NewSamples]) -> list[list[int]]:
@@ -271,7 +277,7 @@ class SampleBroker:
         request = op.request
         record = None
         if op.use is not None:
-            record = (request.namespace, request.request_id, op.use, op.prior, op.needed)
+            record = (request.namespace, request.request_id, request.n, op.use, op.prior, op.needed)
         head = heads.pop(op.key, None)  # a key written twice in one round is read afresh
         if isinstance(head, StoreError):
             logger.error("cachesaver cannot store new samples of key %s: %s", op.key, head)
@@ -290,8 +296,8 @@ class SampleBroker:
             head = heads[key] = store.head(key)
         if isinstance(head, StoreError):
             raise head
-        use = None if request_id is None else self.claims.next_use(namespace, key, request_id)
-        recorded = None if use is None else store.get_record(namespace, key, request_id, use, head)
+        use = None if request_id is None else self.claims.next_use(namespace, key, request_id, n)
+        recorded = None if use is None else store.get_record(namespace, key, request_id, n, use, head)
         if recorded is not None and len(recorded) >= n:
             chosen = list(recorded[:n])
             entry = self.claims.claims(namespace, key)
@@ -301,7 +307,7 @@ class SampleBroker:
                     for i in chosen:
                         entry.claim(i)
                     if len(recorded) != n:
-                        records.append((key, RecordEntry(namespace, request_id, use, tuple(chosen))))
+                        records.append((key, RecordEntry(namespace, request_id, n, use, tuple(chosen))))
                     return Found(key, use, chosen, samples, 0)
         return use, recorded
 
@@ -319,10 +325,14 @@ class SampleBroker:
         store = self.store
         head = heads[key]
         count = store.count(key, head)
-        reserved = store.recorded_indices(namespace, head, None if use is None else (request_id, use)) if head.records else ()
+        reserved = (
+            store.recorded_indices(namespace, head, None if use is None else (request_id, n, use))
+            if head.records
+            else ()
+        )
         chosen = self.claims.choose(namespace, key, n, count, recorded, reserved)
         samples = store.read_stored(key, chosen, head)
         missing = n - len(chosen)
         if use is not None and missing == 0 and tuple(chosen) != recorded:
-            records.append((key, RecordEntry(namespace, request_id, use, tuple(chosen))))
+            records.append((key, RecordEntry(namespace, request_id, n, use, tuple(chosen))))
         return Found(key, use, chosen, samples, missing)

@@ -9,9 +9,13 @@ freely. Guarantees shared by every stage:
   exception in batch order; with ``return_exceptions=True`` it returns that list instead.
 * A model never silently answers with fewer samples than asked: a short answer becomes an
   :class:`~cachesaver.errors.IncompleteResponseError` carrying the partial Response.
+* Bad input (not a Request, or a Request whose fields fail
+  :class:`~cachesaver.typedefs.Request`'s checks, say because a subclass's ``__post_init__``
+  skipped them) raises :class:`~cachesaver.errors.InvalidRequestError` before any work starts.
 * After ``aclose()`` a request raises :class:`~cachesaver.errors.PipelineClosedError`.
   ``aclose()`` first lets requests in flight finish (after ``timeout_s`` it cancels them, and
-  their callers get PipelineClosedError), then closes the inner model if it has ``aclose``.
+  their callers get PipelineClosedError), then closes the inner stages. A cancelled ``aclose()``
+  still finishes that shutdown (shielded, as if its deadline had passed), then re-raises.
 * Cancellation of a caller is always re-raised to that caller.
 """
 
@@ -31,7 +35,7 @@ from .errors import (
     InvalidRequestError,
     PipelineClosedError,
 )
-from .typedefs import Batch, Request, Response
+from .typedefs import Batch, Request, Response, _validate_request
 
 __all__ = ["Settled", "Stage", "call_model"]
 
@@ -86,9 +90,11 @@ def call_model(model: Any, requests: Sequence[Request], *, prefer_batch: bool = 
 
     A cachesaver stage is asked natively. A plain model is asked with one ``batch_request``
     when it has one (and ``prefer_batch`` or there are several requests), else with concurrent
-    ``request`` calls. If a whole ``batch_request`` raises and the model also has
-    ``request``, each request is retried alone so only the failing ones fail (the outputs of
-    the failed batch call never reached us, so there is nothing of it to keep).
+    ``request`` calls. If a whole ``batch_request`` of several requests raises, each request is
+    retried alone, so only the failing ones fail: concurrently via ``request`` when the model
+    has it, else one after another as a ``batch_request`` of one (at most one extra call per
+    request, never several at once, as a local model that ran out of memory needs). The
+    outputs of the failed batch call never reached us, so there is nothing of it to keep.
     """
     if isinstance(model, Stage):
         return model.settle(requests)
@@ -107,11 +113,18 @@ async def _call_plain_model(model: Any, requests: Sequence[Request], prefer_batc
                 return [exc]
         return await _gather_each(model, requests)
     try:
-        answers = await model.batch_request(Batch(requests=list(requests)))
+        return await _ask_batch(model, requests)
     except Exception as exc:  # noqa: BLE001
-        if has_single and len(requests) > 1:
+        if len(requests) == 1:
+            return [exc]
+        if has_single:
             return await _gather_each(model, requests)
-        return [exc for _ in requests]
+        return [await _ask_alone(model, request) for request in requests]
+
+
+async def _ask_batch(model: Any, requests: Sequence[Request]) -> list[Settled]:
+    """One ``batch_request`` call; raises what it raised, checks the shape of its answer."""
+    answers = await model.batch_request(Batch(requests=list(requests)))
     if not isinstance(answers, (list, tuple)) or len(answers) != len(requests):
         size = len(answers) if isinstance(answers, (list, tuple)) else type(answers).__name__
         error = BackendError(
@@ -120,6 +133,15 @@ async def _call_plain_model(model: Any, requests: Sequence[Request], prefer_batc
         )
         return [error for _ in requests]
     return [_check_answer(r, a) for r, a in zip(requests, answers)]
+
+
+async def _ask_alone(model: Any, request: Request) -> Settled:
+    """``request`` as a ``batch_request`` of one; its answer or the exception it raised."""
+    try:
+        (answer,) = await _ask_batch(model, [request])
+    except Exception as exc:  # noqa: BLE001 - that request's own failure
+        return exc
+    return answer
 
 
 class Stage:
@@ -133,6 +155,7 @@ class Stage:
         self._active = 0
         self._idle: anyio.Event | None = None
         self._closing: anyio.Event | None = None
+        self._shut_down = False
 
     # -- the model contract -----------------------------------------------------------------
 
@@ -186,6 +209,8 @@ class Stage:
             raise InvalidRequestError(
                 f"expected a cachesaver.typedefs.Request, got {type(request).__name__}"
             )
+        # Again here: a subclass's own __post_init__ may skip Request's checks.
+        _validate_request(request)
         return request
 
     # -- tracking work in flight ------------------------------------------------------------
@@ -216,23 +241,42 @@ class Stage:
         innermost stage outwards (so samples a model already returned still reach the cache),
         and its callers get :class:`~cachesaver.errors.PipelineClosedError`. A second ``aclose``
         waits for the first. A user's own model is never closed by a stage.
+
+        If ``aclose`` itself is cancelled (``async with`` left by an outer timeout), it closes
+        as if its deadline had passed, shielded from that cancellation, and then re-raises it:
+        work in flight is cancelled, samples the model already returned are stored, background
+        tasks end and a cache the pipeline opened is closed. That shielded part only cancels
+        and waits for what it cancelled and for pending disk writes, so it ends promptly. If a
+        close still ends unfinished (a native ``asyncio`` ``task.cancel()``, which a shield
+        cannot hold off), the next ``aclose`` does the rest.
         """
-        if self._closing is not None:
-            await self._closing.wait()
+        while self._closing is not None and not self._closing.is_set():
+            await self._closing.wait()  # another aclose is running: wait for it
+        if self._shut_down:
             return
         self._closing = closing = anyio.Event()
         try:
             self._closed = True
             self.begin_close()
             deadline = None if timeout_s is None else anyio.current_time() + timeout_s
-            if not await self._drain(deadline):
-                await self._cancel_in_flight()
-            await self._shutdown()
-            if isinstance(self.model, Stage):  # it may still hold work its callers did not track
-                remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
-                await self.model.aclose(remaining)
+            try:
+                await self._close_by(deadline)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._close_by(anyio.current_time())
+                raise
         finally:
             closing.set()
+
+    async def _close_by(self, deadline: float | None) -> None:
+        """Drain until ``deadline``, cancel what is left, shut down, close the inner stages."""
+        if not await self._drain(deadline):
+            await self._cancel_in_flight()
+        await self._shutdown()
+        if isinstance(self.model, Stage):  # it may still hold work its callers did not track
+            remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
+            await self.model.aclose(remaining)
+        self._shut_down = True
 
     async def _cancel_in_flight(self) -> None:
         chain: list[Stage] = []

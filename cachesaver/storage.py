@@ -1,8 +1,10 @@
 """The list-valued sample store, on top of ``diskcache``.
 
 Each cache key owns an append-only list of samples. Per namespace, the store also keeps
-*records*: which sample indices the k-th request with a given request_id received for that
-key. Records are what let a later run replay a request exactly.
+*records*: which sample indices the k-th request with a given request_id and ``n`` received
+for that key. Records are what let a later run replay a request exactly. (``n`` is part of a
+record's identity so that two requests sharing an id but asking different ``n`` are told apart
+whatever order they arrive in.)
 
 Layout: a key's *head* entry holds its first :attr:`SampleStore.HEAD_SAMPLES` samples and its
 first :attr:`SampleStore.HEAD_RECORDS` records, so a key with few samples costs one read to
@@ -15,7 +17,7 @@ Guarantees:
 * Writes run in one diskcache transaction (an SQLite write lock), so processes sharing a
   directory never lose or overwrite each other's samples; indices are dense and never reused.
 * Nothing stored is ever deleted or changed; a sample keeps its index forever. A record may be
-  replaced by a newer one for the same (namespace, key, request_id, use).
+  replaced by a newer one for the same (namespace, key, request_id, n, use).
 * A sample that has gone missing (for example evicted by a ``diskcache.Cache`` created with an
   eviction policy other than ``'none'``) raises :class:`~cachesaver.errors.CorruptStoreError`
   when read, never a silent gap.
@@ -73,10 +75,12 @@ class Head(NamedTuple):
 
 
 class RecordEntry(NamedTuple):
-    """Which indices the ``use``-th request with ``request_id`` received, in ``namespace``."""
+    """Which indices the ``use``-th request with ``request_id`` asking ``n`` samples received,
+    in ``namespace``."""
 
     namespace: str
     request_id: Any
+    n: int
     use: int
     indices: tuple[int, ...]
 
@@ -96,15 +100,15 @@ _warned_directories: set[str] = set()
 _namespace_digests: dict[str, str] = {}
 
 
-def _record_tag(namespace: str, request_id: Any, use: int) -> str:
-    # The namespace digest has a fixed length and ``use`` is an int at the end, so the tag is
-    # unambiguous whatever characters the request id holds.
+def _record_tag(namespace: str, request_id: Any, n: int, use: int) -> str:
+    # The namespace digest has a fixed length and ``n`` and ``use`` are ints at the end, so the
+    # tag is unambiguous whatever characters the request id holds.
     digest = _namespace_digests.get(namespace)
     if digest is None:
         digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:32]
         if len(_namespace_digests) < 4096:
             _namespace_digests[namespace] = digest
-    return f"{digest}/{type(request_id).__name__}:{request_id}/{use}"
+    return f"{digest}/{type(request_id).__name__}:{request_id}/{n}/{use}"
 
 
 def _check_indices(value: Any, key: str) -> tuple[int, ...]:
@@ -114,9 +118,19 @@ def _check_indices(value: Any, key: str) -> tuple[int, ...]:
 
 
 def open_cache(cache: Any) -> tuple[Any, bool]:
-    """The diskcache to use for ``cache`` (a Cache, FanoutCache or a directory), and whether we own it."""
+    """The diskcache to use for ``cache`` (a Cache, FanoutCache or a directory), and whether we own it.
+
+    Raises ConfigurationError when ``cache`` is none of those, or is a path where no cache can
+    be opened (a file, a directory that cannot be created or written)."""
     if isinstance(cache, (str, os.PathLike)):
-        return diskcache.Cache(os.fspath(cache), eviction_policy="none", cull_limit=0), True
+        directory = os.fspath(cache)
+        try:
+            return diskcache.Cache(directory, eviction_policy="none", cull_limit=0), True
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigurationError(
+                f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "
+                "created and written (or an open diskcache.Cache)"
+            ) from exc
     for method in ("get", "set", "transact"):
         if not callable(getattr(cache, method, None)):
             raise ConfigurationError(
@@ -273,22 +287,25 @@ class SampleStore:
             return None
 
     def get_record(
-        self, namespace: str, key: str, request_id: Any, use: int, head: Head | None = None
+        self, namespace: str, key: str, request_id: Any, n: int, use: int, head: Head | None = None
     ) -> tuple[int, ...] | None:
-        """The indices the ``use``-th request with ``request_id`` received in ``namespace``, or None."""
+        """The indices the ``use``-th request with ``request_id`` asking ``n`` samples received
+        in ``namespace``, or None."""
         if head is None:
             head = self.head(key)
-        tag = _record_tag(namespace, request_id, use)
+        tag = _record_tag(namespace, request_id, n, use)
         value = head.records.get(tag)
         if value is None and len(head.records) >= self.HEAD_RECORDS:
             value = self._get(f"{_RECORD}{key}/{tag}", None)
         return None if value is None else _check_indices(value, key)
 
-    def recorded_indices(self, namespace: str, head: Head, exclude: tuple[Any, int] | None = None) -> set[int]:
+    def recorded_indices(
+        self, namespace: str, head: Head, exclude: tuple[Any, int, int] | None = None
+    ) -> set[int]:
         """Indices the head's records give to requests in ``namespace`` (but ``exclude``'s
-        (request_id, use)). Records kept outside the head are not included."""
-        prefix = _record_tag(namespace, "", 0).split("/", 1)[0] + "/"
-        skip = _record_tag(namespace, exclude[0], exclude[1]) if exclude is not None else None
+        (request_id, n, use)). Records kept outside the head are not included."""
+        prefix = _record_tag(namespace, "", 0, 0).split("/", 1)[0] + "/"
+        skip = _record_tag(namespace, *exclude) if exclude is not None else None
         out: set[int] = set()
         for tag, indices in head.records.items():
             if tag.startswith(prefix) and tag != skip:
@@ -307,13 +324,13 @@ class SampleStore:
         key: str,
         samples: Sequence[StoredSample] = (),
         records: Sequence[RecordEntry] = (),
-        record_new: tuple[str, Any, int, Sequence[int], int] | None = None,
+        record_new: tuple[str, Any, int, int, Sequence[int], int] | None = None,
         head: Head | None = None,
     ) -> int:
         """Append ``samples`` ((data, usage) pairs) to ``key`` and store ``records``; call inside
         :meth:`transaction`.
 
-        ``record_new`` = (namespace, request_id, use, prior, needed) also records that request
+        ``record_new`` = (namespace, request_id, n, use, prior, needed) also records that request
         as holding ``prior`` plus the first ``needed`` of the appended samples. Returns the index
         of the first appended sample (the old count). ``head`` is the key's head entry as read
         inside the same transaction, when the caller already has it.
@@ -333,13 +350,13 @@ class SampleStore:
             put(_COUNT + key, start + len(pairs), retry=True)
         all_records = list(records)
         if record_new is not None:
-            namespace, request_id, use, prior, needed = record_new
+            namespace, request_id, n, use, prior, needed = record_new
             used = range(start, start + min(needed, len(pairs)))
-            all_records.append(RecordEntry(namespace, request_id, use, tuple(prior) + tuple(used)))
+            all_records.append(RecordEntry(namespace, request_id, n, use, tuple(prior) + tuple(used)))
         head_records = head.records
         copied = False
         for entry in all_records:
-            tag = _record_tag(entry.namespace, entry.request_id, entry.use)
+            tag = _record_tag(entry.namespace, entry.request_id, entry.n, entry.use)
             indices = tuple(entry.indices)
             if tag in head_records or len(head_records) < self.HEAD_RECORDS:
                 if not copied:

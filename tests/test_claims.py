@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 from cachesaver.claims import RunClaims
@@ -103,3 +104,33 @@ def test_out_of_order_claims_compact_once_the_gap_fills() -> None:
     claims.claim("ns", "k", [0, 2])
     assert entry.floor == 6
     assert not entry.above
+
+
+def test_memory_stays_bounded_and_choices_are_unchanged_when_entries_move_to_disk() -> None:
+    """Semantic 10: a long run with ever-new keys and ids keeps a fixed number of entries in
+    memory, and makes exactly the choices of a run that keeps everything in memory."""
+    rng = random.Random(3)
+    small, large = RunClaims(max_in_memory=20), RunClaims(max_in_memory=10**9)
+    try:
+        for step in range(2_000):
+            key = f"k{rng.randrange(300)}"
+            request_id = f"id{rng.randrange(400)}"
+            n = rng.randrange(1, 4)
+            stored = rng.randrange(0, 12)
+            for claims in (small, large):
+                use = claims.next_use("ns", key, request_id, n)
+                chosen = claims.choose("ns", key, n, stored, recorded=[use % 5, 2])
+                if claims is small:
+                    expected = (use, chosen)
+                else:
+                    assert (use, chosen) == expected, step
+            small.trim()
+            large.trim()
+            assert small.in_memory <= 40
+        assert large.in_memory > 400  # the unbounded twin did need the room
+        assert small._spill is not None
+        directory = small._spill.directory
+    finally:
+        small.close()
+        large.close()
+    assert not os.path.exists(directory)  # closing deletes the on-disk part

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from cachesaver.errors import (
     PipelineClosedError,
     UnserializableParameterError,
 )
+from cachesaver.claims import RunClaims
 from cachesaver.keys import request_key
 from cachesaver.ledger import Ledger
 from cachesaver.models import ScriptedModel
@@ -527,6 +529,47 @@ async def test_a_batch_call_that_raises_for_one_bad_request_does_not_fail_the_ot
     assert model.batch_calls == 1
 
 
+class LocalBatchRejectingModel:
+    """A local batch model (no ``request``) whose batch call fails as a whole because of one
+    request; records each batch it was asked for and the peak number of calls at once."""
+
+    def __init__(self) -> None:
+        self.inner = ScriptedModel()
+        self.batches: list[list[str]] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def batch_request(self, batch: Batch) -> List[Response]:
+        self.batches.append([r.prompt for r in batch.requests])
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await anyio.sleep(0)
+            if any(r.prompt == "bad" for r in batch.requests):
+                raise RuntimeError("out of memory on one prompt")
+            return await self.inner.batch_request(batch)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_batch_only_model_whose_batch_raises_fails_only_the_bad_request(tmp_path: Path) -> None:
+    model = LocalBatchRejectingModel()
+    batch = Batch(requests=[Request("a"), Request("bad"), Request("c", n=2)])
+    with anyio.fail_after(5):
+        async with LocalAPI(model, tmp_path, batch_size=3, timeout=0.001) as pipeline:
+            results = await pipeline.batch_request(batch, return_exceptions=True)
+    assert results[0].data == ["a#0"] and results[0].cached == [False]
+    assert isinstance(results[1], RuntimeError)
+    assert results[2].data == ["c#0", "c#1"]
+    # One batch (in the reorderer's order), then each request alone as a batch of one, one at a time.
+    first, *alone = model.batches
+    assert sorted(first) == ["a", "bad", "c"]
+    assert alone == [[prompt] for prompt in first]
+    assert model.peak_in_flight == 1
+    assert stored_count(tmp_path, Request("bad")) == 0
+    assert stored_count(tmp_path, Request("a")) == 1 and stored_count(tmp_path, Request("c")) == 2
+
+
 class PerEntryFailingModel:
     """A batch model that reports a failed request as an exception instance in its answer list."""
 
@@ -616,6 +659,26 @@ async def test_an_unserialisable_parameter_is_refused_without_a_model_call(tmp_p
 # == 10. closing ===========================================================================
 
 
+async def test_a_long_run_keeps_bounded_claims_and_still_replays_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tiny in-memory budget stands for a run far longer than the default budget.
+    monkeypatch.setattr(RunClaims, "max_in_memory", 8)
+    requests = [Request(f"p{i % 40}", n=1 + i % 3, request_id=f"id{i % 70}") for i in range(300)]
+    first_model = ScriptedModel()
+    async with OnlineAPI(first_model, tmp_path, batch_size=16, timeout=0.001) as pipeline:
+        first = [await pipeline.request(r) for r in requests]
+        claims = pipeline.cacher._broker.claims
+        assert claims.in_memory <= 16 and claims._spill is not None
+        spill_directory = claims._spill.directory
+    assert not Path(spill_directory).exists()
+    assert len(set(all_samples(first))) == len(all_samples(first))  # no sample twice
+    replay_model = ScriptedModel()
+    second = await run_concurrently(tmp_path, replay_model, requests, batch_size=7)
+    assert replay_model.calls == 0
+    assert [r.data for r in second] == [r.data for r in first]
+
+
 async def test_aclose_with_a_batch_waiting_for_its_window_does_not_wait(tmp_path: Path) -> None:
     model = ScriptedModel()
     pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
@@ -651,6 +714,76 @@ async def test_aclose_with_a_timeout_ends_requests_stuck_in_the_model(tmp_path: 
             await pipeline.aclose(timeout_s=0.05)
     assert len(errors) == 1
     assert stored_count(tmp_path, Request("stuck")) == 0
+
+
+async def test_a_cancelled_aclose_still_shuts_the_pipeline_down_and_reraises(tmp_path: Path) -> None:
+    """``async with`` left by an outer cancellation: the close is cancelled at its first await."""
+    model = GateModel()  # never released: the request is in flight when the close is cancelled
+    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    closed: list[bool] = []
+    close_store = pipeline.cacher.store.close
+    pipeline.cacher.store.close = lambda: (closed.append(True), close_store())  # type: ignore[method-assign]
+    after_close: list[bool] = []
+    with anyio.fail_after(5):
+        with anyio.CancelScope() as scope:
+            async with pipeline:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(pipeline.request, Request("hi", n=2))
+                    await model.entered.wait()
+                    scope.cancel()
+            after_close.append(True)
+        assert scope.cancelled_caught and not after_close  # the cancellation was re-raised
+        assert closed == [True]
+        assert not pipeline.cacher._broker._running
+        for stage in (pipeline, pipeline.cacher, pipeline.deduplicator, pipeline.batcher, pipeline.reorderer):
+            assert stage._background.running_jobs == 0
+        assert model.in_flight == 0
+        await pipeline.aclose()  # already closed: returns
+    assert closed == [True]
+    with pytest.raises(PipelineClosedError):
+        await pipeline.request(Request("hi"))
+
+
+async def test_a_cancelled_aclose_still_stores_samples_the_model_returned(tmp_path: Path) -> None:
+    """The model has answered and the samples are being written when the close is cancelled."""
+    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=1)
+    writing, proceed = threading.Event(), threading.Event()
+    write = pipeline.cacher.store.write
+
+    def slow_write(key: str, samples: Any = (), *args: Any, **kwargs: Any) -> int:
+        if samples:  # a slow disk, so the close is cancelled while the write is pending
+            writing.set()
+            proceed.wait(5)
+        return write(key, samples, *args, **kwargs)
+
+    pipeline.cacher.store.write = slow_write  # type: ignore[method-assign]
+    request = Request("hi", n=2, request_id="a")
+    outcomes: list[Any] = []
+
+    async def ask() -> None:
+        try:
+            outcomes.append(await pipeline.request(request))
+        except PipelineClosedError as exc:
+            outcomes.append(exc)
+
+    async def let_the_write_finish_once_closing() -> None:
+        await wait_until(lambda: pipeline.cacher._broker._stopping)
+        proceed.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask)
+            await wait_until(writing.is_set)
+            group.start_soon(let_the_write_finish_once_closing)
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await pipeline.aclose()
+            assert scope.cancelled_caught
+    assert len(outcomes) == 1
+    replay = ScriptedModel()
+    (response,) = await run_sequentially(tmp_path, replay, [request])
+    assert replay.calls == 0
+    assert response.data == ["hi#0", "hi#1"] and response.cached == [True, True]
 
 
 async def test_a_request_after_close_is_a_pipeline_closed_error(tmp_path: Path) -> None:
@@ -748,16 +881,44 @@ def test_a_bad_model_is_a_configuration_error(tmp_path: Path, model: Any) -> Non
         OnlineAPI(model, tmp_path, batch_size=2)
 
 
-async def test_n_below_one_is_refused_before_reaching_the_pipeline() -> None:
-    with pytest.raises(InvalidRequestError):
-        Request("hi", n=0)
+@dataclass(frozen=True)
+class UncheckedRequest(Request):
+    """A user subclass whose own ``__post_init__`` forgets ``super().__post_init__()``, so its
+    bad fields reach the pipeline instead of failing at construction."""
+
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        pass
 
 
-async def test_malformed_messages_are_refused() -> None:
-    with pytest.raises(InvalidRequestError):
-        Request([{"content": "no role"}])
-    with pytest.raises(InvalidRequestError):
-        Request({"role": "user", "content": "a dict"})
+BAD_REQUESTS = [
+    pytest.param(UncheckedRequest("hi", n=0), id="n=0"),
+    pytest.param(UncheckedRequest("hi", n=-2), id="n=-2"),
+    pytest.param(UncheckedRequest("hi", n=1.5), id="n=1.5"),
+    pytest.param(UncheckedRequest([{"content": "no role"}]), id="message-without-role"),
+    pytest.param(UncheckedRequest([{"role": "user"}]), id="message-without-content"),
+    pytest.param(UncheckedRequest({"role": "user", "content": "a dict"}), id="prompt-is-a-dict"),
+    pytest.param(UncheckedRequest([]), id="no-messages"),
+]
+
+
+@pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
+@pytest.mark.parametrize("bad", BAD_REQUESTS)
+async def test_bad_input_through_a_pipeline_is_an_invalid_request_error(
+    tmp_path: Path, pipeline_class: Any, bad: Request
+) -> None:
+    model = ScriptedModel()
+    with anyio.fail_after(5):
+        async with pipeline_class(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+            with pytest.raises(InvalidRequestError):
+                await pipeline.request(bad)
+            with pytest.raises(InvalidRequestError):
+                await pipeline.batch_request(Batch(requests=[Request("ok"), bad]))
+            assert model.calls == 0
+            good = await pipeline.request(Request("ok", n=2))  # the pipeline is still usable
+            (also_good,) = await pipeline.batch_request(Batch(requests=[Request("fine")]))
+    assert good.data == ["ok#0", "ok#1"] and also_good.data == ["fine#0"]
 
 
 @pytest.mark.parametrize("not_a_request", ["hi", {"prompt": "hi"}, None, Batch(requests=[])])
@@ -1194,6 +1355,23 @@ async def test_the_same_request_id_used_concurrently_replays_as_a_whole(tmp_path
     second = await run_concurrently(tmp_path, replay_model, list(reversed(requests)), batch_size=1)
     assert replay_model.calls == 0
     assert sorted(all_samples(second)) == sorted(all_samples(first))
+    # Per request: the n=2 request gets its own two samples back whatever the arrival order
+    # (requests sharing an id and n are interchangeable, so only their union is fixed).
+    assert second[1].data == first[1].data
+    assert sorted(second[0].data + second[2].data) == sorted(first[0].data + first[2].data)
+
+
+@pytest.mark.parametrize("order", [[1, 0], [0, 1]])
+async def test_one_id_with_different_n_replays_per_request_in_any_order(tmp_path: Path, order: list[int]) -> None:
+    requests = [Request("hi", n=1, request_id="x"), Request("hi", n=3, request_id="x")]
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=4) as pipeline:
+        first = await pipeline.batch_request(Batch(requests=requests))
+    replay_model = ScriptedModel()
+    async with OnlineAPI(replay_model, tmp_path, batch_size=4) as pipeline:
+        second = await pipeline.batch_request(Batch(requests=[requests[i] for i in order]))
+    assert replay_model.calls == 0
+    by_n = {len(r.data): r.data for r in second}
+    assert (by_n[1], by_n[3]) == (first[0].data, first[1].data)
 
 
 class FullDiskCache(diskcache.Cache):

@@ -12,8 +12,9 @@ import time
 import anyio
 import diskcache
 import pytest
-from _support import GateModel
+from _support import GateModel, wait_until
 
+from cachesaver.caching import AsyncCacher
 from cachesaver.deduplication import AsyncDeduplicator
 from cachesaver.errors import CorruptStoreError, PipelineClosedError, TransientBackendError
 from cachesaver.keys import request_key
@@ -145,3 +146,41 @@ async def test_replay_in_one_round_is_exact_after_a_request_failed_in_the_first_
         )
     assert second[1].data == first[0].data and second[1].cached == [True]  # sample-0 replays exactly
     assert healthy.calls == 1  # only the request that failed before is fetched
+
+
+async def test_a_close_interrupted_twice_by_native_cancels_is_finished_by_the_next_aclose(tmp_path):
+    """A second native ``task.cancel()`` interrupts even the shielded part of a cancelled close;
+    the next ``aclose()`` then does what was left: here, wait for the pending write and close."""
+    cacher = AsyncCacher(ScriptedModel(), tmp_path)
+    writing, proceed = threading.Event(), threading.Event()
+    write, close_store = cacher.store.write, cacher.store.close
+    closed = []
+
+    def slow_write(key, samples=(), *args, **kwargs):
+        if samples:
+            writing.set()
+            proceed.wait(5)
+        return write(key, samples, *args, **kwargs)
+
+    cacher.store.write = slow_write
+    cacher.store.close = lambda: (closed.append(True), close_store())
+    request = Request("hi", n=2, request_id="a")
+    with anyio.fail_after(5):
+        asked = asyncio.create_task(cacher.request(request))
+        await wait_until(writing.is_set)
+        closing = asyncio.create_task(cacher.aclose())
+        await wait_until(lambda: cacher._closing is not None)
+        closing.cancel()  # into the graceful drain: the shielded shutdown starts
+        await wait_until(lambda: cacher._broker._stopping)
+        closing.cancel()  # into the shielded shutdown, waiting for the write
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert not closed and cacher._broker._running
+        proceed.set()
+        await cacher.aclose()
+        assert closed == [True] and not cacher._broker._running
+        assert cacher._background.running_jobs == 0
+        await asyncio.gather(asked, return_exceptions=True)
+    async with OnlineAPI(replay := ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+        response = await pipeline.request(request)
+    assert replay.calls == 0 and response.data == ["hi#0", "hi#1"]

@@ -158,3 +158,12 @@ def test_samples_survive_reopening(tmp_path: Path) -> None:
     assert second.read("k", [0, 1]) == ["a", "b"]
     assert second.append("k", ["c"]) == 2
     second.close()
+
+
+def test_a_path_where_no_cache_can_live_is_a_configuration_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("x")
+    with pytest.raises(ConfigurationError, match="cannot open a cache in"):
+        SampleStore(a_file)
+    with pytest.raises(ConfigurationError, match="cannot open a cache in"):
+        SampleStore(a_file / "below-a-file")
