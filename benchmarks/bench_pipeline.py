@@ -38,11 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from _reference_venv import (
+    DEFAULT_REF_VENV,
+    REFERENCE_REQUIREMENT,
+    ReferenceSetupError,
+    create_venv,
+    pip_install,
+    reference_env,
+    venv_python,
+)
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPOSITORY = BENCH_DIR.parent
 WORK_ROOT = BENCH_DIR / ".work"
-DEFAULT_REF_VENV = BENCH_DIR / ".venv-ref"
-REFERENCE_REQUIREMENT = "cachesaver==0.0.6"
 OURS_WORKER = BENCH_DIR / "_ours_worker.py"
 REFERENCE_WORKER = BENCH_DIR / "_reference_worker.py"
 WORKLOADS = ("miss", "hit", "dup")
@@ -123,18 +131,6 @@ def _progress(message: str) -> None:
 # -- the reference venv -------------------------------------------------------------------------
 
 
-def _venv_python(venv: Path) -> Path:
-    if os.name == "nt":
-        return venv / "Scripts" / "python.exe"
-    return venv / "bin" / "python"
-
-
-def _reference_env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["PYTHONNOUSERSITE"] = "1"
-    return env
-
-
 def _ours_env() -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), *filter(None, [env.get("PYTHONPATH")])])
@@ -151,27 +147,22 @@ def _probe(side: Side, work: Path) -> Optional[Dict[str, Any]]:
 
 def _ensure_reference(args: argparse.Namespace, work: Path) -> Side:
     if args.ref_python is not None:
-        side = Side("ref", args.ref_python, REFERENCE_WORKER, _reference_env())
+        side = Side("ref", args.ref_python, REFERENCE_WORKER, reference_env())
         if _probe(side, work) is None:
             _run_worker(side, {"mode": "probe"}, work)  # raises with the worker's explanation
         return side
     venv = args.ref_venv.resolve()
-    side = Side("ref", _venv_python(venv), REFERENCE_WORKER, _reference_env())
+    side = Side("ref", venv_python(venv), REFERENCE_WORKER, reference_env())
     if side.python.exists() and _probe(side, work) is not None:
         return side
     _progress(f"creating the reference venv at {venv} with {REFERENCE_REQUIREMENT} (one-off) ...")
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(venv)],
-        [str(side.python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         REFERENCE_REQUIREMENT],
-    ]
-    for command in steps:
-        done = subprocess.run(command, cwd=work, env=_reference_env(), capture_output=True, text=True)
-        if done.returncode != 0:
-            raise BenchmarkError(
-                f"`{' '.join(command)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}\n"
-                f"Fix the cause, or pass --ref-python with an interpreter that has {REFERENCE_REQUIREMENT}."
-            )
+    try:
+        create_venv(venv, work)
+        pip_install(side.python, [REFERENCE_REQUIREMENT], work)
+    except ReferenceSetupError as exc:
+        raise BenchmarkError(
+            f"{exc}\nFix the cause, or pass --ref-python with an interpreter that has {REFERENCE_REQUIREMENT}."
+        ) from exc
     _run_worker(side, {"mode": "probe"}, work)  # raises when the fresh venv still cannot run it
     return side
 
