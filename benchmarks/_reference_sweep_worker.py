@@ -52,9 +52,8 @@ from typing import Any, Dict, Iterator, List
 import anyio
 import diskcache
 
-import cachesaver
+from _reference_check import EXPECTED_VERSION, check_reference
 
-EXPECTED_VERSION = "0.0.6"
 OURS = "cachesaver_ours"
 # The modules examples/sweep.py imports from cachesaver; each is loaded from this checkout first.
 SWEEP_IMPORTS = ("typedefs", "pipelines", "models.simulated")
@@ -62,23 +61,7 @@ SWEEP_IMPORTS = ("typedefs", "pipelines", "models.simulated")
 ROUTING_FIELDS = ("n", "request_id", "namespace")
 
 
-def _check_reference() -> str:
-    try:
-        version = importlib.metadata.version("cachesaver")
-    except importlib.metadata.PackageNotFoundError:
-        version = "not installed"
-    location = os.path.dirname(os.path.abspath(cachesaver.__file__))
-    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if version != EXPECTED_VERSION or location.startswith(repository + os.sep + "cachesaver"):
-        raise SystemExit(
-            f"_reference_sweep_worker.py needs cachesaver=={EXPECTED_VERSION} from PyPI, but imported "
-            f"version {version} from {location}; run it with the reference venv's python "
-            "(bench_simulated.py does) from a directory outside the repository"
-        )
-    return location
-
-
-REFERENCE_LOCATION = _check_reference()  # before importing the rest: a wrong cachesaver must not run
+REFERENCE_LOCATION = check_reference("_reference_sweep_worker.py", "bench_simulated.py")  # before the rest of cachesaver
 
 from cachesaver.pipelines import OnlineAPI as ReferenceOnlineAPI  # noqa: E402
 from cachesaver.typedefs import Request as ReferenceRequest  # noqa: E402

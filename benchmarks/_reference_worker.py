@@ -10,35 +10,14 @@ whole sample list, extend it, write the whole list back.
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
 import sys
 from typing import Any, Callable, List
 
-import cachesaver
+from _reference_check import EXPECTED_VERSION, check_reference
 
 import _workload
 
-EXPECTED_VERSION = "0.0.6"
-
-
-def _check_reference() -> str:
-    try:
-        version = importlib.metadata.version("cachesaver")
-    except importlib.metadata.PackageNotFoundError:
-        version = "not installed"
-    location = os.path.dirname(os.path.abspath(cachesaver.__file__))
-    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if version != EXPECTED_VERSION or location.startswith(repository + os.sep + "cachesaver"):
-        raise SystemExit(
-            f"_reference_worker.py needs cachesaver=={EXPECTED_VERSION} from PyPI, but imported "
-            f"version {version} from {location}; run it with the reference venv's python "
-            "(bench_pipeline.py does) from a directory outside the repository"
-        )
-    return location
-
-
-REFERENCE_LOCATION = _check_reference()  # before importing the rest: a wrong cachesaver must not run
+REFERENCE_LOCATION = check_reference("_reference_worker.py", "bench_pipeline.py")  # before the rest of cachesaver
 
 from cachesaver.pipelines import OnlineAPI  # noqa: E402
 from cachesaver.typedefs import Request, Response  # noqa: E402
