@@ -248,22 +248,26 @@ class BackgroundTasks:
                 self._services.discard(scope)
 
     async def cancel_jobs(self) -> None:
-        """Cancel every running job except the service jobs, and wait until they have ended."""
+        """Cancel every running job except the service jobs, and wait until they have ended.
+
+        The wait itself can be cancelled (a job may ignore cancellation); the jobs stay
+        cancelled and owned, and :meth:`aclose` still joins them."""
         if self._finished is None or self._loop is not _native_loop_token():
             return
         native = self._native
         if native is None:
             for scope in list(self._scopes):
                 scope.cancel()
-            while self._scopes:
-                await anyio.sleep(0)
+            await anyio.sleep(0)
+            while self._scopes:  # a job that ignores cancellation: poll without spinning
+                await anyio.sleep(0.001)
             return
         jobs = [task for task in native if task not in self._services]
         for task in jobs:
             task.cancel()
         if jobs:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(jobs)
+            # Not shielded: a caller that must not be interrupted shields (and bounds) this.
+            await asyncio.wait(jobs)
 
     async def aclose(self, timeout_s: float | None = None) -> None:
         """Stop accepting jobs, let running ones finish (cancel them after ``timeout_s``), end."""

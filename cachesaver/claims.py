@@ -16,17 +16,20 @@ requests arrive or finish. Requests without an id skip step 1 and still replay c
 Memory is bounded: a run keeps at most :attr:`RunClaims.max_in_memory` entries per (namespace,
 key) and as many use counts per (namespace, key, request_id, n) in memory (a key whose samples
 were claimed in order costs two integers, whatever its length). When :meth:`RunClaims.trim`
-finds more, it moves the least recently used ones to a private store in a temporary directory
-and brings them back when they are needed again, so a long run with ever-new prompts or ids
-keeps a fixed memory footprint and makes exactly the same choices. :meth:`RunClaims.close`
-deletes that directory. There are no per-key locks: all decisions are made by one worker at a
-time.
+finds more, it moves the least recently used ones to a private store in a new directory under
+the system's temporary directory (``TMPDIR``; keep it on disk, not in RAM, for the bound to
+mean anything) and brings them back when they are needed again, so a long run with ever-new
+prompts or ids keeps a fixed memory footprint and makes exactly the same choices. From then on
+an entry not in memory costs a disk read (tens of microseconds) in the broker's worker thread.
+:meth:`RunClaims.close` deletes that directory (so does collecting the object, or exiting).
+There are no per-key locks: all decisions are made by one worker at a time.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from collections import OrderedDict
 from itertools import islice
 from typing import Any, Iterable, Sequence
@@ -73,13 +76,25 @@ class KeyClaims:
         return out
 
 
+def _spill_name(kind: str, ident: tuple[Any, ...]) -> str:
+    # A string, not the tuple: diskcache pickles tuple keys, and pickle output depends on which
+    # equal strings are the same object, so equal tuples could be stored under different keys.
+    # repr of str/int/tuple values is canonical.
+    return f"{kind}{ident!r}"
+
+
+def _remove_spill(spill: diskcache.Cache) -> None:
+    spill.close()
+    shutil.rmtree(spill.directory, ignore_errors=True)
+
+
 class RunClaims:
     """Per-run state: claims per (namespace, key) and use counts per (namespace, key,
     request_id, n), with bounded memory (see the module docstring)."""
 
     max_in_memory = 100_000
-    """Entries of each kind :meth:`trim` lets stay in memory (it moves the oldest tenth out
-    when there are more); the rest wait on disk."""
+    """Entries of each kind held in memory; when :meth:`trim` finds more, it moves the least
+    recently used ones to disk until nine tenths of this remain."""
 
     def __init__(self, max_in_memory: int | None = None) -> None:
         if max_in_memory is not None:
@@ -87,6 +102,8 @@ class RunClaims:
         self._keys: OrderedDict[tuple[str, str], KeyClaims] = OrderedDict()
         self._uses: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._spill: diskcache.Cache | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._retry_above = 0  # after a failed trim, wait until memory grows past this
 
     def claims(self, namespace: str, key: str) -> KeyClaims:
         """The claims of (namespace, key); valid until the next :meth:`trim`."""
@@ -96,7 +113,7 @@ class RunClaims:
         if entry is None:
             entry = KeyClaims()
             if self._spill is not None:
-                saved = self._spill.get(("k", ident))
+                saved = self._spill.get(_spill_name("k", ident))
                 if saved is not None:
                     entry.floor, entry.above = saved
             keys[ident] = entry
@@ -104,13 +121,13 @@ class RunClaims:
             keys.move_to_end(ident)
         return entry
 
-    def next_use(self, namespace: str, key: str, request_id: Any, n: int = 1) -> int:
+    def next_use(self, namespace: str, key: str, request_id: Any, n: int) -> int:
         """0 the first time this run sees (namespace, key, request_id, n), then 1, 2, ..."""
         ident = (namespace, key, type(request_id).__name__, request_id, n)
         uses = self._uses
         use = uses.pop(ident, None)
         if use is None:
-            use = 0 if self._spill is None else self._spill.get(("u", ident), 0)
+            use = 0 if self._spill is None else self._spill.get(_spill_name("u", ident), 0)
         uses[ident] = use + 1
         return use
 
@@ -126,32 +143,49 @@ class RunClaims:
         after it. Blocks on disk I/O when there is something to move. If the disk refuses,
         the error propagates and every entry stays in memory.
         """
-        if len(self._keys) <= self.max_in_memory and len(self._uses) <= self.max_in_memory:
+        ceiling = max(self.max_in_memory, self._retry_above)
+        if len(self._keys) <= ceiling and len(self._uses) <= ceiling:
             return
         limit = self.max_in_memory * 9 // 10  # some slack, so the next rounds need not move any
-        spill = self._spill
-        if spill is None:
-            directory = tempfile.mkdtemp(prefix="cachesaver-claims-")
-            spill = self._spill = diskcache.Cache(directory, eviction_policy="none", cull_limit=0)
-        old_keys = list(islice(self._keys.items(), max(len(self._keys) - limit, 0)))
-        old_uses = list(islice(self._uses.items(), max(len(self._uses) - limit, 0)))
-        # Written first, dropped from memory after the commit: a failed write loses nothing.
-        with spill.transact():
-            for ident, entry in old_keys:
-                spill.set(("k", ident), (entry.floor, entry.above))
-            for ident, use in old_uses:
-                spill.set(("u", ident), use)
+        try:
+            spill = self._open_spill()
+            old_keys = list(islice(self._keys.items(), max(len(self._keys) - limit, 0)))
+            old_uses = list(islice(self._uses.items(), max(len(self._uses) - limit, 0)))
+            # Written first, dropped from memory after the commit: a failed write loses nothing.
+            with spill.transact():
+                for ident, entry in old_keys:
+                    spill.set(_spill_name("k", ident), (entry.floor, entry.above))
+                for ident, use in old_uses:
+                    spill.set(_spill_name("u", ident), use)
+        except Exception:
+            # Try again only once memory has grown by half again: no retry storm on a bad disk.
+            self._retry_above = max(len(self._keys), len(self._uses)) * 3 // 2
+            raise
+        self._retry_above = 0
         for ident, _ in old_keys:
             del self._keys[ident]
         for ident, _ in old_uses:
             del self._uses[ident]
 
+    def _open_spill(self) -> diskcache.Cache:
+        spill = self._spill
+        if spill is None:
+            directory = tempfile.mkdtemp(prefix="cachesaver-claims-")
+            try:
+                spill = diskcache.Cache(directory, eviction_policy="none", cull_limit=0)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            self._spill = spill
+            # Deleted at close, or at the latest when this object is collected or at exit.
+            self._finalizer = weakref.finalize(self, _remove_spill, spill)
+        return spill
+
     def close(self) -> None:
         """Delete the on-disk part, if any; the object must not be used afterwards."""
         spill, self._spill = self._spill, None
         if spill is not None:
-            spill.close()
-            shutil.rmtree(spill.directory, ignore_errors=True)
+            self._finalizer()
 
     def choose(
         self,

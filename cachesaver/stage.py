@@ -21,7 +21,9 @@ freely. Guarantees shared by every stage:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Sequence
+from contextvars import ContextVar
 from typing import Any, List, Union
 
 import anyio
@@ -38,6 +40,11 @@ from .errors import (
 from .typedefs import Batch, Request, Response, _validate_request
 
 __all__ = ["Settled", "Stage", "call_model"]
+
+logger = logging.getLogger(__name__)
+_REQUEST_POST_INIT = Request.__post_init__
+# The outermost stage whose aclose() is running in this context (see Stage.aclose).
+_CLOSE_OWNER: ContextVar[Any] = ContextVar("cachesaver_close_owner", default=None)
 
 Settled = Union[Response, BaseException]
 
@@ -147,6 +154,9 @@ async def _ask_alone(model: Any, request: Request) -> Settled:
 class Stage:
     """Base class of the pipeline stages; subclasses implement :meth:`settle`."""
 
+    cancelled_close_grace_s: float = 2.0
+    """How long a cancelled :meth:`aclose` may still wait for work in flight to stop."""
+
     def __init__(self, model: Any) -> None:
         _check_model(model, type(self).__name__)
         self.model = model
@@ -209,8 +219,9 @@ class Stage:
             raise InvalidRequestError(
                 f"expected a cachesaver.typedefs.Request, got {type(request).__name__}"
             )
-        # Again here: a subclass's own __post_init__ may skip Request's checks.
-        _validate_request(request)
+        # Again here when a subclass's own __post_init__ may have skipped Request's checks.
+        if type(request).__post_init__ is not _REQUEST_POST_INIT:
+            _validate_request(request)
         return request
 
     # -- tracking work in flight ------------------------------------------------------------
@@ -245,16 +256,20 @@ class Stage:
         If ``aclose`` itself is cancelled (``async with`` left by an outer timeout), it closes
         as if its deadline had passed, shielded from that cancellation, and then re-raises it:
         work in flight is cancelled, samples the model already returned are stored, background
-        tasks end and a cache the pipeline opened is closed. That shielded part only cancels
-        and waits for what it cancelled and for pending disk writes, so it ends promptly. If a
-        close still ends unfinished (a native ``asyncio`` ``task.cancel()``, which a shield
-        cannot hold off), the next ``aclose`` does the rest.
+        tasks end and a cache the pipeline opened is closed. That shielded part waits at most
+        :attr:`cancelled_close_grace_s` (for a model that ignores cancellation, say one blocked
+        in a worker thread), then logs a warning and re-raises. If a close ends unfinished that
+        way (or through a native ``asyncio`` ``task.cancel()``, which a shield cannot hold
+        off), the next ``aclose`` does the rest.
         """
         while self._closing is not None and not self._closing.is_set():
             await self._closing.wait()  # another aclose is running: wait for it
         if self._shut_down:
             return
         self._closing = closing = anyio.Event()
+        # The outermost stage being closed owns a cancelled close: inner stages closed on its
+        # behalf just re-raise, and it redoes their shutdown within one grace period.
+        owner = None if _CLOSE_OWNER.get() is not None else _CLOSE_OWNER.set(self)
         try:
             self._closed = True
             self.begin_close()
@@ -262,10 +277,21 @@ class Stage:
             try:
                 await self._close_by(deadline)
             except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
+                if owner is None:
+                    raise
+                grace = anyio.current_time() + self.cancelled_close_grace_s
+                with anyio.CancelScope(shield=True, deadline=grace) as scope:
                     await self._close_by(anyio.current_time())
+                if scope.cancelled_caught:
+                    logger.warning(
+                        "cachesaver: a cancelled aclose() gave up after %.1f s waiting for work "
+                        "that ignores cancellation; call aclose() again to finish closing",
+                        self.cancelled_close_grace_s,
+                    )
                 raise
         finally:
+            if owner is not None:
+                _CLOSE_OWNER.reset(owner)
             closing.set()
 
     async def _close_by(self, deadline: float | None) -> None:

@@ -100,15 +100,21 @@ _warned_directories: set[str] = set()
 _namespace_digests: dict[str, str] = {}
 
 
-def _record_tag(namespace: str, request_id: Any, n: int, use: int) -> str:
-    # The namespace digest has a fixed length and ``n`` and ``use`` are ints at the end, so the
-    # tag is unambiguous whatever characters the request id holds.
+def _record_prefix(namespace: str) -> str:
+    """The start of every record tag of ``namespace``; "2/" marks the layout with ``n``, so
+    tags of the earlier layout never match."""
     digest = _namespace_digests.get(namespace)
     if digest is None:
         digest = hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:32]
         if len(_namespace_digests) < 4096:
             _namespace_digests[namespace] = digest
-    return f"{digest}/{type(request_id).__name__}:{request_id}/{n}/{use}"
+    return f"{digest}/2/"
+
+
+def _record_tag(namespace: str, request_id: Any, n: int, use: int) -> str:
+    # The prefix has a fixed length and ``n`` and ``use`` are ints at the end, so the tag is
+    # unambiguous whatever characters the request id holds.
+    return f"{_record_prefix(namespace)}{type(request_id).__name__}:{request_id}/{n}/{use}"
 
 
 def _check_indices(value: Any, key: str) -> tuple[int, ...]:
@@ -304,7 +310,7 @@ class SampleStore:
     ) -> set[int]:
         """Indices the head's records give to requests in ``namespace`` (but ``exclude``'s
         (request_id, n, use)). Records kept outside the head are not included."""
-        prefix = _record_tag(namespace, "", 0, 0).split("/", 1)[0] + "/"
+        prefix = _record_prefix(namespace)
         skip = _record_tag(namespace, *exclude) if exclude is not None else None
         out: set[int] = set()
         for tag, indices in head.records.items():

@@ -73,17 +73,17 @@ def test_no_index_is_ever_handed_out_twice() -> None:
 
 def test_use_counts_per_request_id() -> None:
     claims = RunClaims()
-    assert [claims.next_use("ns", "k", "id") for _ in range(3)] == [0, 1, 2]
-    assert claims.next_use("ns", "k", "other") == 0
-    assert claims.next_use("ns2", "k", "id") == 0
-    assert claims.next_use("ns", "k2", "id") == 0
+    assert [claims.next_use("ns", "k", "id", 1) for _ in range(3)] == [0, 1, 2]
+    assert claims.next_use("ns", "k", "other", 1) == 0
+    assert claims.next_use("ns2", "k", "id", 1) == 0
+    assert claims.next_use("ns", "k2", "id", 1) == 0
 
 
 def test_use_counts_tell_an_int_id_from_a_str_id() -> None:
     claims = RunClaims()
-    assert claims.next_use("ns", "k", 1) == 0
-    assert claims.next_use("ns", "k", "1") == 0
-    assert claims.next_use("ns", "k", 1) == 1
+    assert claims.next_use("ns", "k", 1, 1) == 0
+    assert claims.next_use("ns", "k", "1", 1) == 0
+    assert claims.next_use("ns", "k", 1, 1) == 1
 
 
 def test_claims_in_order_stay_small_however_many() -> None:
@@ -134,3 +134,56 @@ def test_memory_stays_bounded_and_choices_are_unchanged_when_entries_move_to_dis
         small.close()
         large.close()
     assert not os.path.exists(directory)  # closing deletes the on-disk part
+
+
+def test_moved_entries_are_found_whichever_equal_strings_name_them() -> None:
+    # The same id as one object shared with the namespace, later as an equal, separate string.
+    claims = RunClaims(max_in_memory=2)
+    namespace = "task"
+    try:
+        assert claims.next_use(namespace, "k", namespace, 1) == 0
+        for i in range(10):
+            claims.next_use("other", f"k{i}", "x", 1)
+        claims.trim()
+        assert claims.in_memory <= 4
+        same_text = "".join(["ta", "sk"])
+        assert same_text is not namespace
+        assert claims.next_use("task", "k", same_text, 1) == 1
+    finally:
+        claims.close()
+
+
+def test_a_disk_that_refuses_the_move_loses_nothing_and_is_not_retried_every_round(
+    tmp_path, monkeypatch
+) -> None:
+    import diskcache
+    import tempfile
+
+    attempts = []
+
+    def refusing_cache(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(diskcache, "Cache", refusing_cache)
+    claims = RunClaims(max_in_memory=4)
+    for i in range(6):
+        claims.next_use("ns", f"k{i}", "id", 1)
+    try:
+        claims.trim()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("trim should report the refused write")
+    assert list(tmp_path.iterdir()) == []  # the directory made for the store is removed again
+    assert [claims.next_use("ns", f"k{i}", "id", 1) for i in range(6)] == [1] * 6  # nothing lost
+    claims.trim()  # memory has not grown by half: no new attempt
+    assert len(attempts) == 1
+    for i in range(6, 12):
+        claims.next_use("ns", f"k{i}", "id", 1)
+    try:
+        claims.trim()
+    except OSError:
+        pass
+    assert len(attempts) == 2

@@ -744,6 +744,48 @@ async def test_a_cancelled_aclose_still_shuts_the_pipeline_down_and_reraises(tmp
         await pipeline.request(Request("hi"))
 
 
+class StubbornModel:
+    """Swallows cancellation until ``released`` is set, as a misbehaving backend might."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.released = anyio.Event()
+        self.cancellations_ignored = 0
+
+    async def request(self, request: Request) -> Response:
+        self.entered.set()
+        while True:
+            try:
+                await self.released.wait()
+                return Response(data=[f"late#{i}" for i in range(request.n)])
+            except anyio.get_cancelled_exc_class():
+                self.cancellations_ignored += 1
+
+
+async def test_a_cancelled_aclose_gives_up_on_a_model_that_ignores_cancellation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = StubbornModel()
+    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    pipeline.cancelled_close_grace_s = 0.05
+    with anyio.fail_after(10):  # deadlock guard: without the grace period this never returns
+        with anyio.CancelScope() as scope:
+            async with pipeline:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(pipeline.request, Request("hi", n=2))
+                    await model.entered.wait()
+                    scope.cancel()
+        assert scope.cancelled_caught
+        assert model.cancellations_ignored >= 1
+        assert "gave up" in caplog.text
+        assert len([r for r in caplog.records if "gave up" in r.getMessage()]) == 1  # one grace period
+        model.released.set()
+        await pipeline.aclose()  # the next aclose finishes the close
+    assert not pipeline.cacher._broker._running
+    with pytest.raises(PipelineClosedError):
+        await pipeline.request(Request("hi"))
+
+
 async def test_a_cancelled_aclose_still_stores_samples_the_model_returned(tmp_path: Path) -> None:
     """The model has answered and the samples are being written when the close is cancelled."""
     pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=1)
