@@ -716,6 +716,21 @@ async def test_aclose_with_a_timeout_ends_requests_stuck_in_the_model(tmp_path: 
     assert stored_count(tmp_path, Request("stuck")) == 0
 
 
+async def leave_async_with_cancelled(pipeline: Any, entered: anyio.Event) -> anyio.CancelScope:
+    """``async with pipeline`` left by an outer cancellation while a request is in the model;
+    returns the cancelled scope (nothing after the ``async with`` block ran if it re-raised)."""
+    after_close: list[bool] = []
+    with anyio.CancelScope() as scope:
+        async with pipeline:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pipeline.request, Request("hi", n=2))
+                await entered.wait()
+                scope.cancel()
+        after_close.append(True)
+    assert not after_close, "the cancellation was swallowed by aclose()"
+    return scope
+
+
 async def test_a_cancelled_aclose_still_shuts_the_pipeline_down_and_reraises(tmp_path: Path) -> None:
     """``async with`` left by an outer cancellation: the close is cancelled at its first await."""
     model = GateModel()  # never released: the request is in flight when the close is cancelled
@@ -723,16 +738,9 @@ async def test_a_cancelled_aclose_still_shuts_the_pipeline_down_and_reraises(tmp
     closed: list[bool] = []
     close_store = pipeline.cacher.store.close
     pipeline.cacher.store.close = lambda: (closed.append(True), close_store())  # type: ignore[method-assign]
-    after_close: list[bool] = []
     with anyio.fail_after(5):
-        with anyio.CancelScope() as scope:
-            async with pipeline:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(pipeline.request, Request("hi", n=2))
-                    await model.entered.wait()
-                    scope.cancel()
-            after_close.append(True)
-        assert scope.cancelled_caught and not after_close  # the cancellation was re-raised
+        scope = await leave_async_with_cancelled(pipeline, model.entered)
+        assert scope.cancelled_caught  # the cancellation was re-raised
         assert closed == [True]
         assert not pipeline.cacher._broker._running
         for stage in (pipeline, pipeline.cacher, pipeline.deduplicator, pipeline.batcher, pipeline.reorderer):
@@ -769,12 +777,7 @@ async def test_a_cancelled_aclose_gives_up_on_a_model_that_ignores_cancellation(
     pipeline = OnlineAPI(model, tmp_path, batch_size=1)
     pipeline.cancelled_close_grace_s = 0.05
     with anyio.fail_after(10):  # deadlock guard: without the grace period this never returns
-        with anyio.CancelScope() as scope:
-            async with pipeline:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(pipeline.request, Request("hi", n=2))
-                    await model.entered.wait()
-                    scope.cancel()
+        scope = await leave_async_with_cancelled(pipeline, model.entered)
         assert scope.cancelled_caught
         assert model.cancellations_ignored >= 1
         assert "gave up" in caplog.text
