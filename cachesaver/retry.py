@@ -126,7 +126,7 @@ async def retry_call(
                     status=error.status,
                     request_id=error.request_id,
                     retry_after_s=error.retry_after_s,
-                    provider_request_id=getattr(error, "provider_request_id", None),
+                    provider_request_id=error.provider_request_id,
                 ) from error
             delay = policy.delay_s(attempt, error, random)
             if on_retry is not None:

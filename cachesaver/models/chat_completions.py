@@ -51,7 +51,7 @@ SAMPLE_FORMATS = ("text", "choice")
 TRANSPORT_OPTIONS = ("timeout", "extra_headers", "extra_query")
 
 # Arguments the backend sets itself; a request may not pass them through ``parameters``.
-RESERVED_ARGUMENTS = frozenset({"messages", "model", "n", "stream", "extra_body", "extra_headers", "extra_query", "timeout"})
+RESERVED_ARGUMENTS = frozenset({"messages", "model", "n", "stream", "extra_body", *TRANSPORT_OPTIONS})
 
 
 @dataclass(frozen=True)
