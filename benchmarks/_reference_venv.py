@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_REF_VENV = BENCH_DIR / ".venv-ref"
@@ -62,3 +62,13 @@ def create_venv(venv: Path, cwd: Path) -> Path:
 def pip_install(python: Path, requirements: Sequence[str], cwd: Path) -> None:
     """``python -m pip install`` the requirements (a no-op, offline too, when all are satisfied)."""
     _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements], cwd)
+
+
+def add_reference_arguments(parser: Any, extra_packages: str = "") -> None:
+    """Add ``--ref-venv`` and ``--ref-python``, the same in every benchmark."""
+    parser.add_argument("--ref-venv", type=Path, default=DEFAULT_REF_VENV,
+                        help=f"venv holding {REFERENCE_REQUIREMENT}; created if missing "
+                             "(default benchmarks/.venv-ref)")
+    parser.add_argument("--ref-python", type=Path,
+                        help=f"an existing interpreter with {REFERENCE_REQUIREMENT}{extra_packages} "
+                             "(skips the venv)")

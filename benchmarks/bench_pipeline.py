@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _reference_venv import (
-    DEFAULT_REF_VENV,
     REFERENCE_REQUIREMENT,
     ReferenceSetupError,
+    add_reference_arguments,
     create_venv,
     pip_install,
     reference_env,
@@ -94,11 +94,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="size of each appended sample in characters (default 100)")
     parser.add_argument("--only", choices=("ours", "ref"),
                         help="run one library only (no ratios)")
-    parser.add_argument("--ref-venv", type=Path, default=DEFAULT_REF_VENV,
-                        help=f"venv holding {REFERENCE_REQUIREMENT}; created if missing "
-                             "(default benchmarks/.venv-ref)")
-    parser.add_argument("--ref-python", type=Path,
-                        help=f"an existing interpreter with {REFERENCE_REQUIREMENT} (skips the venv)")
+    add_reference_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write every raw result to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run each timed section under cProfile and write <side>-<workload>-bs<B>"

@@ -403,10 +403,7 @@ def run_reference(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="SimulatedLLM seed (default 0)")
-    parser.add_argument("--ref-venv", type=Path, default=BENCH_DIR / ".venv-ref",
-                        help="venv holding cachesaver==0.0.6; created if missing (default benchmarks/.venv-ref)")
-    parser.add_argument("--ref-python", type=Path,
-                        help="an existing interpreter with cachesaver==0.0.6, anyio and diskcache (skips the venv)")
+    _venv_helpers().add_reference_arguments(parser, extra_packages=", anyio and diskcache")
     parser.add_argument("--no-reference", action="store_true", help="do not run 0.0.6 (our lines only)")
     parser.add_argument("--run-timeout-s", type=float, default=300.0,
                         help="abandon a 0.0.6 workload after this many seconds (default 300)")
