@@ -21,6 +21,7 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
   those of :mod:`~cachesaver.clients`, :mod:`~cachesaver.background`,
   :mod:`~cachesaver.rounds`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
+  :mod:`~cachesaver.recovery`,
   :mod:`~cachesaver.loop_thread` and :mod:`~cachesaver.cli`, are for use from their module.
 * The simulated KV-cache cluster and the experiment runner are public subpackages that keep
   their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
@@ -54,6 +55,7 @@ from .errors import (
     StoreError,
     TransientBackendError,
     UnserializableParameterError,
+    UnstoredSamplesError,
 )
 from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, request_key
 from .ledger import Ledger, LedgerEntry, Price, PriceTable
@@ -126,6 +128,7 @@ __all__ = [
     "TogetherModel",
     "TransientBackendError",
     "UnserializableParameterError",
+    "UnstoredSamplesError",
     "call_model",
     "canonical_value",
     "request_key",

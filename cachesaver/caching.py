@@ -32,11 +32,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .background import Outcome
-from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError
+from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from .keys import request_key, with_n
 from .rounds import RoundCollector
-from .sample_broker import Found, NewSamples, SampleBroker
+from .sample_broker import Found, SampleBroker, Write
 from .stage import Settled, Stage, call_model
 from .storage import SampleStore, StoredSample
 from .typedefs import Request, Response
@@ -49,12 +48,11 @@ logger = logging.getLogger(__name__)
 class _Pending:
     """A request whose stored samples are known and whose missing ones are being fetched."""
 
-    __slots__ = ("request", "found", "indices", "samples", "duplicated", "needed")
+    __slots__ = ("request", "found", "samples", "duplicated", "needed")
 
     def __init__(self, request: Request, found: Found) -> None:
         self.request = request
         self.found = found
-        self.indices = list(found.indices)
         self.samples: list[StoredSample] = []
         self.duplicated: list[bool] = []
         self.needed = found.missing
@@ -96,68 +94,103 @@ class AsyncCacher(Stage):
             key = request_key(request)
         except InvalidRequestError as exc:
             return exc
-        outcome = self._broker.lookup(request, key)
+        broker = self._broker
+        op = broker.lookup(request, key)
         self._enter()
         try:
-            await self._broker.ensure_running()
+            await broker.ensure_running()
             try:
-                found = await outcome.get()
+                found = await op.get()
             except Exception as exc:  # noqa: BLE001 - that request's own failure
                 return exc
             if found.missing == 0:
+                broker.deliver(found)
                 return _response(found)
             (fetched,) = await self._fetches.submit([_Pending(request, found)])
-            return await fetched.get()
+            result = await fetched.get()
+            if isinstance(result, Response):
+                broker.deliver(found)
+            else:
+                broker.abandon(op)
+            return result
+        except BaseException:
+            broker.abandon(op)  # cancelled: this attempt does not count as a use
+            raise
         finally:
             self._exit()
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
-        waiting: list[tuple[int, Request, Outcome[Found]]] = []
+        waiting: list[tuple[int, Request, Any]] = []
+        broker = self._broker
         for i, request in enumerate(requests):
             try:
                 key = request_key(request)
             except InvalidRequestError as exc:
                 results[i] = exc
                 continue
-            waiting.append((i, request, self._broker.lookup(request, key)))
+            waiting.append((i, request, broker.lookup(request, key)))
         if not waiting:
             return results
-        await self._broker.ensure_running()
-        misses: list[tuple[int, _Pending]] = []
-        for i, request, outcome in waiting:
-            try:
-                found = await outcome.get()
-            except Exception as exc:  # noqa: BLE001 - that request's own failure
-                results[i] = exc
-                continue
-            if found.missing == 0:
-                results[i] = _response(found)
+        try:
+            await broker.ensure_running()
+            misses: list[tuple[int, _Pending]] = []
+            for i, request, op in waiting:
+                try:
+                    found = await op.get()
+                except Exception as exc:  # noqa: BLE001 - that request's own failure
+                    results[i] = exc
+                    continue
+                if found.missing == 0:
+                    results[i] = _response(found)
+                else:
+                    misses.append((i, _Pending(request, found)))
+            if misses:
+                outcomes = await self._fetches.submit([p for _, p in misses])
+                for (i, _), outcome in zip(misses, outcomes):
+                    results[i] = await outcome.get()
+        except BaseException:
+            for _, _, op in waiting:
+                broker.abandon(op)  # cancelled: no attempt of this batch counts as a use
+            raise
+        for i, _, op in waiting:
+            if isinstance(results[i], Response):
+                broker.deliver(op.found)
             else:
-                misses.append((i, _Pending(request, found)))
-        if misses:
-            outcomes = await self._fetches.submit([p for _, p in misses])
-            for (i, _), outcome in zip(misses, outcomes):
-                results[i] = await outcome.get()
+                broker.abandon(op)
         return results
 
     async def _fetch(self, pending: list[_Pending]) -> list[Settled]:
-        """Fetch and store the missing samples of ``pending``; runs detached from the callers."""
+        """Fetch and store the missing samples of ``pending``; runs detached from the callers.
+
+        Every sample the model returns is stored (or kept for a later write, see
+        :mod:`~cachesaver.sample_broker`), the first ones a request asked for claimed for it.
+        A request the model answers short is asked for the rest, up to ``max_refetch`` more
+        times; an empty or short answer counts as an attempt like any other."""
         outcomes: list[Settled | None] = [None] * len(pending)
+        broker = self._broker
+        try:
+            broker.check_room()
+        except StoreError as exc:
+            return [exc for _ in pending]
         todo = list(range(len(pending)))
+        attempts = 0
         for attempt in range(self.max_refetch + 1):
+            attempts = attempt + 1
             asks = [with_n(pending[j].request, pending[j].needed) for j in todo]
             answers = await call_model(self.model, asks)
-            batch: list[NewSamples] = []
-            owners: list[int] = []
+            writes: list[Write] = []
             for j, answer in zip(todo, answers):
                 entry = pending[j]
                 response = answer
                 if isinstance(answer, IncompleteResponseError):
                     response = getattr(answer, "response", None)
-                if not isinstance(response, Response) or not response.data:
-                    if isinstance(answer, BaseException):
-                        outcomes[j] = answer
+                    if response is None:
+                        continue  # nothing came back: counts as a short answer
+                if not isinstance(response, Response):
+                    outcomes[j] = answer  # type: ignore[assignment]
+                    continue
+                if not response.data:
                     continue
                 usage = response.usage
                 new = list(zip(response.data, usage)) if usage else [(d, None) for d in response.data]
@@ -165,20 +198,13 @@ class AsyncCacher(Stage):
                 take = min(entry.needed, len(new))
                 entry.samples.extend(new[:take])
                 entry.duplicated.extend(bool(f) for f in flags[:take])
-                batch.append(NewSamples(
-                    entry.request, entry.found.key, entry.found.use, list(entry.indices), new, entry.needed
-                ))
-                owners.append(j)
+                write = Write(entry.found.key, new, entry.found, take)
+                entry.found.writes.append(write)
+                writes.append(write)
                 entry.needed -= take
-            if batch:
-                try:
-                    await self._broker.ensure_running()
-                    held = await self._broker.store_new(batch).get()
-                except Exception as exc:  # noqa: BLE001 - the samples are still delivered
-                    logger.error("cachesaver could not store %d fetched request(s): %s", len(batch), exc)
-                    held = [[] for _ in batch]
-                for j, indices in zip(owners, held):
-                    pending[j].indices.extend(indices)
+            if writes:
+                await broker.ensure_running()
+                await broker.store_writes(writes).get()
             todo = [j for j in todo if outcomes[j] is None and pending[j].needed > 0]
             if not todo:
                 break
@@ -186,18 +212,31 @@ class AsyncCacher(Stage):
             if outcomes[j] is not None:
                 continue
             if entry.needed > 0:
-                asked = entry.found.missing
+                n = entry.request.n
+                have = n - entry.needed
+                stored = len(entry.found.samples)
                 outcomes[j] = IncompleteResponseError(
-                    f"the model returned {asked - entry.needed} of {asked} missing samples after "
-                    f"{self.max_refetch + 1} attempts; those were stored, the request failed",
+                    f"got {have} of {n} samples ({stored} from the cache, {have - stored} from the "
+                    f"model in {attempts} attempt(s)); the new ones were stored, the request failed",
                     request_id=entry.request.request_id,
                 )
             else:
                 outcomes[j] = _response(entry.found, entry.samples, entry.duplicated)
         return outcomes  # type: ignore[return-value]
 
+    @property
+    def unstored_samples(self) -> int:
+        """Samples the model returned that the store has not accepted yet (kept in memory and
+        retried; see :mod:`~cachesaver.sample_broker`)."""
+        return self._broker.unstored_samples
+
     async def _shutdown(self) -> None:
-        """Store everything fetched so far, stop, and close the store if the cacher opened it."""
-        await self._broker.aclose()
-        await super()._shutdown()
-        self.store.close()
+        """Store everything fetched so far, stop, and close the store if the cacher opened it.
+
+        Raises UnstoredSamplesError (after closing everything) when samples could not be
+        stored; they are in the recovery file it names."""
+        try:
+            await self._broker.aclose()
+        finally:
+            await super()._shutdown()
+            self.store.close()

@@ -64,6 +64,17 @@ class KeyClaims:
                 self.above = set()
             self.above.add(index)
 
+    def release(self, index: int) -> None:
+        """Make ``index`` claimable again (a request that held it failed or was abandoned)."""
+        if index >= self.floor:
+            if self.above is not None:
+                self.above.discard(index)
+            return
+        if self.above is None:
+            self.above = set()
+        self.above.update(range(index + 1, self.floor))
+        self.floor = index
+
     def lowest_unclaimed(self, limit: int, want: int, exclude: Sequence[int] = ()) -> list[int]:
         """Up to ``want`` unclaimed indices below ``limit``, lowest first, skipping ``exclude``."""
         out: list[int] = []
@@ -104,6 +115,7 @@ class RunClaims:
         self._spill: diskcache.Cache | None = None
         self._finalizer: weakref.finalize | None = None
         self._retry_above = 0  # after a failed trim, wait until memory grows past this
+        self._released: dict[tuple[Any, ...], list[int]] = {}  # uses given back, per identity
 
     def claims(self, namespace: str, key: str) -> KeyClaims:
         """The claims of (namespace, key); valid until the next :meth:`trim`."""
@@ -124,12 +136,33 @@ class RunClaims:
     def next_use(self, namespace: str, key: str, request_id: Any, n: int) -> int:
         """0 the first time this run sees (namespace, key, request_id, n), then 1, 2, ..."""
         ident = (namespace, key, type(request_id).__name__, request_id, n)
+        released = self._released.get(ident) if self._released else None
+        if released:
+            use = min(released)
+            released.remove(use)
+            if not released:
+                del self._released[ident]
+            return use
         uses = self._uses
         use = uses.pop(ident, None)
         if use is None:
             use = 0 if self._spill is None else self._spill.get(_spill_name("u", ident), 0)
         uses[ident] = use + 1
         return use
+
+    def release_use(self, namespace: str, key: str, request_id: Any, n: int, use: int) -> None:
+        """Give back ``use`` (from :meth:`next_use`): the attempt that took it failed or was
+        abandoned, so it does not count. The next :meth:`next_use` of that identity returns
+        the lowest use given back before counting on. Given-back uses stay in memory (one
+        entry per failed attempt whose use has not been taken again)."""
+        ident = (namespace, key, type(request_id).__name__, request_id, n)
+        self._released.setdefault(ident, []).append(use)
+
+    def release(self, namespace: str, key: str, indices: Iterable[int]) -> None:
+        """Make ``indices`` of (namespace, key) claimable again in this run."""
+        entry = self.claims(namespace, key)
+        for index in indices:
+            entry.release(index)
 
     @property
     def in_memory(self) -> int:

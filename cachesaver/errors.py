@@ -16,6 +16,7 @@ The hierarchy, rooted at :class:`CacheSaverError`::
     +-- CacheMissError                replay-only mode met a request the cache cannot serve
     +-- StoreError                    the sample store could not be read or written
         +-- CorruptStoreError         the store holds something cachesaver did not write
+        +-- UnstoredSamplesError      a pipeline closed with samples the store refused
 
 Backends translate their SDK's exceptions into these at one edge, chaining the original
 (``raise ... from exc``), so callers can catch one family whatever the provider.
@@ -40,6 +41,7 @@ __all__ = [
     "StoreError",
     "TransientBackendError",
     "UnserializableParameterError",
+    "UnstoredSamplesError",
 ]
 
 
@@ -150,3 +152,18 @@ class StoreError(CacheSaverError):
 class CorruptStoreError(StoreError):
     """Raised when the store holds data cachesaver did not write, or a sample it wrote is gone
     (for example evicted by a ``diskcache.Cache`` whose eviction policy is not ``'none'``)."""
+
+
+class UnstoredSamplesError(StoreError):
+    """Raised by ``aclose()`` when samples the model returned could not be stored before the
+    pipeline closed.
+
+    ``unstored`` is how many samples; ``path`` is the recovery file holding them (and their
+    replay records), or None if none could be written. The next pipeline opened on the same
+    cache stores the file's contents before its first write.
+    """
+
+    def __init__(self, message: str, *, unstored: int, path: str | None) -> None:
+        super().__init__(message)
+        self.unstored = unstored
+        self.path = path

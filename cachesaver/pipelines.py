@@ -74,6 +74,12 @@ class _Pipeline(Stage):
         """The diskcache holding the samples."""
         return self.cacher.cache
 
+    @property
+    def unstored_samples(self) -> int:
+        """Samples the model returned that the store has not accepted yet; they are kept in
+        memory, retried, and saved to a recovery file at close if the store never recovers."""
+        return self.cacher.unstored_samples
+
     async def request(self, request: Request) -> Response:
         """Samples for one request; raises its error if it failed."""
         result = await self.cacher.settle_one(self._admit(request))  # the cacher tracks it

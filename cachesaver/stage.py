@@ -298,11 +298,21 @@ class Stage:
         """Drain until ``deadline``, cancel what is left, shut down, close the inner stages."""
         if not await self._drain(deadline):
             await self._cancel_in_flight()
-        await self._shutdown()
+        failure: Exception | None = None
+        try:
+            await self._shutdown()
+        except Exception as exc:  # noqa: BLE001 - closing goes on; raised once everything is closed
+            failure = exc
         if isinstance(self.model, Stage):  # it may still hold work its callers did not track
             remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
-            await self.model.aclose(remaining)
+            try:
+                await self.model.aclose(remaining)
+            except Exception as exc:  # noqa: BLE001
+                if failure is None:
+                    failure = exc
         self._shut_down = True
+        if failure is not None:
+            raise failure
 
     async def _cancel_in_flight(self) -> None:
         chain: list[Stage] = []

@@ -34,6 +34,7 @@ from _support import (
 )
 
 from cachesaver.errors import (
+    UnstoredSamplesError,
     BackendError,
     BatchRequestError,
     CacheSaverError,
@@ -742,7 +743,7 @@ async def test_a_cancelled_aclose_still_shuts_the_pipeline_down_and_reraises(tmp
         scope = await leave_async_with_cancelled(pipeline, model.entered)
         assert scope.cancelled_caught  # the cancellation was re-raised
         assert closed == [True]
-        assert not pipeline.cacher._broker._running
+        assert not pipeline.cacher._broker.running
         for stage in (pipeline, pipeline.cacher, pipeline.deduplicator, pipeline.batcher, pipeline.reorderer):
             assert stage._background.running_jobs == 0
         assert model.in_flight == 0
@@ -784,7 +785,7 @@ async def test_a_cancelled_aclose_gives_up_on_a_model_that_ignores_cancellation(
         assert len([r for r in caplog.records if "gave up" in r.getMessage()]) == 1  # one grace period
         model.released.set()
         await pipeline.aclose()  # the next aclose finishes the close
-    assert not pipeline.cacher._broker._running
+    assert not pipeline.cacher._broker.running
     with pytest.raises(PipelineClosedError):
         await pipeline.request(Request("hi"))
 
@@ -1438,7 +1439,7 @@ async def test_samples_are_delivered_even_when_the_disk_refuses_them(
     cache = FullDiskCache(str(tmp_path / "c"), eviction_policy="none")
     cache.full = True
     model = ScriptedModel()
-    with caplog.at_level(logging.ERROR, logger="cachesaver"):
+    with caplog.at_level(logging.ERROR, logger="cachesaver"), pytest.raises(UnstoredSamplesError):
         async with OnlineAPI(model, cache, batch_size=1) as pipeline:
             response = await pipeline.request(Request("hi", n=2))
     assert response.data == ["hi#0", "hi#1"]

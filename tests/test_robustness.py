@@ -175,10 +175,10 @@ async def test_a_close_interrupted_twice_by_native_cancels_is_finished_by_the_ne
         closing.cancel()  # into the shielded shutdown, waiting for the write
         with pytest.raises(asyncio.CancelledError):
             await closing
-        assert not closed and cacher._broker._running
+        assert not closed and cacher._broker.running
         proceed.set()
         await cacher.aclose()
-        assert closed == [True] and not cacher._broker._running
+        assert closed == [True] and not cacher._broker.running
         assert cacher._background.running_jobs == 0
         await asyncio.gather(asked, return_exceptions=True)
     async with OnlineAPI(replay := ScriptedModel(), tmp_path, batch_size=1) as pipeline:

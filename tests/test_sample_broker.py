@@ -1,0 +1,257 @@
+"""The sample broker through a pipeline: what counts as a use of a request_id, what a failed or
+abandoned attempt gives back, and how samples the store refuses are kept, retried and recovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import diskcache
+import pytest
+from _support import GateModel, wait_until
+
+from cachesaver import recovery
+from cachesaver.errors import BackendError, IncompleteResponseError, StoreError, UnstoredSamplesError
+from cachesaver.models import ScriptedModel
+from cachesaver.pipelines import OnlineAPI
+from cachesaver.typedefs import Request, Response
+
+
+class FlakyModel:
+    """Fails (or answers short) the first ``failures`` calls for each prompt, then answers."""
+
+    def __init__(self, failures: int = 1, short: bool = False) -> None:
+        self.inner = ScriptedModel()
+        self.failures = failures
+        self.short = short
+        self.seen: dict[Any, int] = {}
+        self.calls = 0
+
+    async def request(self, request: Request) -> Response:
+        self.calls += 1
+        count = self.seen.get(request.prompt, 0)
+        self.seen[request.prompt] = count + 1
+        if count < self.failures:
+            if not self.short:
+                raise BackendError("scripted failure", request_id=request.request_id)
+            return Response(data=[])
+        return await self.inner.request(request)
+
+
+class FullDiskCache(diskcache.Cache):
+    """A diskcache whose writes fail while ``full`` is set, as on a full disk."""
+
+    full = False
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().set(*args, **kwargs)
+
+
+async def _replay(cache: Any, requests: list[Request]) -> tuple[list[Any], ScriptedModel]:
+    model = ScriptedModel()
+    async with OnlineAPI(model, cache, batch_size=4) as pipeline:
+        answers = [(await pipeline.request(r)).data for r in requests]
+    return answers, model
+
+
+# -- item 1: only a successful attempt counts as a use --------------------------------------------
+
+
+@pytest.mark.parametrize("short", [False, True], ids=["error", "short-answer"])
+async def test_a_retry_with_the_same_id_after_a_failed_attempt_replays_exactly(tmp_path: Path, short: bool) -> None:
+    model = FlakyModel(failures=1, short=short)
+    requests = [Request("q", n=2, request_id="a"), Request("q", n=2, request_id="a"), Request("r", request_id="b")]
+    delivered = []
+    async with OnlineAPI(model, tmp_path, batch_size=1, max_refetch=0) as pipeline:
+        for request in requests:
+            for _ in range(3):  # a retry loop
+                try:
+                    delivered.append((await pipeline.request(request)).data)
+                    break
+                except (BackendError, IncompleteResponseError):
+                    continue
+    assert len(delivered) == 3
+    replayed, replay_model = await _replay(tmp_path, requests)
+    assert replayed == delivered
+    assert replay_model.calls == 0
+
+
+async def test_a_timed_out_attempt_does_not_count_and_its_samples_stay_free(tmp_path: Path) -> None:
+    gate = GateModel()
+    request = Request("q", n=2, request_id="a")
+    async with OnlineAPI(gate, tmp_path, batch_size=1) as pipeline:
+        with anyio.move_on_after(0.05):  # the caller's time-out, as wait_for gives
+            await pipeline.request(request)
+        gate.release()
+        await wait_until(lambda: pipeline.cacher._broker.write_rounds > 0)
+        retried = await pipeline.request(request)
+        assert retried.cached == [True, True]  # the samples the timed-out attempt paid for
+    replayed, replay_model = await _replay(tmp_path, [request])
+    assert replayed == [retried.data] and replay_model.calls == 0
+
+
+async def test_a_cancelled_hit_gives_its_use_back(tmp_path: Path) -> None:
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+        for _ in range(3):  # three stored samples
+            await pipeline.request(Request("q"))
+    request = Request("q", request_id="a")
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+        task = asyncio.ensure_future(pipeline.request(request))
+        await asyncio.sleep(0)  # the lookup is queued
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        retried = await pipeline.request(request)
+        again = await pipeline.request(request)
+    replayed, replay_model = await _replay(tmp_path, [request, request])
+    assert replayed == [retried.data, again.data] and replay_model.calls == 0
+
+
+async def test_a_failed_attempt_leaves_its_fetched_samples_free_for_the_retry(tmp_path: Path) -> None:
+    """A request that came back short stored what it got; the retry in the same run takes it."""
+    model = FlakyModel(failures=0)
+    calls = []
+
+    async def short_first(request: Request) -> Response:
+        calls.append(request.n)
+        data = (await model.inner.request(request)).data
+        return Response(data=data[:1]) if len(calls) == 1 else Response(data=data)
+
+    model.request = short_first  # type: ignore[method-assign]
+    request = Request("q", n=2, request_id="a")
+    async with OnlineAPI(model, tmp_path, batch_size=1, max_refetch=0) as pipeline:
+        with pytest.raises(IncompleteResponseError):
+            await pipeline.request(request)
+        retried = await pipeline.request(request)
+    assert retried.cached == [True, False] and calls == [2, 1]
+
+
+# -- item 10: short answers ------------------------------------------------------------------------
+
+
+class Script:
+    """Answers the k-th call with ``counts[k]`` samples (0 when the script is over)."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = list(counts)
+        self.asked: list[int] = []
+
+    async def request(self, request: Request) -> Response:
+        self.asked.append(request.n)
+        count = self.counts.pop(0) if self.counts else 0
+        return Response(data=[f"{request.prompt}{len(self.asked)}.{i}" for i in range(min(count, request.n))])
+
+
+@pytest.mark.parametrize("counts", [[1, 1, 0], [1, 0, 1], [0, 0, 0], [2, 0, 0]])
+async def test_an_empty_answer_is_refetched_like_a_short_one(tmp_path: Path, counts: list[int]) -> None:
+    model = Script(counts)
+    async with OnlineAPI(model, tmp_path, batch_size=1, max_refetch=2) as pipeline:
+        result: Any = None
+        try:
+            await pipeline.request(Request("q", n=3))
+        except IncompleteResponseError as exc:
+            result = exc
+    assert len(model.asked) == 3  # the first call and two refetches, as max_refetch says
+    got = sum(counts)
+    if got < 3:
+        assert isinstance(result, IncompleteResponseError)
+        assert f"got {got} of 3 samples" in str(result)
+
+
+async def test_the_short_answer_error_counts_the_whole_request(tmp_path: Path) -> None:
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+        await pipeline.request(Request("q"))  # one stored sample
+    model = Script([1, 0, 0])
+    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+        with pytest.raises(IncompleteResponseError, match=r"got 2 of 3 samples \(1 from the cache, 1 from the model"):
+            await pipeline.request(Request("q", n=3, namespace="other"))
+    assert model.asked == [2, 1, 1]
+
+
+# -- item 3: samples the store refuses are kept, retried and recovered ------------------------------
+
+
+async def test_samples_refused_by_a_full_disk_land_once_it_recovers_and_replay_exactly(tmp_path: Path) -> None:
+    cache = FullDiskCache(str(tmp_path / "c"), eviction_policy="none")
+    requests = [Request(f"p{i}", n=2, request_id=i) for i in range(6)]
+    try:
+        async with OnlineAPI(ScriptedModel(), cache, batch_size=2) as pipeline:
+            cache.full = True
+            first = [(await pipeline.request(r)).data for r in requests[:4]]
+            assert pipeline.unstored_samples == 8  # delivered, kept in memory
+            cache.full = False
+            first += [(await pipeline.request(r)).data for r in requests[4:]]
+            await wait_until(lambda: pipeline.unstored_samples == 0)
+        replayed, model = await _replay(cache, requests)
+        assert replayed == first and model.calls == 0
+    finally:
+        cache.close()
+
+
+async def test_closing_with_unstored_samples_raises_and_the_next_pipeline_recovers_them(tmp_path: Path) -> None:
+    cache = FullDiskCache(str(tmp_path / "c"), eviction_policy="none")
+    requests = [Request("a", n=2, request_id="x"), Request("b", request_id="y")]
+    try:
+        pipeline = OnlineAPI(ScriptedModel(), cache, batch_size=2)
+        cache.full = True
+        first = [(await pipeline.request(r)).data for r in requests]
+        with pytest.raises(UnstoredSamplesError) as caught:
+            await pipeline.aclose()
+        error = caught.value
+        assert error.unstored == 3 and "3 sample(s)" in str(error)
+        assert error.path is not None and os.path.exists(error.path) and error.path in str(error)
+        cache.full = False
+        replayed, model = await _replay(cache, requests)  # loads the file back first
+        assert replayed == first and model.calls == 0
+        assert not os.path.exists(error.path)
+    finally:
+        cache.close()
+
+
+async def test_a_recovery_file_is_loaded_once_even_if_it_cannot_be_deleted(tmp_path: Path, monkeypatch) -> None:
+    cache = FullDiskCache(str(tmp_path / "c"), eviction_policy="none")
+    try:
+        pipeline = OnlineAPI(ScriptedModel(), cache, batch_size=1)
+        cache.full = True
+        await pipeline.request(Request("a", request_id="x"))
+        with pytest.raises(UnstoredSamplesError) as caught:
+            await pipeline.aclose()
+        cache.full = False
+        monkeypatch.setattr(recovery, "_remove", lambda path: None)  # a read-only folder
+        for _ in range(2):
+            async with OnlineAPI(ScriptedModel(), cache, batch_size=1) as pipeline:
+                await pipeline.request(Request("unrelated"))
+        assert os.path.exists(caught.value.path)
+        async with OnlineAPI(model := ScriptedModel(), cache, batch_size=1) as pipeline:
+            first = await pipeline.request(Request("a", namespace="n2"))
+            second = await pipeline.request(Request("a", namespace="n2"))
+        assert first.cached == [True] and second.cached == [False]  # stored once, not twice
+        assert model.calls == 1
+    finally:
+        cache.close()
+
+
+async def test_beyond_the_bound_no_more_model_calls_are_made(tmp_path: Path) -> None:
+    cache = FullDiskCache(str(tmp_path / "c"), eviction_policy="none")
+    model = ScriptedModel()
+    try:
+        pipeline = OnlineAPI(model, cache, batch_size=1)
+        pipeline.cacher._broker.max_unstored_samples = 3
+        cache.full = True
+        await pipeline.request(Request("a", n=3))
+        calls = model.calls
+        with pytest.raises(StoreError, match="3 samples are waiting to be stored"):
+            await pipeline.request(Request("b"))
+        assert model.calls == calls  # nothing more paid for
+    finally:
+        with pytest.raises(UnstoredSamplesError):
+            await pipeline.aclose()
+        cache.full = False
+        cache.close()
