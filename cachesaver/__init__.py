@@ -55,7 +55,7 @@ from .errors import (
     TransientBackendError,
     UnserializableParameterError,
 )
-from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, request_key
+from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, model_identity, request_key, store_key
 from .ledger import Ledger, LedgerEntry, Price, PriceTable
 from .metering import LedgerTap
 from .models.scripted import RecordedCall, ScriptedModel
@@ -128,7 +128,9 @@ __all__ = [
     "UnserializableParameterError",
     "call_model",
     "canonical_value",
+    "model_identity",
     "request_key",
+    "store_key",
 ]
 __version__ = "0.1.0"
 
