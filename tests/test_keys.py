@@ -317,14 +317,17 @@ async def test_every_shipped_model_adds_no_identity() -> None:
 @pytest.mark.parametrize(
     ("model", "model_id", "match"),
     [
-        (OwnModel(cache_identity=3), keys.DERIVE, "OwnModel.cache_identity must be a non-empty string"),
-        (OwnModel(cache_identity=""), keys.DERIVE, "OwnModel.cache_identity must be a non-empty string"),
+        (OwnModel(cache_identity=3), None, "OwnModel.cache_identity must be a non-empty string"),
+        (OwnModel(cache_identity=""), None, "OwnModel.cache_identity must be a non-empty string"),
         (OwnModel(model="m"), "", "model_id must be a non-empty string"),
         (OwnModel(model="m"), 7, "model_id must be a non-empty string"),
         (OwnModel(model="m"), "bad\ud800", "lone surrogate"),
-        (OwnModel(model="bad\udfff"), keys.DERIVE, "OwnModel.model .* lone surrogate"),
+        (OwnModel(model="bad\udfff"), None, "OwnModel.model .* lone surrogate"),
     ],
 )
 def test_a_bad_identity_is_a_configuration_error(model: Any, model_id: Any, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
-        keys.model_identity(model, model_id)
+        if model_id is None:  # derived from the model
+            keys.model_identity(model)
+        else:
+            keys.model_identity(model, model_id)
