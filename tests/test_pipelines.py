@@ -1552,3 +1552,17 @@ async def test_pipelines_over_shipped_models_keep_their_keys(tmp_path: Path) -> 
             assert pipeline.model_identity is None
             await pipeline.request(request)
         assert stored_count(tmp_path / name, request) == 3  # under request_key, as before
+
+
+async def test_a_replay_only_pipeline_replays_a_user_models_cache_with_its_model_id(tmp_path: Path) -> None:
+    from cachesaver.errors import CacheMissError
+    from cachesaver.models import ReplayOnlyModel
+
+    request = Request("hi", n=2, request_id="a")
+    async with OnlineAPI(NamedModel(model="llama"), tmp_path, batch_size=1) as pipeline:
+        written = await pipeline.request(request)
+    async with OnlineAPI(ReplayOnlyModel(), tmp_path, batch_size=1) as replay:  # no identity: other keys
+        with pytest.raises(CacheMissError):
+            await replay.request(request)
+    async with OnlineAPI(ReplayOnlyModel(), tmp_path, batch_size=1, model_id="llama") as replay:
+        assert (await replay.request(request)).data == written.data
