@@ -57,7 +57,7 @@ from .errors import (
     UnserializableParameterError,
     UnstoredSamplesError,
 )
-from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, request_key
+from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, model_identity, request_key, store_key
 from .ledger import Ledger, LedgerEntry, Price, PriceTable
 from .metering import LedgerTap
 from .models.scripted import RecordedCall, ScriptedModel
@@ -131,7 +131,9 @@ __all__ = [
     "UnstoredSamplesError",
     "call_model",
     "canonical_value",
+    "model_identity",
     "request_key",
+    "store_key",
 ]
 __version__ = "0.1.0"
 

@@ -19,6 +19,10 @@ construction to close):
   :class:`~cachesaver.errors.IncompleteResponseError`. Extra samples are stored for later.
 * **Nothing paid for is lost**: samples the model returned are stored even if the caller was
   cancelled, a sibling request failed, or the pipeline is closing. Failures are never stored.
+* **One model per sample**: samples are stored under the request's key and the model's
+  identity (:func:`~cachesaver.keys.model_identity`, read once at construction: ``model_id=``,
+  else the innermost model's ``cache_identity``, ``model`` or ``model_name``), so a cache never
+  serves samples of one model to another. ``model_id=None`` adds no identity.
 * ``Response.cached[i]`` is True for samples taken from storage; ``duplicated`` flags come from
   the stage below (False when it sets none); ``usage`` is the stored usage of each sample.
 
@@ -33,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
-from .keys import request_key, with_n
+from .keys import DERIVE, model_identity, store_key, with_n
 from .rounds import RoundCollector
 from .sample_broker import Found, SampleBroker, Write
 from .stage import Settled, Stage, call_model
@@ -73,8 +77,9 @@ def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequen
 class AsyncCacher(Stage):
     """Serves requests from a sample store, fetching only missing samples from ``model``."""
 
-    def __init__(self, model: Any, cache: Any, *, max_refetch: int = 2) -> None:
+    def __init__(self, model: Any, cache: Any, *, max_refetch: int = 2, model_id: Any = DERIVE) -> None:
         super().__init__(model)
+        self._identity = model_identity(model, model_id)
         if cache is None:
             raise ConfigurationError("AsyncCacher needs a cache: a diskcache.Cache or a directory path")
         if type(max_refetch) is not int or max_refetch < 0:
@@ -88,10 +93,19 @@ class AsyncCacher(Stage):
     def cache(self) -> Any:
         return self.store.cache
 
+    @property
+    def model_identity(self) -> str | None:
+        """The model identity in this cacher's keys (None: keys are the requests' own)."""
+        return self._identity
+
+    def _key(self, request: Request) -> str:
+        """The store key of ``request``: every key this cacher uses comes from here."""
+        return store_key(request, self._identity)
+
     async def settle_one(self, request: Request) -> Settled:
         """The Response (or exception) for one request: :meth:`settle` without the list."""
         try:
-            key = request_key(request)
+            key = self._key(request)
         except InvalidRequestError as exc:
             return exc
         broker = self._broker
@@ -125,7 +139,7 @@ class AsyncCacher(Stage):
         broker = self._broker
         for i, request in enumerate(requests):
             try:
-                key = request_key(request)
+                key = self._key(request)
             except InvalidRequestError as exc:
                 results[i] = exc
                 continue

@@ -20,6 +20,12 @@ samples, such as a per-call time-out); such fields may hold any value. Guarantee
 
 The key is computed once per request object and remembered on it.
 
+**The model is part of a sample's identity.** A cache stage stores samples under
+:func:`store_key`: the request's key when its model has no identity, else the SHA-256 of that
+key and the identity. :func:`model_identity` says which identity a model gets; shipped
+backends declare none because their requests already name the model (``ChatRequest`` keys
+backend, base_url and model), so their keys are exactly :func:`request_key`.
+
 >>> from cachesaver.typedefs import Request
 >>> request_key(Request("hi")) == request_key(Request("hi", n=5, namespace="other"))
 True
@@ -38,8 +44,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigurationError, UnserializableParameterError
+from .stage import Stage
 
-__all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value"]
+__all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value", "model_identity", "store_key"]
 
 KEY_SCHEMA = "cachesaver-key/1"
 NON_KEY_FIELDS = frozenset({"n", "request_id", "namespace"})
@@ -142,3 +149,97 @@ def with_n(request: Any, n: int) -> Any:
     copy.__dict__.update(state)
     copy.__dict__["n"] = n
     return copy
+
+
+class _Derive:
+    """The default of ``model_id=``: derive the identity from the model (see :func:`model_identity`)."""
+
+    def __repr__(self) -> str:
+        return "<derived from the model>"
+
+
+DERIVE = _Derive()
+_MISSING = object()
+
+
+def _checked(identity: Any, what: str) -> str:
+    if not isinstance(identity, str) or not identity:
+        raise ConfigurationError(
+            f"{what} must be a non-empty string naming the model, or None for no model identity; "
+            f"got {identity!r}"
+        )
+    try:
+        identity.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{what} {identity!r} is not valid text (it holds a lone surrogate); pass a plain string"
+        ) from None
+    return str(identity)
+
+
+def model_identity(model: Any, model_id: Any = DERIVE) -> str | None:
+    """The identity a cache stage over ``model`` adds to its keys, or None for none.
+
+    ``model_id`` is the pipeline's override: a non-empty string is the identity, None means no
+    identity (keys are :func:`request_key`, as before identities existed). By default the
+    identity is derived from the innermost model, found by following ``.model`` through
+    :class:`~cachesaver.stage.Stage` objects to the first object that is not a Stage:
+
+    1. its ``cache_identity`` attribute, when it has one: a non-empty string, or None for
+       "my requests' keys already cover the model";
+    2. else its ``model`` attribute, else its ``model_name`` attribute, when that is a
+       non-empty string;
+    3. else None.
+
+    Only those values count, never the class, so renaming a wrapper class keeps its keys.
+    Anything else (a ``cache_identity`` that is not a string or None, a ``model_id`` of another
+    type, a chain of stages that loops) raises :class:`~cachesaver.errors.ConfigurationError`.
+
+    >>> class OnlineLLM:
+    ...     def __init__(self, model): self.model = model
+    ...     async def request(self, request): ...
+    >>> model_identity(OnlineLLM("llama-3-70b"))
+    'llama-3-70b'
+    >>> model_identity(OnlineLLM("llama-3-70b"), model_id=None) is None
+    True
+    """
+    if model_id is not DERIVE:
+        return None if model_id is None else _checked(model_id, "model_id")
+    seen: set[int] = set()
+    while isinstance(model, Stage):
+        if id(model) in seen:
+            raise ConfigurationError(
+                f"the stages above {type(model).__name__} loop back to it; a pipeline's stages must end in a model"
+            )
+        seen.add(id(model))
+        model = model.model
+    declared = getattr(model, "cache_identity", _MISSING)
+    if declared is not _MISSING:
+        return None if declared is None else _checked(declared, f"{type(model).__name__}.cache_identity")
+    for name in ("model", "model_name"):
+        value = getattr(model, name, None)
+        if isinstance(value, str) and value:
+            return _checked(value, f"{type(model).__name__}.{name}")
+    return None
+
+
+def store_key(request: Any, identity: str | None) -> str:
+    """The key a cache stage stores ``request``'s samples under when its model is ``identity``.
+
+    With ``identity`` None it is exactly :func:`request_key` (so caches written before model
+    identities existed replay unchanged); else the SHA-256 of the schema, the identity and
+    that key, so one request under two identities never shares samples.
+
+    >>> from cachesaver.typedefs import Request
+    >>> store_key(Request("hi"), None) == request_key(Request("hi"))
+    True
+    >>> store_key(Request("hi"), "model-a") != store_key(Request("hi"), "model-b")
+    True
+    """
+    key = request_key(request)
+    if identity is None:
+        return key
+    if type(identity) is not str:
+        raise ConfigurationError(f"a model identity must be a string or None, got {identity!r}")
+    text = _encoder.encode([KEY_SCHEMA, "model", identity, key])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

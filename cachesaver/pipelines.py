@@ -22,6 +22,10 @@ Closing (``aclose()``, ``cleanup()``, or leaving ``async with``) lets requests i
 and stores their samples; later requests raise :class:`~cachesaver.errors.PipelineClosedError`.
 The user's model is not closed.
 
+The cache keys include the model's identity: ``model_id="name"`` sets it, ``model_id=None``
+adds none, and by default it is the model's ``cache_identity``, else its ``model`` or
+``model_name`` string (see :func:`~cachesaver.keys.model_identity`); ``model_identity`` reads it.
+
 >>> import anyio, tempfile
 >>> from cachesaver.models import ScriptedModel
 >>> from cachesaver.typedefs import Request
@@ -41,6 +45,7 @@ from .batching import AsyncBatcher
 from .caching import AsyncCacher
 from .deduplication import AsyncDeduplicator
 from .errors import ConfigurationError
+from .keys import DERIVE
 from .ledger import Ledger
 from .metering import LedgerTap
 from .reordering import RequestReorderer
@@ -60,13 +65,14 @@ class _Pipeline(Stage):
         *,
         ledger: Any = None,
         max_refetch: int = 2,
+        model_id: Any = DERIVE,
     ) -> None:
         self.ledger = ledger if ledger is not None else Ledger()
         self.reorderer = RequestReorderer(LedgerTap(model, self.ledger))
         self.window_deduplicator = AsyncDeduplicator(self.reorderer, across_calls=False)
         self.batcher = AsyncBatcher(self.window_deduplicator, batch_size=batch_size, timeout=timeout)
         self.deduplicator = AsyncDeduplicator(self.batcher)
-        self.cacher = AsyncCacher(self.deduplicator, cache, max_refetch=max_refetch)
+        self.cacher = AsyncCacher(self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id)
         super().__init__(self.cacher)
 
     @property
@@ -79,6 +85,11 @@ class _Pipeline(Stage):
         """Samples the model returned that the store has not accepted yet; they are kept in
         memory, retried, and saved to a recovery file at close if the store never recovers."""
         return self.cacher.unstored_samples
+
+    @property
+    def model_identity(self) -> str | None:
+        """The model identity in the cache keys (see :func:`~cachesaver.keys.model_identity`)."""
+        return self.cacher.model_identity
 
     async def request(self, request: Request) -> Response:
         """Samples for one request; raises its error if it failed."""

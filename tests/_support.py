@@ -110,6 +110,34 @@ class BatchOnlyModel:
         return await self.inner.batch_request(batch)
 
 
+class NamedModel:
+    """A user's own model that names its model, as the seed notebook's ``OnlineLLM`` does.
+
+    ``NamedModel(model="llama")`` (or ``model_name=`` / ``cache_identity=``) sets that
+    attribute. Its samples are ``"<label>:<prompt>#<k>"``, ``label`` being the attribute's
+    value (or ``label=``), so a test sees which model a sample came from; ``calls`` counts
+    upstream calls (``request`` and ``batch_request``).
+    """
+
+    def __init__(self, label: str | None = None, **attributes: Any) -> None:
+        self.__dict__.update(attributes)
+        self.label = label if label is not None else next(iter(attributes.values()), "unnamed")
+        self.calls = 0
+
+    def _answer(self, request: Request) -> Response:
+        return Response(data=[f"{self.label}:{request.prompt}#{k}" for k in range(request.n)])
+
+    async def request(self, request: Request) -> Response:
+        self.calls += 1
+        await anyio.sleep(0)
+        return self._answer(request)
+
+    async def batch_request(self, batch: Batch) -> list[Response]:
+        self.calls += 1
+        await anyio.sleep(0)
+        return [self._answer(r) for r in batch.requests]
+
+
 class ShortOnceModel:
     """Returns ``short_by`` samples too few on its first call for each prompt, then full answers."""
 

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import diskcache
 import pytest
-from _support import Extra, stored_count, GateModel, ShortOnceModel, gather
+from _support import Extra, stored_count, GateModel, NamedModel, ShortOnceModel, gather
 
 from cachesaver.caching import AsyncCacher
 from cachesaver.errors import (
@@ -218,11 +218,102 @@ async def test_request_after_close_is_a_pipeline_closed_error(tmp_path: Path) ->
         {"model": ScriptedModel(), "cache": None},
         {"model": ScriptedModel(), "cache": object()},
         {"model": ScriptedModel(), "cache": "DIR", "max_refetch": -1},
+        {"model": ScriptedModel(), "cache": "DIR", "model_id": ""},
+        {"model": NamedModel(cache_identity=42), "cache": "DIR"},
     ],
-    ids=["no-model", "not-a-model", "no-cache", "not-a-cache", "negative-refetch"],
+    ids=["no-model", "not-a-model", "no-cache", "not-a-cache", "negative-refetch", "empty-model-id", "int-identity"],
 )
 def test_bad_configuration_is_a_configuration_error(tmp_path: Path, arguments: dict[str, Any]) -> None:
     if arguments["cache"] == "DIR":
         arguments = {**arguments, "cache": tmp_path}
     with pytest.raises(ConfigurationError):
         AsyncCacher(**arguments)
+
+
+# -- the model is part of a sample's identity ------------------------------------------------
+
+
+@pytest.mark.parametrize("attribute", ["model", "model_name", "cache_identity"])
+async def test_switching_the_model_name_on_one_cache_is_a_miss(tmp_path: Path, attribute: str) -> None:
+    request = Request("hi", n=2, request_id="a")
+    first = NamedModel(**{attribute: "model-a"})
+    (a,) = await run_once(tmp_path, first, request)
+    other = NamedModel(**{attribute: "model-b"})
+    (b,) = await run_once(tmp_path, other, request)
+    assert other.calls == 1 and b.data == ["model-b:hi#0", "model-b:hi#1"] and b.cached == [False, False]
+    again = NamedModel(**{attribute: "model-a"})
+    (replayed,) = await run_once(tmp_path, again, request)
+    assert again.calls == 0 and replayed.data == a.data == ["model-a:hi#0", "model-a:hi#1"]
+
+
+async def test_renaming_the_model_class_alone_is_not_a_miss(tmp_path: Path) -> None:
+    class OnlineLLM(NamedModel):
+        pass
+
+    class RenamedLLM(NamedModel):
+        pass
+
+    request = Request("hi", n=2, request_id="a")
+    (first,) = await run_once(tmp_path, OnlineLLM(model="llama"), request)
+    renamed = RenamedLLM(model="llama", label="renamed")
+    (replayed,) = await run_once(tmp_path, renamed, request)
+    assert renamed.calls == 0 and replayed.data == first.data and replayed.cached == [True, True]
+    switched = RenamedLLM(model="mistral")  # the model string, not the class, is the identity
+    (fresh,) = await run_once(tmp_path, switched, request)
+    assert switched.calls == 1 and fresh.cached == [False, False]
+
+
+async def test_model_id_overrides_what_the_model_says(tmp_path: Path) -> None:
+    request = Request("hi", n=1, request_id="a")
+    says_a = NamedModel(model="a")
+    async with AsyncCacher(says_a, tmp_path, model_id="x") as cacher:
+        assert cacher.model_identity == "x"
+        written = await cacher.request(request)
+    says_x = NamedModel(model="x")
+    (replayed,) = await run_once(tmp_path, says_x, request)  # derives "x": the same keys
+    assert says_x.calls == 0 and replayed.data == written.data == ["a:hi#0"]
+    says_a_again = NamedModel(model="a")
+    await run_once(tmp_path, says_a_again, request)
+    assert says_a_again.calls == 1
+
+
+async def test_the_identity_is_derived_through_the_stages_below_the_cacher(tmp_path: Path) -> None:
+    from cachesaver.deduplication import AsyncDeduplicator
+
+    request = Request("hi", n=1)
+    model = NamedModel(model="a")
+    async with AsyncCacher(AsyncDeduplicator(model), tmp_path) as cacher:
+        assert cacher.model_identity == "a"
+        await cacher.request(request)
+    other = NamedModel(model="b")
+    async with AsyncCacher(AsyncDeduplicator(other), tmp_path) as cacher:
+        await cacher.request(request)
+    assert other.calls == 1
+
+
+@pytest.mark.parametrize(
+    "no_identity",
+    [
+        {"model": NamedModel(model="a"), "model_id": None},
+        {"model": NamedModel(model="a", cache_identity=None)},
+    ],
+    ids=["model_id=None", "cache_identity=None"],
+)
+async def test_no_identity_keeps_the_keys_of_a_cache_written_before_model_identities(
+    tmp_path: Path, no_identity: dict[str, Any]
+) -> None:
+    # A cache written before this change: samples under the request's own key, as
+    # store_key(request, None) still writes them (tests/test_keys.py pins it).
+    request = Request("hi", n=2, request_id="a")
+    async with AsyncCacher(ScriptedModel(), tmp_path) as old:  # a shipped model: no identity
+        written = await old.request(request)
+    assert stored_count(tmp_path, request) == 2
+    upgraded = NamedModel(model="a")  # derives "a": new keys, so a miss
+    await run_once(tmp_path, upgraded, request)
+    assert upgraded.calls == 1
+    options = dict(no_identity)
+    model = options.pop("model")
+    async with AsyncCacher(model, tmp_path, **options) as cacher:
+        assert cacher.model_identity is None
+        replayed = await cacher.request(request)
+    assert model.calls == 0 and replayed.data == written.data

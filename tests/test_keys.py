@@ -237,3 +237,97 @@ def test_a_malformed_unkeyed_fields_declaration_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="unkeyed_fields"):
         request_key(Bad("hi"))
+
+
+# -- the model is part of a sample's identity ------------------------------------------------
+
+# Pinned like GOLDEN_KEY: the key a user's model named like the seed notebook's stores under.
+GOLDEN_STORE_KEY = "cfc24052dc6906640adffca2a3854c5e71407822aeb6fd44ef33ff3e35041dc3"
+SEED_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo-Free"
+
+
+class OwnModel:
+    """A user's model: only ``request``, plus whatever attributes a test gives it."""
+
+    def __init__(self, **attributes: Any) -> None:
+        self.__dict__.update(attributes)
+
+    async def request(self, request: Request) -> Any:
+        raise AssertionError("never called")
+
+
+def test_a_store_key_without_identity_is_the_request_key() -> None:
+    request = Request("What is the meaning of life?")
+    assert keys.store_key(request, None) == GOLDEN_KEY == request_key(request)
+
+
+def test_a_store_key_with_identity_is_pinned_and_leaves_the_request_key_alone() -> None:
+    request = Request("What is the meaning of life?")
+    assert keys.store_key(request, SEED_MODEL) == GOLDEN_STORE_KEY
+    assert request_key(request) == GOLDEN_KEY  # the memoised request key is unchanged
+    assert keys.store_key(request, "other-model") not in (GOLDEN_KEY, GOLDEN_STORE_KEY)
+
+
+def test_the_identity_is_cache_identity_else_model_else_model_name() -> None:
+    identity = keys.model_identity
+    assert identity(OwnModel(cache_identity="c", model="m", model_name="n")) == "c"
+    assert identity(OwnModel(model="m", model_name="n")) == "m"
+    assert identity(OwnModel(model_name="n")) == "n"
+    assert identity(OwnModel(cache_identity=None, model="m")) is None  # "my keys cover the model"
+    assert identity(OwnModel(model=OwnModel(model="inner"), model_name=7)) is None  # not strings
+    assert identity(OwnModel()) is None
+
+
+def test_model_id_overrides_what_the_model_says() -> None:
+    model = OwnModel(cache_identity="c", model="m")
+    assert keys.model_identity(model, "x") == "x"
+    assert keys.model_identity(model, None) is None
+
+
+async def test_the_identity_is_the_innermost_models_through_every_stage(tmp_path: Any) -> None:
+    from cachesaver.pipelines import LocalAPI, OnlineAPI
+
+    class BatchModel(OwnModel):
+        async def batch_request(self, batch: Any) -> Any:
+            raise AssertionError("never called")
+
+    async with OnlineAPI(OwnModel(model="m"), tmp_path / "a", batch_size=2) as pipeline:
+        assert keys.model_identity(pipeline) == "m"
+    async with LocalAPI(BatchModel(model_name="n"), tmp_path / "b", batch_size=2) as inner:
+        async with OnlineAPI(inner, tmp_path / "c", batch_size=2) as outer:
+            assert keys.model_identity(outer) == "n"
+
+
+async def test_every_shipped_model_adds_no_identity() -> None:
+    from cachesaver.models import ReplayOnlyModel, ScriptedModel
+    from cachesaver.models.openai import OpenAIModel
+    from cachesaver.models.simulated import SimulatedLLM
+    from cachesaver.models.together import TogetherModel
+
+    together = TogetherModel(model="m", api_key="k")
+    openai = OpenAIModel(model="m", api_key="k", base_url="http://127.0.0.1:9/v1")
+    try:
+        shipped = [ScriptedModel(), SimulatedLLM(seed=1), ReplayOnlyModel(), together, openai]
+        assert [keys.model_identity(m) for m in shipped] == [None] * len(shipped)
+    finally:
+        await together.aclose()
+        await openai.aclose()
+
+
+@pytest.mark.parametrize(
+    ("model", "model_id", "match"),
+    [
+        (OwnModel(cache_identity=3), None, "OwnModel.cache_identity must be a non-empty string"),
+        (OwnModel(cache_identity=""), None, "OwnModel.cache_identity must be a non-empty string"),
+        (OwnModel(model="m"), "", "model_id must be a non-empty string"),
+        (OwnModel(model="m"), 7, "model_id must be a non-empty string"),
+        (OwnModel(model="m"), "bad\ud800", "lone surrogate"),
+        (OwnModel(model="bad\udfff"), None, "OwnModel.model .* lone surrogate"),
+    ],
+)
+def test_a_bad_identity_is_a_configuration_error(model: Any, model_id: Any, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        if model_id is None:  # derived from the model
+            keys.model_identity(model)
+        else:
+            keys.model_identity(model, model_id)

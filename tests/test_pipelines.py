@@ -26,6 +26,7 @@ from _support import (
     DecodingRequest,
     GateModel,
     JitterModel,
+    NamedModel,
     RecordingLedger,
     ShortOnceModel,
     SingleOnlyModel,
@@ -1462,3 +1463,107 @@ async def test_a_damaged_entry_fails_its_request_only(tmp_path: Path) -> None:
     assert results[0].data == ["fine#0"] and results[0].cached == [True]
     assert isinstance(results[1], CorruptStoreError)
     cache.close()
+
+
+# -- the model is part of a sample's identity ------------------------------------------------
+
+
+class _Completions:
+    """The part of a together client the seed notebook's OnlineLLM calls; answers name the model."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def create(self, *, model: str, messages: list[dict[str, str]], n: int, **_: Any) -> Any:
+        self.calls += 1
+        await anyio.sleep(0)
+        text = messages[-1]["content"]
+        return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=f"{model}:{text}#{k}")) for k in range(n)])
+
+
+class OnlineLLM(SingleRequestModel, BatchRequestModel):
+    """The seed notebook's model, as written there: ``OnlineLLM(client, model=...)``."""
+
+    def __init__(self, client: Any, model: str) -> None:
+        self.client = client
+        self.model = model
+
+    async def request(self, request: Request) -> Response:
+        completion = await self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": request.prompt}], n=request.n,
+            temperature=request.temperature,
+        )
+        return Response(data=[choice.message.content for choice in completion.choices])
+
+    async def batch_request(self, batch: Batch) -> List[Response]:
+        return [await self.request(r) for r in batch.requests]
+
+
+class RenamedLLM(OnlineLLM):
+    """The same model under another class name."""
+
+
+async def test_the_seed_notebooks_model_name_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    completions = _Completions()
+    client = SimpleNamespace(chat=SimpleNamespace(completions=completions))
+    requests = [DecodingRequest("Cats or dogs?", n=2, request_id="q1", namespace="sth"),
+                DecodingRequest("Tea or coffee?", n=1, request_id="q2", namespace="sth")]
+
+    async def run(model: Any) -> list[Response]:
+        async with OnlineAPI(model=model, cache=tmp_path, batch_size=2, timeout=1) as pipeline:
+            assert pipeline.model_identity == model.model
+            return await pipeline.batch_request(Batch(requests=requests))
+
+    llama = await run(OnlineLLM(client, model="llama-70b"))
+    assert completions.calls == 2 and llama[0].data == ["llama-70b:Cats or dogs?#0", "llama-70b:Cats or dogs?#1"]
+    renamed = await run(RenamedLLM(client, model="llama-70b"))
+    assert completions.calls == 2 and renamed == [
+        Response(data=r.data, cached=[True] * len(r.data), duplicated=[False] * len(r.data)) for r in llama
+    ]
+    mistral = await run(OnlineLLM(client, model="mistral-7b"))
+    assert completions.calls == 4 and mistral[1].data == ["mistral-7b:Tea or coffee?#0"]
+    assert not any(any(r.cached) for r in mistral)
+
+
+@pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
+async def test_two_pipelines_with_different_model_ids_on_one_cache_share_no_samples(
+    tmp_path: Path, pipeline_class: type
+) -> None:
+    request = Request("hi", n=2, request_id="a", namespace="run")
+    x_model, y_model = NamedModel(label="x"), NamedModel(label="y")  # say nothing: model_id decides
+    async with pipeline_class(x_model, tmp_path, batch_size=1, model_id="x") as x, \
+            pipeline_class(y_model, tmp_path, batch_size=1, model_id="y") as y:
+        assert (x.model_identity, y.model_identity) == ("x", "y")
+        from_x = await x.request(request)
+        from_y = await y.request(Request("hi", n=2, request_id="b", namespace="other"))
+    assert (x_model.calls, y_model.calls) == (1, 1)
+    assert from_x.data == ["x:hi#0", "x:hi#1"] and from_y.data == ["y:hi#0", "y:hi#1"]
+    replay_y = NamedModel(label="never")
+    async with pipeline_class(replay_y, tmp_path, batch_size=1, model_id="y") as y:
+        again = await y.request(Request("hi", n=2, request_id="b", namespace="other"))
+    assert replay_y.calls == 0 and again.data == from_y.data
+
+
+async def test_pipelines_over_shipped_models_keep_their_keys(tmp_path: Path) -> None:
+    from cachesaver.models.simulated import SimulatedLLM
+
+    request = Request("Name a prime.", n=3, request_id="p")
+    for name, model in [("scripted", ScriptedModel()), ("simulated", SimulatedLLM(seed=1))]:
+        async with OnlineAPI(model, tmp_path / name, batch_size=1) as pipeline:
+            assert pipeline.model_identity is None
+            await pipeline.request(request)
+        assert stored_count(tmp_path / name, request) == 3  # under request_key, as before
+
+
+async def test_a_replay_only_pipeline_replays_a_user_models_cache_with_its_model_id(tmp_path: Path) -> None:
+    from cachesaver.errors import CacheMissError
+    from cachesaver.models import ReplayOnlyModel
+
+    request = Request("hi", n=2, request_id="a")
+    async with OnlineAPI(NamedModel(model="llama"), tmp_path, batch_size=1) as pipeline:
+        written = await pipeline.request(request)
+    async with OnlineAPI(ReplayOnlyModel(), tmp_path, batch_size=1) as replay:  # no identity: other keys
+        with pytest.raises(CacheMissError):
+            await replay.request(request)
+    async with OnlineAPI(ReplayOnlyModel(), tmp_path, batch_size=1, model_id="llama") as replay:
+        assert (await replay.request(request)).data == written.data

@@ -168,6 +168,9 @@ class ChatCompletionsModel:
     """
 
     kind: ClassVar[str] = "chat"
+    #: No model identity in the cache keys: a ChatRequest's key already names backend, base_url
+    #: and model (and ``self.model`` is only make_request's default), so keys stay as they were.
+    cache_identity: ClassVar[None] = None
     sdk_errors: ClassVar[SdkErrors]
     #: The SDK's async client class (``together.AsyncTogether``, ``openai.AsyncOpenAI``).
     sdk_client_class: ClassVar[type]
