@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .background import Outcome
-from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError
+from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from .keys import request_key, with_n
 from .rounds import RoundCollector
 from .sample_broker import Found, NewSamples, SampleBroker
@@ -85,6 +85,14 @@ class AsyncCacher(Stage):
         self.max_refetch = max_refetch
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)
+        # Answers a sync model returns after their call was cancelled (a close's deadline) are
+        # stored through this cacher: the stages below hand them here (see _store_late). An
+        # inner cacher keeps its own chain.
+        self._late_answers = self._store_late
+        stage: Any = self.model
+        while isinstance(stage, Stage) and not isinstance(stage, AsyncCacher):
+            stage._late_answers = self._store_late
+            stage = stage.model
 
     @property
     def cache(self) -> Any:
@@ -195,6 +203,43 @@ class AsyncCacher(Stage):
             else:
                 outcomes[j] = _response(entry.found, entry.samples, entry.duplicated)
         return outcomes  # type: ignore[return-value]
+
+    def _store_late(self, requests: Sequence[Request], answers: Sequence[Settled]) -> None:
+        """Queue for storage the samples of answers that arrived after their call was cancelled.
+
+        Called on the event loop by a stage below (a sync model's worker thread outlived a
+        close's deadline). The samples are stored as spare ones, with no claim and no replay
+        record: their callers got PipelineClosedError, and later requests get them as cache
+        hits. Failures are never stored; a short answer's samples are. The store is queued, not
+        awaited; closing flushes it (``_shutdown`` stops the broker only after the stages below
+        have ended). If the broker has already stopped, this logs at ERROR and raises
+        :class:`~cachesaver.errors.StoreError`: those samples are not stored.
+        """
+        items: list[NewSamples] = []
+        for request, answer in zip(requests, answers):
+            response = getattr(answer, "response", None) if isinstance(answer, IncompleteResponseError) else answer
+            if not isinstance(response, Response) or not response.data:
+                continue
+            try:
+                key = request_key(request)  # the one place a late answer's key is computed
+            except InvalidRequestError:
+                continue
+            usage = response.usage
+            samples = list(zip(response.data, usage)) if usage else [(d, None) for d in response.data]
+            items.append(NewSamples(request, key, None, [], samples, 0))
+        if not items:
+            return
+        if not self._broker._running:
+            count = sum(len(item.samples) for item in items)
+            logger.error(
+                "cachesaver could not store %d sample(s) the model returned after close: the cache "
+                "was already closed", count,
+            )
+            raise StoreError(
+                f"{count} sample(s) the model returned after the pipeline closed were not stored: "
+                "the cache was already closed; close with a longer timeout_s to keep them"
+            )
+        self._broker.store_new(items)
 
     async def _shutdown(self) -> None:
         """Store everything fetched so far, stop, and close the store if the cacher opened it."""
