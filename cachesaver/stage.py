@@ -17,6 +17,10 @@ freely. Guarantees shared by every stage:
   their callers get PipelineClosedError), then closes the inner stages. A cancelled ``aclose()``
   still finishes that shutdown (shielded, as if its deadline had passed), then re-raises.
 * Cancellation of a caller is always re-raised to that caller.
+* A model's ``request`` / ``batch_request`` may be sync: it runs in a worker thread, one call
+  of a given model at a time (see :func:`call_model`). Such a call cannot be cancelled; what it
+  returns after its caller was cancelled (a close's deadline) reaches the cache above through
+  the stage's late-answer sink, so its samples are stored.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ import functools
 import inspect
 import logging
 import threading
-import types
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, List, Union
@@ -102,7 +104,10 @@ LateAnswers = Callable[[Sequence[Request], List[Settled]], None]
 """A sink for answers that arrived after the call awaiting them was cancelled:
 ``late(requests, answers)``, called on the event loop with one checked answer per request."""
 
-_ASYNC_FUNCTIONS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+# The underlying function of a bound method -> is it async. Bounded: cleared when it grows
+# past _MAX_KNOWN (a program that makes model classes on the fly), then relearnt.
+_ASYNC_METHODS: dict[Any, bool] = {}
+_MAX_KNOWN = 4096
 # (id(model), event loop) -> [lock, users]: calls of one sync model never overlap in a loop.
 _SYNC_LOCKS: dict[tuple[int, object], list[Any]] = {}
 
@@ -118,14 +123,20 @@ def _detect_async(method: Any) -> bool:
 
 
 def _is_async(method: Any) -> bool:
-    """Whether calling ``method`` gives a coroutine; cached per function, so the async path
-    costs one dictionary lookup."""
-    function = getattr(method, "__func__", method)
-    if type(function) is not types.FunctionType:
-        return _detect_async(method)  # a partial, a callable object: rare, not cached
-    known = _ASYNC_FUNCTIONS.get(function)
-    if known is None:
-        known = _ASYNC_FUNCTIONS[function] = _detect_async(method)
+    """Whether calling ``method`` gives a coroutine; cached per function for bound methods, so
+    the async path costs one dictionary lookup."""
+    function = getattr(method, "__func__", None)
+    if function is None:
+        return _detect_async(method)  # a function, a partial, a callable object: rare, not cached
+    try:
+        return _ASYNC_METHODS[function]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable posing as a method
+        return _detect_async(method)
+    if len(_ASYNC_METHODS) >= _MAX_KNOWN:
+        _ASYNC_METHODS.clear()
+    known = _ASYNC_METHODS[function] = _detect_async(method)
     return known
 
 
@@ -243,12 +254,11 @@ def _discard_late(requests: Sequence[Request], answers: List[Settled]) -> None:
     )
 
 
-async def _invoke(model: Any, name: str, arg: Any, requests: Sequence[Request], late: LateAnswers | None) -> Any:
-    """``model.<name>(arg)``: awaited if async, else run in a worker thread (see :func:`_in_thread`);
-    an awaitable that a sync method returns is awaited on the event loop."""
-    method = getattr(model, name)
-    if _is_async(method):
-        return await method(arg)
+async def _call_sync(
+    model: Any, method: Any, arg: Any, requests: Sequence[Request], late: LateAnswers | None
+) -> Any:
+    """A sync ``method(arg)`` run in a worker thread (see :func:`_in_thread`); an awaitable it
+    returns (a sync wrapper of an async call) is awaited on the event loop."""
     answer = await _in_thread(model, method, arg, requests, late)
     if inspect.isawaitable(answer):
         answer = await answer
@@ -257,8 +267,11 @@ async def _invoke(model: Any, name: str, arg: Any, requests: Sequence[Request], 
 
 async def _ask_one(model: Any, request: Request, late: LateAnswers | None) -> Settled:
     """One ``request`` call; its checked answer or the exception it raised."""
+    method = model.request
     try:
-        return _check_answer(request, await _invoke(model, "request", request, (request,), late))
+        if _is_async(method):
+            return _check_answer(request, await method(request))
+        return _check_answer(request, await _call_sync(model, method, request, (request,), late))
     except Exception as exc:  # noqa: BLE001 - delivered to the request's caller
         return exc
 
@@ -297,7 +310,9 @@ def call_model(
     overlap within an event loop (a second batch waits its turn on the loop, not in a thread).
     A thread cannot be cancelled: if the call is cancelled while the model runs, this waits
     for the model to finish, hands its answers to ``late`` (``late(requests, answers)``, on
-    the event loop; errors included, as checked answers), then re-raises the cancellation.
+    the event loop, one checked answer per request: a Response, or the exception the model
+    returned in its place; a call that raised hands on nothing), then re-raises the
+    cancellation. Without ``late`` such answers are discarded with a warning.
     """
     if isinstance(model, Stage):
         return model.settle(requests)
@@ -311,7 +326,14 @@ async def _call_plain_model(
     has_single = callable(getattr(model, "request", None))
     if has_single and (not has_batch or (len(requests) == 1 and not prefer_batch)):
         if len(requests) == 1:
-            return [await _ask_one(model, requests[0], late)]
+            request = requests[0]
+            method = model.request
+            try:
+                if _is_async(method):  # inline: the common single call costs no extra frame
+                    return [_check_answer(request, await method(request))]
+                return [_check_answer(request, await _call_sync(model, method, request, requests, late))]
+            except Exception as exc:  # noqa: BLE001
+                return [exc]
         return await _gather_each(model, requests, late)
     try:
         return await _ask_batch(model, requests, late)
@@ -326,7 +348,10 @@ async def _call_plain_model(
 async def _ask_batch(model: Any, requests: Sequence[Request], late: LateAnswers | None = None) -> list[Settled]:
     """One ``batch_request`` call; raises what it raised, checks the shape of its answer."""
     batch = Batch(requests=list(requests))
-    return _check_batch(requests, await _invoke(model, "batch_request", batch, requests, late))
+    method = model.batch_request
+    if _is_async(method):
+        return _check_batch(requests, await method(batch))
+    return _check_batch(requests, await _call_sync(model, method, batch, requests, late))
 
 
 async def _ask_alone(model: Any, request: Request, late: LateAnswers | None = None) -> Settled:
@@ -440,7 +465,9 @@ class Stage:
 
         With ``timeout_s``, work still in flight at the deadline is cancelled from the
         innermost stage outwards (so samples a model already returned still reach the cache),
-        and its callers get :class:`~cachesaver.errors.PipelineClosedError`. A second ``aclose``
+        and its callers get :class:`~cachesaver.errors.PipelineClosedError`; a sync model's call
+        in a worker thread cannot be cancelled, so the close waits for it and the cache above
+        stores what it returns (see :func:`call_model`). A second ``aclose``
         waits for the first. A user's own model is never closed by a stage.
 
         If ``aclose`` itself is cancelled (``async with`` left by an outer timeout), it closes
