@@ -1317,6 +1317,54 @@ def test_late_answers_at_close_are_stored(tmp_path: Path, backend: str, caplog: 
     assert all(all(r.cached) for r in responses)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("within_the_grace", [True, False])
+def test_a_cancelled_aclose_stores_what_a_sync_model_returns(
+    tmp_path: Path, backend: str, within_the_grace: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Released within cancelled_close_grace_s the close completes; released after it gave
+    up, the samples are stored anyway and the next aclose() completes the close."""
+    request = Request("a", n=2, request_id="x")
+    model = SyncModel("batch", block=True)
+    pipeline = LocalAPI(model, tmp_path, batch_size=1)
+    if not within_the_grace:
+        pipeline.cancelled_close_grace_s = 0.01
+    release_once = "cannot be cancelled" if within_the_grace else "gave up"
+
+    async def main() -> bool:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+
+                async def leave_cancelled(task_status: Any) -> None:
+                    with anyio.CancelScope() as scope:
+                        task_status.started(scope)
+                        async with pipeline:
+                            await pipeline.request(request)
+                    caught.append(scope.cancelled_caught)
+
+                caught: list[bool] = []
+                scope = await group.start(leave_cancelled)
+                await wait_until(model.entered.is_set)
+                scope.cancel()  # the request and then aclose() are cancelled
+                await wait_until(lambda: release_once in caplog.text)
+                model.released.set()
+            if not within_the_grace:
+                await pipeline.aclose()  # waits for the late answer, stores it, then closes
+        return caught == [True]
+
+    assert anyio.run(main, backend=backend)  # the cancellation was re-raised
+    assert not pipeline.cacher._broker._running
+    assert ("gave up" in caplog.text) is not within_the_grace
+    replay_model = ScriptedModel()
+
+    async def replay() -> Response:
+        async with LocalAPI(replay_model, tmp_path, batch_size=1) as again:
+            return await again.request(request)
+
+    response = anyio.run(replay, backend=backend)
+    assert replay_model.calls == 0 and response.data == ["a#0", "a#1"] and response.cached == [True, True]
+
+
 # == a larger mixed workload: every promise at once ==========================================
 
 
