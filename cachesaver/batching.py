@@ -101,7 +101,7 @@ class AsyncBatcher(Stage):
     async def _dispatch(self, batch: list[_Item]) -> None:
         try:
             self.batches_sent += 1
-            answers = await call_model(self.model, [r for r, _ in batch])
+            answers = await call_model(self.model, [r for r, _ in batch], late=self._late_answers)
             for (_, outcome), answer in zip(batch, answers):
                 outcome.set(answer)
         except BaseException:

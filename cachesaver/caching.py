@@ -88,6 +88,14 @@ class AsyncCacher(Stage):
         self.max_refetch = max_refetch
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)
+        # Answers a sync model returns after their call was cancelled (a close's deadline) are
+        # stored through this cacher: the stages below hand them here (see _store_late). An
+        # inner cacher keeps its own chain.
+        self._late_answers = self._store_late
+        stage: Any = self.model
+        while isinstance(stage, Stage) and not isinstance(stage, AsyncCacher):
+            stage._late_answers = self._store_late
+            stage = stage.model
 
     @property
     def cache(self) -> Any:
@@ -192,7 +200,7 @@ class AsyncCacher(Stage):
         for attempt in range(self.max_refetch + 1):
             attempts = attempt + 1
             asks = [with_n(pending[j].request, pending[j].needed) for j in todo]
-            answers = await call_model(self.model, asks)
+            answers = await call_model(self.model, asks, late=self._late_answers)
             writes: list[Write] = []
             for j, answer in zip(todo, answers):
                 entry = pending[j]
@@ -243,6 +251,43 @@ class AsyncCacher(Stage):
         """Samples the model returned that the store has not accepted yet (kept in memory and
         retried; see :mod:`~cachesaver.sample_broker`)."""
         return self._broker.unstored_samples
+
+    def _store_late(self, requests: Sequence[Request], answers: Sequence[Settled]) -> None:
+        """Queue for storage the samples of answers that arrived after their call was cancelled.
+
+        Called on the event loop by a stage below (a sync model's worker thread outlived a
+        close's deadline). The samples are stored as spare ones, with no claim and no replay
+        record: their callers got PipelineClosedError, and later requests get them as cache
+        hits. Failures are never stored; a short answer's samples are. The store is queued, not
+        awaited; closing flushes it (``_shutdown`` stops the broker only after the stages below
+        have ended). If the broker has already stopped, this logs at ERROR and raises
+        :class:`~cachesaver.errors.StoreError`: those samples are not stored.
+        """
+        writes: list[Write] = []
+        for request, answer in zip(requests, answers):
+            response = getattr(answer, "response", None) if isinstance(answer, IncompleteResponseError) else answer
+            if not isinstance(response, Response) or not response.data:
+                continue
+            try:
+                key = self._key(request)
+            except InvalidRequestError:
+                continue
+            usage = response.usage
+            samples = list(zip(response.data, usage)) if usage else [(d, None) for d in response.data]
+            writes.append(Write(key, samples))
+        if not writes:
+            return
+        if not self._broker.accepts_writes:
+            count = sum(len(write.samples) for write in writes)
+            logger.error(
+                "cachesaver could not store %d sample(s) the model returned after close: the cache "
+                "was already closed", count,
+            )
+            raise StoreError(
+                f"{count} sample(s) the model returned after the pipeline closed were not stored: "
+                "the cache was already closed; close with a longer timeout_s to keep them"
+            )
+        self._broker.store_writes(writes)
 
     async def _shutdown(self) -> None:
         """Store everything fetched so far, stop, and close the store if the cacher opened it.

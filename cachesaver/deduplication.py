@@ -58,7 +58,7 @@ class AsyncDeduplicator(Stage):
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         if not self.across_calls:
             if len(requests) == 1:  # nothing to merge with
-                return await call_model(self.model, requests)
+                return await call_model(self.model, requests, late=self._late_answers)
             return await self._merge_and_call(list(requests))
         outcomes = await self._rounds.submit(requests)
         return [await outcome.get() for outcome in outcomes]
@@ -83,7 +83,7 @@ class AsyncDeduplicator(Stage):
             with_n(requests[m[0]], sum(requests[i].n for i in m)) if len(m) > 1 else requests[m[0]]
             for m in member_lists
         ]
-        answers = await call_model(self.model, merged)
+        answers = await call_model(self.model, merged, late=self._late_answers)
         for members, answer in zip(member_lists, answers):
             for i, piece in zip(members, _distribute([requests[i] for i in members], answer)):
                 results[i] = piece

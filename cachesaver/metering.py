@@ -2,7 +2,9 @@
 
 ``LedgerTap(model, ledger)`` sits directly above the real model. For every request that reaches
 the model it calls ``ledger.record_upstream(request, outcome)`` exactly once, with the model's
-Response or the exception it produced, then passes the answers on unchanged. A
+Response or the exception it produced, then passes the answers on unchanged; answers a sync
+model returned after their call was cancelled (see :func:`~cachesaver.stage.call_model`) are
+recorded too, since they were paid for, and handed on to the cache above. A
 :class:`~cachesaver.errors.CacheMissError` (a replay-only model refusing a request) is not an
 upstream call and is not recorded.
 """
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import CacheMissError
-from .stage import Settled, Stage, call_model
+from .stage import Settled, Stage, _discard_late, call_model
 from .typedefs import Request
 
 __all__ = ["LedgerTap"]
@@ -27,8 +29,15 @@ class LedgerTap(Stage):
         self.ledger = ledger
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
-        answers = await call_model(self.model, requests)
+        answers = await call_model(self.model, requests, late=self._record_late)
+        self._record(requests, answers)
+        return answers
+
+    def _record(self, requests: Sequence[Request], answers: Sequence[Settled]) -> None:
         for request, answer in zip(requests, answers):
             if not isinstance(answer, CacheMissError):
                 self.ledger.record_upstream(request, answer)
-        return answers
+
+    def _record_late(self, requests: Sequence[Request], answers: list[Settled]) -> None:
+        self._record(requests, answers)
+        (self._late_answers or _discard_late)(requests, answers)

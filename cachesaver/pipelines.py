@@ -9,7 +9,8 @@ A request is answered from the cache when it can (never waiting for a batch wind
 missing is merged with identical requests issued together, grouped into batches of
 ``batch_size`` (sent when full or ``timeout`` seconds after the batch started collecting),
 merged again with identical requests that waited in the same batch window, put in canonical
-order and sent to ``model``. ``model`` may implement ``request``, ``batch_request`` or both.
+order and sent to ``model``. ``model`` may implement ``request``, ``batch_request`` or both,
+async or sync (a sync method runs in a worker thread; see :func:`~cachesaver.stage.call_model`).
 
 ``LocalAPI`` has the same stages and arguments for local batch models: ``model`` must implement
 ``batch_request`` and always receives whole batches.
@@ -118,7 +119,8 @@ class LocalAPI(_Pipeline):
     def __init__(self, model: Any, cache: Any, batch_size: int, timeout: float = 0.01, **options: Any) -> None:
         if not callable(getattr(model, "batch_request", None)):
             raise ConfigurationError(
-                f"LocalAPI needs a model with an async batch_request(); {type(model).__name__} has none. "
+                f"LocalAPI needs a model with a batch_request() method (async, or sync to run in a "
+                f"worker thread); {type(model).__name__} has none. "
                 "Use OnlineAPI for models that only implement request()."
             )
         super().__init__(model, cache, batch_size, timeout, **options)

@@ -35,7 +35,7 @@ class RequestReorderer(Stage):
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         if len(requests) == 1:
-            return await call_model(self.model, requests)
+            return await call_model(self.model, requests, late=self._late_answers)
         results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
         keyed: list[tuple[tuple[Any, ...], int]] = []
         for i, request in enumerate(requests):
@@ -45,7 +45,7 @@ class RequestReorderer(Stage):
                 results[i] = exc
         keyed.sort(key=lambda item: item[0])
         positions = [i for _, i in keyed]
-        answers = await call_model(self.model, [requests[i] for i in positions])
+        answers = await call_model(self.model, [requests[i] for i in positions], late=self._late_answers)
         for i, answer in zip(positions, answers):
             results[i] = answer
         return results

@@ -199,6 +199,7 @@ class SampleBroker:
         self._write_lane = _Lane()
         self._stopping = False
         self._recovered = False
+        self._closed = False
         self.unstorable_samples = 0
         self.rounds = 0
         self.write_rounds = 0
@@ -209,6 +210,11 @@ class SampleBroker:
     def unstored_samples(self) -> int:
         """New samples delivered or fetched but not (yet) in the store."""
         return sum(len(w.samples) for w in self._unstored)
+
+    @property
+    def accepts_writes(self) -> bool:
+        """False once the write lane has stopped for good (the broker closed)."""
+        return not self._closed
 
     @property
     def running(self) -> bool:
@@ -242,7 +248,7 @@ class SampleBroker:
     def store_writes(self, writes: Sequence[Write]) -> Outcome[None]:
         """Queue new samples; the outcome is set once a write round tried them (stored, or
         kept for a later round)."""
-        if self._write_lane.stopped is not None and self._write_lane.stopped.is_set():
+        if not self.accepts_writes:
             raise StoreError(
                 f"{sum(len(w.samples) for w in writes)} new samples arrived after the cache at "
                 f"{self.store.directory} was closed; they could not be stored"
@@ -306,6 +312,7 @@ class SampleBroker:
             await self._write_lane.stopped.wait()
         elif self._writes or self._records:  # the write lane never ran: one round now
             await self._write_once(final=True)
+        self._closed = True
         self.claims.close()  # deletes the claims' on-disk part, if a long run made one
         if self._unstored or self._unstored_records:
             await self._save_recovery()

@@ -17,18 +17,26 @@ freely. Guarantees shared by every stage:
   their callers get PipelineClosedError), then closes the inner stages. A cancelled ``aclose()``
   still finishes that shutdown (shielded, as if its deadline had passed), then re-raises.
 * Cancellation of a caller is always re-raised to that caller.
+* A model's ``request`` / ``batch_request`` may be sync: it runs in a worker thread, one call
+  of a given model at a time (see :func:`call_model`). Such a call cannot be cancelled; what it
+  returns after its caller was cancelled (a close's deadline) reaches the cache above through
+  the stage's late-answer sink, so its samples are stored.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, List, Union
 
 import anyio
+import anyio.to_thread
 
-from .background import BackgroundTasks, Outcome
+from .background import BackgroundTasks, Outcome, _native_loop_token
 from .errors import (
     BackendError,
     BatchRequestError,
@@ -54,7 +62,8 @@ def _check_model(model: Any, owner: str) -> None:
         callable(getattr(model, "request", None)) or callable(getattr(model, "batch_request", None))
     ):
         raise ConfigurationError(
-            f"{owner} needs a model with an async request() or batch_request() method, "
+            f"{owner} needs a model with a request() or batch_request() method (async, or sync "
+            f"to run in a worker thread), "
             f"got {type(model).__name__}"
         )
 
@@ -77,61 +86,8 @@ def _check_answer(request: Request, answer: Any) -> Settled:
     return answer
 
 
-async def _gather_each(model: Any, requests: Sequence[Request]) -> list[Settled]:
-    results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
-
-    async def one(i: int, request: Request) -> None:
-        try:
-            results[i] = _check_answer(request, await model.request(request))
-        except Exception as exc:  # noqa: BLE001 - delivered to the request's caller
-            results[i] = exc
-
-    async with anyio.create_task_group() as group:
-        for i, request in enumerate(requests):
-            group.start_soon(one, i, request)
-    return results
-
-
-def call_model(model: Any, requests: Sequence[Request], *, prefer_batch: bool = True) -> Awaitable[list[Settled]]:
-    """Ask ``model`` for ``requests``; awaits to one Response or exception per request, in order.
-
-    A cachesaver stage is asked natively. A plain model is asked with one ``batch_request``
-    when it has one (and ``prefer_batch`` or there are several requests), else with concurrent
-    ``request`` calls. If a whole ``batch_request`` of several requests raises, each request is
-    retried alone, so only the failing ones fail: concurrently via ``request`` when the model
-    has it, else one after another as a ``batch_request`` of one (at most one extra call per
-    request, never several at once, as a local model that ran out of memory needs). The
-    outputs of the failed batch call never reached us, so there is nothing of it to keep.
-    """
-    if isinstance(model, Stage):
-        return model.settle(requests)
-    return _call_plain_model(model, requests, prefer_batch)
-
-
-async def _call_plain_model(model: Any, requests: Sequence[Request], prefer_batch: bool) -> list[Settled]:
-    has_batch = callable(getattr(model, "batch_request", None))
-    has_single = callable(getattr(model, "request", None))
-    if has_single and (not has_batch or (len(requests) == 1 and not prefer_batch)):
-        if len(requests) == 1:
-            request = requests[0]
-            try:
-                return [_check_answer(request, await model.request(request))]
-            except Exception as exc:  # noqa: BLE001
-                return [exc]
-        return await _gather_each(model, requests)
-    try:
-        return await _ask_batch(model, requests)
-    except Exception as exc:  # noqa: BLE001
-        if len(requests) == 1:
-            return [exc]
-        if has_single:
-            return await _gather_each(model, requests)
-        return [await _ask_alone(model, request) for request in requests]
-
-
-async def _ask_batch(model: Any, requests: Sequence[Request]) -> list[Settled]:
-    """One ``batch_request`` call; raises what it raised, checks the shape of its answer."""
-    answers = await model.batch_request(Batch(requests=list(requests)))
+def _check_batch(requests: Sequence[Request], answers: Any) -> list[Settled]:
+    """One checked answer per request from what a ``batch_request`` returned."""
     if not isinstance(answers, (list, tuple)) or len(answers) != len(requests):
         size = len(answers) if isinstance(answers, (list, tuple)) else type(answers).__name__
         error = BackendError(
@@ -142,10 +98,266 @@ async def _ask_batch(model: Any, requests: Sequence[Request]) -> list[Settled]:
     return [_check_answer(r, a) for r, a in zip(requests, answers)]
 
 
-async def _ask_alone(model: Any, request: Request) -> Settled:
+# -- sync models: detected once per function, run in a worker thread --------------------------
+
+LateAnswers = Callable[[Sequence[Request], List[Settled]], None]
+"""A sink for answers that arrived after the call awaiting them was cancelled:
+``late(requests, answers)``, called on the event loop with one checked answer per request."""
+
+# The underlying function of a bound method -> is it async. Bounded: cleared when it grows
+# past _MAX_KNOWN (a program that makes model classes on the fly), then relearnt.
+_ASYNC_METHODS: dict[Any, bool] = {}
+_MAX_KNOWN = 4096
+# (id(model), event loop) -> [lock, users]: calls of one sync model never overlap in a loop.
+_SYNC_LOCKS: dict[tuple[int, object], list[Any]] = {}
+
+
+def _detect_async(method: Any) -> bool:
+    while isinstance(method, functools.partial):
+        method = method.func
+    if inspect.iscoroutinefunction(method):
+        return True
+    if inspect.isfunction(method) or inspect.ismethod(method) or inspect.isbuiltin(method):
+        return False
+    return inspect.iscoroutinefunction(getattr(type(method), "__call__", None))  # async __call__
+
+
+def _is_async(method: Any) -> bool:
+    """Whether calling ``method`` gives a coroutine; cached per function for bound methods, so
+    the async path costs one dictionary lookup."""
+    function = getattr(method, "__func__", None)
+    if function is None:
+        return _detect_async(method)  # a function, a partial, a callable object: rare, not cached
+    try:
+        return _ASYNC_METHODS[function]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable posing as a method
+        return _detect_async(method)
+    if len(_ASYNC_METHODS) >= _MAX_KNOWN:
+        _ASYNC_METHODS.clear()
+    known = _ASYNC_METHODS[function] = _detect_async(method)
+    return known
+
+
+class _ThreadCall:
+    """One call of a sync model method in a worker thread; its answer outlives its awaiter.
+
+    ``run`` either never calls the method (the awaiter gave up before the thread started) or
+    calls it and sets ``done``; ``abandon`` tells which, under a lock, so nobody waits for a call
+    that will never happen.
+    """
+
+    __slots__ = ("method", "arg", "done", "value", "error", "_lock", "_started", "_abandoned")
+
+    def __init__(self, method: Any, arg: Any) -> None:
+        self.method, self.arg = method, arg
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._started = self._abandoned = False
+
+    def run(self) -> None:  # in the worker thread
+        with self._lock:
+            if self._abandoned:
+                return
+            self._started = True
+        try:
+            self.value = self.method(self.arg)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the event loop
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def abandon(self) -> bool:
+        """Give up on a call that has not started; False if it is running or has run."""
+        with self._lock:
+            if not self._started:
+                self._abandoned = True
+            return self._abandoned
+
+
+async def _outlive_cancellation(call: _ThreadCall) -> None:
+    """Wait, shielded, until ``call`` has finished in its thread (a thread cannot be cancelled)."""
+    while not call.done.is_set():
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(call.done.wait, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            continue  # a native asyncio task.cancel(), which a shield cannot hold off: keep waiting
+
+
+async def _in_thread(
+    model: Any, method: Any, arg: Any, requests: Sequence[Request], late: LateAnswers | None
+) -> Any:
+    """``method(arg)`` in a worker thread, one call of ``model`` at a time per event loop.
+
+    If the awaiting task is cancelled while the call runs, this waits for the call to end
+    (shielded), hands what it returned to ``late`` (see :func:`_hand_late`), then re-raises
+    the cancellation. A call still waiting for its turn is simply dropped: nothing ran.
+    """
+    ident = (id(model), _native_loop_token())
+    entry = _SYNC_LOCKS.get(ident)
+    if entry is None:
+        entry = _SYNC_LOCKS[ident] = [anyio.Lock(), 0]
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            call = _ThreadCall(method, arg)
+            try:
+                await anyio.to_thread.run_sync(call.run, abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                if call.abandon():
+                    raise
+                if not call.done.is_set():
+                    logger.warning(
+                        "cachesaver: a call of %s in a worker thread cannot be cancelled; waiting "
+                        "for it to end so that its samples are stored",
+                        getattr(method, "__qualname__", type(model).__name__),
+                    )
+                    await _outlive_cancellation(call)
+                _hand_late(call, requests, late)
+                raise
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0 and _SYNC_LOCKS.get(ident) is entry:
+            del _SYNC_LOCKS[ident]
+    if call.error is not None:
+        raise call.error
+    return call.value
+
+
+def _hand_late(call: _ThreadCall, requests: Sequence[Request], late: LateAnswers | None) -> None:
+    """Give what a cancelled call returned to ``late``; a call that raised hands on nothing."""
+    value = call.value
+    if call.error is not None:
+        return
+    if inspect.isawaitable(value):  # a sync wrapper's coroutine, never to be awaited now
+        close = getattr(value, "close", None)
+        if callable(close):
+            close()
+        return
+    batched = isinstance(call.arg, Batch)
+    answers = _check_batch(requests, value) if batched else [_check_answer(requests[0], value)]
+    try:
+        (late or _discard_late)(requests, answers)
+    except Exception:  # noqa: BLE001 - the cancellation is re-raised whatever happens here
+        logger.exception("cachesaver could not keep model answers that arrived after their call was cancelled")
+
+
+def _discard_late(requests: Sequence[Request], answers: List[Settled]) -> None:
+    """The sink of a stage with no cache above it: nothing can keep the answers, say so."""
+    logger.warning(
+        "cachesaver: the model answered %d request(s) after their call was cancelled and no "
+        "cache is above this stage to store the samples; they were discarded", len(requests),
+    )
+
+
+async def _call_sync(
+    model: Any, method: Any, arg: Any, requests: Sequence[Request], late: LateAnswers | None
+) -> Any:
+    """A sync ``method(arg)`` run in a worker thread (see :func:`_in_thread`); an awaitable it
+    returns (a sync wrapper of an async call) is awaited on the event loop."""
+    answer = await _in_thread(model, method, arg, requests, late)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
+async def _ask_one(model: Any, request: Request, late: LateAnswers | None) -> Settled:
+    """One ``request`` call; its checked answer or the exception it raised."""
+    method = model.request
+    try:
+        if _is_async(method):
+            return _check_answer(request, await method(request))
+        return _check_answer(request, await _call_sync(model, method, request, (request,), late))
+    except Exception as exc:  # noqa: BLE001 - delivered to the request's caller
+        return exc
+
+
+async def _gather_each(model: Any, requests: Sequence[Request], late: LateAnswers | None) -> list[Settled]:
+    results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
+
+    async def one(i: int, request: Request) -> None:
+        results[i] = await _ask_one(model, request, late)
+
+    async with anyio.create_task_group() as group:
+        for i, request in enumerate(requests):
+            group.start_soon(one, i, request)
+    return results
+
+
+def call_model(
+    model: Any,
+    requests: Sequence[Request],
+    *,
+    prefer_batch: bool = True,
+    late: LateAnswers | None = None,
+) -> Awaitable[list[Settled]]:
+    """Ask ``model`` for ``requests``; awaits to one Response or exception per request, in order.
+
+    A cachesaver stage is asked natively. A plain model is asked with one ``batch_request``
+    when it has one (and ``prefer_batch`` or there are several requests), else with concurrent
+    ``request`` calls. If a whole ``batch_request`` of several requests raises, each request is
+    retried alone, so only the failing ones fail: concurrently via ``request`` when the model
+    has it, else one after another as a ``batch_request`` of one (at most one extra call per
+    request, never several at once, as a local model that ran out of memory needs). The
+    outputs of the failed batch call never reached us, so there is nothing of it to keep.
+
+    A plain model's method may be sync (a local model's ``generate``): it then runs in a
+    worker thread, one call per batch (or per request), and calls of one sync model never
+    overlap within an event loop (a second batch waits its turn on the loop, not in a thread).
+    A thread cannot be cancelled: if the call is cancelled while the model runs, this waits
+    for the model to finish, hands its answers to ``late`` (``late(requests, answers)``, on
+    the event loop, one checked answer per request: a Response, or the exception the model
+    returned in its place; a call that raised hands on nothing), then re-raises the
+    cancellation. Without ``late`` such answers are discarded with a warning.
+    """
+    if isinstance(model, Stage):
+        return model.settle(requests)
+    return _call_plain_model(model, requests, prefer_batch, late)
+
+
+async def _call_plain_model(
+    model: Any, requests: Sequence[Request], prefer_batch: bool, late: LateAnswers | None
+) -> list[Settled]:
+    has_batch = callable(getattr(model, "batch_request", None))
+    has_single = callable(getattr(model, "request", None))
+    if has_single and (not has_batch or (len(requests) == 1 and not prefer_batch)):
+        if len(requests) == 1:
+            request = requests[0]
+            method = model.request
+            try:
+                if _is_async(method):  # inline: the common single call costs no extra frame
+                    return [_check_answer(request, await method(request))]
+                return [_check_answer(request, await _call_sync(model, method, request, requests, late))]
+            except Exception as exc:  # noqa: BLE001
+                return [exc]
+        return await _gather_each(model, requests, late)
+    try:
+        return await _ask_batch(model, requests, late)
+    except Exception as exc:  # noqa: BLE001
+        if len(requests) == 1:
+            return [exc]
+        if has_single:
+            return await _gather_each(model, requests, late)
+        return [await _ask_alone(model, request, late) for request in requests]
+
+
+async def _ask_batch(model: Any, requests: Sequence[Request], late: LateAnswers | None = None) -> list[Settled]:
+    """One ``batch_request`` call; raises what it raised, checks the shape of its answer."""
+    batch = Batch(requests=list(requests))
+    method = model.batch_request
+    if _is_async(method):
+        return _check_batch(requests, await method(batch))
+    return _check_batch(requests, await _call_sync(model, method, batch, requests, late))
+
+
+async def _ask_alone(model: Any, request: Request, late: LateAnswers | None = None) -> Settled:
     """``request`` as a ``batch_request`` of one; its answer or the exception it raised."""
     try:
-        (answer,) = await _ask_batch(model, [request])
+        (answer,) = await _ask_batch(model, [request], late)
     except Exception as exc:  # noqa: BLE001 - that request's own failure
         return exc
     return answer
@@ -160,6 +372,9 @@ class Stage:
     def __init__(self, model: Any) -> None:
         _check_model(model, type(self).__name__)
         self.model = model
+        self._late_answers: LateAnswers | None = None
+        """Where answers a sync model returns after their call was cancelled go: set by the
+        :class:`~cachesaver.caching.AsyncCacher` above this stage (see :func:`call_model`)."""
         self._closed = False
         self._background = BackgroundTasks(type(self).__name__)
         self._active = 0
@@ -250,7 +465,9 @@ class Stage:
 
         With ``timeout_s``, work still in flight at the deadline is cancelled from the
         innermost stage outwards (so samples a model already returned still reach the cache),
-        and its callers get :class:`~cachesaver.errors.PipelineClosedError`. A second ``aclose``
+        and its callers get :class:`~cachesaver.errors.PipelineClosedError`; a sync model's call
+        in a worker thread cannot be cancelled, so the close waits for it and the cache above
+        stores what it returns (see :func:`call_model`). A second ``aclose``
         waits for the first. A user's own model is never closed by a stage.
 
         If ``aclose`` itself is cancelled (``async with`` left by an outer timeout), it closes

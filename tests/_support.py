@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,67 @@ class NamedModel:
         self.calls += 1
         await anyio.sleep(0)
         return [self._answer(r) for r in batch.requests]
+class SyncModel:
+    """A sync (blocking) model, as a local Hugging Face or vLLM wrapper is: ``batch_request``
+    and/or ``request`` are plain methods (``kind`` is "batch", "single" or "both").
+
+    Each call records the thread it ran in and the peak number of calls at once. A call sets
+    ``entered`` and, if ``block`` is set, waits for ``released`` (a threading.Event) before
+    answering; ``overlap_window_s`` makes each call wait up to that long for another call to
+    join it, so calls that can overlap do. Samples are ``"<prompt>#<k>"`` as ScriptedModel's.
+    """
+
+    def __init__(self, kind: str = "batch", *, block: bool = False, overlap_window_s: float = 0.0) -> None:
+        self.block = block
+        self.overlap_window_s = overlap_window_s
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self._overlap = threading.Event()
+        self._lock = threading.Lock()
+        self._counters: dict[Any, int] = {}
+        self.threads: list[threading.Thread] = []
+        self.batch_sizes: list[int] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        if kind == "single":
+            self.batch_request = None  # type: ignore[assignment]
+        elif kind == "batch":
+            self.request = None  # type: ignore[assignment]
+
+    @property
+    def calls(self) -> int:
+        return len(self.batch_sizes)
+
+    def _call(self, requests: list[Request]) -> list[Response]:
+        with self._lock:
+            self.threads.append(threading.current_thread())
+            self.batch_sizes.append(len(requests))
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            if self.in_flight > 1:
+                self._overlap.set()
+        self.entered.set()
+        try:
+            if self.overlap_window_s:
+                self._overlap.wait(self.overlap_window_s)
+            if self.block:
+                self.released.wait(5)  # bounded: a model blocking the event loop cannot hang a test
+            answers = []
+            with self._lock:
+                for request in requests:
+                    start = self._counters.get(request.prompt, 0)
+                    self._counters[request.prompt] = start + request.n
+                    answers.append(Response(data=[f"{request.prompt}#{k}" for k in range(start, start + request.n)]))
+            return answers
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def batch_request(self, batch: Batch) -> list[Response]:
+        return self._call(list(batch.requests))
+
+    def request(self, request: Request) -> Response:
+        return self._call([request])[0]
 
 
 class ShortOnceModel:

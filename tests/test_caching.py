@@ -11,13 +11,16 @@ import diskcache
 import pytest
 from _support import Extra, stored_count, GateModel, NamedModel, ShortOnceModel, gather
 
+from cachesaver.batching import AsyncBatcher
 from cachesaver.caching import AsyncCacher
+from cachesaver.deduplication import AsyncDeduplicator
 from cachesaver.errors import (
     BackendError,
     BatchRequestError,
     ConfigurationError,
     IncompleteResponseError,
     PipelineClosedError,
+    StoreError,
     UnserializableParameterError,
 )
 from cachesaver.keys import request_key
@@ -317,3 +320,43 @@ async def test_no_identity_keeps_the_keys_of_a_cache_written_before_model_identi
         assert cacher.model_identity is None
         replayed = await cacher.request(request)
     assert model.calls == 0 and replayed.data == written.data
+# == late answers: what a sync model returned after its call was cancelled ===================
+
+
+def test_the_cacher_is_the_late_sink_of_every_stage_below_it(tmp_path: Path) -> None:
+    batcher = AsyncBatcher(ScriptedModel(), batch_size=2)
+    deduplicator = AsyncDeduplicator(batcher)
+    inner = AsyncCacher(deduplicator, tmp_path / "inner")
+    outer = AsyncCacher(AsyncBatcher(inner, batch_size=2), tmp_path / "outer")
+    assert deduplicator._late_answers == batcher._late_answers == inner._store_late
+    assert outer.model._late_answers == outer._store_late  # an inner cacher keeps its own chain
+
+
+async def test_late_answers_are_stored_as_spare_samples_but_errors_never(tmp_path: Path) -> None:
+    kept, failed, short = Request("kept", n=2, request_id="a"), Request("failed"), Request("short", n=3)
+    partial = IncompleteResponseError("2 of 3")
+    partial.response = Response(data=["short#0", "short#1"])  # type: ignore[attr-defined]
+    async with AsyncCacher(ScriptedModel(), tmp_path) as cacher:
+        await cacher.request(Request("warm-up"))  # the store is running
+        cacher._store_late(
+            [kept, failed, short], [Response(data=["late#0", "late#1"]), BackendError("boom"), partial]
+        )
+    replay = ScriptedModel()
+    async with AsyncCacher(replay, tmp_path) as cacher:
+        assert (await cacher.request(kept)).data == ["late#0", "late#1"]
+        assert (await cacher.request(Request("short", n=2))).data == ["short#0", "short#1"]
+        assert replay.calls == 0
+        await cacher.request(failed)
+    assert replay.calls == 1  # the failure was not stored
+    assert stored_count(tmp_path, kept) == 2
+
+
+async def test_late_answers_after_the_cache_closed_fail_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cacher = AsyncCacher(ScriptedModel(), tmp_path)
+    await cacher.request(Request("warm-up"))
+    await cacher.aclose()
+    with pytest.raises(StoreError, match="1 sample"):
+        cacher._store_late([Request("late")], [Response(data=["late#0"])])
+    assert any(r.levelname == "ERROR" and "could not store 1 sample" in r.getMessage() for r in caplog.records)

@@ -30,6 +30,7 @@ from _support import (
     RecordingLedger,
     ShortOnceModel,
     SingleOnlyModel,
+    SyncModel,
     gather,
     wait_until,
 )
@@ -1246,6 +1247,124 @@ def test_the_core_runs_under_trio(tmp_path: Path) -> None:
     assert upstream == 2  # the two "hi" requests merged
     assert [r.data for r in second] == [first[2].data, first[1].data, first[0].data]
     assert replay_calls == 0
+
+
+# == sync (blocking) local models ===========================================================
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "pipeline_class, kind",
+    [(OnlineAPI, "single"), (OnlineAPI, "batch"), (OnlineAPI, "both"), (LocalAPI, "batch")],
+)
+def test_a_sync_model_works_in_every_pipeline(tmp_path: Path, backend: str, pipeline_class: Any, kind: str) -> None:
+    requests = [Request("a", n=2, request_id="x"), Request("b", request_id="y"), Request("a", request_id="z")]
+
+    async def run(model: SyncModel) -> list[Response]:
+        with anyio.fail_after(10):
+            async with pipeline_class(model, tmp_path, batch_size=4) as pipeline:
+                first = await pipeline.batch_request(Batch(requests=requests[:2]))
+                return first + [await pipeline.request(requests[2])]
+
+    model = SyncModel(kind)
+    first = anyio.run(run, model, backend=backend)
+    assert [r.data for r in first] == [["a#0", "a#1"], ["b#0"], ["a#2"]]
+    assert all(t is not threading.main_thread() for t in model.threads)
+    assert model.peak_in_flight == 1
+    replay_model = SyncModel(kind)
+    replay = anyio.run(run, replay_model, backend=backend)
+    assert replay_model.calls == 0
+    assert [r.data for r in replay] == [r.data for r in first] and all(all(r.cached) for r in replay)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_late_answers_at_close_are_stored(tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A sync model blocked in its thread past aclose's deadline: its callers get
+    PipelineClosedError, and the two requests' samples it then returns are stored."""
+    requests = [Request("a", n=2, request_id="x"), Request("b", request_id="y")]
+    model = SyncModel("batch", block=True)
+    pipeline = LocalAPI(model, tmp_path, batch_size=2)
+    errors: list[BaseException] = []
+
+    async def ask(request: Request) -> None:
+        try:
+            await pipeline.request(request)
+        except PipelineClosedError as exc:
+            errors.append(exc)
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for request in requests:
+                    group.start_soon(ask, request)
+                await wait_until(model.entered.is_set)
+                group.start_soon(pipeline.aclose, 0.01)
+                # the deadline has passed and the call was cancelled, but a thread cannot be
+                await wait_until(lambda: "cannot be cancelled" in caplog.text)
+                model.released.set()
+
+    anyio.run(main, backend=backend)
+    assert model.batch_sizes == [2]  # the two requests were one batch
+    assert len(errors) == 2
+    assert pipeline.ledger.total().upstream_calls == 2  # paid for, so counted
+    replay_model = ScriptedModel()
+
+    async def replay() -> list[Response]:
+        async with LocalAPI(replay_model, tmp_path, batch_size=2) as again:
+            return await again.batch_request(Batch(requests=requests))
+
+    responses = anyio.run(replay, backend=backend)
+    assert replay_model.calls == 0
+    assert [r.data for r in responses] == [["a#0", "a#1"], ["b#0"]]
+    assert all(all(r.cached) for r in responses)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("within_the_grace", [True, False])
+def test_a_cancelled_aclose_stores_what_a_sync_model_returns(
+    tmp_path: Path, backend: str, within_the_grace: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Released within cancelled_close_grace_s the close completes; released after it gave
+    up, the samples are stored anyway and the next aclose() completes the close."""
+    request = Request("a", n=2, request_id="x")
+    model = SyncModel("batch", block=True)
+    pipeline = LocalAPI(model, tmp_path, batch_size=1)
+    if not within_the_grace:
+        pipeline.cancelled_close_grace_s = 0.01
+    release_once = "cannot be cancelled" if within_the_grace else "gave up"
+
+    async def main() -> bool:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+
+                async def leave_cancelled(task_status: Any) -> None:
+                    with anyio.CancelScope() as scope:
+                        task_status.started(scope)
+                        async with pipeline:
+                            await pipeline.request(request)
+                    caught.append(scope.cancelled_caught)
+
+                caught: list[bool] = []
+                scope = await group.start(leave_cancelled)
+                await wait_until(model.entered.is_set)
+                scope.cancel()  # the request and then aclose() are cancelled
+                await wait_until(lambda: release_once in caplog.text)
+                model.released.set()
+            if not within_the_grace:
+                await pipeline.aclose()  # waits for the late answer, stores it, then closes
+        return caught == [True]
+
+    assert anyio.run(main, backend=backend)  # the cancellation was re-raised
+    assert not pipeline.cacher._broker.running
+    assert ("gave up" in caplog.text) is not within_the_grace
+    replay_model = ScriptedModel()
+
+    async def replay() -> Response:
+        async with LocalAPI(replay_model, tmp_path, batch_size=1) as again:
+            return await again.request(request)
+
+    response = anyio.run(replay, backend=backend)
+    assert replay_model.calls == 0 and response.data == ["a#0", "a#1"] and response.cached == [True, True]
 
 
 # == a larger mixed workload: every promise at once ==========================================
