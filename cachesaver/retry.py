@@ -2,7 +2,7 @@
 
 :func:`retry_call` runs an async callable and, when it raises
 :class:`~cachesaver.errors.TransientBackendError` (rate limit, overload, time-out, dropped
-connection), sleeps and calls it again, up to ``policy.max_attempts`` calls in all. Guarantees:
+connection, a reply that is not valid JSON), sleeps and calls it again, up to ``policy.max_attempts`` calls in all. Guarantees:
 
 * Only ``TransientBackendError`` is retried. Permanent errors, programming errors and
   cancellation propagate from the first call that raises them.

@@ -223,6 +223,43 @@ async def test_faults_are_retried_and_never_stored(sdk: Sdk, server: FakeChatSer
     assert server.calls == calls + 1  # the failure was not stored: it was asked again
 
 
+@pytest.mark.parametrize("kind", ["truncated", "html"])
+async def test_a_malformed_200_reply_is_retried_like_a_503(
+    sdk: Sdk, server: FakeChatServer, tmp_path, kind: str
+) -> None:
+    server.malformed_next(kind)
+    async with sdk.make(server, tmp_path, sleep=Sleeps()) as client:
+        completion = await client.chat.completions.create(model="m", messages=USER)
+    assert texts(completion) == ["tell me a joke#0"]
+    assert server.calls == 2
+
+
+@pytest.mark.parametrize("kind", ["truncated", "html"])
+async def test_only_malformed_replies_give_up_with_a_transient_error_and_store_nothing(
+    sdk: Sdk, server: FakeChatServer, tmp_path, kind: str
+) -> None:
+    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.0)
+    server.malformed_next(kind, times=3)
+    async with sdk.make(server, tmp_path, retry=policy, sleep=Sleeps()) as client:
+        with pytest.raises(TransientBackendError, match="gave up after 3 attempts"):
+            await client.chat.completions.create(model="m", messages=USER, request_id="r")
+    assert server.calls == 3
+    async with sdk.make(server, tmp_path) as client:
+        again = await client.chat.completions.create(model="m", messages=USER, request_id="r")
+    assert texts(again) == ["tell me a joke#0"] and again.choices[0].cached is False
+    assert server.calls == 4  # nothing was stored from the malformed replies
+
+
+def test_a_malformed_reply_reaches_a_blocking_client_as_a_transient_error(
+    sdk: Sdk, server: FakeChatServer, tmp_path
+) -> None:
+    server.malformed_next("html", times=2)
+    with sdk.make_sync(server, tmp_path, retry=RetryPolicy(max_attempts=2, initial_delay_s=0.0)) as client:
+        with pytest.raises(TransientBackendError, match="not JSON"):
+            client.chat.completions.create(model="m", messages=USER)
+    assert server.calls == 2
+
+
 async def test_sdk_max_retries_sets_the_retry_budget(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
     server.fail_next(503, times=5)
     async with sdk.make(server, tmp_path, max_retries=1, retry=None) as client:
