@@ -224,3 +224,9 @@ async def test_only_malformed_replies_give_up_with_a_transient_error(
             again = await pipeline.request(model.make_request("q", request_id=7))
     assert again.data == ["q#0"] and again.cached == [False]  # nothing was stored from the failures
     assert server.calls == 3
+
+
+@pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), 0, -1])
+def test_a_bad_timeout_s_is_a_configuration_error(server: FakeChatServer, timeout_s: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout_s must be a finite number of seconds > 0"):
+        OpenAIModel("m", api_key="k", base_url=server.openai_base_url, timeout_s=timeout_s)
