@@ -17,7 +17,14 @@ import together
 from _support import Sleeps
 from fake_chat_server import Fault, FakeChatServer
 
-from cachesaver.errors import ConfigurationError, PermanentBackendError, PipelineClosedError, TransientBackendError
+from cachesaver.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    PermanentBackendError,
+    PipelineClosedError,
+    TransientBackendError,
+    UnserializableParameterError,
+)
 from cachesaver.ledger import Price
 from cachesaver.models import openai as cached_openai
 from cachesaver.models import together as cached_together
@@ -291,6 +298,43 @@ async def test_exact_ledger_numbers_with_prices(sdk: Sdk, server: FakeChatServer
     assert total.cost_usd == (6 * 2.0 + 15 * 10.0) / 1e6
     assert server.calls == 2
     assert "total" in ledger.render()
+
+
+BAD_CALLS = [
+    pytest.param({"messages": None}, InvalidRequestError, "messages=", id="messages=None"),
+    pytest.param({"messages": 123}, InvalidRequestError, "messages=", id="messages=123"),
+    pytest.param({"messages": "hi"}, InvalidRequestError, "messages=", id="messages-a-string"),
+    pytest.param({"messages": USER, "extra_body": "x"}, InvalidRequestError, "extra_body=", id="extra_body=x"),
+    pytest.param({"messages": [{"role": "user", "content": "\ud800"}]}, UnserializableParameterError,
+                 "lone surrogate", id="surrogate-content"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "hint"), BAD_CALLS)
+async def test_a_bad_create_call_is_an_invalid_request_error(
+    sdk: Sdk, server: FakeChatServer, tmp_path, call: dict, error: type, hint: str
+) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        with pytest.raises(error, match=hint):
+            await client.chat.completions.create(model="m", **call)
+        assert texts(await client.chat.completions.create(model="m", messages=USER)) == ["tell me a joke#0"]
+    assert server.calls == 1  # the bad call never reached the server
+
+
+@pytest.mark.parametrize(("call", "error", "hint"), BAD_CALLS)
+def test_a_bad_create_call_on_a_blocking_client_is_an_invalid_request_error(
+    sdk: Sdk, server: FakeChatServer, tmp_path, call: dict, error: type, hint: str
+) -> None:
+    with sdk.make_sync(server, tmp_path) as client:
+        with pytest.raises(error, match=hint):
+            client.chat.completions.create(model="m", **call)
+    assert server.calls == 0
+
+
+@pytest.mark.parametrize("batch_timeout_s", [float("inf"), 1e300, float("nan")])
+def test_an_endless_batch_timeout_is_a_configuration_error(sdk: Sdk, server: FakeChatServer, tmp_path, batch_timeout_s) -> None:
+    with pytest.raises(ConfigurationError, match="batch_timeout_s"):
+        sdk.make(server, tmp_path, batch_timeout_s=batch_timeout_s)
 
 
 def test_sync_client_in_a_plain_script(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
