@@ -10,6 +10,9 @@ Guarantees:
 * Each batch call runs detached: a cancelled caller does not cancel the batch its neighbours
   are waiting for. Errors are per request (see :mod:`cachesaver.stage`).
 * When closing begins, the pending partial batch is sent at once, without waiting the window.
+* ``timeout`` is a finite number of seconds from 0 to 3600 (``MAX_WAIT_S``); anything else
+  (NaN, infinity, 1e300, which would hold a lone request until close) raises
+  :class:`~cachesaver.errors.ConfigurationError`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from ._checks import MAX_WAIT_S, check_seconds
 from .background import Outcome, _native_loop_token
 from .errors import ConfigurationError, PipelineClosedError
 from .stage import Settled, Stage, call_model
@@ -36,8 +40,7 @@ class AsyncBatcher(Stage):
         super().__init__(model)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-            raise ConfigurationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_seconds("timeout (the batch window)", timeout, maximum=MAX_WAIT_S)
         self.batch_size = batch_size
         self.timeout = float(timeout)
         self._pending: list[_Item] = []

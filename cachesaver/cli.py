@@ -10,13 +10,21 @@ is the same command.
 
 Exit status: 0 when every sample finished, 1 when some failed (see error.jsonl) or the task's
 ``calculate_overall`` failed (overall.json is still written, its ``custom`` holding the error),
-2 for a bad command line or configuration.
+2 for a bad command line or configuration (one line on stderr, no traceback), and 141 (128 +
+SIGPIPE, what a shell reports for a command that a closed pipe stopped) when standard output
+was closed before everything was printed, as ``cachesaver run ... | head -1`` does: the run
+itself has finished and written its files by then, only the summary was cut short, and that
+ends quietly, without a traceback.
+
+``cachesaver --version`` prints ``cachesaver <version>`` and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -31,6 +39,18 @@ from .tasks.summary import RunSummary
 __all__ = ["build_parser", "main"]
 
 DEFAULT_CACHE = "caches/runs"
+EXIT_BROKEN_PIPE = 141
+"""The exit status when standard output was closed early (128 + SIGPIPE)."""
+
+
+def package_version() -> str:
+    """The installed cachesaver's version (its distribution metadata, else ``__version__``)."""
+    try:
+        return importlib.metadata.version("cachesaver")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+
+        return str(__version__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cachesaver",
         description="Cheaper, faster, reproducible LLM experiments.",
     )
+    parser.add_argument("--version", action="version", version=f"cachesaver {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -147,7 +168,37 @@ async def _run(args: argparse.Namespace) -> RunSummary:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    When standard output is closed early (piped into ``head``), returns
+    :data:`EXIT_BROKEN_PIPE` quietly instead of raising BrokenPipeError.
+    """
+    try:
+        try:
+            status = _main(argv)
+        finally:  # also after argparse's exit: a closed pipe shows up here for buffered output
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _discard_stdout() -> None:
+    """Point standard output at the null device, so the interpreter's final flush of what is
+    still buffered for the closed pipe cannot fail (the recipe of Python's signal docs)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.concurrency is not None and args.concurrency < 1:

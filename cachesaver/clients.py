@@ -58,12 +58,13 @@ import inspect
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import anyio
 
+from ._checks import MAX_WAIT_S, check_seconds
 from .errors import ConfigurationError, InvalidRequestError
 from .keys import request_key
 from .ledger import Ledger, PriceTable
@@ -114,6 +115,8 @@ class ClientOptions:
             own["cache"] = _default_cache()
         if not isinstance(own.get("namespace", "default"), str):
             raise ConfigurationError(f"namespace must be a str, got {type(own['namespace']).__name__}")
+        if "batch_timeout_s" in own:
+            check_seconds("batch_timeout_s", own["batch_timeout_s"], maximum=MAX_WAIT_S)
         if own.get("retry") is None and isinstance(sdk.get("max_retries"), int):
             own["retry"] = RetryPolicy(max_attempts=max(0, sdk["max_retries"]) + 1)
         return cls(**own, sdk_kwargs=sdk)
@@ -140,7 +143,13 @@ def chat_request(kind: str, base_url: str, namespace: str, call: Mapping[str, An
     if "model" not in arguments or "messages" not in arguments:
         raise InvalidRequestError("chat.completions.create needs model= and messages=")
     model = arguments.pop("model")
-    messages = [_message(m) for m in arguments.pop("messages")]
+    given = arguments.pop("messages")
+    if isinstance(given, (str, bytes, Mapping)) or not isinstance(given, Iterable):
+        raise InvalidRequestError(
+            f"chat.completions.create(messages=...) must be a list of messages, got {type(given).__name__}; "
+            "pass messages=[{'role': 'user', 'content': '...'}]"
+        )
+    messages = [_message(m) for m in given]
     n = arguments.pop("n", None)
     stream = bool(arguments.pop("stream", False))
     stream_options = arguments.pop("stream_options", None)
@@ -149,6 +158,11 @@ def chat_request(kind: str, base_url: str, namespace: str, call: Mapping[str, An
     fields = {name: arguments.pop(name) for name in DECODING_FIELDS if name in arguments}
     fields = {k: v for k, v in fields.items() if v is not None}
     extra_body = arguments.pop("extra_body", None)
+    if extra_body is not None and not isinstance(extra_body, Mapping):
+        raise InvalidRequestError(
+            f"chat.completions.create(extra_body=...) must be a dict of extra JSON body fields, "
+            f"got {type(extra_body).__name__}"
+        )
     parameters = {k: v for k, v in arguments.items() if v is not None}
     request = ChatRequest(
         messages, n=1 if n is None else n, request_id=request_id,

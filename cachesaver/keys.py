@@ -15,8 +15,11 @@ samples, such as a per-call time-out); such fields may hold any value. Guarantee
   the class).
 * Tuples key like lists; enums key like their value.
 * Anything without a canonical encoding (sets, NaN or infinities, dicts with non-string keys,
-  arbitrary objects) raises :class:`~cachesaver.errors.UnserializableParameterError` naming the
-  field, rather than risking a silent collision.
+  arbitrary objects, text holding a lone surrogate such as ``"\\ud800"``, which is not valid
+  Unicode and has no UTF-8 form, a list or dict that contains itself, or lists and dicts nested
+  more than :data:`MAX_DEPTH` levels deep) raises
+  :class:`~cachesaver.errors.UnserializableParameterError` naming the field, rather than
+  risking a silent collision or a ``RecursionError``.
 
 The key is computed once per request object and remembered on it.
 
@@ -50,6 +53,9 @@ __all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value", "mo
 
 KEY_SCHEMA = "cachesaver-key/1"
 NON_KEY_FIELDS = frozenset({"n", "request_id", "namespace"})
+MAX_DEPTH = 100
+"""How deeply lists and dicts may nest inside one field (a chat prompt uses 2 or 3 levels);
+deeper values, and values that contain themselves, are refused."""
 
 _MEMO = "_cachesaver_key"
 _fields_by_class: dict[type, tuple[str, ...]] = {}
@@ -72,8 +78,27 @@ def _key_fields(cls: type) -> tuple[str, ...]:
     return names
 
 
+class _TooDeep(Exception):
+    """Internal: a value nested more than MAX_DEPTH levels (or containing itself)."""
+
+
 def canonical_value(value: Any, path: str = "value") -> Any:
     """The canonical JSON-ready form of ``value``; raises UnserializableParameterError if none."""
+    try:
+        return _canonical(value, path, 0)
+    except _TooDeep:
+        if _contains_itself(value):
+            raise UnserializableParameterError(
+                f"{path} contains itself (a list or dict that holds a reference to itself or to one "
+                "of its parents), which has no finite form for the cache key; pass a copy without the cycle"
+            ) from None
+        raise UnserializableParameterError(
+            f"{path} nests lists and dicts more than {MAX_DEPTH} levels deep, more than a cache key "
+            "accepts; flatten it, or pass the deep part as a JSON string"
+        ) from None
+
+
+def _canonical(value: Any, path: str, depth: int) -> Any:
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
@@ -88,8 +113,12 @@ def canonical_value(value: Any, path: str = "value") -> Any:
             f"{path} is {value!r}; NaN and infinities have no canonical cache key, pass a finite number"
         )
     if kind is list or kind is tuple:
-        return [canonical_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
+        return [_canonical(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
         out = {}
         for k, v in value.items():
             if type(k) is not str:
@@ -97,20 +126,22 @@ def canonical_value(value: Any, path: str = "value") -> Any:
                     f"{path} has a {type(k).__name__} key {k!r}; only string keys can be keyed "
                     "canonically (JSON would silently turn 1 and '1' into the same key)"
                 )
-            out[k] = canonical_value(v, f"{path}[{k!r}]")
+            out[k] = _canonical(v, f"{path}[{k!r}]", depth + 1)
         return out
     if isinstance(value, enum.Enum):
-        return canonical_value(value.value, path)
+        return _canonical(value.value, path, depth)
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return canonical_value(float(value), path)
+        return _canonical(float(value), path, depth)
     if isinstance(value, str):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return [canonical_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
+        return [_canonical(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, (set, frozenset)):
         raise UnserializableParameterError(
             f"{path} is a {kind.__name__}, which has no order; pass a sorted list instead"
@@ -119,6 +150,79 @@ def canonical_value(value: Any, path: str = "value") -> Any:
         f"{path} is a {kind.__name__}, which has no canonical form for the cache key; "
         "use str, int, float, bool, None, lists and string-keyed dicts"
     )
+
+
+def _children(value: Any) -> list[Any]:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, Mapping):
+        return list(value.values())
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return []
+
+
+def _contains_itself(value: Any) -> bool:
+    """Whether a list or dict inside ``value`` holds one of its own parents (an iterative
+    depth-first search, visiting each container once)."""
+    on_path: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[Any, Any]] = [(value, None)]
+    while stack:
+        item, children = stack[-1]
+        if children is None:
+            on_path.add(id(item))
+            children = iter(_children(item))
+            stack[-1] = (item, children)
+        child = next(children, _END)
+        if child is _END:
+            stack.pop()
+            on_path.discard(id(item))
+            done.add(id(item))
+            continue
+        if not _children(child) or id(child) in done:
+            continue
+        if id(child) in on_path:
+            return True
+        stack.append((child, None))
+    return False
+
+
+_END = object()
+
+
+def _utf8(text: str, payload: Mapping[str, Any]) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = next(
+            (found for name, value in payload.items() if (found := _surrogate_at(value, f"Request.{name}"))),
+            "the request",
+        )
+        char = exc.object[exc.start:exc.end]
+        raise UnserializableParameterError(
+            f"{where} holds the lone surrogate {char!r}, which is not valid Unicode text and has no "
+            "UTF-8 form for the cache key; fix the text where it came from (for example decode bytes "
+            "with errors='replace')"
+        ) from None
+
+
+def _surrogate_at(value: Any, path: str) -> str | None:
+    """The path of the first string in canonical ``value`` that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := _surrogate_at(v, f"{path}[{i}]"))), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _surrogate_at(k, f"{path} (a key)") or _surrogate_at(v, f"{path}[{k!r}]")
+            if found:
+                return found
+    return None
 
 
 def request_key(request: Any) -> str:
@@ -134,7 +238,7 @@ def request_key(request: Any) -> str:
             continue
         payload[name] = canonical_value(value, f"Request.{name}")
     text = _encoder.encode([KEY_SCHEMA, payload])
-    key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    key = hashlib.sha256(_utf8(text, payload)).hexdigest()
     if state is not None:
         state[_MEMO] = key
     return key

@@ -50,7 +50,7 @@ from .keys import DERIVE
 from .ledger import Ledger
 from .metering import LedgerTap
 from .reordering import RequestReorderer
-from .stage import Settled, Stage
+from .stage import Settled, Stage, _check_model
 from .typedefs import Request, Response
 
 __all__ = ["LocalAPI", "OnlineAPI"]
@@ -68,6 +68,7 @@ class _Pipeline(Stage):
         max_refetch: int = 2,
         model_id: Any = DERIVE,
     ) -> None:
+        _check_model(model, type(self).__name__)
         self.ledger = ledger if ledger is not None else Ledger()
         self.reorderer = RequestReorderer(LedgerTap(model, self.ledger))
         self.window_deduplicator = AsyncDeduplicator(self.reorderer, across_calls=False)
@@ -117,6 +118,7 @@ class LocalAPI(_Pipeline):
     """Cache, deduplicate, batch and reorder requests for a local batch model."""
 
     def __init__(self, model: Any, cache: Any, batch_size: int, timeout: float = 0.01, **options: Any) -> None:
+        _check_model(model, type(self).__name__)
         if not callable(getattr(model, "batch_request", None)):
             raise ConfigurationError(
                 f"LocalAPI needs a model with a batch_request() method (async, or sync to run in a "

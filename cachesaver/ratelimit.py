@@ -35,6 +35,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -50,7 +51,7 @@ __all__ = ["RateLimiter", "RateLimits", "Slot", "estimate_tokens"]
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Limits on upstream calls; None means unlimited.
+    """Limits on upstream calls; None means unlimited (NaN and infinity are refused).
 
     Parameters:
         max_in_flight: upstream calls running at the same time.
@@ -70,8 +71,12 @@ class RateLimits:
             )
         for name in ("requests_per_minute", "tokens_per_minute"):
             rate = getattr(self, name)
-            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
-                raise ConfigurationError(f"RateLimits.{name} must be None or a number > 0, got {rate!r}")
+            if rate is not None and (
+                isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+            ):
+                raise ConfigurationError(
+                    f"RateLimits.{name} must be None (no limit) or a finite number > 0, got {rate!r}"
+                )
 
 
 class _Bucket:

@@ -2,7 +2,7 @@
 
 :func:`retry_call` runs an async callable and, when it raises
 :class:`~cachesaver.errors.TransientBackendError` (rate limit, overload, time-out, dropped
-connection), sleeps and calls it again, up to ``policy.max_attempts`` calls in all. Guarantees:
+connection, a reply that is not valid JSON), sleeps and calls it again, up to ``policy.max_attempts`` calls in all. Guarantees:
 
 * Only ``TransientBackendError`` is retried. Permanent errors, programming errors and
   cancellation propagate from the first call that raises them.
@@ -34,6 +34,7 @@ connection), sleeps and calls it again, up to ``policy.max_attempts`` calls in a
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from typing import TypeVar
 
 import anyio
 
+from ._checks import check_seconds
 from .errors import ConfigurationError, TransientBackendError
 
 __all__ = ["RetryPolicy", "retry_call"]
@@ -62,6 +64,9 @@ class RetryPolicy:
         jitter: the fraction (0 to 1) by which a wait may be randomly shortened, so that many
             clients failing together do not retry together.
         max_retry_after_s: the longest ``Retry-After`` honoured; longer ones are capped.
+
+    Every duration is a finite number of seconds >= 0 and ``multiplier`` a finite number >= 1;
+    anything else (NaN, infinity) raises :class:`~cachesaver.errors.ConfigurationError`.
     """
 
     max_attempts: int = 6
@@ -77,11 +82,10 @@ class RetryPolicy:
                 f"RetryPolicy.max_attempts must be an int >= 1 (1 disables retries), got {self.max_attempts!r}"
             )
         for name in ("initial_delay_s", "max_delay_s", "max_retry_after_s"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
-            raise ConfigurationError(f"RetryPolicy.multiplier must be >= 1, got {self.multiplier!r}")
+            check_seconds(f"RetryPolicy.{name}", getattr(self, name))
+        multiplier = self.multiplier
+        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not 1 <= multiplier < math.inf:
+            raise ConfigurationError(f"RetryPolicy.multiplier must be a finite number >= 1, got {multiplier!r}")
         if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter <= 1:
             raise ConfigurationError(f"RetryPolicy.jitter must be between 0 and 1, got {self.jitter!r}")
 

@@ -12,6 +12,9 @@ freely. Guarantees shared by every stage:
 * Bad input (not a Request, or a Request whose fields fail
   :class:`~cachesaver.typedefs.Request`'s checks, say because a subclass's ``__post_init__``
   skipped them) raises :class:`~cachesaver.errors.InvalidRequestError` before any work starts.
+  In ``batch_request`` that error is the bad request's own entry: its neighbours are served.
+* A stage is built around a model object; a class given instead raises
+  :class:`~cachesaver.errors.ConfigurationError`.
 * After ``aclose()`` a request raises :class:`~cachesaver.errors.PipelineClosedError`.
   ``aclose()`` first lets requests in flight finish (after ``timeout_s`` it cancels them, and
   their callers get PipelineClosedError), then closes the inner stages. A cancelled ``aclose()``
@@ -36,6 +39,7 @@ from typing import Any, List, Union
 import anyio
 import anyio.to_thread
 
+from ._checks import check_seconds
 from .background import BackgroundTasks, Outcome, _native_loop_token
 from .errors import (
     BackendError,
@@ -50,7 +54,6 @@ from .typedefs import Batch, Request, Response, _validate_request
 __all__ = ["Settled", "Stage", "call_model"]
 
 logger = logging.getLogger(__name__)
-_REQUEST_POST_INIT = Request.__post_init__
 # The outermost stage whose aclose() is running in this context (see Stage.aclose).
 _CLOSE_OWNER: ContextVar[Any] = ContextVar("cachesaver_close_owner", default=None)
 
@@ -58,6 +61,11 @@ Settled = Union[Response, BaseException]
 
 
 def _check_model(model: Any, owner: str) -> None:
+    if isinstance(model, type):
+        raise ConfigurationError(
+            f"{owner} got the class {model.__name__} where it needs a model object; "
+            f"pass an instance: {model.__name__}()"
+        )
     if model is None or not (
         callable(getattr(model, "request", None)) or callable(getattr(model, "batch_request", None))
     ):
@@ -399,14 +407,29 @@ class Stage:
     async def batch_request(self, batch: Batch, return_exceptions: bool = False) -> List[Any]:
         """One Response per request of ``batch``, in order; see the module docstring for errors."""
         requests = getattr(batch, "requests", None)
-        if requests is None:
-            raise InvalidRequestError(f"batch_request takes a Batch, got {type(batch).__name__}")
-        admitted = [self._admit(r) for r in requests]
-        self._enter()
-        try:
-            results = await self.settle(admitted)
-        finally:
-            self._exit()
+        if not isinstance(requests, (list, tuple)):
+            raise InvalidRequestError(
+                f"batch_request takes a Batch of a list of Requests, got {type(batch).__name__}"
+                + (f" holding {type(requests).__name__}" if requests is not None else "")
+            )
+        results: list[Any] = [None] * len(requests)
+        admitted: list[Request] = []
+        positions: list[int] = []
+        for i, request in enumerate(requests):
+            try:
+                admitted.append(self._admit(request))
+            except InvalidRequestError as exc:  # that request's own error; a closed stage raises
+                results[i] = exc
+            else:
+                positions.append(i)
+        if admitted:
+            self._enter()
+            try:
+                settled = await self.settle(admitted)
+            finally:
+                self._exit()
+            for i, result in zip(positions, settled):
+                results[i] = result
         if return_exceptions:
             return results
         if any(isinstance(r, BaseException) for r in results):
@@ -434,9 +457,9 @@ class Stage:
             raise InvalidRequestError(
                 f"expected a cachesaver.typedefs.Request, got {type(request).__name__}"
             )
-        # Again here when a subclass's own __post_init__ may have skipped Request's checks.
-        if type(request).__post_init__ is not _REQUEST_POST_INIT:
-            _validate_request(request)
+        # Again here: a subclass's own __post_init__ may have skipped Request's checks, or a
+        # field may have been changed since with object.__setattr__.
+        _validate_request(request)
         return request
 
     # -- tracking work in flight ------------------------------------------------------------
@@ -463,7 +486,8 @@ class Stage:
     async def aclose(self, timeout_s: float | None = None) -> None:
         """Refuse new requests, finish those in flight, then close the inner stages.
 
-        With ``timeout_s``, work still in flight at the deadline is cancelled from the
+        ``timeout_s`` is None (no deadline) or a finite number of seconds >= 0, else
+        :class:`~cachesaver.errors.ConfigurationError`. With ``timeout_s``, work still in flight at the deadline is cancelled from the
         innermost stage outwards (so samples a model already returned still reach the cache),
         and its callers get :class:`~cachesaver.errors.PipelineClosedError`; a sync model's call
         in a worker thread cannot be cancelled, so the close waits for it and the cache above
@@ -479,6 +503,7 @@ class Stage:
         way (or through a native ``asyncio`` ``task.cancel()``, which a shield cannot hold
         off), the next ``aclose`` does the rest.
         """
+        check_seconds("aclose(timeout_s=...)", timeout_s, optional=True)
         while self._closing is not None and not self._closing.is_set():
             await self._closing.wait()  # another aclose is running: wait for it
         if self._shut_down:

@@ -51,6 +51,9 @@ class Request:
     * ``prompt`` is a string or a list of chat messages, each a mapping with a string ``role``
       and a ``content``; anything else raises :class:`~cachesaver.errors.InvalidRequestError`.
     * ``n`` is an int >= 1; ``request_id`` is None, a str or an int; ``namespace`` is a str.
+      Strings must be valid Unicode text (no lone surrogates such as ``"\\ud800"``); in the
+      prompt and other keyed fields that is checked when the cache key is computed
+      (:class:`~cachesaver.errors.UnserializableParameterError`).
     * Every field after ``prompt`` is keyword-only, in this class and in every subclass, so a
       subclass may add fields with or without defaults in any order::
 
@@ -101,10 +104,14 @@ def _validate_request(request: Request) -> None:
         raise InvalidRequestError(
             f"Request.request_id must be None, a str or an int, got {type(rid).__name__}"
         )
+    if isinstance(rid, str) and not _is_text(rid):
+        raise InvalidRequestError(_surrogate_message("Request.request_id", rid))
     if not isinstance(request.namespace, str):
         raise InvalidRequestError(
             f"Request.namespace must be a str, got {type(request.namespace).__name__}"
         )
+    if not _is_text(request.namespace):
+        raise InvalidRequestError(_surrogate_message("Request.namespace", request.namespace))
     prompt = request.prompt
     if isinstance(prompt, str):
         return
@@ -128,11 +135,44 @@ def _validate_request(request: Request) -> None:
             raise InvalidRequestError(f"Request.prompt[{i}] (role {role!r}) has no 'content'")
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text (has a UTF-8 form: no lone surrogates)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_message(what: str, value: str) -> str:
+    return (
+        f"{what} {value!r} holds a lone surrogate, which is not valid Unicode text and cannot be "
+        "stored; use a name made of valid text (for example decode bytes with errors='replace')"
+    )
+
+
 @dataclass(frozen=True)
 class Batch:
-    """Several requests handed to a model at once; responses come back in the same order."""
+    """Several requests handed to a model at once; responses come back in the same order.
+
+    ``requests`` is a list (any other sequence, such as a tuple, is turned into one); anything
+    else raises :class:`~cachesaver.errors.InvalidRequestError`. The requests themselves are
+    checked by the stage that serves the batch, each on its own.
+    """
 
     requests: List[Request]
+
+    def __post_init__(self) -> None:
+        requests = self.requests
+        if not isinstance(requests, list):
+            if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Sequence):
+                raise InvalidRequestError(
+                    f"Batch.requests must be a list of Requests, got {type(requests).__name__}; "
+                    "pass Batch(requests=[Request(...), ...])"
+                )
+            object.__setattr__(self, "requests", list(requests))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ How the search talks to the model (and why the KV cache matters):
   unless the same numbers were valued before. Three value samples per state score it ToT-style
   (sure 20, likely 1, impossible 0.001) and the best ``beam_width`` states survive.
 
-Run it twice: the second run replays every sample from ``caches/sweep`` with zero upstream
-calls, and says so::
+Per configuration it prints the *upstream requests* (requests that reached the model, after
+the cache and the deduplicator) and the *batched calls* they were sent in (model calls, after
+batching). Run it twice: the second run replays every sample from ``caches/sweep`` with zero
+model calls, and says so::
 
     .venv/bin/python examples/sweep.py
 """
@@ -266,9 +268,14 @@ async def run_config(model: Any, config: SweepConfig, puzzles: Sequence[str] = P
 
 @dataclass(frozen=True)
 class ConfigResult:
+    """One configuration's numbers. ``upstream_requests`` counts the requests that reached the
+    model (identical requests merged into one count once); ``batched_calls`` the model calls
+    they were sent in, after batching."""
+
     config: SweepConfig
     solved: int
-    upstream_calls: int
+    upstream_requests: int
+    batched_calls: int
     samples_served: int
     samples_cached: int
     samples_duplicated: int
@@ -279,11 +286,14 @@ class ConfigResult:
 class SweepReport:
     cache_dir: Path
     rows: list[ConfigResult] = field(default_factory=list)
-    model_calls: int = 0
 
     @property
-    def upstream_calls(self) -> int:
-        return sum(r.upstream_calls for r in self.rows)
+    def upstream_requests(self) -> int:
+        return sum(r.upstream_requests for r in self.rows)
+
+    @property
+    def batched_calls(self) -> int:
+        return sum(r.batched_calls for r in self.rows)
 
     @property
     def samples_served(self) -> int:
@@ -294,7 +304,10 @@ class SweepReport:
         return sum(r.samples_cached for r in self.rows)
 
 
-COLUMNS = ("configuration", "upstream calls", "samples cached", "duplicates merged", "modeled s", "KV hit rate", "solved")
+COLUMNS = (
+    "configuration", "upstream requests", "batched calls", "samples cached", "duplicates merged", "modeled s",
+    "KV hit rate", "solved",
+)
 
 
 def _row(cells: Sequence[Any]) -> str:
@@ -331,30 +344,31 @@ async def main(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR, *, seed: i
             used = model.stats().since(before)
             entry = pipeline.ledger.entry(config.name)
             row = ConfigResult(
-                config, solved, entry.upstream_calls, entry.samples_served,
+                config, solved, entry.upstream_calls, used.calls, entry.samples_served,
                 entry.samples_cached, entry.samples_duplicated, used,
             )
             rows.append(row)
             print(_row([
-                config.name, row.upstream_calls, row.samples_cached, row.samples_duplicated,
+                config.name, row.upstream_requests, row.batched_calls, row.samples_cached, row.samples_duplicated,
                 f"{used.modeled_seconds:.1f}", _kv(used), f"{solved}/{len(PUZZLES)}",
             ]))
     total = model.stats()
-    report = SweepReport(cache_dir, rows, total.calls)
+    report = SweepReport(cache_dir, rows)
     print(_row([
-        "total", report.upstream_calls, report.samples_cached, sum(r.samples_duplicated for r in rows),
+        "total", report.upstream_requests, report.batched_calls, report.samples_cached,
+        sum(r.samples_duplicated for r in rows),
         f"{total.modeled_seconds:.1f}", _kv(total), "",
     ]))
-    if report.upstream_calls == 0:
+    if report.upstream_requests == 0:
         print(
-            f"replayed everything from {cache_dir}: 0 upstream calls, "
+            f"replayed everything from {cache_dir}: 0 upstream requests, 0 model calls, "
             f"{report.samples_cached} of {report.samples_served} samples served from the cache"
         )
     else:
         print(
-            f"first run: {report.upstream_calls} requests reached the model in {report.model_calls} "
+            f"first run: {report.upstream_requests} requests reached the model in {report.batched_calls} "
             f"batched calls, {report.samples_cached} of {report.samples_served} samples came from the "
-            f"cache; run again to replay everything from {cache_dir} with zero upstream calls"
+            f"cache; run again to replay everything from {cache_dir} with zero model calls"
         )
     return report
 

@@ -15,7 +15,9 @@ Fault injection: ``fail_next(status, times=..., headers=...)`` answers the next 
 with an error status (for example a burst of 503s, or a 429 with ``Retry-After``);
 ``drop_next(times=...)`` closes the connection without answering; ``slow_next(delay_s,
 times=...)`` answers the next chat requests normally, but only after ``delay_s`` (so a client
-with a shorter time-out gives up, and one without succeeds); ``fail_when(predicate)``
+with a shorter time-out gives up, and one without succeeds); ``malformed_next(kind,
+times=...)`` answers HTTP 200 with a body that is no chat completion (JSON cut off, or an HTML
+page); ``fail_when(predicate)``
 fails every request whose body matches. ``hold_until(k, total=t)`` makes each chat request
 wait until k are in flight (or all t expected requests have arrived), so a test can observe
 that a client lets k run at once without relying on timing; ``latency_s`` keeps every chat
@@ -45,7 +47,8 @@ class Fault:
     """How to answer one chat request instead of succeeding.
 
     ``status=None`` closes the connection without sending a response; a status below 400
-    answers normally. ``delay_s`` waits that long first (or until the server stops), to make a
+    answers normally, or, when ``body`` is given, with exactly those bytes (a malformed reply)
+    under ``content_type``. ``delay_s`` waits that long first (or until the server stops), to make a
     client time out.
     """
 
@@ -54,6 +57,8 @@ class Fault:
     message: str = "injected failure"
     code: str | None = None
     delay_s: float = 0.0
+    body: bytes | None = None
+    content_type: str = "application/json"
 
 
 def prompt_words(messages: list[dict[str, Any]]) -> int:
@@ -153,6 +158,19 @@ class FakeChatServer:
         """Answer the next ``times`` chat requests normally, after ``delay_s`` seconds each."""
         with self._condition:
             self._faults.extend([Fault(200, delay_s=delay_s)] * times)
+
+    def malformed_next(self, kind: str = "truncated", *, times: int = 1) -> None:
+        """Answer the next ``times`` chat requests with HTTP 200 and a body that is not a chat
+        completion: ``"truncated"`` (a JSON completion cut off midway) or ``"html"`` (an HTML
+        page, as a proxy or gateway sends)."""
+        if kind == "truncated":
+            fault = Fault(200, body=b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": [{"ind')
+        elif kind == "html":
+            fault = Fault(200, body=b"<html><body><h1>Bad Gateway</h1></body></html>", content_type="text/html")
+        else:
+            raise ValueError(f"kind must be 'truncated' or 'html', got {kind!r}")
+        with self._condition:
+            self._faults.extend([fault] * times)
 
     def fail_when(self, predicate: Callable[[dict[str, Any]], Fault | None]) -> None:
         """Fail every chat request whose body makes ``predicate`` return a Fault."""
@@ -257,10 +275,12 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode("utf-8")
+            self._send_raw(status, json.dumps(payload).encode("utf-8"), "application/json", headers)
+
+        def _send_raw(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
@@ -299,6 +319,9 @@ def _make_handler(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
                     server._pause(server.latency_s)
                 if fault is not None and fault.delay_s:
                     server._pause(fault.delay_s)
+                if fault is not None and fault.body is not None:
+                    self._send_raw(fault.status or 200, fault.body, fault.content_type, {"x-request-id": provider_id})
+                    return
                 if fault is not None and fault.status is not None and fault.status < 400:
                     fault = None  # a slow success: the delay is over
                 if fault is not None and fault.status is None:

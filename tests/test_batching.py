@@ -174,3 +174,10 @@ def test_bad_batch_size_is_a_configuration_error(batch_size: Any) -> None:
 def test_bad_timeout_is_a_configuration_error(timeout: Any) -> None:
     with pytest.raises(ConfigurationError):
         AsyncBatcher(ScriptedModel(), batch_size=2, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, 3600.5])
+def test_a_batch_window_that_would_hold_a_lone_request_until_close_is_refused(timeout: float) -> None:
+    with pytest.raises(ConfigurationError, match="at most 3600"):
+        AsyncBatcher(ScriptedModel(), batch_size=2, timeout=timeout)
+    assert AsyncBatcher(ScriptedModel(), batch_size=2, timeout=3600).timeout == 3600.0

@@ -1,6 +1,7 @@
 """The cachesaver command line: run, resume, replay-only, errors and exit codes."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -247,3 +248,57 @@ def test_together_backend_against_a_local_server_then_replay_only_without_a_key(
     assert code == 1
     error = only_error(tmp_path / "again" / "small" / "error.jsonl")
     assert error["index"] == 1 and "CacheMissError" in error["error"]
+
+
+def console_script() -> str:
+    script = shutil.which("cachesaver", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the cachesaver console script is not installed next to this Python")
+    return script
+
+
+VALIDATING_TASK = SMALL_TASK.replace(
+    "    def __init__(self):\n",
+    "    def __init__(self, limit=3):\n        if limit < 1:\n            raise ValueError('limit must be >= 1')\n",
+)
+
+
+def test_a_bad_task_option_is_one_line_on_stderr_and_exit_2(tmp_path):
+    (tmp_path / "validating_task.py").write_text(VALIDATING_TASK)
+    cases = [
+        (GAME24, "novalue", "is not KEY=VALUE"),
+        (GAME24, "bogus=1", "unexpected keyword argument 'bogus'"),
+        ("validating_task.py:Small", "limit=0", "limit must be >= 1"),
+    ]
+    for task, option, reason in cases:
+        command = [console_script(), "run", task, "--out", "out", "--namespace", "ns", "--cache", "cache",
+                   "--no-progress", "--task-option", option]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=50)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("cachesaver: error: "), done.stderr
+        assert reason in done.stderr
+        assert done.stdout == ""
+
+
+@pytest.mark.parametrize("launcher", ["console script", "python -m"])
+def test_version_prints_the_installed_version(tmp_path, launcher):
+    from importlib.metadata import version
+
+    command = [console_script()] if launcher == "console script" else [sys.executable, "-m", "cachesaver"]
+    done = subprocess.run([*command, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"cachesaver {version('cachesaver')}\n"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    argv = ["run", GAME24, "--out", "out", "--namespace", "ns", "--cache", "cache", "--no-progress",
+            "--task-option", "puzzles=1"]
+    read, write = os.pipe()
+    os.close(read)  # like `| head` that has already exited: every write to stdout fails
+    try:
+        done = subprocess.run([console_script(), *argv], cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, timeout=50)
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    assert done.stderr == b""  # no BrokenPipeError traceback, no "Exception ignored" line
+    assert (tmp_path / "out" / "game24" / "overall.json").exists()  # the run finished; only its summary was cut

@@ -17,7 +17,14 @@ import together
 from _support import Sleeps
 from fake_chat_server import Fault, FakeChatServer
 
-from cachesaver.errors import ConfigurationError, PermanentBackendError, PipelineClosedError, TransientBackendError
+from cachesaver.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    PermanentBackendError,
+    PipelineClosedError,
+    TransientBackendError,
+    UnserializableParameterError,
+)
 from cachesaver.ledger import Price
 from cachesaver.models import openai as cached_openai
 from cachesaver.models import together as cached_together
@@ -223,6 +230,43 @@ async def test_faults_are_retried_and_never_stored(sdk: Sdk, server: FakeChatSer
     assert server.calls == calls + 1  # the failure was not stored: it was asked again
 
 
+@pytest.mark.parametrize("kind", ["truncated", "html"])
+async def test_a_malformed_200_reply_is_retried_like_a_503(
+    sdk: Sdk, server: FakeChatServer, tmp_path, kind: str
+) -> None:
+    server.malformed_next(kind)
+    async with sdk.make(server, tmp_path, sleep=Sleeps()) as client:
+        completion = await client.chat.completions.create(model="m", messages=USER)
+    assert texts(completion) == ["tell me a joke#0"]
+    assert server.calls == 2
+
+
+@pytest.mark.parametrize("kind", ["truncated", "html"])
+async def test_only_malformed_replies_give_up_with_a_transient_error_and_store_nothing(
+    sdk: Sdk, server: FakeChatServer, tmp_path, kind: str
+) -> None:
+    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.0)
+    server.malformed_next(kind, times=3)
+    async with sdk.make(server, tmp_path, retry=policy, sleep=Sleeps()) as client:
+        with pytest.raises(TransientBackendError, match="gave up after 3 attempts"):
+            await client.chat.completions.create(model="m", messages=USER, request_id="r")
+    assert server.calls == 3
+    async with sdk.make(server, tmp_path) as client:
+        again = await client.chat.completions.create(model="m", messages=USER, request_id="r")
+    assert texts(again) == ["tell me a joke#0"] and again.choices[0].cached is False
+    assert server.calls == 4  # nothing was stored from the malformed replies
+
+
+def test_a_malformed_reply_reaches_a_blocking_client_as_a_transient_error(
+    sdk: Sdk, server: FakeChatServer, tmp_path
+) -> None:
+    server.malformed_next("html", times=2)
+    with sdk.make_sync(server, tmp_path, retry=RetryPolicy(max_attempts=2, initial_delay_s=0.0)) as client:
+        with pytest.raises(TransientBackendError, match="not JSON"):
+            client.chat.completions.create(model="m", messages=USER)
+    assert server.calls == 2
+
+
 async def test_sdk_max_retries_sets_the_retry_budget(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
     server.fail_next(503, times=5)
     async with sdk.make(server, tmp_path, max_retries=1, retry=None) as client:
@@ -254,6 +298,43 @@ async def test_exact_ledger_numbers_with_prices(sdk: Sdk, server: FakeChatServer
     assert total.cost_usd == (6 * 2.0 + 15 * 10.0) / 1e6
     assert server.calls == 2
     assert "total" in ledger.render()
+
+
+BAD_CALLS = [
+    pytest.param({"messages": None}, InvalidRequestError, "messages=", id="messages=None"),
+    pytest.param({"messages": 123}, InvalidRequestError, "messages=", id="messages=123"),
+    pytest.param({"messages": "hi"}, InvalidRequestError, "messages=", id="messages-a-string"),
+    pytest.param({"messages": USER, "extra_body": "x"}, InvalidRequestError, "extra_body=", id="extra_body=x"),
+    pytest.param({"messages": [{"role": "user", "content": "\ud800"}]}, UnserializableParameterError,
+                 "lone surrogate", id="surrogate-content"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "hint"), BAD_CALLS)
+async def test_a_bad_create_call_is_an_invalid_request_error(
+    sdk: Sdk, server: FakeChatServer, tmp_path, call: dict, error: type, hint: str
+) -> None:
+    async with sdk.make(server, tmp_path) as client:
+        with pytest.raises(error, match=hint):
+            await client.chat.completions.create(model="m", **call)
+        assert texts(await client.chat.completions.create(model="m", messages=USER)) == ["tell me a joke#0"]
+    assert server.calls == 1  # the bad call never reached the server
+
+
+@pytest.mark.parametrize(("call", "error", "hint"), BAD_CALLS)
+def test_a_bad_create_call_on_a_blocking_client_is_an_invalid_request_error(
+    sdk: Sdk, server: FakeChatServer, tmp_path, call: dict, error: type, hint: str
+) -> None:
+    with sdk.make_sync(server, tmp_path) as client:
+        with pytest.raises(error, match=hint):
+            client.chat.completions.create(model="m", **call)
+    assert server.calls == 0
+
+
+@pytest.mark.parametrize("batch_timeout_s", [float("inf"), 1e300, float("nan")])
+def test_an_endless_batch_timeout_is_a_configuration_error(sdk: Sdk, server: FakeChatServer, tmp_path, batch_timeout_s) -> None:
+    with pytest.raises(ConfigurationError, match="batch_timeout_s"):
+        sdk.make(server, tmp_path, batch_timeout_s=batch_timeout_s)
 
 
 def test_sync_client_in_a_plain_script(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:

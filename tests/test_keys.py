@@ -165,6 +165,57 @@ def test_unserialisable_message_content_is_refused() -> None:
         request_key(request)
 
 
+def nested(depth: int) -> list:
+    """A list nested ``depth`` levels deep: [[[...]]] with the innermost list empty."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("request_", "where"),
+    [
+        (Request("bad \ud800 text"), "Request.prompt "),
+        (Request([user("fine"), user("bad \udfff")]), "Request.prompt[1]['content']"),
+        (Decoding("hi", extra={"a": ["ok", "\ud800"]}), "Request.extra['a'][1]"),
+        (Decoding("hi", extra={"\ud800": 1}), "Request.extra (a key)"),
+        (Decoding("hi", stop="\ud83d"), "Request.stop"),
+    ],
+    ids=["prompt", "message-content", "parameter-value", "parameter-key", "stop"],
+)
+def test_a_lone_surrogate_is_refused_naming_where_it_is(request_: Request, where: str) -> None:
+    with pytest.raises(UnserializableParameterError, match="lone surrogate") as info:
+        request_key(request_)
+    assert where in str(info.value)
+    assert len(request_key(Request("\U0001f600 \u00e9"))) == 64  # real non-ASCII text keys fine
+
+
+def test_a_list_or_dict_that_contains_itself_is_refused() -> None:
+    loop: list = [1]
+    loop.append(loop)
+    cycle: dict = {"a": {}}
+    cycle["a"]["back"] = cycle
+    for value in (loop, cycle):
+        with pytest.raises(UnserializableParameterError, match="contains itself") as info:
+            request_key(Decoding("hi", extra=value))
+        assert "Request.extra" in str(info.value)
+    shared = [1, 2]  # the same list twice is no cycle
+    assert request_key(Decoding("hi", extra=[shared, shared])) == request_key(Decoding("hi", extra=[[1, 2], [1, 2]]))
+
+
+def test_nesting_is_bounded_at_max_depth() -> None:
+    request_key(Decoding("hi", extra=nested(keys.MAX_DEPTH)))  # as deep as allowed
+    for depth in (keys.MAX_DEPTH + 1, 10_000):
+        with pytest.raises(UnserializableParameterError, match=f"more than {keys.MAX_DEPTH} levels"):
+            request_key(Decoding("hi", extra=nested(depth)))
+
+
+def test_deep_message_content_is_refused() -> None:
+    with pytest.raises(UnserializableParameterError, match="Request.prompt"):
+        request_key(Request([{"role": "user", "content": nested(10_000)}]))
+
+
 def test_key_is_remembered_on_the_request() -> None:
     request = Decoding("hi", extra=[1, 2])
     assert request_key(request) is request_key(request)

@@ -917,6 +917,22 @@ def test_a_bad_timeout_is_a_configuration_error(tmp_path: Path, pipeline_class: 
         pipeline_class(ScriptedModel(), tmp_path, batch_size=2, timeout=-1)
 
 
+@pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_an_endless_batch_window_is_a_configuration_error(tmp_path: Path, pipeline_class: Any, timeout: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        pipeline_class(ScriptedModel(), tmp_path, batch_size=2, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), -1.0, "1"])
+async def test_a_bad_aclose_timeout_is_a_configuration_error(tmp_path: Path, timeout_s: Any) -> None:
+    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=2)
+    with pytest.raises(ConfigurationError, match="timeout_s"):
+        await pipeline.aclose(timeout_s)
+    assert (await pipeline.request(Request("hi"))).data == ["hi#0"]  # still open
+    await pipeline.aclose(0.5)
+
+
 @pytest.mark.parametrize("cache", [None, 42, object()])
 def test_a_bad_cache_is_a_configuration_error(cache: Any) -> None:
     with pytest.raises(ConfigurationError):
@@ -927,6 +943,12 @@ def test_a_bad_cache_is_a_configuration_error(cache: Any) -> None:
 def test_a_bad_model_is_a_configuration_error(tmp_path: Path, model: Any) -> None:
     with pytest.raises(ConfigurationError):
         OnlineAPI(model, tmp_path, batch_size=2)
+
+
+@pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
+def test_a_model_class_instead_of_an_instance_names_the_fix(tmp_path: Path, pipeline_class: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{pipeline_class.__name__} got the class ScriptedModel.*ScriptedModel\(\)"):
+        pipeline_class(ScriptedModel, tmp_path, batch_size=1)
 
 
 @dataclass(frozen=True)
@@ -961,9 +983,11 @@ async def test_bad_input_through_a_pipeline_is_an_invalid_request_error(
         async with pipeline_class(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
             with pytest.raises(InvalidRequestError):
                 await pipeline.request(bad)
-            with pytest.raises(InvalidRequestError):
-                await pipeline.batch_request(Batch(requests=[Request("ok"), bad]))
             assert model.calls == 0
+            with pytest.raises(BatchRequestError) as raised:  # the bad request fails alone
+                await pipeline.batch_request(Batch(requests=[Request("neighbour"), bad]))
+            neighbour, error = raised.value.results
+            assert neighbour.data == ["neighbour#0"] and isinstance(error, InvalidRequestError)
             good = await pipeline.request(Request("ok", n=2))  # the pipeline is still usable
             (also_good,) = await pipeline.batch_request(Batch(requests=[Request("fine")]))
     assert good.data == ["ok#0", "ok#1"] and also_good.data == ["fine#0"]
@@ -975,9 +999,53 @@ async def test_a_non_request_is_an_invalid_request_error(tmp_path: Path, not_a_r
     async with OnlineAPI(model, tmp_path, batch_size=2) as pipeline:
         with pytest.raises(InvalidRequestError):
             await pipeline.request(not_a_request)
-        with pytest.raises(InvalidRequestError):
-            await pipeline.batch_request(Batch(requests=[Request("ok"), not_a_request]))
-    assert model.calls == 0
+        assert model.calls == 0
+        results = await pipeline.batch_request(Batch(requests=[Request("ok"), not_a_request]), return_exceptions=True)
+    assert results[0].data == ["ok#0"] and isinstance(results[1], InvalidRequestError)
+
+
+def mutated(request: Request, **fields: Any) -> Request:
+    """``request`` with ``fields`` changed behind its frozen dataclass's back (no checks)."""
+    for name, value in fields.items():
+        object.__setattr__(request, name, value)
+    return request
+
+
+def cyclic() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+BAD_NEIGHBOURS = [
+    pytest.param(lambda: Request("surrogate \ud800"), UnserializableParameterError, id="surrogate-prompt"),
+    pytest.param(lambda: DecodingRequest("x", temperature=cyclic()), UnserializableParameterError, id="cyclic"),
+    pytest.param(lambda: mutated(Request("zero"), n=0), InvalidRequestError, id="n=0-by-setattr"),
+    pytest.param(lambda: mutated(Request("ns"), namespace="bad \udfff"), InvalidRequestError, id="surrogate-namespace"),
+    pytest.param(lambda: UncheckedRequest("hi", n=0), InvalidRequestError, id="n=0-by-subclass"),
+    pytest.param(lambda: "not a request", InvalidRequestError, id="not-a-request"),
+]
+
+
+@pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
+@pytest.mark.parametrize(("make_bad", "error"), BAD_NEIGHBOURS)
+async def test_a_bad_request_in_a_batch_is_its_own_error_and_its_neighbours_are_served(
+    tmp_path: Path, pipeline_class: Any, make_bad: Any, error: type
+) -> None:
+    bad = make_bad()
+    model = ScriptedModel()
+    with anyio.fail_after(5):
+        async with pipeline_class(model, tmp_path, batch_size=4, timeout=0.001) as pipeline:
+            batch = Batch(requests=[Request("left", request_id="l"), bad, Request("right", n=2, request_id="r")])
+            results = await pipeline.batch_request(batch, return_exceptions=True)
+            with pytest.raises(BatchRequestError) as raised:
+                await pipeline.batch_request(Batch(requests=[bad, Request("again")]))
+            with pytest.raises(error):
+                await pipeline.request(bad)  # request() still raises directly
+    left, failed, right = results
+    assert (left.data, right.data) == (["left#0"], ["right#0", "right#1"])
+    assert type(failed) is error
+    assert isinstance(raised.value.results[0], error) and raised.value.results[1].data == ["again#0"]
 
 
 async def test_batch_request_needs_a_batch(tmp_path: Path) -> None:

@@ -181,6 +181,13 @@ def test_bad_limits_are_refused(changes: dict[str, object]) -> None:
         RateLimits(**changes)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["requests_per_minute", "tokens_per_minute"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_and_infinite_rates_are_refused(name: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match=f"RateLimits.{name} must be None .no limit. or a finite number"):
+        RateLimits(**{name: value})  # type: ignore[arg-type]
+
+
 def test_estimate_tokens_counts_prompt_characters_and_the_completion_budget() -> None:
     messages = [{"role": "user", "content": "x" * 400}]
     assert estimate_tokens(messages, n=2, max_completion_tokens=50) == 100 + 4 + 2 * 50

@@ -150,3 +150,10 @@ async def test_cancellation_during_backoff_stops_retrying() -> None:
 def test_bad_policies_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         RetryPolicy(**changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["initial_delay_s", "max_delay_s", "max_retry_after_s", "multiplier"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_and_infinite_policies_are_refused(name: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match=f"RetryPolicy.{name} must be a finite number"):
+        RetryPolicy(**{name: value})  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Regressions found by review: reuse across event loops, cancellation while a stage starts,
-damaged or unstorable data, closing under load, and replay after a failure."""
+damaged or unstorable data, closing under load, replay after a failure, and bad input of every
+kind getting a CacheSaverError instead of a raw exception or a hang."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ import time
 import anyio
 import diskcache
 import pytest
-from _support import GateModel, wait_until
+from _support import Extra, GateModel, wait_until
+from fake_chat_server import FakeChatServer
 
 from cachesaver.caching import AsyncCacher
 from cachesaver.deduplication import AsyncDeduplicator
-from cachesaver.errors import CorruptStoreError, PipelineClosedError, TransientBackendError
+from cachesaver.errors import CacheSaverError, CorruptStoreError, PipelineClosedError, TransientBackendError
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
-from cachesaver.pipelines import OnlineAPI
+from cachesaver.models import together as cached_together
+from cachesaver.models.openai import AsyncOpenAI, OpenAIModel
+from cachesaver.pipelines import LocalAPI, OnlineAPI
+from cachesaver.ratelimit import RateLimits
+from cachesaver.retry import RetryPolicy
+from cachesaver.tasks import load_task, parse_task_options
 from cachesaver.typedefs import Batch, Request, Response
 
 
@@ -184,3 +191,96 @@ async def test_a_close_interrupted_twice_by_native_cancels_is_finished_by_the_ne
     async with OnlineAPI(replay := ScriptedModel(), tmp_path, batch_size=1) as pipeline:
         response = await pipeline.request(request)
     assert replay.calls == 0 and response.data == ["hi#0", "hi#1"]
+
+
+# -- every bad input gets a CacheSaverError, never a raw exception or a hang -----------------
+
+def _cyclic_list() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+def _cyclic_dict() -> dict:
+    loop: dict = {}
+    loop["self"] = loop
+    return loop
+
+
+def _deep(depth: int = 10_000) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _n_zero() -> Request:
+    request = Request("zero")
+    object.__setattr__(request, "n", 0)  # past the frozen dataclass's checks
+    return request
+
+
+async def _ask(tmp_path, make_request) -> None:
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=2, timeout=0.001) as pipeline:
+        await pipeline.request(make_request())
+
+
+async def _create(tmp_path, server: FakeChatServer, **call) -> None:
+    async with AsyncOpenAI(api_key="k", base_url=server.openai_base_url, cache=tmp_path) as client:
+        await client.chat.completions.create(model="m", **call)
+
+
+async def _create_together(tmp_path, server: FakeChatServer, **call) -> None:
+    async with cached_together.AsyncTogether(api_key="k", base_url=server.together_base_url, cache=tmp_path) as client:
+        await client.chat.completions.create(model="m", **call)
+
+
+async def _built(make) -> None:
+    make()
+
+
+async def _close_with(tmp_path, timeout_s: float) -> None:
+    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=2)
+    try:
+        await pipeline.aclose(timeout_s)
+    finally:
+        await pipeline.aclose()
+
+
+BAD_INPUTS = {
+    "surrogate-prompt": lambda t, s: _ask(t, lambda: Request("\ud800")),
+    "surrogate-message": lambda t, s: _ask(t, lambda: Request([{"role": "user", "content": "a\udc00"}])),
+    "surrogate-parameter": lambda t, s: _ask(t, lambda: Extra("hi", extra={"k": "\udfff"})),
+    "surrogate-parameter-key": lambda t, s: _ask(t, lambda: Extra("hi", extra={"\udfff": 1})),
+    "surrogate-namespace": lambda t, s: _ask(t, lambda: Request("hi", namespace="\ud800")),
+    "surrogate-request-id": lambda t, s: _ask(t, lambda: Request("hi", request_id="\ud800")),
+    "cyclic-list": lambda t, s: _ask(t, lambda: Extra("hi", extra=_cyclic_list())),
+    "cyclic-dict": lambda t, s: _ask(t, lambda: Extra("hi", extra=_cyclic_dict())),
+    "10000-deep": lambda t, s: _ask(t, lambda: Extra("hi", extra=_deep())),
+    "n=0-by-setattr": lambda t, s: _ask(t, _n_zero),
+    "batch-of-an-int": lambda t, s: _built(lambda: Batch(requests=123)),
+    "online-api-given-a-class": lambda t, s: _built(lambda: OnlineAPI(ScriptedModel, t, batch_size=1)),
+    "local-api-given-a-class": lambda t, s: _built(lambda: LocalAPI(ScriptedModel, t, batch_size=1)),
+    "cacher-given-a-class": lambda t, s: _built(lambda: AsyncCacher(ScriptedModel, t)),
+    "create-messages-none": lambda t, s: _create(t, s, messages=None),
+    "create-messages-int": lambda t, s: _create_together(t, s, messages=123),
+    "create-extra-body-str": lambda t, s: _create(t, s, messages=[{"role": "user", "content": "hi"}], extra_body="x"),
+    "timeout-inf": lambda t, s: _built(lambda: OnlineAPI(ScriptedModel(), t, batch_size=2, timeout=float("inf"))),
+    "timeout-1e300": lambda t, s: _built(lambda: LocalAPI(ScriptedModel(), t, batch_size=2, timeout=1e300)),
+    "retry-delay-nan": lambda t, s: _built(lambda: RetryPolicy(max_delay_s=float("nan"))),
+    "rate-inf": lambda t, s: _built(lambda: RateLimits(requests_per_minute=float("inf"))),
+    "backend-timeout-inf": lambda t, s: _built(
+        lambda: OpenAIModel("m", api_key="k", base_url=s.openai_base_url, timeout_s=float("inf"))
+    ),
+    "aclose-timeout-nan": lambda t, s: _close_with(t, float("nan")),
+    "task-option-without-value": lambda t, s: _built(lambda: parse_task_options(["novalue"])),
+    "task-option-refused": lambda t, s: _built(lambda: load_task("cachesaver.tasks:Task", bogus=1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+async def test_every_bad_input_gets_a_cachesaver_error_without_hanging(tmp_path, server, name):
+    with anyio.fail_after(5):  # a hang fails here instead of at the suite's time-out
+        with pytest.raises(CacheSaverError) as raised:
+            await BAD_INPUTS[name](tmp_path, server)
+    assert str(raised.value)  # a message that says what happened

@@ -36,6 +36,20 @@ def test_file_reference_with_options(tmp_path):
     assert load_task_class(f"{path}:Small") is type(task)  # loaded once
 
 
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [({"bogus": 1}, "unexpected keyword argument 'bogus'"), ({"size": "many"}, "")],
+    ids=["unknown-option", "bad-value"],
+)
+def test_options_the_task_class_refuses_are_a_configuration_error(tmp_path, options, reason):
+    path = tmp_path / "refusing_tasks.py"
+    path.write_text(TASK_FILE.replace("self.size, self.label = size, label", "self.size, self.label = int(size), label"))
+    with pytest.raises(ConfigurationError, match=r"Small\(.*\) failed: .*--task-option") as raised:
+        load_task(f"{path}:Small", **options)
+    assert reason in str(raised.value)
+    assert isinstance(raised.value.__cause__, (TypeError, ValueError))
+
+
 def test_a_module_reference_finds_modules_in_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "cwd_task_module_xyz.py").write_text(TASK_FILE)
     here = os.getcwd()

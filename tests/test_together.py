@@ -333,3 +333,34 @@ async def test_requests_per_minute_pace_the_calls(server: FakeChatServer) -> Non
             await model.request(model.make_request(f"q{i}"))
     assert clock.waits == [30.0]  # the third call waited for the bucket to refill
     assert server.calls == 3
+
+
+@pytest.mark.parametrize("kind", ["truncated", "html"])
+async def test_a_malformed_200_reply_is_retried_like_a_503(model: TogetherModel, server: FakeChatServer, kind: str) -> None:
+    server.malformed_next(kind)
+    response = await model.request(model.make_request("q"))
+    assert response.data == ["q#0"]
+    assert server.calls == 2
+    assert model.retries == 1
+
+
+@pytest.mark.parametrize("kind", ["truncated", "html"])
+async def test_only_malformed_replies_give_up_with_a_transient_error(
+    tmp_path, server: FakeChatServer, sleeps: Sleeps, kind: str
+) -> None:
+    policy = RetryPolicy(max_attempts=2, initial_delay_s=0.0)
+    server.malformed_next(kind, times=2)
+    async with TogetherModel("m", api_key="k", base_url=server.together_base_url, retry=policy, sleep=sleeps) as model:
+        async with OnlineAPI(model, str(tmp_path), batch_size=1) as pipeline:
+            with pytest.raises(TransientBackendError, match="gave up after 2 attempts") as raised:
+                await pipeline.request(model.make_request("q", request_id=7))
+            assert (raised.value.status, raised.value.request_id) == (200, 7)
+            again = await pipeline.request(model.make_request("q", request_id=7))
+    assert again.data == ["q#0"] and again.cached == [False]  # nothing was stored from the failures
+    assert server.calls == 3
+
+
+@pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), 0, -1])
+def test_a_bad_timeout_s_is_a_configuration_error(server: FakeChatServer, timeout_s: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout_s must be a finite number of seconds > 0"):
+        TogetherModel("m", api_key="k", base_url=server.together_base_url, timeout_s=timeout_s)

@@ -221,6 +221,24 @@ def test_batch_holds_requests_in_order() -> None:
     assert Batch(requests=requests).requests == requests
 
 
+@pytest.mark.parametrize("field", ["namespace", "request_id"])
+def test_a_lone_surrogate_in_namespace_or_request_id_is_an_invalid_request_error(field: str) -> None:
+    with pytest.raises(InvalidRequestError, match=f"Request.{field} .*lone surrogate"):
+        Request("hi", **{field: "run-\ud800"})
+    assert Request("hi", **{field: "run-\u00e9\U0001f600"})  # non-ASCII text is fine
+
+
+@pytest.mark.parametrize("requests", [123, "abc", None, {"prompt": "hi"}], ids=["int", "str", "None", "dict"])
+def test_batch_requests_must_be_a_list(requests: Any) -> None:
+    with pytest.raises(InvalidRequestError, match="Batch.requests must be a list"):
+        Batch(requests=requests)
+
+
+def test_a_batch_of_a_tuple_holds_a_list() -> None:
+    first = Request("a")
+    assert Batch((first,)).requests == [first]
+
+
 def test_protocols_are_runtime_checkable() -> None:
     model = ScriptedModel()
     assert isinstance(model, SingleRequestModel)

@@ -20,6 +20,8 @@ maps onto the SDK's keyword arguments, and which SDK exceptions mean what. Guara
   ``PermanentBackendError`` or ``ContextLengthError``, chained to the SDK's exception, carrying
   the HTTP status, the request's ``request_id`` and the provider's request id
   (``provider_request_id``, from the ``x-request-id`` response header; None when unknown).
+  A 200 reply whose body is cut off or is not JSON (an HTML page from a proxy) is a
+  ``TransientBackendError`` too, retried like a 503.
 * ``batch_request`` serves the requests of a batch concurrently; a failed request becomes an
   exception entry, never failing its neighbours. Cancellation is re-raised.
 """
@@ -27,6 +29,7 @@ maps onto the SDK's keyword arguments, and which SDK exceptions mean what. Guara
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -379,6 +382,12 @@ class ChatCompletionsModel:
             ) from exc
         except errors.connection as exc:
             raise backend_error(self.kind, None, str(exc), request_id=request.request_id) from exc
+        except json.JSONDecodeError as exc:  # a 200 whose JSON body was cut off or garbled
+            raise TransientBackendError(
+                f"{self.kind} request {request.request_id!r} got a reply that is not valid JSON ({exc}); "
+                "it will be retried",
+                status=200, request_id=request.request_id,
+            ) from exc
         except errors.base as exc:
             raise PermanentBackendError(
                 f"{self.kind} request {request.request_id!r} failed: {exc}", request_id=request.request_id
@@ -392,6 +401,13 @@ class ChatCompletionsModel:
             return completion.to_dict(mode="json")
         if isinstance(completion, Mapping):
             return dict(completion)
+        if isinstance(completion, (str, bytes)):  # the SDK hands back a non-JSON body as text
+            head = completion[:80] if isinstance(completion, str) else completion[:80].decode("utf-8", "replace")
+            raise TransientBackendError(
+                f"{self.kind} request {request.request_id!r} got a reply that is not JSON "
+                f"(starting {head!r}, a proxy or gateway page?); it will be retried",
+                status=200, request_id=request.request_id,
+            )
         raise PermanentBackendError(
             f"{self.kind} returned {type(completion).__name__}, not a chat completion; "
             "streaming is not served by this backend",

@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from .._checks import check_seconds
 from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
@@ -106,6 +107,7 @@ class TogetherModel(ChatCompletionsModel):
         limits: RateLimits | RateLimiter | None = None,
         sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     ) -> None:
+        check_seconds("timeout_s", timeout_s, optional=True, positive=True)
         options: dict[str, Any] = {
             "api_key": api_key, "base_url": base_url,
             **given_options(timeout=timeout_s, default_headers=default_headers),

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable
 
-from ..errors import ConfigurationError
+from ..errors import CacheSaverError, ConfigurationError
 from .task import Task
 
 __all__ = ["load_task", "load_task_class", "parse_task_options"]
@@ -118,7 +118,21 @@ def parse_task_options(pairs: Iterable[str]) -> Dict[str, Any]:
 
 
 def load_task(reference: str, **options: Any) -> Task:
-    """An instance of the task class ``reference`` names, built with ``options``."""
+    """An instance of the task class ``reference`` names, built with ``options``.
+
+    Raises ConfigurationError, chained to the original, when the class refuses ``options``:
+    its constructor raises TypeError (an unknown or missing option) or ValueError (a value it
+    rejects).
+    """
     cls = load_task_class(reference)
-    task = cls(**options)
+    try:
+        task = cls(**options)
+    except CacheSaverError:
+        raise
+    except (TypeError, ValueError) as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
+        raise ConfigurationError(
+            f"{cls.__name__}({given}) failed: {exc}; pass --task-option KEY=VALUE for the "
+            f"arguments {cls.__name__}.__init__ accepts"
+        ) from exc
     return task
