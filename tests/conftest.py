@@ -36,7 +36,8 @@ def _started(server: RedisServer | RedisCluster) -> RedisServer | RedisCluster:
     try:
         return server.__enter__()
     except RedisNotInstalledError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)  # outside the except: the hint alone, no traceback
 
 
 def _options(request: pytest.FixtureRequest) -> dict:

@@ -286,7 +286,6 @@ class RedisServer:
         self.directory = Path(directory)
         self.unix_socket = unix_socket
         self.startup_timeout_s = startup_timeout_s
-        self._fixed_port = port
         self._executable = executable
         self.options: dict[str, Any] = {"save": ""}
         for name, value in options.items():
@@ -384,7 +383,7 @@ class RedisServer:
         for attempt in range(_PORT_ATTEMPTS):
             self.port = self._pick_port()
             try:
-                self._start_once(executable)
+                self._start_once(executable, port_may_be_taken=True)
                 return
             except _PortTaken:
                 if attempt == _PORT_ATTEMPTS - 1:
@@ -411,7 +410,7 @@ class RedisServer:
         lines += [f"{name} {_config_value(value)}" for name, value in self.options.items()]
         return lines
 
-    def _start_once(self, executable: str) -> None:
+    def _start_once(self, executable: str, *, port_may_be_taken: bool = False) -> None:
         self.config_path.write_text("\n".join(self._config_lines()) + "\n")
         if self.socket_path is not None and self.socket_path.exists():
             self.socket_path.unlink()  # a socket file left by a killed server
@@ -428,19 +427,19 @@ class RedisServer:
         _register(process)
         self._process = process
         try:
-            self._wait_until_ready(process)
+            self._wait_until_ready(process, port_may_be_taken=port_may_be_taken)
         except BaseException:
             _terminate(process, graceful=False)
             self._process = None
             raise
 
-    def _wait_until_ready(self, process: subprocess.Popen[bytes]) -> None:
+    def _wait_until_ready(self, process: subprocess.Popen[bytes], *, port_may_be_taken: bool) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         last_error = "no answer yet"
         while True:
             if process.poll() is not None:
                 tail = self.log_tail()
-                if not self.unix_socket and self._fixed_port is None and "Address already in use" in tail:
+                if port_may_be_taken and "Address already in use" in tail:
                     raise _PortTaken
                 raise RedisServerError(
                     f"redis-server exited with status {process.returncode} while starting "

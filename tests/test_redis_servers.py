@@ -143,9 +143,22 @@ def test_maxmemory_with_noeviction_refuses_writes_with_oom(redis_server):
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
+    before = set(redis_servers.live_pids())
     with pytest.raises(RedisServerError, match=r"(?s)exited with status.*maxmemory-policy"):
         RedisServer(tmp_path, maxmemory_policy="no-such-policy").start()
-    assert redis_servers.live_pids() == []
+    assert set(redis_servers.live_pids()) == before
+
+
+def test_a_restart_whose_port_was_taken_meanwhile_is_an_error(tmp_path):
+    with RedisServer(tmp_path) as server:
+        port = server.port
+        server.stop()
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            with pytest.raises(RedisServerError, match="Address already in use"):
+                server.start()
+        assert server.port == port and not server.running
 
 
 def test_a_taken_port_is_retried_on_another(tmp_path, monkeypatch):
@@ -196,6 +209,16 @@ def test_missing_redis_server_says_how_to_install_it(tmp_path, monkeypatch):
         RedisServer(tmp_path).start()
     with pytest.raises(RedisNotInstalledError, match="redis-cli is not on PATH"):
         RedisCluster(tmp_path).start()
+
+
+def test_fixtures_fail_rather_than_skip_without_redis_server(tmp_path, monkeypatch):
+    import conftest
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for helper in (RedisServer(tmp_path / "one"), RedisCluster(tmp_path / "cluster")):
+        with pytest.raises(pytest.fail.Exception, match="apt-get install -y redis-server") as failed:
+            conftest._started(helper)
+        assert not isinstance(failed.value, pytest.skip.Exception)
 
 
 def test_stop_and_the_context_manager_leave_no_process(tmp_path):
