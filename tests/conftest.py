@@ -1,10 +1,23 @@
-"""Fixtures shared by the backend tests: the fake chat-completions server and a recording sleep."""
+"""Fixtures shared by the tests: the fake chat-completions server, a recording sleep, and real
+redis-server processes (tests/redis_servers.py).
+
+The Redis fixtures never use the system redis service: each starts its own ``redis-server``
+with its config and data in the test's temporary directory, and stops it when the test (or,
+for the cluster, the session) ends, whether the test passed or not. Without ``redis-server``
+and ``redis-cli`` on PATH they fail (never skip), saying how to install them
+(``apt-get install -y redis-server``; ``.ci/run`` does it).
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import pytest
+import redis_servers
 from _support import Sleeps
 from fake_chat_server import FakeChatServer
+from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
 
 
 @pytest.fixture
@@ -17,3 +30,88 @@ def server():
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
+
+
+def _started(server: RedisServer | RedisCluster) -> RedisServer | RedisCluster:
+    try:
+        return server.__enter__()
+    except RedisNotInstalledError as exc:
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)  # outside the except: the hint alone, no traceback
+
+
+def _options(request: pytest.FixtureRequest) -> dict:
+    """Config directives given by indirect parametrisation, e.g.
+    ``@pytest.mark.parametrize("redis_server", [{"appendonly": True}], indirect=True)``."""
+    return dict(getattr(request, "param", None) or {})
+
+
+@pytest.fixture
+def redis_server(request: pytest.FixtureRequest, tmp_path) -> Iterator[RedisServer]:
+    """A fresh redis-server for this test on a unix socket in ``tmp_path / "redis"``.
+
+    ``redis_server.url`` is ``unix:///.../redis.sock``; options (``appendonly``, ``maxmemory``,
+    ``maxmemory_policy``, ``requirepass``, ...) come from indirect parametrisation.
+    """
+    server = _started(RedisServer(tmp_path / "redis", unix_socket=True, **_options(request)))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_server_tcp(request: pytest.FixtureRequest, tmp_path) -> Iterator[RedisServer]:
+    """A fresh redis-server for this test on a free TCP port of 127.0.0.1 (data in ``tmp_path``).
+
+    ``redis_server_tcp.url`` is ``redis://127.0.0.1:PORT/0``; options as for ``redis_server``.
+    """
+    server = _started(RedisServer(tmp_path / "redis-tcp", **_options(request)))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url_tcp(redis_server_tcp: RedisServer) -> str:
+    """The URL of a fresh TCP redis-server for this test: ``redis://127.0.0.1:PORT/0``."""
+    return redis_server_tcp.url
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def redis_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """The URL of a fresh redis-server for this test; a test using it runs once on a unix socket
+    (``unix:///.../redis.sock``) and once on TCP (``redis://127.0.0.1:PORT/0``)."""
+    server = _started(RedisServer(tmp_path / f"redis-{request.param}", unix_socket=request.param == "unix"))
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """One 3-master Redis Cluster for the whole session (creating one takes about 2 s).
+
+    Shared by every test that uses it, so each test must keep to its own keys: put
+    ``redis_key_prefix`` (unique per test) in front of every key, and never FLUSHALL or
+    FLUSHDB. ``redis_cluster.startup_nodes`` feeds ``redis.cluster.RedisCluster``;
+    ``redis_cluster.url`` is the first node (``redis://127.0.0.1:P1``).
+    """
+    cluster = _started(RedisCluster(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_key_prefix() -> str:
+    """A key prefix unique to this test (``t<hex>:``), for isolation on a shared server or cluster."""
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Last resort: stop any redis-server a test started and did not stop."""
+    redis_servers.stop_all()
