@@ -44,6 +44,7 @@ from bench_pipeline import (
     _ensure_reference,
     _fresh_dir,
     _ours_env,
+    _profile_spec,
     _progress,
     _run_worker,
 )
@@ -65,7 +66,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     add_reference_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write every raw result to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="run the workload under cProfile: DIR/<side>-memory.pstats and a top-30 .txt "
+                        help="run ours under cProfile: DIR/ours-memory.pstats and a top-30 .txt "
                              "(slower; RSS includes the profiler's tables)")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when the target is missed or a sanity check of ours fails")
@@ -175,8 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             spec = {"mode": "memory", "requests": args.requests, "checkpoints": checkpoints(args.requests),
                     "chunk": args.chunk, "batch_size": args.batch_size, "timeout_s": args.timeout_s,
                     "work_dir": str(directory)}
-            if args.profile is not None:
-                spec.update(profile_dir=str(args.profile.resolve()), label=side.label)
+            spec.update(_profile_spec(side, args))
             results[side.label] = _run_worker(side, spec, work)
             shutil.rmtree(directory, ignore_errors=True)
         ok = _report(args, results)

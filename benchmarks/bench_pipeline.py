@@ -15,10 +15,19 @@ What it does:
   three workloads of ``--requests`` requests gathered concurrently through ``OnlineAPI`` with a
   zero-latency model: all misses (fresh cache), all hits (new pipeline on the warm cache, same
   requests), 50% duplicates in one namespace (each prompt twice; fresh cache);
+* ``sequential``: ``--sequential-requests`` requests awaited one at a time through
+  ``OnlineAPI(model, cache, batch_size=1)``, misses (fresh cache) then hits (new pipeline, warm
+  cache), median us per request, against the bare floor on this disk measured in the same run
+  (``request_key`` + one ``diskcache`` get; + a get-miss and a set for a miss);
+* ``agents``: 64 agents at once, each awaiting 10 requests in turn (20% repeat another agent's
+  prompt) on a model that sleeps 50 ms per call; wall time against the ideal (the longest chain
+  of model calls any agent must wait on with a perfect cache, times 50 ms);
 * times appending one sample to one key around list lengths 10 and 2000 (ours:
   ``SampleStore.append``; 0.0.6: what its cacher does on a miss, read the list, extend, write back);
 * prints one line per workload (us/request each, the ratio ref/ours, upstream requests each), the
-  append costs, and the targets of issue 2 with whether each is met.
+  append costs, and the targets of issues 2 and 11 with whether each is met.
+
+``--sections`` picks the parts (``concurrent,sequential,agents,append``, default all).
 
 Every cache lives in a fresh directory under ``benchmarks/.work/`` (git-ignored), removed at the
 end unless ``--keep-work``. The exit status is 0 unless a step fails; with ``--check`` it is 1
@@ -120,9 +129,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     add_reference_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write every raw result to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="run each timed section under cProfile and write <side>-<workload>[-bs<B>]"
-                             ".pstats files to DIR, each with a top-30 .txt summary (times are then "
-                             "inflated)")
+                        help="run each timed section of ours under cProfile and write "
+                             "ours-<workload>[-bs<B>].pstats files to DIR, each with a top-30 .txt "
+                             "summary (times are then inflated)")
     parser.add_argument("--keep-work", action="store_true",
                         help="keep the cache directories under benchmarks/.work/")
     parser.add_argument("--check", action="store_true",
@@ -256,7 +265,8 @@ def _run_pipelines(
 
 
 def _profile_spec(side: Side, args: argparse.Namespace) -> Dict[str, Any]:
-    if args.profile is None:
+    """What a worker spec needs to profile: only our side is profiled, under ``--profile``."""
+    if args.profile is None or side.label != "ours":
         return {}
     return {"profile_dir": str(args.profile.resolve()), "label": side.label}
 
