@@ -4,7 +4,9 @@ Started by ``bench_pipeline.py`` as ``<python> _ours_worker.py '<json spec>'`` w
 ``PYTHONPATH`` set to the repository root, so the package measured is the one in this checkout.
 See ``_workload.py`` for the specs and what is measured.
 
-The append workload times ``SampleStore(cache).append(key, [sample])``.
+The append workload times ``SampleStore(cache).append(key, [sample])``; the floor's key is
+``cachesaver.keys.request_key``; the memory workload's model is ``ScriptedModel(keep_log=False)``,
+which keeps no per-call history.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from typing import Any, Callable, List
 
 import cachesaver
+from cachesaver.keys import request_key
+from cachesaver.models.scripted import ScriptedModel
 from cachesaver.storage import SampleStore
 from cachesaver.typedefs import Request, Response
 
@@ -73,6 +77,8 @@ if __name__ == "__main__":
             close=_close,
             make_appender=_make_appender,
             cache_options={"eviction_policy": "none"},  # what cachesaver.storage asks for
+            key_of=request_key,
+            make_lean_model=lambda: ScriptedModel(keep_log=False),
         ),
         sys.argv,
     )

@@ -8,6 +8,7 @@ or the network: the comparison with cachesaver==0.0.6 is checked on made-up refe
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -111,3 +112,168 @@ def test_bench_simulated_prints_our_lines_and_why_when_the_reference_is_missing(
         "sweep", "sweep rerun", "sweep, both runs", "sweep largest-first", "one config"
     ]
     assert bench.main(["--ref-python", str(missing), "--check"]) == 2  # --check: a missing reference fails
+
+
+# -- bench_pipeline.py's sequential and agents workloads, bench_memory.py --------------------------
+# Run with ``--only ours`` (no reference venv, no network) at tiny sizes; only the shape of the
+# report, the counts and the target logic are checked, never a time.
+
+BENCH_DIR = BENCH.parent
+LIBRARY = {"name": "cachesaver (test)", "version": "0", "location": "/x", "python": "3", "cache_options": {}}
+NUMBER = r"[\d,]+\.\d"
+
+
+@pytest.fixture
+def benchmarks(monkeypatch: pytest.MonkeyPatch):
+    """The benchmark scripts importable as modules (they import their siblings by name)."""
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import bench_memory
+    import bench_pipeline
+
+    return bench_pipeline, bench_memory
+
+
+def _rows(lines: list[str], first: str) -> list[list[str]]:
+    return [line.split() for line in lines if line.split()[:1] == [first]]
+
+
+def test_sequential_workload_reports_ours_against_the_floor_and_profiles_it(
+    benchmarks, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench_pipeline, _ = benchmarks
+    raw, profiles = tmp_path / "raw.json", tmp_path / "prof"
+    code = bench_pipeline.main(["--only", "ours", "--sections", "sequential", "--sequential-requests", "12",
+                                "--json", str(raw), "--profile", str(profiles)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    miss, hit = _rows(lines, "seq-miss")[0], _rows(lines, "seq-hit")[0]
+    for row in (miss, hit):  # workload, ours us, ref us, ref/ours, floor us, ours/floor
+        assert len(row) == 6 and row[2:4] == ["-", "-"], row
+        assert re.fullmatch(NUMBER, row[1]) and re.fullmatch(NUMBER, row[4]) and row[5].endswith("x"), row
+    targets = [line.split() for line in lines if re.match(r"seq-(miss|hit) (ref/ours|ours/floor)", line)]
+    assert [(t[0], t[1], t[-1]) for t in targets] == [
+        ("seq-miss", "ref/ours", "-"), ("seq-miss", "ours/floor", targets[1][-1]),
+        ("seq-hit", "ref/ours", "-"), ("seq-hit", "ours/floor", targets[3][-1]),
+    ]
+    assert {targets[1][-1], targets[3][-1]} <= {"yes", "NO"}
+    floor_line = next(line for line in lines if line.startswith("  floor on this disk"))
+    for part in ("request_key", "get", "get-miss", "set", "hit = key + get", "miss = key + get-miss + set"):
+        assert re.search(rf"{re.escape(part)} {NUMBER}", floor_line), part
+    assert "sanity checks (samples, flags, replay): all passed" in lines
+    assert re.fullmatch(r"targets met: [0-2] of 2 \(sequential .*\)", lines[-1])
+    results = json.loads(raw.read_text())
+    first, second = results["sequential"]["ours"]["seq-miss"], results["sequential"]["ours"]["seq-hit"]
+    assert (first["upstream_requests"], first["cached_samples"], first["distinct_samples"]) == (12, 0, 12)
+    assert (second["upstream_requests"], second["cached_samples"], second["replay_exact"]) == (0, 12, True)
+    assert results["floor"]["hit_us"] >= results["floor"]["key_us"]  # a sum of parts, each measured
+    for name in ("seq-miss", "seq-hit"):
+        assert (profiles / f"ours-{name}.pstats").stat().st_size > 0
+        assert "top 30 by cumulative" in (profiles / f"ours-{name}.txt").read_text()
+
+
+def test_agent_plans_repeat_other_agents_prompts_and_the_ideal_counts_the_longest_chain(benchmarks) -> None:
+    import _workload
+
+    plans = _workload.agent_plans(16, 5, 0.25, seed=3)
+    assert plans == _workload.agent_plans(16, 5, 0.25, seed=3)  # seeded
+    originals = {(a, s): f"a{a}s{s}" for a in range(16) for s in range(5)}
+    repeats = [(a, s, p) for a, plan in enumerate(plans) for s, p in enumerate(plan) if p != f"a{a}s{s}"]
+    assert len(repeats) == 20  # exactly a quarter of the 80 requests
+    for agent, _, prompt in repeats:
+        assert prompt in originals.values() and not prompt.startswith(f"a{agent}s")
+        assert prompt in [p for a, plan in enumerate(plans) if a != agent for p in plan]
+        assert plans[agent].count(prompt) == 1
+    ideal = _workload.ideal_rounds
+    assert ideal([["p"], ["p"]]) == 1  # merged with a call in flight
+    assert ideal([["a", "b"], ["b", "c"]]) == 2
+    assert ideal([["a", "b", "c"], ["c"]]) == 2  # "c" was produced at 1: agent 0's third step is a hit
+    assert ideal([["a", "b", "c"], ["x", "y", "z"]]) == 3
+
+
+def test_agents_workload_reports_wall_time_against_the_ideal_and_profiles_it(
+    benchmarks, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench_pipeline, _ = benchmarks
+    import _workload
+
+    raw, profiles = tmp_path / "raw.json", tmp_path / "prof"
+    options = ["--agents", "6", "--agent-steps", "3", "--agent-latency-s", "0.005", "--agent-seed", "1"]
+    code = bench_pipeline.main(["--only", "ours", "--sections", "agents", *options, "--json", str(raw),
+                                "--profile", str(profiles)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    (row,) = _rows(lines, "agents")
+    rounds = _workload.ideal_rounds(_workload.agent_plans(6, 3, 0.2, 1))
+    # agents, ours wall, ref wall, ref/ours, ideal, ours/ideal, ours calls, ref calls, target (3), met
+    assert row[2:4] == ["-", "-"] and float(row[4]) == pytest.approx(rounds * 0.005)
+    assert row[-4:-1] == ["ours/ideal", "<=", "1.10x"] and row[-1] in ("yes", "NO")
+    assert any(line.startswith(f"  ideal = {rounds} x 5 ms:") for line in lines)
+    assert "sanity checks (samples, flags, replay): all passed" in lines
+    agents = json.loads(raw.read_text())["agents"]["ours"]
+    assert agents["samples_served"] == agents["requests"] == 18
+    assert agents["distinct_prompts"] <= agents["model_calls"] <= 18
+    assert agents["flag_chain"] <= 3
+    assert "top 30 by cumulative" in (profiles / "ours-agents.txt").read_text()
+
+
+def test_the_report_compares_sequential_and_agents_results_with_their_targets(
+    benchmarks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench_pipeline, _ = benchmarks
+    args = bench_pipeline._parse_args(["--sections", "sequential,agents", "--agents", "4", "--agent-steps", "2",
+                                       "--agent-latency-s", "0.05", "--agent-repeat-fraction", "0"])
+    counts = {"short_responses": 0, "samples_served": 300, "distinct_samples": 300,
+              "upstream_requests": 0, "close_s": 0.001}
+
+    def seq(miss_us: float, hit_us: float) -> dict:
+        return {"seq-miss": dict(counts, median_us=miss_us, cached_samples=0, upstream_requests=300),
+                "seq-hit": dict(counts, median_us=hit_us, cached_samples=300, replay_exact=True),
+                "library": LIBRARY}
+
+    sequential = {"ours": seq(200.0, 30.0), "ref": seq(650.0, 500.0)}
+    floor = {"key_us": 5.0, "get_us": 12.0, "get_miss_us": 8.0, "set_us": 62.0, "hit_us": 17.0, "miss_us": 80.0}
+    agent = {"model_calls": 8, "flag_chain": 2, "short_responses": 0, "repeats_in_a_namespace": 0,
+             "samples_served": 8, "library": LIBRARY}
+    agents = {"ours": dict(agent, wall_s=0.105), "ref": dict(agent, wall_s=0.21)}
+    assert bench_pipeline._report(args, {}, {}, sequential, floor, agents) is True
+    lines = capsys.readouterr().out.splitlines()
+    assert _rows(lines, "seq-miss")[0] == ["seq-miss", "200.0", "650.0", "3.2x", "80.0", "2.5x"]
+    assert _rows(lines, "seq-hit")[0] == ["seq-hit", "30.0", "500.0", "16.7x", "17.0", "1.8x"]
+    targets = [line.split() for line in lines if re.match(r"seq-(miss|hit) (ref/ours|ours/floor)", line)]
+    assert [(t[1], t[-2], t[-1]) for t in targets] == [
+        ("ref/ours", "3.2x", "yes"), ("ours/floor", "2.5x", "yes"),  # 650/200 >= 3, 200/80 <= 2.5
+        ("ref/ours", "16.7x", "yes"), ("ours/floor", "1.8x", "yes"),
+    ]
+    (row,) = _rows(lines, "agents")  # ideal: 2 steps x 50 ms = 0.1 s; 0.105 is 5% above it
+    assert row[1:6] == ["0.105", "0.210", "2.0x", "0.100", "1.05x"] and row[-1] == "yes"
+    assert lines[-1].startswith("targets met: 5 of 5 (sequential")
+
+    agents["ours"]["wall_s"] = 0.2  # twice the ideal
+    sequential["ours"]["seq-hit"]["median_us"] = 40.0  # 12.5x faster than 0.0.6 but 2.4x the floor
+    assert bench_pipeline._report(args, {}, {}, sequential, floor, agents) is False
+    lines = capsys.readouterr().out.splitlines()
+    assert _rows(lines, "agents")[0][-1] == "NO"
+    assert lines[-1].startswith("targets met: 3 of 5")
+
+
+def test_bench_memory_reports_rss_at_each_checkpoint_and_the_target(
+    benchmarks, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, bench_memory = benchmarks
+    raw = tmp_path / "raw.json"
+    code = bench_memory.main(["--only", "ours", "--requests", "400", "--chunk", "100", "--json", str(raw)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if re.match(r" +[\d,]+ ", line)}
+    assert list(rows) == ["0", "100", "200", "400"]
+    assert rows["0"][1:] == [rows["0"][1], "-", "-", "-"] and re.fullmatch(NUMBER, rows["0"][1])
+    for point in ("100", "200", "400"):  # MiB, B/req over the interval; no reference columns
+        assert re.fullmatch(NUMBER, rows[point][1]) and rows[point][3:] == ["-", "-"], rows[point]
+    assert any(re.fullmatch(r" +overall +- +-?[\d,]+ +- +-", line) for line in lines)
+    target = next(line for line in lines if line.startswith("target: "))
+    assert re.fullmatch(r"target: ours <= 250 B per distinct request over 200,000 \(measured over 400\): "
+                        r"-?[\d,]+ B, met (yes|NO)", target)
+    assert "sanity checks (samples, flags): all passed" in lines
+    memory = json.loads(raw.read_text())["results"]["ours"]["memory"]
+    assert list(memory["rss_bytes"]) == ["0", "100", "200", "400"]
+    assert memory["model"] == "ScriptedModel(keep_log=False)" and memory["short_responses"] == 0

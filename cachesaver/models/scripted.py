@@ -54,12 +54,20 @@ class ScriptedModel:
         short_by: return this many samples fewer than asked (never below zero).
         with_usage: attach a usage mapping to every sample.
         sample: a callable ``(request, k) -> sample`` replacing the default ``"<tag>#<k>"``.
+        keep_log: True (the default) records every call in ``log``, ``batch_sizes`` and
+            ``n_requested``, and numbers samples per prompt tag. False keeps only counters, so a
+            long run holds constant memory (benchmarks use it to measure the pipeline, not the
+            fake): ``log``, ``batch_sizes`` and ``n_requested`` stay empty, and k counts the
+            samples the model has produced for all prompts together (``"<tag>#<k>"`` is still
+            distinct for every sample, and the same in every run that makes the same calls in
+            the same order).
 
     Guarantees: the k-th sample ever produced for a prompt tag is the same in every run, so
     tests can predict exactly what an upstream call returns; ``calls`` counts upstream calls
     (one per ``request``, one per ``batch_request``), ``requests_seen`` counts the requests in
     them, ``batch_sizes`` lists each batch's size, ``peak_in_flight`` is the most calls that
-    were running at once.
+    were running at once. ``calls``, ``requests_seen``, ``samples_generated`` and
+    ``peak_in_flight`` are counted with either ``keep_log``.
     """
 
     latency_s: float = 0.0
@@ -68,6 +76,7 @@ class ScriptedModel:
     short_by: int = 0
     with_usage: bool = False
     sample: Callable[[Request, int], Any] | None = None
+    keep_log: bool = True
     log: list[RecordedCall] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     n_requested: list[int] = field(default_factory=list)
@@ -75,18 +84,21 @@ class ScriptedModel:
     in_flight: int = 0
     peak_in_flight: int = 0
     _counters: dict[str, int] = field(default_factory=dict)
+    _calls: int = field(default=0, init=False, repr=False)
+    _requests_seen: int = field(default=0, init=False, repr=False)
 
     @property
     def calls(self) -> int:
-        return len(self.log)
+        return self._calls
 
     @property
     def requests_seen(self) -> int:
-        return sum(len(c.requests) for c in self.log)
+        return self._requests_seen
 
     def _answer(self, request: Request) -> Response | BaseException:
         tag = _prompt_tag(request)
-        self.n_requested.append(request.n)
+        if self.keep_log:
+            self.n_requested.append(request.n)
         if tag in self.fail:
             return BackendError(f"scripted failure for prompt {tag!r}", request_id=request.request_id)
         if self.fail_with is not None:
@@ -94,8 +106,11 @@ class ScriptedModel:
             if error is not None:
                 return error
         count = max(0, request.n - self.short_by)
-        start = self._counters.get(tag, 0)
-        self._counters[tag] = start + count
+        if self.keep_log:
+            start = self._counters.get(tag, 0)
+            self._counters[tag] = start + count
+        else:
+            start = self.samples_generated
         self.samples_generated += count
         if self.sample is not None:
             data = [self.sample(request, k) for k in range(start, start + count)]
@@ -107,8 +122,11 @@ class ScriptedModel:
         return Response(data=data, usage=usage)
 
     async def _enter(self, requests: tuple[Request, ...], batched: bool) -> None:
-        self.log.append(RecordedCall(requests, batched))
-        self.batch_sizes.append(len(requests))
+        self._calls += 1
+        self._requests_seen += len(requests)
+        if self.keep_log:
+            self.log.append(RecordedCall(requests, batched))
+            self.batch_sizes.append(len(requests))
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
