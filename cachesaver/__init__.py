@@ -22,7 +22,8 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   those of :mod:`~cachesaver.clients`, :mod:`~cachesaver.background`,
   :mod:`~cachesaver.rounds`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
   :mod:`~cachesaver.recovery`,
-  :mod:`~cachesaver.loop_thread` and :mod:`~cachesaver.cli`, are for use from their module.
+  :mod:`~cachesaver.loop_thread`, :mod:`~cachesaver.store_thread` and :mod:`~cachesaver.cli`,
+  are for use from their module.
 * The simulated KV-cache cluster and the experiment runner are public subpackages that keep
   their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
   import Cluster``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous
@@ -53,6 +54,7 @@ from .errors import (
     PermanentBackendError,
     PipelineClosedError,
     StoreError,
+    StoreLockedError,
     TransientBackendError,
     UnserializableParameterError,
     UnstoredSamplesError,
@@ -125,6 +127,7 @@ __all__ = [
     "SingleRequestModel",
     "Stage",
     "StoreError",
+    "StoreLockedError",
     "TogetherModel",
     "TransientBackendError",
     "UnserializableParameterError",

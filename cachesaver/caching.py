@@ -27,7 +27,9 @@ construction to close):
   the stage below (False when it sets none); ``usage`` is the stored usage of each sample.
 
 ``cache`` is a ``diskcache.Cache`` (or ``FanoutCache``), or a directory path, in which case
-the cacher opens it with eviction disabled and closes it on ``aclose()``.
+the cacher opens it with eviction disabled and closes it on ``aclose()``. ``store_timeout_s``
+(default 30) bounds a write's wait for the store's lock held by another process; see
+:class:`~cachesaver.storage.SampleStore`.
 """
 
 from __future__ import annotations
@@ -77,14 +79,16 @@ def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequen
 class AsyncCacher(Stage):
     """Serves requests from a sample store, fetching only missing samples from ``model``."""
 
-    def __init__(self, model: Any, cache: Any, *, max_refetch: int = 2, model_id: Any = DERIVE) -> None:
+    def __init__(
+        self, model: Any, cache: Any, *, max_refetch: int = 2, model_id: Any = DERIVE, store_timeout_s: float = 30.0
+    ) -> None:
         super().__init__(model)
         self._identity = model_identity(model, model_id)
         if cache is None:
             raise ConfigurationError("AsyncCacher needs a cache: a diskcache.Cache or a directory path")
         if type(max_refetch) is not int or max_refetch < 0:
             raise ConfigurationError(f"max_refetch must be an int >= 0, got {max_refetch!r}")
-        self.store = SampleStore(cache)
+        self.store = SampleStore(cache, store_timeout_s=store_timeout_s)
         self.max_refetch = max_refetch
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)

@@ -21,7 +21,10 @@ the system's temporary directory (``TMPDIR``; keep it on disk, not in RAM, for t
 mean anything) and brings them back when they are needed again, so a long run with ever-new
 prompts or ids keeps a fixed memory footprint and makes exactly the same choices. From then on
 an entry not in memory costs a disk read (tens of microseconds) in the broker's worker thread.
-:meth:`RunClaims.close` deletes that directory (so does collecting the object, or exiting).
+:meth:`RunClaims.close` deletes that directory (so does collecting the object, or exiting) and
+closes the private store's SQLite connections: diskcache opens one per thread, so the one of
+each :class:`~cachesaver.store_thread.StoreThread` that used it (where the broker's rounds run)
+is closed on that thread, and the calling thread's in place; no connection is left open.
 There are no per-key locks: all decisions are made by one worker at a time.
 """
 
@@ -35,6 +38,9 @@ from itertools import islice
 from typing import Any, Iterable, Sequence
 
 import diskcache
+
+from .errors import StoreError
+from .store_thread import StoreThread
 
 __all__ = ["KeyClaims", "RunClaims"]
 
@@ -110,6 +116,7 @@ class RunClaims:
     def __init__(self, max_in_memory: int | None = None) -> None:
         if max_in_memory is not None:
             self.max_in_memory = max_in_memory
+        self._spill_users: set[StoreThread | None] = set()  # threads with a connection to the spill
         self._keys: OrderedDict[tuple[str, str], KeyClaims] = OrderedDict()
         self._uses: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._spill: diskcache.Cache | None = None
@@ -125,7 +132,7 @@ class RunClaims:
         if entry is None:
             entry = KeyClaims()
             if self._spill is not None:
-                saved = self._spill.get(_spill_name("k", ident))
+                saved = self._spill_get(_spill_name("k", ident), None)
                 if saved is not None:
                     entry.floor, entry.above = saved
             keys[ident] = entry
@@ -146,7 +153,7 @@ class RunClaims:
         uses = self._uses
         use = uses.pop(ident, None)
         if use is None:
-            use = 0 if self._spill is None else self._spill.get(_spill_name("u", ident), 0)
+            use = 0 if self._spill is None else self._spill_get(_spill_name("u", ident), 0)
         uses[ident] = use + 1
         return use
 
@@ -212,13 +219,28 @@ class RunClaims:
             self._spill = spill
             # Deleted at close, or at the latest when this object is collected or at exit.
             self._finalizer = weakref.finalize(self, _remove_spill, spill)
+        self._spill_users.add(StoreThread.current())
         return spill
 
+    def _spill_get(self, name: str, default: Any) -> Any:
+        self._spill_users.add(StoreThread.current())
+        return self._spill.get(name, default)  # type: ignore[union-attr]
+
     def close(self) -> None:
-        """Delete the on-disk part, if any; the object must not be used afterwards."""
+        """Delete the on-disk part, if any, and close its connection (on the thread that opened
+        it, see the module docstring); the object must not be used afterwards."""
         spill, self._spill = self._spill, None
-        if spill is not None:
-            self._finalizer()
+        if spill is None:
+            return
+        here = StoreThread.current()
+        for thread in self._spill_users - {here, None}:
+            try:
+                thread.submit(spill.close)  # runs before the store closes that thread, in order
+            except StoreError:  # that thread has ended already
+                pass
+        self._spill_users = set()
+        if self._finalizer is not None:
+            self._finalizer()  # closes this thread's connection, deletes the files
 
     def choose(
         self,

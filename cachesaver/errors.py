@@ -16,6 +16,7 @@ The hierarchy, rooted at :class:`CacheSaverError`::
     +-- CacheMissError                replay-only mode met a request the cache cannot serve
     +-- StoreError                    the sample store could not be read or written
         +-- CorruptStoreError         the store holds something cachesaver did not write
+        +-- StoreLockedError          another process held the store's write lock too long
         +-- UnstoredSamplesError      a pipeline closed with samples the store refused
 
 Backends translate their SDK's exceptions into these at one edge, chaining the original
@@ -39,6 +40,7 @@ __all__ = [
     "PermanentBackendError",
     "PipelineClosedError",
     "StoreError",
+    "StoreLockedError",
     "TransientBackendError",
     "UnserializableParameterError",
     "UnstoredSamplesError",
@@ -152,6 +154,12 @@ class StoreError(CacheSaverError):
 class CorruptStoreError(StoreError):
     """Raised when the store holds data cachesaver did not write, or a sample it wrote is gone
     (for example evicted by a ``diskcache.Cache`` whose eviction policy is not ``'none'``)."""
+
+
+class StoreLockedError(StoreError):
+    """Raised when the store's write lock (SQLite's) stayed held by another connection for
+    longer than the store's ``store_timeout_s``, typically by a stopped or hung process sharing
+    the cache directory. Nothing was written; samples already stored can still be read."""
 
 
 class UnstoredSamplesError(StoreError):

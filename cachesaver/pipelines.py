@@ -67,6 +67,7 @@ class _Pipeline(Stage):
         ledger: Any = None,
         max_refetch: int = 2,
         model_id: Any = DERIVE,
+        store_timeout_s: float = 30.0,
     ) -> None:
         _check_model(model, type(self).__name__)
         self.ledger = ledger if ledger is not None else Ledger()
@@ -74,7 +75,9 @@ class _Pipeline(Stage):
         self.window_deduplicator = AsyncDeduplicator(self.reorderer, across_calls=False)
         self.batcher = AsyncBatcher(self.window_deduplicator, batch_size=batch_size, timeout=timeout)
         self.deduplicator = AsyncDeduplicator(self.batcher)
-        self.cacher = AsyncCacher(self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id)
+        self.cacher = AsyncCacher(
+            self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id, store_timeout_s=store_timeout_s
+        )
         super().__init__(self.cacher)
 
     @property

@@ -348,7 +348,7 @@ class SampleBroker:
 
     async def _run_lookups(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> None:
         try:
-            found = await anyio.to_thread.run_sync(self._lookup_round, lookups, abandoned)
+            found = await self.store.read_thread.run(self._lookup_round, lookups, abandoned)
         except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
             logger.error("cachesaver lookup round failed: %s", exc)
             for op in lookups:
@@ -521,7 +521,7 @@ class SampleBroker:
         self._unstored, self._unstored_records = [], []
         try:
             with anyio.CancelScope(shield=final):
-                left, left_records, error = await anyio.to_thread.run_sync(self._write_round, writes, records)
+                left, left_records, error = await self.store.write_thread.run(self._write_round, writes, records)
         except BaseException:
             # Cancelled (a forced close): keep everything for the recovery file.
             self._unstored = [w for w in writes if w.indices is None]
@@ -637,7 +637,7 @@ class SampleBroker:
 
     async def _load_recovery(self) -> None:
         try:
-            loaded = await anyio.to_thread.run_sync(recovery.load_into, self.store)
+            loaded = await self.store.write_thread.run(recovery.load_into, self.store)
         except Exception as exc:  # noqa: BLE001 - the file stays, the next pipeline tries again
             logger.error("cachesaver could not load a recovery file into %s: %s", self.store.directory, exc)
             return

@@ -23,8 +23,20 @@ Guarantees:
   when read, never a silent gap.
 * Every entry cachesaver writes lives under the ``cachesaver/1/`` prefix, so the same
   ``diskcache.Cache`` may hold other data.
+* A wait for the write lock is bounded: when another process holds it (say, one that is stopped)
+  for longer than ``store_timeout_s`` (default 30 s), :meth:`SampleStore.transaction` raises
+  :class:`~cachesaver.errors.StoreLockedError`. Reads never take the write lock (diskcache
+  runs SQLite in WAL mode, where readers do not wait for a writer), so stored samples stay
+  readable meanwhile. (A ``diskcache.Cache`` you pass with a read-tracking eviction policy,
+  LRU or LFU, writes on every read; those reads wait up to that Cache's own ``timeout``.)
+* Every connection the store opens is closed by :meth:`SampleStore.close`. ``diskcache`` keeps
+  one SQLite connection per thread, so async code runs store calls on the store's own two
+  threads, never in a pool: reads on :attr:`SampleStore.read_thread` (``await
+  store.read_thread.run(store.heads, keys)``), writes on :attr:`SampleStore.write_thread`, so a
+  write waiting for the lock never holds up a read.
 
-All methods block on disk I/O; the cache stage calls them from a worker thread.
+All methods block on disk I/O and run in the calling thread; the cache stage's broker calls
+them on those two threads.
 
 >>> import tempfile
 >>> store = SampleStore(tempfile.mkdtemp())
@@ -39,15 +51,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import pickle
 import sqlite3
-from contextlib import contextmanager
+import time
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, NamedTuple, Sequence, Tuple
 
 import diskcache
 
-from .errors import ConfigurationError, CorruptStoreError, StoreError
+from .errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
+from .store_thread import StoreThread
 
 __all__ = ["Head", "RecordEntry", "SampleStore", "StoredSample"]
 
@@ -123,15 +138,19 @@ def _check_indices(value: Any, key: str) -> tuple[int, ...]:
     return value
 
 
-def open_cache(cache: Any) -> tuple[Any, bool]:
+def open_cache(cache: Any, timeout_s: float = 60.0) -> tuple[Any, bool]:
     """The diskcache to use for ``cache`` (a Cache, FanoutCache or a directory), and whether we own it.
 
-    Raises ConfigurationError when ``cache`` is none of those, or is a path where no cache can
-    be opened (a file, a directory that cannot be created or written)."""
+    A directory is opened with SQLite busy timeout ``timeout_s``, and the connection diskcache
+    opened in the calling thread to set it up is closed again (the next call reopens one where
+    it runs). Raises ConfigurationError when ``cache`` is none of those, or is a path where no
+    cache can be opened (a file, a directory that cannot be created or written)."""
     if isinstance(cache, (str, os.PathLike)):
         directory = os.fspath(cache)
         try:
-            return diskcache.Cache(directory, eviction_policy="none", cull_limit=0), True
+            opened = diskcache.Cache(directory, timeout=timeout_s, eviction_policy="none", cull_limit=0)
+            opened.close()
+            return opened, True
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(
                 f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "
@@ -157,14 +176,35 @@ def open_cache(cache: Any) -> tuple[Any, bool]:
     return cache, False
 
 
+def _check_timeout(value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"store_timeout_s must be a finite number of seconds > 0, got {value!r}; it bounds "
+            "how long a write waits for another process's lock on the cache (default 30)"
+        )
+    return float(value)
+
+
 class SampleStore:
-    """Append-only sample lists and replay records in one diskcache; see the module docstring."""
+    """Append-only sample lists and replay records in one diskcache; see the module docstring.
+
+    ``cache`` is a ``diskcache.Cache`` (or ``FanoutCache``), never closed by the store, or a
+    directory the store opens and closes. ``store_timeout_s`` bounds every wait for the write
+    lock (default :attr:`STORE_TIMEOUT_S`).
+    """
 
     HEAD_SAMPLES = 16
     HEAD_RECORDS = 16
+    STORE_TIMEOUT_S = 30.0
 
-    def __init__(self, cache: Any) -> None:
-        self.cache, self._owned = open_cache(cache)
+    def __init__(self, cache: Any, *, store_timeout_s: float = STORE_TIMEOUT_S) -> None:
+        self.store_timeout_s = _check_timeout(store_timeout_s)
+        self.cache, self._owned = open_cache(cache, self.store_timeout_s)
+        self.read_thread = StoreThread("cachesaver-store-reads")
+        """Where async code runs reads (lookups); its connection is closed at :meth:`close`."""
+        self.write_thread = StoreThread("cachesaver-store-writes")
+        """Where async code runs transactions; its connection is closed at :meth:`close`."""
+        self._plain = isinstance(self.cache, diskcache.Cache)
         self._bulk_ok = type(self.cache) is diskcache.Cache and getattr(
             self.cache, "eviction_policy", None
         ) in ("none", "least-recently-stored")
@@ -175,8 +215,11 @@ class SampleStore:
         """``cache.get`` that reports an unreadable entry as CorruptStoreError, a failing
         database as StoreError."""
         try:
-            return self.cache.get(name, default, retry=True)
-        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            # retry=False: a FanoutCache would turn a lock time-out into ``default``.
+            return self.cache.get(name, default, retry=not self._plain)
+        except diskcache.Timeout as exc:  # only caches whose reads write (LRU, LFU policies)
+            raise self._locked(getattr(self.cache, "timeout", self.store_timeout_s)) from exc
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"could not read {name} from {self.directory}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - a value that does not unpickle
             raise CorruptStoreError(f"entry {name} in {self.directory} cannot be decoded: {exc}") from exc
@@ -351,9 +394,9 @@ class SampleStore:
         if room > 0 and pairs:
             head_samples = head_samples + tuple(pairs[:room])
         for offset in range(max(room, 0), len(pairs)):
-            put(f"{_SAMPLE}{key}/{start + offset}", pairs[offset], retry=True)
+            put(f"{_SAMPLE}{key}/{start + offset}", pairs[offset])
         if pairs and start + len(pairs) >= self.HEAD_SAMPLES:
-            put(_COUNT + key, start + len(pairs), retry=True)
+            put(_COUNT + key, start + len(pairs))
         all_records = list(records)
         if record_new is not None:
             namespace, request_id, n, use, prior, needed = record_new
@@ -369,21 +412,74 @@ class SampleStore:
                     head_records, copied = dict(head_records), True
                 head_records[tag] = indices
             else:
-                put(f"{_RECORD}{key}/{tag}", indices, retry=True)
+                put(f"{_RECORD}{key}/{tag}", indices)
         if head_samples is not head.samples or copied:
-            put(_HEAD + key, (head_samples, head_records), retry=True)
+            put(_HEAD + key, (head_samples, head_records))
         return start
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Hold the store's write lock: everything written inside commits together."""
+        """Hold the store's write lock: everything written inside commits together.
+
+        Waits at most ``store_timeout_s`` for the lock, then raises
+        :class:`~cachesaver.errors.StoreLockedError`. Nested transactions (in one thread) join
+        the outer one.
+        """
+        deadline = time.monotonic() + self.store_timeout_s
+        with ExitStack() as stack:
+            shards = getattr(self.cache, "_shards", None) if not self._plain else None
+            if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
+                for shard in shards:  # FanoutCache.transact retries forever; lock shard by shard
+                    self._lock(stack, shard, deadline)
+            else:
+                self._lock(stack, self.cache, deadline)
+            yield
+
+    def _lock(self, stack: ExitStack, cache: Any, deadline: float) -> None:
+        """Enter ``cache.transact()`` on ``stack`` before ``deadline`` or raise StoreLockedError."""
+        pause = 0.001
+        while True:
+            # One attempt waits in SQLite's busy handler; bound that wait by what is left.
+            left = deadline - time.monotonic()
+            try:
+                with self._busy_timeout(cache, left):
+                    stack.enter_context(cache.transact(retry=False))
+                return
+            except diskcache.Timeout as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._locked(self.store_timeout_s) from exc
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+    @contextmanager
+    def _busy_timeout(self, cache: Any, seconds: float) -> Iterator[None]:
+        """Bound SQLite's busy wait of the calling thread's connection to ``cache`` by
+        ``seconds`` (a Cache we did not open keeps its own ``timeout``, restored after)."""
+        own = getattr(cache, "timeout", None)
+        con = None
+        if isinstance(cache, diskcache.Cache) and isinstance(own, (int, float)) and own > seconds:
+            try:
+                con = cache._con
+                con.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+            except (AttributeError, sqlite3.Error):  # not diskcache's layout: its own timeout
+                con = None
         try:
-            with self.cache.transact(retry=True):
-                yield
-        except diskcache.Timeout as exc:
-            raise StoreError(
-                f"the cache at {self.directory} stayed locked by another process; try again"
-            ) from exc
+            yield
+        finally:
+            if con is not None:
+                try:
+                    con.execute(f"PRAGMA busy_timeout = {int(own * 1000)}")
+                except sqlite3.Error:
+                    pass
+
+    def _locked(self, waited: float) -> StoreLockedError:
+        return StoreLockedError(
+            f"the cache at {self.directory} stayed locked for writing for {waited:g} s "
+            "(store_timeout_s): another process holds its SQLite write lock, perhaps one that is "
+            "stopped or hung. Nothing was written; stored samples can still be read. End or resume "
+            "that process (or pass a larger store_timeout_s), then try again."
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -392,6 +488,16 @@ class SampleStore:
         return str(getattr(self.cache, "directory", "?"))
 
     def close(self) -> None:
-        """Close the underlying diskcache if this store opened it (a passed-in one stays open)."""
-        if self._owned:
-            self.cache.close()
+        """Close every connection the store opened and end its threads (idempotent).
+
+        Each store thread's connection is closed on that thread (after the calls already handed
+        to it), also for a ``diskcache.Cache`` you passed, which itself stays open for you. A
+        cache the store opened is closed in the calling thread too."""
+        try:
+            self.read_thread.close(self.cache.close)
+        finally:
+            try:
+                self.write_thread.close(self.cache.close)
+            finally:
+                if self._owned:
+                    self.cache.close()

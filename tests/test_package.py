@@ -32,7 +32,7 @@ CHOSEN_FROM_PLUMBING = {
     "retry": ("RetryPolicy",),
     "storage": ("SampleStore",),
 }
-PLUMBING_MODULES = {"background", "claims", "cli", "clients", "loop_thread", "recovery", "rounds", "sample_broker"}
+PLUMBING_MODULES = {"background", "claims", "cli", "clients", "loop_thread", "recovery", "rounds", "sample_broker", "store_thread"}
 OWN_NAMESPACE_SUBPACKAGES = {"kvcache", "tasks"}
 
 
