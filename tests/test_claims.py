@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
+from pathlib import Path
 
+import anyio
+import pytest
+
+from cachesaver.caching import AsyncCacher
 from cachesaver.claims import RunClaims
+from cachesaver.models import ScriptedModel
+from cachesaver.store_thread import StoreThread
+from cachesaver.typedefs import Request
 
 
 def test_lowest_unclaimed_indices_first() -> None:
@@ -187,3 +196,53 @@ def test_a_disk_that_refuses_the_move_loses_nothing_and_is_not_retried_every_rou
     except OSError:
         pass
     assert len(attempts) == 2
+
+
+def open_files_under(directory: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd to see open files")
+    out = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            out.append(target)
+    return out
+
+
+def test_a_close_from_another_thread_closes_the_spill_on_the_thread_that_opened_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    thread = StoreThread()
+    claims = RunClaims(max_in_memory=4, thread=thread)
+
+    def long_run() -> None:  # as the broker's rounds do, on the store thread
+        for i in range(10):
+            claims.next_use("ns", f"k{i}", "id", 1)
+        claims.trim()
+
+    thread.call(long_run)
+    directory = claims._spill.directory
+    assert open_files_under(tmp_path)  # the spill's connection, on the store thread
+    claims.close()  # from this thread, as the broker's loop does
+    thread.close()
+    assert open_files_under(tmp_path) == [] and not os.path.exists(directory)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_long_run_through_a_cacher_leaves_no_spill_connection_open(tmp_path, monkeypatch, backend) -> None:
+    spills = tmp_path / "tmp"
+    spills.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spills))
+    monkeypatch.setattr(RunClaims, "max_in_memory", 4)
+
+    async def main() -> None:
+        async with AsyncCacher(ScriptedModel(), tmp_path / "cache") as cacher:
+            for i in range(12):
+                await cacher.request(Request(f"p{i}", request_id=f"id{i}"))
+            assert cacher._broker.claims._spill is not None  # the run did spill to disk
+
+    anyio.run(main, backend=backend)
+    assert open_files_under(spills) == [] and list(spills.iterdir()) == []

@@ -5,13 +5,25 @@ Replay records are tested through the pipelines (tests/test_pipelines.py), where
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any, Iterator
 
+import anyio
 import diskcache
 import pytest
+from _support import gather
 
-from cachesaver.errors import ConfigurationError, CorruptStoreError
+from cachesaver.caching import AsyncCacher
+from cachesaver.errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
+from cachesaver.models import ScriptedModel
+from cachesaver.pipelines import LocalAPI, OnlineAPI
 from cachesaver.storage import SampleStore
+from cachesaver.typedefs import Request
 
 
 @pytest.fixture
@@ -167,3 +179,151 @@ def test_a_path_where_no_cache_can_live_is_a_configuration_error(tmp_path: Path)
         SampleStore(a_file)
     with pytest.raises(ConfigurationError, match="cannot open a cache in"):
         SampleStore(a_file / "below-a-file")
+
+
+# == every connection is closed (Python 3.13 warns about any left open) =======================
+
+
+def open_databases_under(directory: Path) -> list[str]:
+    """SQLite databases below ``directory`` this process holds open, once per connection."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd to see open files")
+    out = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(directory)) and target.endswith(".db"):
+            out.append(target)
+    return sorted(out)
+
+
+async def _run_a_cacher(cache: Any) -> None:
+    cacher = AsyncCacher(ScriptedModel(), cache)
+    async with cacher:
+        for round_ in range(3):  # several rounds, concurrent lookups and writes
+            await gather(*[
+                partial(cacher.request, Request(f"p{i}", n=2, request_id=f"{round_}-{i}")) for i in range(8)
+            ])
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_cacher_on_a_directory_leaves_no_connection_open_after_close(tmp_path: Path, backend: str) -> None:
+    anyio.run(_run_a_cacher, tmp_path / "c", backend=backend)
+    assert open_databases_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_cacher_on_a_passed_cache_closes_its_own_connection_and_leaves_the_users_open(
+    tmp_path: Path, backend: str
+) -> None:
+    cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
+    anyio.run(_run_a_cacher, cache, backend=backend)
+    cache["still"] = "usable"  # the user's own connection, in this thread, stays open
+    assert cache["still"] == "usable"
+    # Closing that one leaves nothing open, so no other thread kept a connection. (Before, SQLite
+    # may hold a closed connection's descriptor while another connection in the process locks
+    # the same file.)
+    cache.close()
+    assert open_databases_under(tmp_path) == []
+
+
+def test_opening_a_directory_leaves_no_connection_in_the_opening_thread(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "c")
+    assert open_databases_under(tmp_path) == []  # diskcache's set-up connection is closed again
+    store.append("k", ["a"])  # sync use: the calling thread's connection, closed by close()
+    store.close()
+    assert open_databases_under(tmp_path) == []
+
+
+# == a write lock held by another process has a bound =========================================
+
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")  # diskcache's write lock, then hold it until killed
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def write_lock_held(database: Path) -> Iterator[None]:
+    """Another process holds the SQLite write lock of ``database`` while inside."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(database)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def _open(kind: str, directory: Path) -> tuple[Any, Path]:
+    """A cache of ``kind`` on ``directory`` and the database a writer must lock first."""
+    if kind == "directory":
+        return directory, directory / "cache.db"
+    if kind == "Cache":  # its own SQLite timeout is 10 minutes: the store's bound must apply
+        return diskcache.Cache(str(directory), eviction_policy="none", timeout=600), directory / "cache.db"
+    return diskcache.FanoutCache(str(directory), shards=2, eviction_policy="none"), directory / "001" / "cache.db"
+
+
+@pytest.mark.timeout(30)  # an unbounded wait fails here
+@pytest.mark.parametrize("kind", ["directory", "Cache", "FanoutCache"])
+def test_a_write_lock_held_by_another_process_raises_store_locked_error_and_reads_go_on(
+    tmp_path: Path, kind: str
+) -> None:
+    cache, database = _open(kind, tmp_path / "c")
+    store = SampleStore(cache, store_timeout_s=0.5)
+    samples = [f"s{i}" for i in range(SampleStore.HEAD_SAMPLES + 4)]  # in the head and beyond
+    store.append("k", samples)
+    with write_lock_held(database):
+        with pytest.raises(StoreLockedError, match=r"stayed locked for writing for 0\.5 s") as caught:
+            with store.transaction():
+                raise AssertionError("the lock is held elsewhere; this must not run")
+        assert str(tmp_path / "c") in str(caught.value) and "store_timeout_s" in str(caught.value)
+        assert isinstance(caught.value, StoreError)
+        with pytest.raises(StoreLockedError):
+            store.append("k", ["lost?"])
+        # Reads never wait for the write lock, before and after a write gave up.
+        assert store.heads(["k"])["k"].samples[0] == ("s0", None)
+        assert store.count("k") == len(samples)
+        assert store.read_stored("k", [0, len(samples) - 1]) == [("s0", None), (samples[-1], None)]
+    assert store.append("k", ["next"]) == len(samples)  # nothing was written while locked
+    store.close()
+    if kind != "directory":
+        cache.close()
+
+
+@pytest.mark.timeout(30)
+def test_lookups_on_the_store_thread_are_served_while_another_process_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    store = SampleStore(tmp_path / "c", store_timeout_s=0.5)
+    store.append("k", ["a", "b"])
+
+    async def lookup() -> Any:
+        heads = await store.thread.run(store.heads, ["k"])
+        return await store.thread.run(store.read_stored, "k", [0, 1], heads["k"])
+
+    with write_lock_held(tmp_path / "c" / "cache.db"):
+        assert anyio.run(lookup) == [("a", None), ("b", None)]
+    store.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "30"])
+def test_a_bad_store_timeout_is_a_configuration_error(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="store_timeout_s"):
+        SampleStore(tmp_path / "c", store_timeout_s=bad)
+
+
+def test_the_pipelines_pass_store_timeout_s_to_their_store(tmp_path: Path) -> None:
+    assert SampleStore(tmp_path / "a").store_timeout_s == SampleStore.STORE_TIMEOUT_S <= 60
+    for pipeline_class in (OnlineAPI, LocalAPI):
+        pipeline = pipeline_class(ScriptedModel(), tmp_path / "b", batch_size=2, store_timeout_s=2.5)
+        assert pipeline.cacher.store.store_timeout_s == 2.5
+        pipeline.cacher.store.close()
