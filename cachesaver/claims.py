@@ -100,8 +100,16 @@ def _spill_name(kind: str, ident: tuple[Any, ...]) -> str:
     return f"{kind}{ident!r}"
 
 
-def _remove_spill(spill: diskcache.Cache) -> None:
-    spill.close()
+def _remove_spill(spill: diskcache.Cache, users: set[StoreThread | None]) -> None:
+    """Close the spill's connection in each thread that used it, then delete its files."""
+    here = StoreThread.current()
+    for thread in users - {here, None}:
+        try:
+            thread.submit(spill.close)  # runs before the store closes that thread, in order
+        except StoreError:  # that thread has ended already
+            pass
+    users.clear()
+    spill.close()  # this thread's connection, if any
     shutil.rmtree(spill.directory, ignore_errors=True)
 
 
@@ -218,7 +226,7 @@ class RunClaims:
                 raise
             self._spill = spill
             # Deleted at close, or at the latest when this object is collected or at exit.
-            self._finalizer = weakref.finalize(self, _remove_spill, spill)
+            self._finalizer = weakref.finalize(self, _remove_spill, spill, self._spill_users)
         self._spill_users.add(StoreThread.current())
         return spill
 
@@ -230,17 +238,8 @@ class RunClaims:
         """Delete the on-disk part, if any, and close its connection (on the thread that opened
         it, see the module docstring); the object must not be used afterwards."""
         spill, self._spill = self._spill, None
-        if spill is None:
-            return
-        here = StoreThread.current()
-        for thread in self._spill_users - {here, None}:
-            try:
-                thread.submit(spill.close)  # runs before the store closes that thread, in order
-            except StoreError:  # that thread has ended already
-                pass
-        self._spill_users = set()
-        if self._finalizer is not None:
-            self._finalizer()  # closes this thread's connection, deletes the files
+        if spill is not None and self._finalizer is not None:
+            self._finalizer()  # _remove_spill
 
     def choose(
         self,

@@ -200,9 +200,9 @@ class SampleStore:
     def __init__(self, cache: Any, *, store_timeout_s: float = STORE_TIMEOUT_S) -> None:
         self.store_timeout_s = _check_timeout(store_timeout_s)
         self.cache, self._owned = open_cache(cache, self.store_timeout_s)
-        self.read_thread = StoreThread("cachesaver-store-reads")
+        self.read_thread = StoreThread("cachesaver-store-reads", finish=self.cache.close)
         """Where async code runs reads (lookups); its connection is closed at :meth:`close`."""
-        self.write_thread = StoreThread("cachesaver-store-writes")
+        self.write_thread = StoreThread("cachesaver-store-writes", finish=self.cache.close)
         """Where async code runs transactions; its connection is closed at :meth:`close`."""
         self._plain = isinstance(self.cache, diskcache.Cache)
         self._bulk_ok = type(self.cache) is diskcache.Cache and getattr(
@@ -494,10 +494,10 @@ class SampleStore:
         to it), also for a ``diskcache.Cache`` you passed, which itself stays open for you. A
         cache the store opened is closed in the calling thread too."""
         try:
-            self.read_thread.close(self.cache.close)
+            self.read_thread.close()
         finally:
             try:
-                self.write_thread.close(self.cache.close)
+                self.write_thread.close()
             finally:
                 if self._owned:
                     self.cache.close()

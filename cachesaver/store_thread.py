@@ -17,12 +17,13 @@ Guarantees:
   write is never lost, as with ``anyio.to_thread.run_sync`` by default.
 * ``call`` runs a function from plain (non-async) code and waits; ``submit`` hands one over
   without waiting. :meth:`StoreThread.current` tells code which store thread runs it.
-* ``close(last)`` runs the calls already submitted, then ``last`` (say, closing the thread's
-  connection), on the thread, and joins it. Later calls raise
-  :class:`~cachesaver.errors.StoreError`. Closing twice is harmless.
+* ``finish`` (say, closing the thread's connection) is the thread's last call, on the thread:
+  :meth:`StoreThread.close` runs the calls already submitted, then ``finish``, and joins the
+  thread; a StoreThread dropped without close still ends its thread that way once collected.
+  Later calls raise :class:`~cachesaver.errors.StoreError`. Closing twice is harmless.
 
 >>> import anyio, threading
->>> thread = StoreThread()
+>>> thread = StoreThread(finish=lambda: print("finished on the thread"))
 >>> async def main():
 ...     return await thread.run(threading.current_thread) is threading.current_thread()
 >>> anyio.run(main)
@@ -30,6 +31,7 @@ False
 >>> thread.call(lambda: 6 * 7)
 42
 >>> thread.close()
+finished on the thread
 """
 
 from __future__ import annotations
@@ -86,13 +88,17 @@ _STOP = None
 _local = threading.local()
 
 
-def _serve(calls: queue.SimpleQueue, owner: "weakref.ref[StoreThread]") -> None:
+def _serve(calls: queue.SimpleQueue, owner: "weakref.ref[StoreThread]", finish: _Call | None) -> None:
     _local.owner = owner
-    while True:
-        call = calls.get()
-        if call is _STOP:
-            return
-        call.run()
+    try:
+        while True:
+            call = calls.get()
+            if call is _STOP:
+                return
+            call.run()
+    finally:
+        if finish is not None:
+            finish.run()
 
 
 def _log_failure(call: _Call) -> None:
@@ -104,8 +110,9 @@ def _log_failure(call: _Call) -> None:
 class StoreThread:
     """A daemon thread that runs blocking calls one at a time; see the module docstring."""
 
-    def __init__(self, name: str = "cachesaver-store") -> None:
+    def __init__(self, name: str = "cachesaver-store", finish: Callable[[], Any] | None = None) -> None:
         self.name = name
+        self._finish = None if finish is None else _Call(finish, (), lambda: None)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -139,7 +146,7 @@ class StoreThread:
                 )
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=_serve, args=(self._calls, weakref.ref(self)), name=self.name, daemon=True
+                    target=_serve, args=(self._calls, weakref.ref(self), self._finish), name=self.name, daemon=True
                 )
                 self._thread.start()
                 # A store dropped without close still lets its thread end.
@@ -176,11 +183,12 @@ class StoreThread:
         holder.append(call)
         self._put(call)
 
-    def close(self, last: Callable[[], Any] | None = None) -> None:
-        """Run what was submitted, then ``last()``, on the thread; then end and join it.
+    def close(self) -> None:
+        """Run what was submitted, then ``finish``, on the thread; then end and join it.
 
-        Raises what ``last`` raised. A thread that never started has nothing to run ``last``
-        for (no call ever ran on it), so ``last`` is skipped. Idempotent.
+        Raises what ``finish`` raised. A thread that never started skips ``finish`` (no call
+        ever ran on it, so it opened nothing). Called on the thread itself, it returns at once
+        and the thread ends after the current call. Idempotent.
         """
         with self._lock:
             if self._closed:
@@ -189,13 +197,8 @@ class StoreThread:
             thread = self._thread
         if thread is None:
             return
-        done = threading.Event()
-        call = _Call(last or (lambda: None), (), done.set)
-        if threading.current_thread() is thread:
-            call.run()
-            self._calls.put(_STOP)
-        else:
-            self._calls.put(call)
-            self._calls.put(_STOP)
+        self._calls.put(_STOP)
+        if threading.current_thread() is not thread:
             thread.join()
-        call.outcome()
+            if self._finish is not None:
+                self._finish.outcome()

@@ -213,21 +213,25 @@ def open_files_under(directory: Path) -> list[str]:
     return out
 
 
-def test_a_close_from_another_thread_closes_the_spill_on_the_thread_that_opened_it(tmp_path, monkeypatch) -> None:
+def test_a_close_from_another_thread_closes_the_spill_on_each_store_thread_that_used_it(
+    tmp_path, monkeypatch
+) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    thread = StoreThread()
-    claims = RunClaims(max_in_memory=4, thread=thread)
+    reads, writes = StoreThread(), StoreThread()
+    claims = RunClaims(max_in_memory=4)
 
-    def long_run() -> None:  # as the broker's rounds do, on the store thread
+    def long_run() -> None:  # as the broker's lookup rounds do
         for i in range(10):
             claims.next_use("ns", f"k{i}", "id", 1)
         claims.trim()
 
-    thread.call(long_run)
+    reads.call(long_run)
+    writes.call(claims.claim, "ns", "k0", [0])  # as a write commit does: reads a moved entry
     directory = claims._spill.directory
-    assert open_files_under(tmp_path)  # the spill's connection, on the store thread
-    claims.close()  # from this thread, as the broker's loop does
-    thread.close()
+    assert open_files_under(tmp_path)  # the spill's connections, on the two store threads
+    claims.close()  # from this thread, as the broker's aclose does
+    reads.close()
+    writes.close()
     assert open_files_under(tmp_path) == [] and not os.path.exists(directory)
 
 

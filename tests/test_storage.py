@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Iterator
 import anyio
 import diskcache
 import pytest
-from _support import gather
+from _support import gather, wait_until
 
 from cachesaver.caching import AsyncCacher
 from cachesaver.errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
@@ -250,14 +251,15 @@ sys.stdin.read()
 
 
 @contextmanager
-def write_lock_held(database: Path) -> Iterator[None]:
-    """Another process holds the SQLite write lock of ``database`` while inside."""
+def write_lock_held(database: Path) -> Iterator[subprocess.Popen]:
+    """Another process holds the SQLite write lock of ``database`` while inside (or until it is
+    killed)."""
     process = subprocess.Popen(
         [sys.executable, "-c", LOCKER, str(database)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "locked"
-        yield
+        yield process
     finally:
         process.kill()
         process.communicate()
@@ -278,11 +280,11 @@ def test_a_write_lock_held_by_another_process_raises_store_locked_error_and_read
     tmp_path: Path, kind: str
 ) -> None:
     cache, database = _open(kind, tmp_path / "c")
-    store = SampleStore(cache, store_timeout_s=0.5)
+    store = SampleStore(cache, store_timeout_s=0.2)
     samples = [f"s{i}" for i in range(SampleStore.HEAD_SAMPLES + 4)]  # in the head and beyond
     store.append("k", samples)
     with write_lock_held(database):
-        with pytest.raises(StoreLockedError, match=r"stayed locked for writing for 0\.5 s") as caught:
+        with pytest.raises(StoreLockedError, match=r"stayed locked for writing for 0\.2 s") as caught:
             with store.transaction():
                 raise AssertionError("the lock is held elsewhere; this must not run")
         assert str(tmp_path / "c") in str(caught.value) and "store_timeout_s" in str(caught.value)
@@ -300,18 +302,33 @@ def test_a_write_lock_held_by_another_process_raises_store_locked_error_and_read
 
 
 @pytest.mark.timeout(30)
-def test_lookups_on_the_store_thread_are_served_while_another_process_holds_the_write_lock(
-    tmp_path: Path,
-) -> None:
-    store = SampleStore(tmp_path / "c", store_timeout_s=0.5)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_reads_on_the_read_thread_never_wait_for_a_write_waiting_for_the_lock(tmp_path: Path, backend: str) -> None:
+    store = SampleStore(tmp_path / "c", store_timeout_s=20)
     store.append("k", ["a", "b"])
+    writing = threading.Event()
+    written: list[int] = []
 
-    async def lookup() -> Any:
-        heads = await store.thread.run(store.heads, ["k"])
-        return await store.thread.run(store.read_stored, "k", [0, 1], heads["k"])
+    def append() -> int:
+        writing.set()
+        return store.append("k", ["c"])  # waits for the other process's lock
 
-    with write_lock_held(tmp_path / "c" / "cache.db"):
-        assert anyio.run(lookup) == [("a", None), ("b", None)]
+    async def write() -> None:
+        written.append(await store.write_thread.run(append))
+
+    async def main(locker: subprocess.Popen) -> list[Any]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(write)
+            await wait_until(writing.is_set)
+            heads = await store.read_thread.run(store.heads, ["k"])
+            found = await store.read_thread.run(store.read_stored, "k", [0, 1], heads["k"])
+            assert written == []  # served while the write still waits
+            locker.kill()  # the lock is released: the write lands
+        return found
+
+    with write_lock_held(tmp_path / "c" / "cache.db") as locker:
+        assert anyio.run(main, locker, backend=backend) == [("a", None), ("b", None)]
+    assert written == [2]
     store.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import anyio
@@ -112,12 +113,12 @@ def test_a_caller_cancelled_before_the_call_starts_does_not_start_it(thread: Sto
     assert ran == []
 
 
-def test_close_runs_what_was_submitted_then_the_last_call_on_the_thread_and_joins_it() -> None:
-    thread = StoreThread()
+def test_close_runs_what_was_submitted_then_finish_on_the_thread_and_joins_it() -> None:
     order: list[tuple[str, threading.Thread]] = []
+    thread = StoreThread(finish=lambda: order.append(("finish", threading.current_thread())))
     thread.submit(lambda: order.append(("submitted", threading.current_thread())))
-    thread.close(lambda: order.append(("last", threading.current_thread())))
-    assert [what for what, _ in order] == ["submitted", "last"]
+    thread.close()
+    assert [what for what, _ in order] == ["submitted", "finish"]
     worker = order[0][1]
     assert order[1][1] is worker and worker is not threading.current_thread()
     assert not worker.is_alive()  # joined
@@ -126,22 +127,33 @@ def test_close_runs_what_was_submitted_then_the_last_call_on_the_thread_and_join
         thread.call(lambda: None)
 
 
-def test_close_reraises_what_the_last_call_raised() -> None:
-    thread = StoreThread()
-    thread.call(lambda: None)
-
+def test_close_reraises_what_finish_raised() -> None:
     def broken_close() -> None:
         raise OSError("I/O error")
 
+    thread = StoreThread(finish=broken_close)
+    thread.call(lambda: None)
     with pytest.raises(OSError, match="I/O error"):
-        thread.close(broken_close)
+        thread.close()
 
 
 def test_a_thread_never_used_starts_nothing_and_closes_at_once() -> None:
-    thread = StoreThread()
     ran: list[bool] = []
-    thread.close(lambda: ran.append(True))
+    thread = StoreThread(finish=lambda: ran.append(True))
+    thread.close()
     assert not thread.started and ran == []  # no call ran, so no connection to close
+
+
+def test_a_thread_dropped_without_close_still_runs_finish_on_it_and_ends() -> None:
+    finished = threading.Event()
+    where: list[threading.Thread] = []
+    thread = StoreThread(finish=lambda: (where.append(threading.current_thread()), finished.set()))
+    worker = thread.call(threading.current_thread)
+    del thread
+    gc.collect()
+    assert finished.wait(5) and where == [worker]
+    worker.join(5)
+    assert not worker.is_alive()
 
 
 def test_a_failing_submitted_call_is_logged(caplog: pytest.LogCaptureFixture) -> None:
