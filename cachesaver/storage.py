@@ -151,6 +151,17 @@ def open_cache(cache: Any, timeout_s: float = 60.0) -> tuple[Any, bool]:
             opened = diskcache.Cache(directory, timeout=timeout_s, eviction_policy="none", cull_limit=0)
             opened.close()
             return opened, True
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise ConfigurationError(
+                    f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "
+                    "created and written (or an open diskcache.Cache)"
+                ) from exc
+            raise StoreLockedError(
+                f"cannot open the cache in {directory!r}: another process has held its SQLite "
+                f"write lock for over 60 s (diskcache's bound when opening). Stop or resume that "
+                "process, then try again"
+            ) from exc
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(
                 f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "

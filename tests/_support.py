@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import subprocess
+import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import anyio
 
@@ -343,3 +347,29 @@ class Sleeps:
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
         await anyio.lowlevel.checkpoint()
+
+
+# -- another process holding a store's SQLite write lock ---------------------------------------
+
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")  # diskcache's write lock, then hold it until killed
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def write_lock_held(database: Path) -> Iterator[subprocess.Popen]:
+    """Another process holds the SQLite write lock of ``database`` while inside (or until it is
+    killed)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(database)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+        yield process
+    finally:
+        process.kill()
+        process.communicate()

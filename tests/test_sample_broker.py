@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import diskcache
 import pytest
-from _support import GateModel, wait_until
+from _support import GateModel, wait_until, write_lock_held
 
 from cachesaver import recovery
 from cachesaver.errors import BackendError, IncompleteResponseError, StoreError, UnstoredSamplesError
@@ -256,3 +256,30 @@ async def test_beyond_the_bound_no_more_model_calls_are_made(tmp_path: Path) -> 
             await pipeline.aclose()
         cache.full = False
         cache.close()
+
+
+# -- item 4: a write lock another process holds never holds up a hit --------------------------------
+
+
+async def test_hits_are_served_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    warm = [Request(f"p{i}", n=2, request_id=i) for i in range(4)]
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=4) as pipeline:
+        first = [(await pipeline.request(r)).data for r in warm]
+    model = ScriptedModel()
+    pipeline = OnlineAPI(model, tmp_path, batch_size=4, store_timeout_s=0.2)
+    await pipeline.request(Request("opened", request_id="o"))  # the store is open and in use
+    with write_lock_held(tmp_path / "cache.db") as locker:  # then a process stops holding the lock
+        with anyio.fail_after(10):
+            replayed = [(await pipeline.request(r)).data for r in warm]  # exact replay: hits
+            other = [await pipeline.request(Request(r.prompt, n=2, namespace="other")) for r in warm]
+            missed = await pipeline.request(Request("new", n=2, request_id="z"))
+        assert replayed == first and model.calls == 2  # "opened" and "new" only
+        assert all(response.cached == [True, True] for response in other)
+        assert missed.data == ["new#0", "new#1"] and pipeline.unstored_samples == 2
+        with pytest.raises(UnstoredSamplesError, match="2 sample") as caught:
+            with anyio.fail_after(10):  # a bounded wait for the lock, never forever
+                await pipeline.aclose()
+        locker.kill()
+    assert caught.value.path is not None
+    again, replay_model = await _replay(tmp_path, [Request("new", n=2, request_id="z")])
+    assert again == [missed.data] and replay_model.calls == 0

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import anyio
 import diskcache
 import pytest
-from _support import gather, wait_until
+from _support import gather, wait_until, write_lock_held
 
 from cachesaver.caching import AsyncCacher
 from cachesaver.errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
@@ -240,30 +240,6 @@ def test_opening_a_directory_leaves_no_connection_in_the_opening_thread(tmp_path
 
 
 # == a write lock held by another process has a bound =========================================
-
-LOCKER = """
-import sqlite3, sys
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-connection.execute("BEGIN IMMEDIATE")  # diskcache's write lock, then hold it until killed
-print("locked", flush=True)
-sys.stdin.read()
-"""
-
-
-@contextmanager
-def write_lock_held(database: Path) -> Iterator[subprocess.Popen]:
-    """Another process holds the SQLite write lock of ``database`` while inside (or until it is
-    killed)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(database)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
-        yield process
-    finally:
-        process.kill()
-        process.communicate()
-
 
 def _open(kind: str, directory: Path) -> tuple[Any, Path]:
     """A cache of ``kind`` on ``directory`` and the database a writer must lock first."""
