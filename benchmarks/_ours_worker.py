@@ -4,7 +4,7 @@ Started by ``bench_pipeline.py`` as ``<python> _ours_worker.py '<json spec>'`` w
 ``PYTHONPATH`` set to the repository root, so the package measured is the one in this checkout.
 See ``_workload.py`` for the specs and what is measured.
 
-The append workload times ``SampleStore(cache).append(key, [sample])``; the floor's key is
+The append workload times ``DiskcacheStore(cache).append(key, [sample])``; the floor's key is
 ``cachesaver.keys.request_key``; the memory workload's model is ``ScriptedModel(keep_log=False)``,
 which keeps no per-call history.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable, List
 import cachesaver
 from cachesaver.keys import request_key
 from cachesaver.models.scripted import ScriptedModel
-from cachesaver.storage import SampleStore
+from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.typedefs import Request, Response
 
 import _workload
@@ -56,7 +56,7 @@ async def _close(pipeline: Any) -> None:
 
 
 def _make_appender(cache: Any) -> Callable[[str, Any], None]:
-    store = SampleStore(cache)
+    store = DiskcacheStore(cache)
 
     def append(key: str, sample: Any) -> None:
         store.append(key, [sample])
@@ -76,7 +76,7 @@ if __name__ == "__main__":
             make_pipeline=_make_pipeline,
             close=_close,
             make_appender=_make_appender,
-            cache_options={"eviction_policy": "none"},  # what cachesaver.storage asks for
+            cache_options={"eviction_policy": "none"},  # what cachesaver.store.diskcache asks for
             key_of=request_key,
             make_lean_model=lambda: ScriptedModel(keep_log=False),
         ),

@@ -17,7 +17,8 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   :mod:`~cachesaver.ledger` and :mod:`cachesaver.models`. A name added to one of those
   ``__all__`` must be added here.
 * From the plumbing modules, only what a user configures a pipeline or backend with:
-  ``SampleStore`` (:mod:`~cachesaver.storage`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
+  the store protocol ``SampleStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
+  ``open_store`` (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
   those of :mod:`~cachesaver.clients`, :mod:`~cachesaver.background`,
   :mod:`~cachesaver.rounds`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
@@ -66,7 +67,10 @@ from .models.scripted import RecordedCall, ScriptedModel
 from .pipelines import LocalAPI, OnlineAPI
 from .reordering import RequestReorderer
 from .stage import Settled, Stage, call_model
-from .storage import SampleStore
+from .store import open_store
+from .store.diskcache import DiskcacheStore
+from .store.memory import MemoryStore
+from .store.protocol import SampleStore
 from .typedefs import Batch, BatchRequestModel, Message, Prompt, Request, Response, SingleRequestModel
 
 _LAZY = {
@@ -96,6 +100,7 @@ __all__ = [
     "ConfigurationError",
     "ContextLengthError",
     "CorruptStoreError",
+    "DiskcacheStore",
     "IncompleteResponseError",
     "InvalidRequestError",
     "KEY_SCHEMA",
@@ -103,6 +108,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerTap",
     "LocalAPI",
+    "MemoryStore",
     "Message",
     "NON_KEY_FIELDS",
     "OnlineAPI",
@@ -135,6 +141,7 @@ __all__ = [
     "call_model",
     "canonical_value",
     "model_identity",
+    "open_store",
     "request_key",
     "store_key",
 ]

@@ -26,10 +26,11 @@ construction to close):
 * ``Response.cached[i]`` is True for samples taken from storage; ``duplicated`` flags come from
   the stage below (False when it sets none); ``usage`` is the stored usage of each sample.
 
-``cache`` is a ``diskcache.Cache`` (or ``FanoutCache``), or a directory path, in which case
-the cacher opens it with eviction disabled and closes it on ``aclose()``. ``store_timeout_s``
-(default 30) bounds a write's wait for the store's lock held by another process; see
-:class:`~cachesaver.storage.SampleStore`.
+``cache`` is a directory path (opened with eviction disabled and closed on ``aclose()``), a
+``diskcache.Cache`` (or ``FanoutCache``), or any engine implementing
+:class:`~cachesaver.store.protocol.SampleStore`; see :func:`~cachesaver.store.open_store`.
+A store or Cache you pass is never closed. ``store_timeout_s`` (default 30) bounds a write's
+wait for the store's lock held by another process.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from typing import Any
 from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from .keys import DERIVE, model_identity, store_key, with_n
 from .rounds import RoundCollector
-from .sample_broker import Found, SampleBroker, Write
 from .stage import Settled, Stage, call_model
-from .storage import SampleStore, StoredSample
+from .store import open_store
+from .store.allocation import Found, SampleBroker, Write
+from .store.protocol import SampleStore, StoredSample
 from .typedefs import Request, Response
 
 __all__ = ["AsyncCacher"]
@@ -80,15 +82,18 @@ class AsyncCacher(Stage):
     """Serves requests from a sample store, fetching only missing samples from ``model``."""
 
     def __init__(
-        self, model: Any, cache: Any, *, max_refetch: int = 2, model_id: Any = DERIVE, store_timeout_s: float = 30.0
+        self, model: Any, cache: Any, *, max_refetch: int = 2, model_id: Any = DERIVE, store_timeout_s: float | None = None
     ) -> None:
         super().__init__(model)
         self._identity = model_identity(model, model_id)
         if cache is None:
-            raise ConfigurationError("AsyncCacher needs a cache: a diskcache.Cache or a directory path")
+            raise ConfigurationError(
+                "AsyncCacher needs a cache: a directory path, a diskcache.Cache or a SampleStore engine"
+            )
         if type(max_refetch) is not int or max_refetch < 0:
             raise ConfigurationError(f"max_refetch must be an int >= 0, got {max_refetch!r}")
-        self.store = SampleStore(cache, store_timeout_s=store_timeout_s)
+        self.store: SampleStore
+        self.store, self._owns_store = open_store(cache, store_timeout_s=store_timeout_s)
         self.max_refetch = max_refetch
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)
@@ -103,7 +108,8 @@ class AsyncCacher(Stage):
 
     @property
     def cache(self) -> Any:
-        return self.store.cache
+        """What holds the samples: the ``diskcache.Cache`` for a diskcache store, else the store."""
+        return getattr(self.store, "cache", self.store)
 
     @property
     def model_identity(self) -> str | None:
@@ -190,7 +196,7 @@ class AsyncCacher(Stage):
         """Fetch and store the missing samples of ``pending``; runs detached from the callers.
 
         Every sample the model returns is stored (or kept for a later write, see
-        :mod:`~cachesaver.sample_broker`), the first ones a request asked for claimed for it.
+        :mod:`~cachesaver.store.allocation`), the first ones a request asked for claimed for it.
         A request the model answers short is asked for the rest, up to ``max_refetch`` more
         times; an empty or short answer counts as an attempt like any other."""
         outcomes: list[Settled | None] = [None] * len(pending)
@@ -253,7 +259,7 @@ class AsyncCacher(Stage):
     @property
     def unstored_samples(self) -> int:
         """Samples the model returned that the store has not accepted yet (kept in memory and
-        retried; see :mod:`~cachesaver.sample_broker`)."""
+        retried; see :mod:`~cachesaver.store.allocation`)."""
         return self._broker.unstored_samples
 
     def _store_late(self, requests: Sequence[Request], answers: Sequence[Settled]) -> None:
@@ -302,4 +308,5 @@ class AsyncCacher(Stage):
             await self._broker.aclose()
         finally:
             await super()._shutdown()
-            self.store.close()
+            if self._owns_store:
+                self.store.close()

@@ -20,7 +20,7 @@ import anyio
 
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
-from cachesaver.storage import SampleStore
+from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.typedefs import Batch, Request, Response
 
 
@@ -276,14 +276,14 @@ def _wait_for_go(directory: str, tag: str) -> None:
 
 
 def worker_main(argv: list[str]) -> None:
-    """``mode cache_dir sync_dir tag out_file``: append through SampleStore or a pipeline."""
+    """``mode cache_dir sync_dir tag out_file``: append through DiskcacheStore or a pipeline."""
     import json
 
     mode, cache_dir, sync_dir, tag, out_file = argv
     if mode == "store":
-        from cachesaver.storage import SampleStore
+        from cachesaver.store.diskcache import DiskcacheStore
 
-        store = SampleStore(cache_dir)
+        store = DiskcacheStore(cache_dir)
         _wait_for_go(sync_dir, tag)
         appended = []
         for i in range(500):
@@ -331,7 +331,7 @@ class Extra(Request):
 
 def stored_count(cache_dir: Any, request: Request) -> int:
     """How many samples the cache directory holds for ``request``'s key."""
-    store = SampleStore(cache_dir)
+    store = DiskcacheStore(cache_dir)
     try:
         return store.count(request_key(request))
     finally:

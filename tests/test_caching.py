@@ -25,7 +25,7 @@ from cachesaver.errors import (
 )
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
-from cachesaver.storage import SampleStore
+from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.typedefs import Batch, Request, Response
 
 

@@ -11,9 +11,9 @@ import anyio
 import pytest
 
 from cachesaver.caching import AsyncCacher
-from cachesaver.claims import RunClaims
+from cachesaver.store.claims import RunClaims
 from cachesaver.models import ScriptedModel
-from cachesaver.store_thread import StoreThread
+from cachesaver.store.threads import StoreThread
 from cachesaver.typedefs import Request
 
 

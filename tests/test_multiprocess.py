@@ -1,7 +1,7 @@
 """Two processes sharing one cache directory never lose a sample or corrupt the store (semantic 9).
 
 Each test starts two Python processes that wait at a file barrier, then append to the same keys
-at the same time, through SampleStore or through whole pipelines.
+at the same time, through DiskcacheStore or through whole pipelines.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from _support import WORKER
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import OnlineAPI
-from cachesaver.storage import SampleStore
+from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.typedefs import Request
 
 TESTS_DIR = str(Path(__file__).parent)
@@ -62,14 +62,14 @@ def run_two_workers(mode: str, tmp_path: Path) -> list[Any]:
 
 def test_two_processes_appending_to_the_same_keys_lose_nothing(tmp_path: Path) -> None:
     results = run_two_workers("store", tmp_path)
-    store = SampleStore(tmp_path / "cache")
+    store = DiskcacheStore(tmp_path / "cache")
     try:
         for key in ("key0", "key1", "key2"):
             appended = [(start, samples) for result in results for k, start, samples in result if k == key]
             expected = [s for _, samples in appended for s in samples]
             count = store.count(key)
             assert count == len(expected)  # nothing lost, nothing doubled
-            stored = store.read(key, range(count))  # dense: every index below count is readable
+            stored = store.read_data(key, range(count))  # dense: every index below count is readable
             assert Counter(stored) == Counter(expected)
             for start, samples in appended:  # each append landed whole where it said it did
                 assert stored[start : start + len(samples)] == samples
@@ -81,12 +81,12 @@ def test_two_processes_appending_to_the_same_keys_lose_nothing(tmp_path: Path) -
 
 def test_two_pipelines_sharing_a_cache_store_every_sample_they_paid_for(tmp_path: Path) -> None:
     results = run_two_workers("pipeline", tmp_path)
-    store = SampleStore(tmp_path / "cache")
+    store = DiskcacheStore(tmp_path / "cache")
     try:
         for prompt in ("p0", "p1", "p2", "p3"):
             generated = [s for result in results for s in result["generated"].get(prompt, [])]
             count = store.count(request_key(Request(prompt)))
-            stored = store.read(request_key(Request(prompt)), range(count))
+            stored = store.read_data(request_key(Request(prompt)), range(count))
             assert len(stored) == len(set(stored))
             assert Counter(stored) == Counter(generated)  # everything generated is stored, once
     finally:
@@ -113,10 +113,10 @@ def test_two_pipelines_sharing_a_cache_store_every_sample_they_paid_for(tmp_path
 @pytest.mark.parametrize("mode", ["store"])
 def test_the_store_stays_readable_after_concurrent_writers(tmp_path: Path, mode: str) -> None:
     run_two_workers(mode, tmp_path)
-    store = SampleStore(tmp_path / "cache")
+    store = DiskcacheStore(tmp_path / "cache")
     try:
         start = store.append("key0", ["after"])
-        assert store.read("key0", [start]) == ["after"]
+        assert store.read_data("key0", [start]) == ["after"]
         assert store.count("key0") == start + 1
     finally:
         store.close()

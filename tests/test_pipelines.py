@@ -47,12 +47,12 @@ from cachesaver.errors import (
     PipelineClosedError,
     UnserializableParameterError,
 )
-from cachesaver.claims import RunClaims
+from cachesaver.store.claims import RunClaims
 from cachesaver.keys import request_key
 from cachesaver.ledger import Ledger
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import LocalAPI, OnlineAPI
-from cachesaver.storage import SampleStore
+from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.typedefs import Batch, BatchRequestModel, Request, Response, SingleRequestModel
 
 

@@ -15,7 +15,7 @@ import diskcache
 import pytest
 from _support import GateModel, wait_until, write_lock_held
 
-from cachesaver import recovery
+from cachesaver.store import recovery
 from cachesaver.errors import BackendError, IncompleteResponseError, StoreError, UnstoredSamplesError
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import OnlineAPI

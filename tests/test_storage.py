@@ -1,4 +1,4 @@
-"""SampleStore: append-only, dense, bounded writes per append (semantic 9).
+"""DiskcacheStore: append-only, dense, bounded writes per append (semantic 9).
 
 Replay records are tested through the pipelines (tests/test_pipelines.py), where they matter."""
 
@@ -23,58 +23,59 @@ from cachesaver.caching import AsyncCacher
 from cachesaver.errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import LocalAPI, OnlineAPI
-from cachesaver.storage import SampleStore
+from cachesaver.store.diskcache import DiskcacheStore
+from cachesaver.store.threads import StoreThread
 from cachesaver.typedefs import Request
 
 
 @pytest.fixture
 def store(tmp_path: Path):
-    store = SampleStore(tmp_path / "cache")
+    store = DiskcacheStore(tmp_path / "cache")
     yield store
     store.close()
 
 
-def test_append_returns_the_index_of_the_first_appended_sample(store: SampleStore) -> None:
+def test_append_returns_the_index_of_the_first_appended_sample(store: DiskcacheStore) -> None:
     assert store.append("k", ["a", "b"]) == 0
     assert store.append("k", ["c"]) == 2
     assert store.append("k", ["d", "e", "f"]) == 3
     assert store.count("k") == 6
-    assert store.read("k", range(6)) == ["a", "b", "c", "d", "e", "f"]
+    assert store.read_data("k", range(6)) == ["a", "b", "c", "d", "e", "f"]
 
 
-def test_count_of_an_unknown_key_is_zero(store: SampleStore) -> None:
+def test_count_of_an_unknown_key_is_zero(store: DiskcacheStore) -> None:
     assert store.count("never written") == 0
-    assert store.read("never written", []) == []
+    assert store.read_data("never written", []) == []
 
 
-def test_read_returns_samples_in_the_order_of_the_indices_asked(store: SampleStore) -> None:
+def test_read_returns_samples_in_the_order_of_the_indices_asked(store: DiskcacheStore) -> None:
     store.append("k", ["a", "b", "c"])
-    assert store.read("k", [2, 0, 1]) == ["c", "a", "b"]
+    assert store.read_data("k", [2, 0, 1]) == ["c", "a", "b"]
 
 
-def test_keys_are_independent(store: SampleStore) -> None:
+def test_keys_are_independent(store: DiskcacheStore) -> None:
     store.append("k1", ["a"])
     assert store.append("k2", ["x", "y"]) == 0
     assert store.append("k1", ["b"]) == 1
     assert (store.count("k1"), store.count("k2")) == (2, 2)
 
 
-def test_samples_keep_any_picklable_value(store: SampleStore) -> None:
+def test_samples_keep_any_picklable_value(store: DiskcacheStore) -> None:
     values = [{"text": "hi", "logprobs": [-0.1, -2.5]}, ("tuple", 1), None, 3.25, b"raw"]
     store.append("k", values)
-    assert store.read("k", range(len(values))) == values
+    assert store.read_data("k", range(len(values))) == values
 
 
-def test_appending_an_empty_list_changes_nothing(store: SampleStore) -> None:
+def test_appending_an_empty_list_changes_nothing(store: DiskcacheStore) -> None:
     store.append("k", ["a"])
     assert store.append("k", []) == 1
     assert store.count("k") == 1
 
 
-def test_reading_past_the_end_is_a_corrupt_store_error(store: SampleStore) -> None:
+def test_reading_past_the_end_is_a_corrupt_store_error(store: DiskcacheStore) -> None:
     store.append("k", ["a"])
     with pytest.raises(CorruptStoreError):
-        store.read("k", [1])
+        store.read_data("k", [1])
 
 
 def test_each_append_writes_a_bounded_number_of_entries(tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_each_append_writes_a_bounded_number_of_entries(tmp_path: Path) -> None:
     diskcache, at the 10th sample as at the 2000th, and the whole list costs about one entry
     per sample (measuring the cost itself is the benchmark's job)."""
     cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
-    store = SampleStore(cache)
+    store = DiskcacheStore(cache)
     growth = []
     for i in range(2000):
         before = len(cache)
@@ -94,13 +95,13 @@ def test_each_append_writes_a_bounded_number_of_entries(tmp_path: Path) -> None:
     store.append("k", ["x", "y", "z"])
     assert len(cache) - before <= 3
     assert store.count("k") == 2003
-    assert store.read("k", [9, 1999, 2002]) == ["s9", "s1999", "z"]
+    assert store.read_data("k", [9, 1999, 2002]) == ["s9", "s1999", "z"]
     cache.close()
 
 
 def test_a_missing_sample_is_reported_never_a_silent_gap(tmp_path: Path) -> None:
     cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
-    store = SampleStore(cache)
+    store = DiskcacheStore(cache)
     store.append("k", [f"s{i}" for i in range(199)])
     before = set(cache.iterkeys())
     store.append("k", ["s199"])
@@ -109,66 +110,66 @@ def test_a_missing_sample_is_reported_never_a_silent_gap(tmp_path: Path) -> None
     for key in added:
         del cache[key]  # what an evicting cache would do
     with pytest.raises(CorruptStoreError, match="eviction"):
-        store.read("k", [0, 199])
-    assert store.read("k", [0, 198]) == ["s0", "s198"]
+        store.read_data("k", [0, 199])
+    assert store.read_data("k", [0, 198]) == ["s0", "s198"]
     cache.close()
 
 
 def test_store_shares_a_cache_with_other_data(tmp_path: Path) -> None:
     cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
     cache["k"] = "the user's own value"
-    store = SampleStore(cache)
+    store = DiskcacheStore(cache)
     assert store.count("k") == 0
     store.append("k", ["a"])
     assert cache["k"] == "the user's own value"
-    assert store.read("k", [0]) == ["a"]
+    assert store.read_data("k", [0]) == ["a"]
     cache.close()
 
 
 def test_close_leaves_a_passed_in_cache_open(tmp_path: Path) -> None:
     cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
-    store = SampleStore(cache)
+    store = DiskcacheStore(cache)
     store.append("k", ["a"])
     store.close()
     cache["still"] = "usable"
     assert cache["still"] == "usable"
-    assert SampleStore(cache).read("k", [0]) == ["a"]
+    assert DiskcacheStore(cache).read_data("k", [0]) == ["a"]
     cache.close()
 
 
 def test_a_directory_path_and_a_cache_object_see_the_same_store(tmp_path: Path) -> None:
-    by_path = SampleStore(tmp_path / "c")
+    by_path = DiskcacheStore(tmp_path / "c")
     by_path.append("k", ["a", "b"])
     by_path.close()
-    by_str = SampleStore(str(tmp_path / "c"))
-    assert by_str.read("k", [0, 1]) == ["a", "b"]
+    by_str = DiskcacheStore(str(tmp_path / "c"))
+    assert by_str.read_data("k", [0, 1]) == ["a", "b"]
     by_str.close()
     cache = diskcache.Cache(str(tmp_path / "c"))
-    assert SampleStore(cache).count("k") == 2
+    assert DiskcacheStore(cache).count("k") == 2
     cache.close()
 
 
 def test_a_cache_that_may_evict_samples_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = diskcache.Cache(str(tmp_path / "c"))  # default policy: least-recently-stored
     with caplog.at_level(logging.WARNING, logger="cachesaver"):
-        SampleStore(cache)
+        DiskcacheStore(cache)
     assert any("eviction" in record.getMessage() for record in caplog.records)
     cache.close()
 
 
 def test_something_that_is_not_a_cache_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
-        SampleStore(object())
+        DiskcacheStore(object())
     with pytest.raises(ConfigurationError):
-        SampleStore({"a": "dict"})
+        DiskcacheStore({"a": "dict"})
 
 
 def test_samples_survive_reopening(tmp_path: Path) -> None:
-    first = SampleStore(tmp_path / "c")
+    first = DiskcacheStore(tmp_path / "c")
     first.append("k", ["a", "b"])
     first.close()
-    second = SampleStore(tmp_path / "c")
-    assert second.read("k", [0, 1]) == ["a", "b"]
+    second = DiskcacheStore(tmp_path / "c")
+    assert second.read_data("k", [0, 1]) == ["a", "b"]
     assert second.append("k", ["c"]) == 2
     second.close()
 
@@ -177,9 +178,9 @@ def test_a_path_where_no_cache_can_live_is_a_configuration_error(tmp_path: Path)
     a_file = tmp_path / "not-a-directory"
     a_file.write_text("x")
     with pytest.raises(ConfigurationError, match="cannot open a cache in"):
-        SampleStore(a_file)
+        DiskcacheStore(a_file)
     with pytest.raises(ConfigurationError, match="cannot open a cache in"):
-        SampleStore(a_file / "below-a-file")
+        DiskcacheStore(a_file / "below-a-file")
 
 
 # == every connection is closed (Python 3.13 warns about any left open) =======================
@@ -232,7 +233,7 @@ def test_a_cacher_on_a_passed_cache_closes_its_own_connection_and_leaves_the_use
 
 
 def test_opening_a_directory_leaves_no_connection_in_the_opening_thread(tmp_path: Path) -> None:
-    store = SampleStore(tmp_path / "c")
+    store = DiskcacheStore(tmp_path / "c")
     assert open_databases_under(tmp_path) == []  # diskcache's set-up connection is closed again
     store.append("k", ["a"])  # sync use: the calling thread's connection, closed by close()
     store.close()
@@ -256,8 +257,8 @@ def test_a_write_lock_held_by_another_process_raises_store_locked_error_and_read
     tmp_path: Path, kind: str
 ) -> None:
     cache, database = _open(kind, tmp_path / "c")
-    store = SampleStore(cache, store_timeout_s=0.2)
-    samples = [f"s{i}" for i in range(SampleStore.HEAD_SAMPLES + 4)]  # in the head and beyond
+    store = DiskcacheStore(cache, store_timeout_s=0.2)
+    samples = [f"s{i}" for i in range(DiskcacheStore.HEAD_SAMPLES + 4)]  # in the head and beyond
     store.append("k", samples)
     with write_lock_held(database):
         with pytest.raises(StoreLockedError, match=r"stayed locked for writing for 0\.2 s") as caught:
@@ -280,7 +281,7 @@ def test_a_write_lock_held_by_another_process_raises_store_locked_error_and_read
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_reads_on_the_read_thread_never_wait_for_a_write_waiting_for_the_lock(tmp_path: Path, backend: str) -> None:
-    store = SampleStore(tmp_path / "c", store_timeout_s=20)
+    store = DiskcacheStore(tmp_path / "c", store_timeout_s=20)
     store.append("k", ["a", "b"])
     writing = threading.Event()
     written: list[int] = []
@@ -289,15 +290,18 @@ def test_reads_on_the_read_thread_never_wait_for_a_write_waiting_for_the_lock(tm
         writing.set()
         return store.append("k", ["c"])  # waits for the other process's lock
 
+    reads = StoreThread("reads", finish=store.release_thread)
+    writes = StoreThread("writes", finish=store.release_thread)
+
     async def write() -> None:
-        written.append(await store.write_thread.run(append))
+        written.append(await writes.run(append))
 
     async def main(locker: subprocess.Popen) -> list[Any]:
         async with anyio.create_task_group() as group:
             group.start_soon(write)
             await wait_until(writing.is_set)
-            heads = await store.read_thread.run(store.heads, ["k"])
-            found = await store.read_thread.run(store.read_stored, "k", [0, 1], heads["k"])
+            heads = await reads.run(store.heads, ["k"])
+            found = await reads.run(store.read_stored, "k", [0, 1], heads["k"])
             assert written == []  # served while the write still waits
             locker.kill()  # the lock is released: the write lands
         return found
@@ -305,17 +309,19 @@ def test_reads_on_the_read_thread_never_wait_for_a_write_waiting_for_the_lock(tm
     with write_lock_held(tmp_path / "c" / "cache.db") as locker:
         assert anyio.run(main, locker, backend=backend) == [("a", None), ("b", None)]
     assert written == [2]
+    reads.close()
+    writes.close()
     store.close()
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "30"])
 def test_a_bad_store_timeout_is_a_configuration_error(tmp_path: Path, bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="store_timeout_s"):
-        SampleStore(tmp_path / "c", store_timeout_s=bad)
+        DiskcacheStore(tmp_path / "c", store_timeout_s=bad)
 
 
 def test_the_pipelines_pass_store_timeout_s_to_their_store(tmp_path: Path) -> None:
-    assert SampleStore(tmp_path / "a").store_timeout_s == SampleStore.STORE_TIMEOUT_S <= 60
+    assert DiskcacheStore(tmp_path / "a").store_timeout_s == DiskcacheStore.STORE_TIMEOUT_S <= 60
     for pipeline_class in (OnlineAPI, LocalAPI):
         pipeline = pipeline_class(ScriptedModel(), tmp_path / "b", batch_size=2, store_timeout_s=2.5)
         assert pipeline.cacher.store.store_timeout_s == 2.5

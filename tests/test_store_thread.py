@@ -11,7 +11,7 @@ import pytest
 from _support import wait_until
 
 from cachesaver.errors import StoreError
-from cachesaver.store_thread import StoreThread
+from cachesaver.store.threads import StoreThread
 
 BACKENDS = ["asyncio", "trio"]
 

@@ -1,8 +1,9 @@
 """Hands stored samples out to requests and stores new ones, off the event loop.
 
-The broker is the only code that touches a run's :class:`~cachesaver.claims.RunClaims` and the
-:class:`~cachesaver.storage.SampleStore`. It has two lanes, each a background job that works in
-*rounds* in a worker thread:
+The broker (the allocation logic: claims, replay records, lookup rounds) is the only code that
+touches a run's :class:`~cachesaver.store.claims.RunClaims` and its store, which may be any
+engine implementing :class:`~cachesaver.store.protocol.SampleStore`: it depends on that protocol
+only. It has two lanes, each a background job that works in *rounds* on a thread of its own:
 
 * the **lookup lane** serves every lookup queued while its previous round ran (reads only);
 * the **write lane** stores every batch of new samples and every replay record queued while
@@ -45,16 +46,26 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import anyio
 
+from ..background import BackgroundTasks, Outcome
+from ..errors import PipelineClosedError, StoreError, UnstoredSamplesError
+from ..typedefs import Request
 from . import recovery
-from .background import BackgroundTasks, Outcome
 from .claims import RunClaims
-from .errors import PipelineClosedError, StoreError, UnstoredSamplesError
-from .storage import RecordEntry, SampleStore, StoredSample
-from .typedefs import Request
+from .protocol import (
+    Append,
+    KeyView,
+    RecordId,
+    RecordWrite,
+    SampleStore,
+    StoredSample,
+    namespace_prefix,
+    record_tag,
+)
+from .threads import StoreThread
 
 __all__ = ["Found", "NewSamples", "SampleBroker", "Write"]
 
@@ -128,17 +139,21 @@ class _Record:
     def ready(self) -> bool:
         return all(write.indices is not None for write, _ in self.parts)
 
-    def entry(self) -> RecordEntry:
-        indices = list(self.prior)
+    def to_write(self, positions: dict[int, int]) -> RecordWrite:
+        """The record for a commit whose appends are at ``positions`` (by id of the Write)."""
+        parts: list[int | tuple[int, int]] = list(self.prior)
         for write, own in self.parts:
-            indices.extend(write.indices[:own])  # type: ignore[index]
-        return RecordEntry(self.namespace, self.request_id, self.n, self.use, tuple(indices))
+            if write.indices is not None:
+                parts.extend(write.indices[:own])
+            else:
+                parts.append((positions[id(write)], own))
+        return RecordWrite(self.key, RecordId(self.namespace, self.request_id, self.n, self.use), tuple(parts))
 
 
 class _Lookup(Outcome[Found]):
     """A queued lookup; it is its own outcome."""
 
-    __slots__ = ("request", "key", "found", "abandoned")
+    __slots__ = ("request", "key", "found", "abandoned", "use", "tag")
 
     def __init__(self, request: Request, key: str) -> None:
         super().__init__()
@@ -146,6 +161,8 @@ class _Lookup(Outcome[Found]):
         self.key = key
         self.found: Found | None = None
         self.abandoned = False
+        self.use: int | None = None
+        self.tag: str | None = None
 
     @property
     def outcome(self) -> "_Lookup":
@@ -167,6 +184,33 @@ class _Lane:
             self.wake.set()
 
 
+class _ClaimOnCommit:
+    """The commit hook of a write round: holds the claims lock from the moment the engine can
+    write until the new samples are claimed for their requesters."""
+
+    __slots__ = ("broker", "writes", "records")
+
+    def __init__(self, broker: "SampleBroker", writes: list[Write], records: list[_Record]) -> None:
+        self.broker, self.writes, self.records = broker, writes, records
+
+    def before(self) -> None:
+        self.broker._mutex.acquire()
+
+    def after(self, starts: list[int]) -> None:
+        claims = self.broker.claims
+        for write, start in zip(self.writes, starts):
+            write.indices = list(range(start, start + len(write.samples)))
+            owner = write.owner
+            if owner is not None and owner.live and write.own:
+                claims.claim(owner.namespace, write.key, write.indices[: write.own])
+                write.claimed = True
+        for record in self.records:
+            record.written = True
+
+    def finish(self) -> None:
+        self.broker._mutex.release()
+
+
 def _serialisable(samples: Sequence[StoredSample]) -> bool:
     try:
         pickle.dumps(list(samples), protocol=pickle.HIGHEST_PROTOCOL)
@@ -176,7 +220,10 @@ def _serialisable(samples: Sequence[StoredSample]) -> bool:
 
 
 class SampleBroker:
-    """Serial owner of a run's claims and of all store I/O; see the module docstring."""
+    """Serial owner of a run's claims and of all store I/O; see the module docstring.
+
+    ``store`` is any :class:`~cachesaver.store.protocol.SampleStore`; the broker runs its calls
+    on two threads of its own (lookups, commits) and releases each at close."""
 
     max_unstored_samples = 100_000
     """Most new samples kept in memory while the store refuses them (see the module docstring)."""
@@ -186,7 +233,9 @@ class SampleBroker:
         self.claims = RunClaims()
         self._background = background
         self._max_round = max_round
-        self._mutex = threading.Lock()  # one lookup round or one write commit at a time
+        self._mutex = threading.Lock()  # one lookup round or one commit's claims at a time
+        self.read_thread = StoreThread("cachesaver-store-reads", finish=store.release_thread)
+        self.write_thread = StoreThread("cachesaver-store-writes", finish=store.release_thread)
         self._lookups: list[_Lookup] = []
         self._abandoned: list[_Lookup] = []
         self._writes: list[Write] = []
@@ -213,7 +262,7 @@ class SampleBroker:
 
     @property
     def accepts_writes(self) -> bool:
-        """False once the write lane has stopped for good (the broker closed)."""
+        """False once the broker has closed."""
         return not self._closed
 
     @property
@@ -230,7 +279,7 @@ class SampleBroker:
         """Raise StoreError if no more unstored samples may be kept (so no model call is made)."""
         if self.unstored_samples >= self.max_unstored_samples:
             raise StoreError(
-                f"{self.unstored_samples} samples are waiting to be stored in {self.store.directory} "
+                f"{self.unstored_samples} samples are waiting to be stored in {self.store.location} "
                 f"(the store refuses writes: {self._last_error}); no more are fetched until it "
                 "recovers. Free disk space or fix permissions; they are stored then, or written "
                 "to a recovery file at close"
@@ -251,7 +300,7 @@ class SampleBroker:
         if not self.accepts_writes:
             raise StoreError(
                 f"{sum(len(w.samples) for w in writes)} new samples arrived after the cache at "
-                f"{self.store.directory} was closed; they could not be stored"
+                f"{self.store.location} was closed; they could not be stored"
             )
         outcome: Outcome[None] = Outcome()
         self._writes.extend(writes)
@@ -299,7 +348,8 @@ class SampleBroker:
                 raise
 
     async def aclose(self) -> None:
-        """Serve every queued lookup, store every queued sample, then stop.
+        """Serve every queued lookup, store every queued sample, release the store's threads,
+        then stop.
 
         Raises UnstoredSamplesError when samples are still unstored after a last attempt;
         they were written to a recovery file, which the error names."""
@@ -314,8 +364,16 @@ class SampleBroker:
             await self._write_once(final=True)
         self._closed = True
         self.claims.close()  # deletes the claims' on-disk part, if a long run made one
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._release_threads)
         if self._unstored or self._unstored_records:
             await self._save_recovery()
+
+    def _release_threads(self) -> None:
+        try:
+            self.read_thread.close()
+        finally:
+            self.write_thread.close()
 
     # -- the lookup lane ----------------------------------------------------------------------
 
@@ -348,7 +406,7 @@ class SampleBroker:
 
     async def _run_lookups(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> None:
         try:
-            found = await self.store.read_thread.run(self._lookup_round, lookups, abandoned)
+            found = await self.read_thread.run(self._lookup_round, lookups, abandoned)
         except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
             logger.error("cachesaver lookup round failed: %s", exc)
             for op in lookups:
@@ -384,100 +442,124 @@ class SampleBroker:
         found = op.found
         if found is None:
             return  # not served yet: the round that reaches it skips it
-        claims = self.claims
         held = list(found.indices)
         for write in found.writes:
             if write.claimed and write.indices is not None:
                 held.extend(write.indices[: write.own])
                 write.claimed = False
         if held:
-            claims.release(found.namespace, found.key, held)
+            self.claims.release(found.namespace, found.key, held)
         if found.use is not None:
-            claims.release_use(found.namespace, found.key, found.request_id, found.n, found.use)
+            self.claims.release_use(found.namespace, found.key, found.request_id, found.n, found.use)
+
+    def _give_back(self, op: _Lookup, chosen: Sequence[int] = ()) -> None:
+        """Undo what serving ``op`` took this round (its use, the indices it chose)."""
+        request = op.request
+        if chosen:
+            self.claims.release(request.namespace, op.key, chosen)
+        if op.use is not None:
+            self.claims.release_use(request.namespace, op.key, request.request_id, request.n, op.use)
 
     def _serve_round(self, lookups: list[_Lookup]) -> list[Found | BaseException]:
-        live = [op for op in lookups if not op.abandoned]
-        heads: dict[str, Any] = self.store.heads([op.key for op in live]) if live else {}
-        found: list[Found | BaseException | None] = [None] * len(lookups)
-        deferred: list[tuple[int, _Lookup, int | None, tuple[int, ...] | None]] = []
-        # Requests whose recorded samples are free are served first, so a request without a
-        # record in the same round cannot take them.
+        """Serve ``lookups``: one view of their keys, then one read of the samples not in it."""
+        claims = self.claims
+        results: list[Found | BaseException | None] = [None] * len(lookups)
+        live: list[int] = []
+        tags: list[tuple[str, str]] = []
         for position, op in enumerate(lookups):
             if op.abandoned:
-                found[position] = PipelineClosedError("the request was abandoned before its lookup")
+                results[position] = PipelineClosedError("the request was abandoned before its lookup")
                 continue
-            try:
-                result = self._lookup_recorded(op, heads)
-            except Exception as exc:  # noqa: BLE001 - fails that request only
-                found[position] = exc
-                continue
-            if isinstance(result, Found):
-                found[position] = op.found = result
-            else:
-                deferred.append((position, op, *result))
-        for position, op, use, recorded in deferred:
-            try:
-                found[position] = op.found = self._lookup_free(op, heads, use, recorded)
-            except Exception as exc:  # noqa: BLE001 - fails that request only
-                if use is not None:
-                    request = op.request
-                    self.claims.release_use(request.namespace, op.key, request.request_id, request.n, use)
-                found[position] = exc
-        return found  # type: ignore[return-value]
-
-    def _lookup_recorded(
-        self, op: _Lookup, heads: dict[str, Any]
-    ) -> Found | tuple[int | None, tuple[int, ...] | None]:
-        """Serve ``op`` from its recorded samples if they are all free, else say what is known."""
-        request, key = op.request, op.key
-        namespace, request_id, n = request.namespace, request.request_id, request.n
-        store = self.store
-        head = heads.get(key)
-        if head is None:
-            head = heads[key] = store.head(key)
-        if isinstance(head, StoreError):
-            raise head
-        use = None if request_id is None else self.claims.next_use(namespace, key, request_id, n)
+            request = op.request
+            if request.request_id is not None:
+                op.use = claims.next_use(request.namespace, op.key, request.request_id, request.n)
+                op.tag = record_tag(request.namespace, request.request_id, request.n, op.use)
+                tags.append((op.key, op.tag))
+            live.append(position)
+        if not live:
+            return results  # type: ignore[return-value]
         try:
-            recorded = None if use is None else store.get_record(namespace, key, request_id, n, use, head)
+            views = self.store.view(list(dict.fromkeys(lookups[p].key for p in live)), tags)
         except BaseException:
-            if use is not None:
-                self.claims.release_use(namespace, key, request_id, n, use)
+            for position in live:
+                self._give_back(lookups[position])
             raise
-        if recorded is not None and len(recorded) >= n:
-            chosen = list(recorded[:n])
-            entry = self.claims.claims(namespace, key)
-            if len(set(chosen)) == n and not any(entry.is_claimed(i) for i in chosen):
-                samples = store.try_read_stored(key, chosen, head)
-                if samples is not None:
-                    for i in chosen:
+        chosen: dict[int, list[int]] = {}
+        due: dict[int, bool] = {}
+        deferred: list[int] = []
+        # Requests whose recorded samples are free are served first, so a request without a
+        # record in the same round cannot take them.
+        for position in live:
+            op = lookups[position]
+            view = views[op.key]
+            if isinstance(view, BaseException):
+                self._give_back(op)
+                results[position] = view
+                continue
+            recorded = view.found.get(op.tag) if op.tag is not None else None
+            n = op.request.n
+            if recorded is not None and len(recorded) >= n:
+                picked = list(recorded[:n])
+                entry = claims.claims(op.request.namespace, op.key)
+                if len(set(picked)) == n and all(i < view.count and not entry.is_claimed(i) for i in picked):
+                    for i in picked:
                         entry.claim(i)
-                    return Found(key, use, chosen, samples, 0, namespace, request_id, n, len(recorded) != n)
-        return use, recorded
+                    chosen[position], due[position] = picked, len(recorded) != n
+                    continue
+            deferred.append(position)
+        for position in deferred:
+            op = lookups[position]
+            view = cast(KeyView, views[op.key])  # a failed view was answered in the first pass
+            request = op.request
+            recorded = view.found.get(op.tag) if op.tag is not None else None
+            reserved = self._reserved(view, request.namespace, op.tag) if view.records else ()
+            picked = claims.choose(request.namespace, op.key, request.n, view.count, recorded, reserved)
+            chosen[position] = picked
+            due[position] = op.use is not None and len(picked) == request.n and tuple(picked) != recorded
+        # One read for every sample the views did not carry.
+        wanted: dict[str, set[int]] = {}
+        for position, picked in chosen.items():
+            view = views[lookups[position].key]
+            missing = [i for i in picked if i not in view.samples]  # type: ignore[union-attr]
+            if missing:
+                wanted.setdefault(lookups[position].key, set()).update(missing)
+        read: dict[str, Any] = {}
+        if wanted:
+            order = {key: sorted(indices) for key, indices in wanted.items()}
+            try:
+                got = self.store.read(order)
+            except BaseException:
+                for position, picked in chosen.items():
+                    self._give_back(lookups[position], picked)
+                raise
+            for key, indices in order.items():
+                value = got.get(key)
+                read[key] = value if isinstance(value, BaseException) else dict(zip(indices, value or ()))
+        for position, picked in chosen.items():
+            op = lookups[position]
+            request = op.request
+            view = views[op.key]
+            fetched = read.get(op.key, {})
+            if isinstance(fetched, BaseException):
+                self._give_back(op, picked)
+                results[position] = fetched
+                continue
+            samples = [view.samples[i] if i in view.samples else fetched[i] for i in picked]  # type: ignore[union-attr]
+            results[position] = op.found = Found(
+                op.key, op.use, picked, samples, request.n - len(picked),
+                request.namespace, request.request_id, request.n, due[position],
+            )
+        return results  # type: ignore[return-value]
 
-    def _lookup_free(
-        self, op: _Lookup, heads: dict[str, Any], use: int | None, recorded: tuple[int, ...] | None
-    ) -> Found:
-        """Serve ``op`` from free stored samples (recorded ones first); the rest is missing."""
-        request, key = op.request, op.key
-        namespace, request_id, n = request.namespace, request.request_id, request.n
-        store = self.store
-        head = heads[key]
-        count = store.count(key, head)
-        reserved = (
-            store.recorded_indices(namespace, head, None if use is None else (request_id, n, use))
-            if head.records
-            else ()
-        )
-        chosen = self.claims.choose(namespace, key, n, count, recorded, reserved)
-        try:
-            samples = store.read_stored(key, chosen, head)
-        except BaseException:
-            self.claims.release(namespace, key, chosen)
-            raise
-        missing = n - len(chosen)
-        due = use is not None and missing == 0 and tuple(chosen) != recorded
-        return Found(key, use, chosen, samples, missing, namespace, request_id, n, due)
+    @staticmethod
+    def _reserved(view: KeyView, namespace: str, own: str | None) -> set[int]:
+        """Indices the consulted records give to other requests of ``namespace``."""
+        prefix = namespace_prefix(namespace)
+        out: set[int] = set()
+        for tag, indices in view.records.items():
+            if tag != own and tag.startswith(prefix):
+                out.update(indices)
+        return out
 
     # -- the write lane -----------------------------------------------------------------------
 
@@ -521,7 +603,7 @@ class SampleBroker:
         self._unstored, self._unstored_records = [], []
         try:
             with anyio.CancelScope(shield=final):
-                left, left_records, error = await self.store.write_thread.run(self._write_round, writes, records)
+                left, left_records, error = await self.write_thread.run(self._write_round, writes, records)
         except BaseException:
             # Cancelled (a forced close): keep everything for the recovery file.
             self._unstored = [w for w in writes if w.indices is None]
@@ -536,11 +618,11 @@ class SampleBroker:
                 logger.error(
                     "cachesaver could not store %d new sample(s) and %d replay record(s) in %s; "
                     "they are kept in memory and retried: %s",
-                    sum(len(w.samples) for w in left), len(left_records), self.store.directory, error,
+                    sum(len(w.samples) for w in left), len(left_records), self.store.location, error,
                 )
             self._last_error = error
         elif self._last_error is not None and not left and not left_records:
-            logger.warning("cachesaver: the store at %s accepts writes again; nothing was lost", self.store.directory)
+            logger.warning("cachesaver: the store at %s accepts writes again; nothing was lost", self.store.location)
             self._last_error = None
         for outcome in outcomes:
             outcome.set(None)
@@ -590,61 +672,24 @@ class SampleBroker:
         return all(w.indices is not None or id(w) in pending for w, _ in record.parts)
 
     def _commit(self, writes: list[Write], records: list[_Record]) -> None:
-        """Append ``writes`` and store ``records`` in one transaction, then claim what is owned."""
-        store = self.store
-        starts: list[int] = []
-        held = False
-        try:
-            with store.transaction():
-                self._mutex.acquire()
-                held = True
-                heads: dict[str, Any] = store.heads([w.key for w in writes]) if len(writes) > 1 else {}
-                for write in writes:
-                    head = heads.pop(write.key, None)  # a key written twice is read afresh
-                    if isinstance(head, StoreError):
-                        raise head
-                    starts.append(store.write(write.key, write.samples, head=head))
-                provisional = list(writes)
-                for write, start in zip(provisional, starts):
-                    write.indices = list(range(start, start + len(write.samples)))
-                try:
-                    by_key: dict[str, list[RecordEntry]] = {}
-                    for record in records:
-                        by_key.setdefault(record.key, []).append(record.entry())
-                    for key, entries in by_key.items():
-                        store.write(key, records=entries)
-                except BaseException:
-                    for write in provisional:
-                        write.indices = None
-                    raise
-            for record in records:
-                record.written = True
-            # Committed: the owners that are still waiting claim their samples.
-            for write in writes:
-                owner = write.owner
-                if owner is not None and owner.live and write.own:
-                    self.claims.claim(owner.namespace, write.key, write.indices[: write.own])  # type: ignore[index]
-                    write.claimed = True
-        except BaseException:
-            for write in writes[: len(starts)]:
-                write.indices = None
-            raise
-        finally:
-            if held:
-                self._mutex.release()
+        """Append ``writes`` and store ``records`` in one commit, claiming what is owned."""
+        positions = {id(w): i for i, w in enumerate(writes)}
+        appends = [Append(w.key, tuple(w.samples)) for w in writes]
+        record_writes = [r.to_write(positions) for r in records]
+        self.store.commit(appends, record_writes, hook=_ClaimOnCommit(self, writes, records))
 
     # -- recovery files -----------------------------------------------------------------------
 
     async def _load_recovery(self) -> None:
         try:
-            loaded = await self.store.write_thread.run(recovery.load_into, self.store)
+            loaded = await self.write_thread.run(recovery.load_into, self.store)
         except Exception as exc:  # noqa: BLE001 - the file stays, the next pipeline tries again
-            logger.error("cachesaver could not load a recovery file into %s: %s", self.store.directory, exc)
+            logger.error("cachesaver could not load a recovery file into %s: %s", self.store.location, exc)
             return
         if loaded:
             logger.warning(
                 "cachesaver stored %d sample(s) and %d replay record(s) from recovery files into %s",
-                loaded[0], loaded[1], self.store.directory,
+                loaded[0], loaded[1], self.store.location,
             )
 
     async def _save_recovery(self) -> None:
@@ -652,17 +697,17 @@ class SampleBroker:
         count = sum(len(w.samples) for w in writes)
         with anyio.CancelScope(shield=True):
             try:
-                path = await anyio.to_thread.run_sync(recovery.save, self.store, writes, records)
+                path = await anyio.to_thread.run_sync(recovery.save, self.store.location, writes, records)
             except Exception as exc:  # noqa: BLE001 - reported in the error below
                 raise UnstoredSamplesError(
                     f"{count} sample(s) and {len(records)} replay record(s) could not be stored in "
-                    f"{self.store.directory} ({self._last_error}) nor saved to a recovery file "
+                    f"{self.store.location} ({self._last_error}) nor saved to a recovery file "
                     f"({exc}); they are lost to the cache",
                     unstored=count, path=None,
                 ) from exc
         raise UnstoredSamplesError(
             f"{count} sample(s) and {len(records)} replay record(s) could not be stored in "
-            f"{self.store.directory} ({self._last_error}); they were saved to {path}, and the next "
+            f"{self.store.location} ({self._last_error}); they were saved to {path}, and the next "
             "pipeline opened on this cache stores them",
             unstored=count, path=path,
         )  # not chained with "from": that would hide an error of the ``async with`` body

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
-from .errors import StoreError
+from ..errors import StoreError
 
 __all__ = ["StoreThread"]
 

@@ -23,7 +23,7 @@ prompts or ids keeps a fixed memory footprint and makes exactly the same choices
 an entry not in memory costs a disk read (tens of microseconds) in the broker's worker thread.
 :meth:`RunClaims.close` deletes that directory (so does collecting the object, or exiting) and
 closes the private store's SQLite connections: diskcache opens one per thread, so the one of
-each :class:`~cachesaver.store_thread.StoreThread` that used it (where the broker's rounds run)
+each :class:`~cachesaver.store.threads.StoreThread` that used it (where the broker's rounds run)
 is closed on that thread, and the calling thread's in place; no connection is left open.
 There are no per-key locks: all decisions are made by one worker at a time.
 """
@@ -39,8 +39,8 @@ from typing import Any, Iterable, Sequence
 
 import diskcache
 
-from .errors import StoreError
-from .store_thread import StoreThread
+from ..errors import StoreError
+from .threads import StoreThread
 
 __all__ = ["KeyClaims", "RunClaims"]
 

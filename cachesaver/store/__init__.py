@@ -1,0 +1,59 @@
+"""Where samples live: the store protocol, its engines, and the allocation logic over them.
+
+* :mod:`~cachesaver.store.protocol`: the :class:`~cachesaver.store.protocol.SampleStore`
+  contract every engine implements, and the values it exchanges.
+* Engines: :mod:`~cachesaver.store.diskcache` (embedded, the default; an existing cache
+  directory is read as before) and :mod:`~cachesaver.store.memory` (the reference engine, and
+  the fake for tests).
+* :mod:`~cachesaver.store.allocation`: which stored sample each request gets (claims, replay
+  records, lookup rounds), through the protocol only; :mod:`~cachesaver.store.claims` holds a
+  run's claims, :mod:`~cachesaver.store.recovery` the files of samples a closing pipeline could
+  not store, :mod:`~cachesaver.store.threads` the threads store calls run on.
+
+:func:`open_store` turns what a user passes as ``cache=`` into an engine. Adding an engine is a
+module here plus one branch in :func:`open_store` (and one parameter of the contract suite,
+``tests/test_store_contract.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigurationError
+from .protocol import SampleStore
+
+__all__ = ["open_store"]
+
+
+def open_store(cache: Any, *, store_timeout_s: float | None = None) -> tuple[SampleStore, bool]:
+    """The engine for ``cache`` and whether the caller owns it (must close it).
+
+    ``cache`` is one of:
+
+    * a directory path (``str`` or ``os.PathLike``): a diskcache there, opened (and later
+      closed) by cachesaver;
+    * a ``diskcache.Cache`` or ``FanoutCache``: used as is, never closed by cachesaver;
+    * any object implementing :class:`~cachesaver.store.protocol.SampleStore` (a
+      :class:`~cachesaver.store.memory.MemoryStore`, your own engine): used as is, never closed.
+
+    ``store_timeout_s`` bounds how long a write waits for another process's lock (engines that
+    take one). Raises ConfigurationError for anything else.
+    """
+    from .diskcache import STORE_TIMEOUT_S, DiskcacheStore
+
+    timeout = STORE_TIMEOUT_S if store_timeout_s is None else store_timeout_s
+    if isinstance(cache, (str, os.PathLike)):
+        return DiskcacheStore(cache, store_timeout_s=timeout), True
+    if isinstance(cache, SampleStore) and not _is_diskcache(cache):
+        return cache, False
+    if _is_diskcache(cache):
+        return DiskcacheStore(cache, store_timeout_s=timeout), True
+    raise ConfigurationError(
+        f"cache must be a directory path, a diskcache.Cache (or FanoutCache) or a store "
+        f"implementing cachesaver.store.protocol.SampleStore, got {type(cache).__name__}"
+    )
+
+
+def _is_diskcache(cache: Any) -> bool:
+    return all(callable(getattr(cache, method, None)) for method in ("get", "set", "transact"))

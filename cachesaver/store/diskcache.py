@@ -1,0 +1,623 @@
+"""The list-valued sample store, on top of ``diskcache``.
+
+Each cache key owns an append-only list of samples. Per namespace, the store also keeps
+*records*: which sample indices the k-th request with a given request_id and ``n`` received
+for that key. Records are what let a later run replay a request exactly. (``n`` is part of a
+record's identity so that two requests sharing an id but asking different ``n`` are told apart
+whatever order they arrive in.)
+
+Layout: a key's *head* entry holds its first :attr:`DiskcacheStore.HEAD_SAMPLES` samples and its
+first :attr:`DiskcacheStore.HEAD_RECORDS` records, so a key with few samples costs one read to
+serve and one write to extend. Later samples get an entry each (plus a count entry), later
+records too. An append therefore rewrites at most one bounded entry: appending the 2000th
+sample costs about what appending the 10th does.
+
+Guarantees:
+
+* Writes run in one diskcache transaction (an SQLite write lock), so processes sharing a
+  directory never lose or overwrite each other's samples; indices are dense and never reused.
+* Nothing stored is ever deleted or changed; a sample keeps its index forever. A record may be
+  replaced by a newer one for the same (namespace, key, request_id, n, use).
+* A sample that has gone missing (for example evicted by a ``diskcache.Cache`` created with an
+  eviction policy other than ``'none'``) raises :class:`~cachesaver.errors.CorruptStoreError`
+  when read, never a silent gap.
+* Every entry cachesaver writes lives under the ``cachesaver/1/`` prefix, so the same
+  ``diskcache.Cache`` may hold other data.
+* A wait for the write lock is bounded: when another process holds it (say, one that is stopped)
+  for longer than ``store_timeout_s`` (default 30 s), :meth:`DiskcacheStore.transaction` raises
+  :class:`~cachesaver.errors.StoreLockedError`. Reads never take the write lock (diskcache
+  runs SQLite in WAL mode, where readers do not wait for a writer), so stored samples stay
+  readable meanwhile. (A ``diskcache.Cache`` you pass with a read-tracking eviction policy,
+  LRU or LFU, writes on every read; those reads wait up to that Cache's own ``timeout``.)
+* ``diskcache`` keeps one SQLite connection per thread. :meth:`DiskcacheStore.release_thread`
+  closes the calling thread's; :meth:`DiskcacheStore.close` the calling thread's too. The
+  allocation layer runs store calls on its own two threads (reads and writes, so a write
+  waiting for the lock never holds up a read) and releases each as its last call, so no
+  connection is left open.
+
+All methods block on disk I/O and run in the calling thread; the cache stage's broker calls
+them on those two threads.
+
+>>> import tempfile
+>>> store = DiskcacheStore(tempfile.mkdtemp())
+>>> store.append("k", ["a", "b"]), store.append("k", ["c"]), store.count("k")
+(0, 2, 3)
+>>> store.read_data("k", [2, 0])
+['c', 'a']
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import sqlite3
+import time
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+
+import diskcache
+
+from ..errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
+from .protocol import (
+    CONSULTED_RECORDS,
+    EMPTY_VIEW,
+    Append,
+    CommitHook,
+    KeyView,
+    RecordWrite,
+    StoredSample,
+    namespace_prefix,
+    record_tag,
+)
+
+__all__ = ["STORE_TIMEOUT_S", "DiskcacheStore", "Head", "RecordEntry", "SampleStore", "open_cache"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "cachesaver/1/"
+_COUNT = _PREFIX + "count/"
+_HEAD = _PREFIX + "head/"
+_SAMPLE = _PREFIX + "sample/"
+_RECORD = _PREFIX + "record/"
+_MISSING = object()
+_MODE_PICKLE = getattr(diskcache.core, "MODE_PICKLE", 4)
+
+
+class Head(NamedTuple):
+    """A key's head entry: its first samples as (data, usage) pairs and its first records."""
+
+    samples: tuple[tuple[Any, Any], ...]
+    records: dict[str, tuple[int, ...]]
+
+
+class RecordEntry(NamedTuple):
+    """Which indices the ``use``-th request with ``request_id`` asking ``n`` samples received,
+    in ``namespace``."""
+
+    namespace: str
+    request_id: Any
+    n: int
+    use: int
+    indices: tuple[int, ...]
+
+
+_EMPTY_HEAD = Head((), {})
+
+
+class _Undecodable:
+    """Stands for an entry whose stored bytes could not be decoded."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+STORE_TIMEOUT_S = 30.0
+"""How long a write waits for another process's lock before StoreLockedError, by default."""
+
+_warned_directories: set[str] = set()
+_record_prefix = namespace_prefix
+_record_tag = record_tag
+_TOKEN = _PREFIX + "token/"
+
+
+def _check_indices(value: Any, key: str) -> tuple[int, ...]:
+    if type(value) is not tuple or not all(type(i) is int and i >= 0 for i in value):
+        raise CorruptStoreError(f"a replay record of key {key} is malformed")
+    return value
+
+
+def open_cache(cache: Any, timeout_s: float = 60.0) -> tuple[Any, bool]:
+    """The diskcache to use for ``cache`` (a Cache, FanoutCache or a directory), and whether we own it.
+
+    A directory is opened with SQLite busy timeout ``timeout_s``, and the connection diskcache
+    opened in the calling thread to set it up is closed again (the next call reopens one where
+    it runs). Raises ConfigurationError when ``cache`` is none of those, or is a path where no
+    cache can be opened (a file, a directory that cannot be created or written)."""
+    if isinstance(cache, (str, os.PathLike)):
+        directory = os.fspath(cache)
+        try:
+            opened = diskcache.Cache(directory, timeout=timeout_s, eviction_policy="none", cull_limit=0)
+            opened.close()
+            return opened, True
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise ConfigurationError(
+                    f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "
+                    "created and written (or an open diskcache.Cache)"
+                ) from exc
+            raise StoreLockedError(
+                f"cannot open the cache in {directory!r}: another process has held its SQLite "
+                f"write lock for over 60 s (diskcache's bound when opening). Stop or resume that "
+                "process, then try again"
+            ) from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigurationError(
+                f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "
+                "created and written (or an open diskcache.Cache)"
+            ) from exc
+    for method in ("get", "set", "transact"):
+        if not callable(getattr(cache, method, None)):
+            raise ConfigurationError(
+                f"cache must be a diskcache.Cache (or FanoutCache) or a directory path, got "
+                f"{type(cache).__name__} without .{method}()"
+            )
+    policy = getattr(cache, "eviction_policy", "none")
+    directory = getattr(cache, "directory", "?")
+    if policy != "none" and directory not in _warned_directories:
+        _warned_directories.add(directory)
+        logger.warning(
+            "diskcache at %s uses eviction policy %r: stored samples may be evicted, and reading "
+            "an evicted sample raises CorruptStoreError. Create it with "
+            "Cache(directory, eviction_policy='none') to keep every sample.",
+            directory,
+            policy,
+        )
+    return cache, False
+
+
+def _check_timeout(value: Any) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"store_timeout_s must be a finite number of seconds > 0, got {value!r}; it bounds "
+            "how long a write waits for another process's lock on the cache (default 30)"
+        )
+    return float(value)
+
+
+class DiskcacheStore:
+    """Append-only sample lists and replay records in one diskcache; see the module docstring.
+
+    Implements :class:`~cachesaver.store.protocol.SampleStore`.
+
+    ``cache`` is a ``diskcache.Cache`` (or ``FanoutCache``), never closed by the store, or a
+    directory the store opens and closes. ``store_timeout_s`` bounds every wait for the write
+    lock (default :attr:`STORE_TIMEOUT_S`).
+    """
+
+    HEAD_SAMPLES = 16
+    HEAD_RECORDS = 16
+    STORE_TIMEOUT_S = STORE_TIMEOUT_S
+
+    def __init__(self, cache: Any, *, store_timeout_s: float = STORE_TIMEOUT_S) -> None:
+        self.store_timeout_s = _check_timeout(store_timeout_s)
+        self.cache, self._owned = open_cache(cache, self.store_timeout_s)
+        self.writable = True
+        self._closed = False
+        self._plain = isinstance(self.cache, diskcache.Cache)
+        self._bulk_ok = type(self.cache) is diskcache.Cache and getattr(
+            self.cache, "eviction_policy", None
+        ) in ("none", "least-recently-stored")
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _get(self, name: str, default: Any) -> Any:
+        """``cache.get`` that reports an unreadable entry as CorruptStoreError, a failing
+        database as StoreError."""
+        try:
+            # retry=False: a FanoutCache would turn a lock time-out into ``default``.
+            return self.cache.get(name, default, retry=not self._plain)
+        except diskcache.Timeout as exc:  # only caches whose reads write (LRU, LFU policies)
+            raise self._locked(getattr(self.cache, "timeout", self.store_timeout_s)) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"could not read {name} from {self.directory}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a value that does not unpickle
+            raise CorruptStoreError(f"entry {name} in {self.directory} cannot be decoded: {exc}") from exc
+
+    def head(self, key: str) -> Head:
+        """The head entry of ``key`` (empty when nothing is stored)."""
+        return self._check_head(key, self._get(_HEAD + key, None))
+
+    def heads(self, keys: Sequence[str]) -> dict[str, Head | CorruptStoreError]:
+        """The head entries of several keys at once (one query per few hundred keys).
+
+        A damaged entry is returned as its :class:`CorruptStoreError`, so it fails only the
+        requests for that key.
+        """
+        unique = list(dict.fromkeys(keys))
+        values = self._bulk_get([_HEAD + key for key in unique]) if self._bulk_ok else None
+        out: dict[str, Head | StoreError] = {}
+        for key in unique:
+            try:
+                out[key] = self.head(key) if values is None else self._check_head(key, values.get(_HEAD + key))
+            except StoreError as exc:
+                out[key] = exc
+        return out
+
+    def _check_head(self, key: str, value: Any) -> Head:
+        if value is None:
+            return _EMPTY_HEAD
+        if isinstance(value, _Undecodable):
+            raise CorruptStoreError(f"the head entry of key {key} cannot be decoded: {value.error}") from value.error
+        if (
+            type(value) is not tuple
+            or len(value) != 2
+            or type(value[0]) is not tuple
+            or type(value[1]) is not dict
+            or len(value[0]) > self.HEAD_SAMPLES
+        ):
+            raise CorruptStoreError(f"the head entry of key {key} is not a cachesaver entry")
+        return tuple.__new__(Head, value)
+
+    def _bulk_get(self, names: list[str]) -> dict[str, Any] | None:
+        """Values of many string-keyed entries in few SQL queries; None if unsupported here.
+
+        Reads diskcache's table directly, which is only done for a plain ``diskcache.Cache``
+        whose eviction policy does not track reads (so skipping its read bookkeeping changes
+        nothing) and whose entries cachesaver wrote without expiry.
+        """
+        try:
+            sql = self.cache._sql
+            fetch = self.cache._disk.fetch
+            out: dict[str, Any] = {}
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = sql(
+                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                    chunk,
+                ).fetchall()
+                for name, mode, filename, value in rows:
+                    try:
+                        if mode == _MODE_PICKLE and value is not None:  # fetch() minus BytesIO
+                            out[name] = pickle.loads(value)
+                        else:
+                            out[name] = fetch(mode, filename, value, False)
+                    except Exception as exc:  # noqa: BLE001 - that entry alone is damaged
+                        out[name] = _Undecodable(exc)
+            return out
+        except Exception as exc:  # noqa: BLE001 - fall back to diskcache's public API for good
+            logger.info("cachesaver: bulk reads unavailable (%s); using Cache.get", exc)
+            self._bulk_ok = False
+            return None
+
+    def count(self, key: str, head: Head | None = None) -> int:
+        """How many samples are stored for ``key`` (``head``: its head entry, if already read)."""
+        if head is None:
+            head = self.head(key)
+        if len(head.samples) < self.HEAD_SAMPLES:
+            return len(head.samples)
+        value = self._get(_COUNT + key, None)
+        if type(value) is not int or value < self.HEAD_SAMPLES:
+            raise CorruptStoreError(f"sample count for key {key} is {value!r}; the store is damaged")
+        return value
+
+    def read_data(self, key: str, indices: Sequence[int]) -> list[Any]:
+        """The samples at ``indices`` (their data, without usage), in that order."""
+        return [data for data, _ in self.read_stored(key, indices)]
+
+    def read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample]:
+        """The ``(data, usage)`` pair stored at each of ``indices``, in that order."""
+        size = self.HEAD_SAMPLES
+        if head is None and any(i < size for i in indices):
+            head = self.head(key)
+        get = self._get
+        out = []
+        for index in indices:
+            if index < size:
+                value = head.samples[index] if head is not None and index < len(head.samples) else _MISSING
+            else:
+                value = get(f"{_SAMPLE}{key}/{index}", _MISSING)
+            if value is _MISSING:
+                raise CorruptStoreError(
+                    f"sample {index} of key {key} is missing from {self.directory}; it was evicted or "
+                    "deleted. Use a diskcache.Cache with eviction_policy='none'."
+                )
+            if type(value) is not tuple or len(value) != 2:
+                raise CorruptStoreError(f"sample {index} of key {key} is not a cachesaver sample")
+            out.append(value)
+        return out
+
+    def try_read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample] | None:
+        """Like :meth:`read_stored`, but None when any of the samples is absent."""
+        try:
+            return self.read_stored(key, indices, head)
+        except CorruptStoreError:
+            return None
+
+    def get_record(
+        self, namespace: str, key: str, request_id: Any, n: int, use: int, head: Head | None = None
+    ) -> tuple[int, ...] | None:
+        """The indices the ``use``-th request with ``request_id`` asking ``n`` samples received
+        in ``namespace``, or None."""
+        if head is None:
+            head = self.head(key)
+        tag = _record_tag(namespace, request_id, n, use)
+        value = head.records.get(tag)
+        if value is None and len(head.records) >= self.HEAD_RECORDS:
+            value = self._get(f"{_RECORD}{key}/{tag}", None)
+        return None if value is None else _check_indices(value, key)
+
+    def recorded_indices(
+        self, namespace: str, head: Head, exclude: tuple[Any, int, int] | None = None
+    ) -> set[int]:
+        """Indices the head's records give to requests in ``namespace`` (but ``exclude``'s
+        (request_id, n, use)). Records kept outside the head are not included."""
+        prefix = _record_prefix(namespace)
+        skip = _record_tag(namespace, *exclude) if exclude is not None else None
+        out: set[int] = set()
+        for tag, indices in head.records.items():
+            if tag.startswith(prefix) and tag != skip:
+                out.update(indices)
+        return out
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(self, key: str, samples: Sequence[Any]) -> int:
+        """Append ``samples`` (data, no usage) to ``key``'s list; the index of the first one."""
+        with self.transaction():
+            return self.write(key, [(s, None) for s in samples])
+
+    def write(
+        self,
+        key: str,
+        samples: Sequence[StoredSample] = (),
+        records: Sequence[RecordEntry] = (),
+        record_new: tuple[str, Any, int, int, Sequence[int], int] | None = None,
+        head: Head | None = None,
+    ) -> int:
+        """Append ``samples`` ((data, usage) pairs) to ``key`` and store ``records``; call inside
+        :meth:`transaction`.
+
+        ``record_new`` = (namespace, request_id, n, use, prior, needed) also records that request
+        as holding ``prior`` plus the first ``needed`` of the appended samples. Returns the index
+        of the first appended sample (the old count). ``head`` is the key's head entry as read
+        inside the same transaction, when the caller already has it.
+        """
+        if head is None:
+            head = self.head(key)
+        start = self.count(key, head)
+        put = self.cache.set
+        head_samples = head.samples
+        pairs = list(samples)
+        room = self.HEAD_SAMPLES - len(head_samples)
+        if room > 0 and pairs:
+            head_samples = head_samples + tuple(pairs[:room])
+        for offset in range(max(room, 0), len(pairs)):
+            put(f"{_SAMPLE}{key}/{start + offset}", pairs[offset])
+        if pairs and start + len(pairs) >= self.HEAD_SAMPLES:
+            put(_COUNT + key, start + len(pairs))
+        all_records = list(records)
+        if record_new is not None:
+            namespace, request_id, n, use, prior, needed = record_new
+            used = range(start, start + min(needed, len(pairs)))
+            all_records.append(RecordEntry(namespace, request_id, n, use, tuple(prior) + tuple(used)))
+        head_records = head.records
+        copied = False
+        for entry in all_records:
+            tag = _record_tag(entry.namespace, entry.request_id, entry.n, entry.use)
+            indices = tuple(entry.indices)
+            if tag in head_records or len(head_records) < self.HEAD_RECORDS:
+                if not copied:
+                    head_records, copied = dict(head_records), True
+                head_records[tag] = indices
+            else:
+                put(f"{_RECORD}{key}/{tag}", indices)
+        if head_samples is not head.samples or copied:
+            put(_HEAD + key, (head_samples, head_records))
+        return start
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the store's write lock: everything written inside commits together.
+
+        Waits at most ``store_timeout_s`` for the lock, then raises
+        :class:`~cachesaver.errors.StoreLockedError`. Nested transactions (in one thread) join
+        the outer one.
+        """
+        deadline = time.monotonic() + self.store_timeout_s
+        with ExitStack() as stack:
+            shards = getattr(self.cache, "_shards", None) if not self._plain else None
+            if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
+                for shard in shards:  # FanoutCache.transact retries forever; lock shard by shard
+                    self._lock(stack, shard, deadline)
+            else:
+                self._lock(stack, self.cache, deadline)
+            yield
+
+    def _lock(self, stack: ExitStack, cache: Any, deadline: float) -> None:
+        """Enter ``cache.transact()`` on ``stack`` before ``deadline`` or raise StoreLockedError."""
+        pause = 0.001
+        while True:
+            # One attempt waits in SQLite's busy handler; bound that wait by what is left.
+            left = deadline - time.monotonic()
+            try:
+                with self._busy_timeout(cache, left):
+                    stack.enter_context(cache.transact(retry=False))
+                return
+            except diskcache.Timeout as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._locked(self.store_timeout_s) from exc
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+    @contextmanager
+    def _busy_timeout(self, cache: Any, seconds: float) -> Iterator[None]:
+        """Bound SQLite's busy wait of the calling thread's connection to ``cache`` by
+        ``seconds`` (a Cache we did not open keeps its own ``timeout``, restored after)."""
+        own = getattr(cache, "timeout", None)
+        con = None
+        if isinstance(cache, diskcache.Cache) and isinstance(own, (int, float)) and own > seconds:
+            try:
+                con = cache._con
+                con.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+            except (AttributeError, sqlite3.Error):  # not diskcache's layout: its own timeout
+                con = None
+        try:
+            yield
+        finally:
+            if con is not None:
+                try:
+                    con.execute(f"PRAGMA busy_timeout = {int(own * 1000)}")
+                except sqlite3.Error:
+                    pass
+
+    def _locked(self, waited: float) -> StoreLockedError:
+        return StoreLockedError(
+            f"the cache at {self.directory} stayed locked for writing for {waited:g} s "
+            "(store_timeout_s): another process holds its SQLite write lock, perhaps one that is "
+            "stopped or hung. Nothing was written; stored samples can still be read. End or resume "
+            "that process (or pass a larger store_timeout_s), then try again."
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> str:
+        return str(getattr(self.cache, "directory", "?"))
+
+    @property
+    def location(self) -> str:
+        return self.directory
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (diskcache keeps one per thread); the store
+        stays usable and reopens one if that thread uses it again."""
+        self.cache.close()
+
+    def close(self) -> None:
+        """Close the calling thread's connection; later protocol calls raise StoreError. A
+        ``diskcache.Cache`` you passed stays open for you (only connections of threads that
+        called :meth:`release_thread` or this are closed)."""
+        self._closed = True
+        self.cache.close()
+
+    # -- the store protocol ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the store at {self.directory} is closed; open a new pipeline on it")
+
+    def view(
+        self, keys: Sequence[str], tags: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, KeyView | StoreError]:
+        """See :meth:`cachesaver.store.protocol.SampleStore.view`: one bulk read of the head
+        entries, plus a read per key whose head is full (its count) and per asked record kept
+        outside the head."""
+        self._check_open()
+        heads = self.heads(keys)
+        asked: dict[str, list[str]] = {}
+        for key, tag in tags:
+            asked.setdefault(key, []).append(tag)
+        out: dict[str, KeyView | StoreError] = {}
+        for key, head in heads.items():
+            if isinstance(head, StoreError):
+                out[key] = head
+                continue
+            if not head.samples and not head.records:
+                out[key] = EMPTY_VIEW
+                continue
+            try:
+                count = self.count(key, head)
+                found: dict[str, tuple[int, ...]] = {}
+                for tag in asked.get(key, ()):
+                    value = head.records.get(tag)
+                    if value is None and len(head.records) >= self.HEAD_RECORDS:
+                        value = self._get(f"{_RECORD}{key}/{tag}", None)
+                    if value is not None:
+                        found[tag] = _check_indices(value, key)
+            except StoreError as exc:
+                out[key] = exc
+                continue
+            records = head.records
+            if len(records) > CONSULTED_RECORDS:  # never with this layout; kept for clarity
+                records = dict(list(records.items())[:CONSULTED_RECORDS])
+            out[key] = KeyView(count, records, found, dict(enumerate(head.samples)))
+        return out
+
+    def read(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, list[StoredSample] | StoreError]:
+        """See :meth:`cachesaver.store.protocol.SampleStore.read`."""
+        self._check_open()
+        out: dict[str, list[StoredSample] | StoreError] = {}
+        for key, indices in wanted.items():
+            try:
+                out[key] = self.read_stored(key, indices)
+            except StoreError as exc:
+                out[key] = exc
+        return out
+
+    def commit(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite] = (),
+        *,
+        token: str | None = None,
+        hook: CommitHook | None = None,
+    ) -> list[int] | None:
+        """See :meth:`cachesaver.store.protocol.SampleStore.commit`: one SQLite transaction,
+        waiting at most ``store_timeout_s`` for the write lock."""
+        self._check_open()
+        if not self.writable:
+            raise StoreError(f"the cache at {self.directory} is read-only; open a writable copy to add samples")
+        started = False
+        try:
+            with self.transaction():
+                if hook is not None:
+                    hook.before()
+                started = True
+                try:
+                    if token is not None and self._get(_TOKEN + token, None) is not None:
+                        starts = None
+                    else:
+                        heads = self.heads([a.key for a in appends]) if len(appends) > 1 else {}
+                        starts = []
+                        for append in appends:
+                            head = heads.pop(append.key, None)  # a key appended twice is read afresh
+                            if isinstance(head, StoreError):
+                                raise head
+                            starts.append(self.write(append.key, append.samples, head=head))
+                        by_key: dict[str, list[RecordEntry]] = {}
+                        for write in records:
+                            rid = write.record
+                            by_key.setdefault(write.key, []).append(
+                                RecordEntry(rid.namespace, rid.request_id, rid.n, rid.use, write.resolve(starts))
+                            )
+                        for key, entries in by_key.items():
+                            self.write(key, records=entries)
+                        if token is not None:
+                            self.cache.set(_TOKEN + token, True)
+                except (sqlite3.Error, OSError) as exc:
+                    raise StoreError(f"could not write to the cache at {self.directory}: {exc}") from exc
+                except StoreError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a sample that does not pickle
+                    raise StoreError(f"could not store a sample in {self.directory}: {exc}") from exc
+            if hook is not None and starts is not None:
+                hook.after(starts)
+        finally:
+            if hook is not None and started:
+                hook.finish()
+        return starts
+
+    def applied(self, token: str) -> bool:
+        """See :meth:`cachesaver.store.protocol.SampleStore.applied`."""
+        self._check_open()
+        return self._get(_TOKEN + token, None) is not None
+
+
+SampleStore = DiskcacheStore
+"""The name this engine had before the store protocol existed; kept so old imports work."""

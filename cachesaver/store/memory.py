@@ -1,0 +1,189 @@
+"""The memory engine: the reference implementation of the store protocol, and the fake for tests.
+
+Everything lives in this process's memory and is gone when the object is. Samples are kept
+pickled, so a sample that cannot be serialised fails its commit exactly as on disk, and what a
+read returns is a fresh copy. One lock makes every call atomic; a commit is all or nothing.
+
+>>> store = MemoryStore()
+>>> store.commit([Append("k", (("a", None),))], [RecordWrite("k", RecordId("ns", "r", 1, 0), ((0, 1),))])
+[0]
+>>> list(store.view(["k"], [("k", RecordId("ns", "r", 1, 0).tag)])["k"].found.values())
+[(0,)]
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any, Mapping, Sequence
+
+from ..errors import CorruptStoreError, StoreError
+from .protocol import (  # noqa: F401 - RecordId is used by the doctest
+    CONSULTED_RECORDS,
+    RecordId,
+    EMPTY_VIEW,
+    Append,
+    CommitHook,
+    KeyView,
+    RecordWrite,
+    StoredSample,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class _Entry:
+    __slots__ = ("samples", "records")
+
+    def __init__(self) -> None:
+        self.samples: list[bytes] = []
+        self.records: dict[str, tuple[int, ...]] = {}  # insertion order = first written
+
+
+class MemoryStore:
+    """An in-process :class:`~cachesaver.store.protocol.SampleStore`; see the module docstring.
+
+    ``name`` appears in messages (``location``)."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._tokens: set[str] = set()
+        self._closed = False
+        self.writable = True
+
+    @property
+    def location(self) -> str:
+        return f"memory:{self._name}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the store {self.location} is closed; open a new one")
+
+    def view(
+        self, keys: Sequence[str], tags: Sequence[tuple[str, str]] = ()
+    ) -> Mapping[str, KeyView | StoreError]:
+        asked: dict[str, list[str]] = {}
+        for key, tag in tags:
+            asked.setdefault(key, []).append(tag)
+        with self._lock:
+            self._check_open()
+            out: dict[str, KeyView | StoreError] = {}
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is None:
+                    out[key] = EMPTY_VIEW
+                    continue
+                consulted = dict(list(entry.records.items())[:CONSULTED_RECORDS])
+                found = {t: entry.records[t] for t in asked.get(key, ()) if t in entry.records}
+                out[key] = KeyView(len(entry.samples), consulted, found)
+            return out
+
+    def read(self, wanted: Mapping[str, Sequence[int]]) -> Mapping[str, list[StoredSample] | StoreError]:
+        with self._lock:
+            self._check_open()
+            raw = {}
+            for key, indices in wanted.items():
+                entry = self._entries.get(key)
+                samples = entry.samples if entry is not None else []
+                if any(i < 0 or i >= len(samples) for i in indices):
+                    raw[key] = None
+                else:
+                    raw[key] = [samples[i] for i in indices]
+        out: dict[str, list[StoredSample] | StoreError] = {}
+        for key, blobs in raw.items():
+            if blobs is None:
+                out[key] = CorruptStoreError(f"a sample asked of key {key} is not in {self.location}")
+                continue
+            try:
+                out[key] = [_decode(blob, key) for blob in blobs]
+            except CorruptStoreError as exc:
+                out[key] = exc
+        return out
+
+    def commit(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite] = (),
+        *,
+        token: str | None = None,
+        hook: CommitHook | None = None,
+    ) -> list[int] | None:
+        try:
+            encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
+        except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
+            raise StoreError(f"a sample cannot be serialised for {self.location}: {exc}") from exc
+        with self._lock:
+            self._check_open()
+            if not self.writable:
+                raise StoreError(f"the store {self.location} is read-only; open it writable to add samples")
+            if hook is not None:
+                hook.before()
+            try:
+                return self._apply(appends, records, encoded, token, hook)
+            finally:
+                if hook is not None:
+                    hook.finish()
+
+    def _apply(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite],
+        encoded: list[list[bytes]],
+        token: str | None,
+        hook: CommitHook | None,
+    ) -> list[int] | None:
+        if token is not None and token in self._tokens:
+            return None
+        # Everything is computed first, then applied: all or nothing.
+        counts: dict[str, int] = {}
+        starts = []
+        for append in appends:
+            base = counts.get(append.key)
+            if base is None:
+                entry = self._entries.get(append.key)
+                base = len(entry.samples) if entry is not None else 0
+            starts.append(base)
+            counts[append.key] = base + len(append.samples)
+        resolved = [(write.key, write.record.tag, write.resolve(starts)) for write in records]
+        for append, blobs in zip(appends, encoded):
+            self._entries.setdefault(append.key, _Entry()).samples.extend(blobs)
+        for key, tag, indices in resolved:
+            self._entries.setdefault(key, _Entry()).records[tag] = indices
+        if token is not None:
+            self._tokens.add(token)
+        if hook is not None:
+            hook.after(starts)
+        return starts
+
+    def applied(self, token: str) -> bool:
+        with self._lock:
+            self._check_open()
+            return token in self._tokens
+
+    def release_thread(self) -> None:
+        """Nothing is held per thread."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    # -- for tests of the contract ----------------------------------------------------------
+
+    def damage(self, key: str) -> None:
+        """Replace every stored sample of ``key`` with bytes that do not decode."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.samples = [b"\x80\x04\x95" for _ in entry.samples]
+
+
+def _decode(blob: bytes, key: str) -> StoredSample:
+    try:
+        value = pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - that entry alone is damaged
+        raise CorruptStoreError(f"a sample of key {key} cannot be decoded: {exc}") from exc
+    if type(value) is not tuple or len(value) != 2:
+        raise CorruptStoreError(f"a sample of key {key} is not a cachesaver sample")
+    return value

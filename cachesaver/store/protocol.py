@@ -1,0 +1,233 @@
+"""The storage contract: what every engine behind the cache stage does and guarantees.
+
+An *engine* is any object implementing :class:`SampleStore`. The cache stage (and its
+allocation logic in :mod:`cachesaver.store.allocation`) talks to the store through this
+protocol only, so it never knows which engine it holds.
+
+What an engine stores, per cache key:
+
+* an append-only list of **samples**, each a ``(data, usage)`` pair (:data:`StoredSample`);
+* **replay records**: for a :class:`RecordId` ``(namespace, request_id, n, use)``, the sample
+  indices the ``use``-th request with that id asking ``n`` samples received in that namespace.
+
+What an engine guarantees:
+
+* **Atomic, dense appends.** :meth:`SampleStore.commit` appends every batch of samples and
+  writes every record in one atomic step (all or nothing), also against other processes or
+  hosts sharing the store. The samples of a key get dense indices 0, 1, 2, ... in append order;
+  an index is never reused and a stored sample never changes. A record may be replaced by a
+  newer one for the same :class:`RecordId`.
+* **One read per lookup round.** :meth:`SampleStore.view` returns, in one call, what a lookup
+  round needs of many keys: each key's sample count, its first :data:`CONSULTED_RECORDS`
+  records (in the order they were first written), the records asked for by tag, and whatever
+  samples the engine read along. :meth:`SampleStore.read` fetches the other samples, again for
+  many keys in one call.
+* **Idempotent tokens.** A commit may carry a ``token``; a second commit with a token already
+  applied does nothing and returns None (:meth:`SampleStore.applied` tells). Recovery files and
+  imports use this to never store the same samples twice.
+* **Errors.** Every failure is a :class:`~cachesaver.errors.StoreError` subclass, translated
+  inside the engine's own module: :class:`~cachesaver.errors.CorruptStoreError` for an entry
+  the engine cannot decode or that is missing (it fails only the key it belongs to: ``view``
+  and ``read`` return it in that key's place), :class:`~cachesaver.errors.StoreLockedError`
+  when a write waited longer than the engine's bound for a lock, a plain ``StoreError`` for
+  I/O failures (a full disk, a read-only location, a lost connection). A store that is closed,
+  or opened read-only (:attr:`SampleStore.writable` False), raises ``StoreError`` on
+  ``commit``.
+* **Threads.** Every method blocks and may be called from any thread (the allocation layer
+  calls it from two of its own, one for lookups and one for commits). A thread that used the
+  store calls :meth:`SampleStore.release_thread` as its last call, so an engine with
+  per-thread resources (diskcache's SQLite connections) frees them there.
+* **Close** releases what the engine opened; an engine never closes an object the user passed
+  in.
+
+Record identity is the canonical tag string of :func:`record_tag`, the same for every engine.
+
+>>> from cachesaver.store.memory import MemoryStore
+>>> store = MemoryStore()
+>>> store.commit([Append("k", (("a", None), ("b", None)))])
+[0]
+>>> view = store.view(["k"])["k"]
+>>> view.count, store.read({"k": [1]})["k"]
+(2, [('b', None)])
+>>> store.close()
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
+
+from ..errors import StoreError
+
+__all__ = [
+    "CONSULTED_RECORDS",
+    "Append",
+    "CommitHook",
+    "KeyView",
+    "RecordId",
+    "RecordWrite",
+    "SampleStore",
+    "StoredSample",
+    "namespace_prefix",
+    "record_tag",
+]
+
+StoredSample = Tuple[Any, Any]
+"""One stored sample as a ``(data, usage)`` pair: what the model returned and the token usage it
+reported for that sample (or None)."""
+
+CONSULTED_RECORDS = 16
+"""How many records of a key (the first ones written, in any namespace) a lookup consults to
+keep a request without a record of its own off samples recorded for others (README promise 4).
+The same for every engine."""
+
+_namespace_digests: dict[str, str] = {}
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The start of every record tag of ``namespace`` ("2/" marks the layout with ``n``)."""
+    digest = _namespace_digests.get(namespace)
+    if digest is None:
+        digest = hashlib.sha256(namespace.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        if len(_namespace_digests) < 4096:
+            _namespace_digests[namespace] = digest
+    return f"{digest}/2/"
+
+
+def record_tag(namespace: str, request_id: Any, n: int, use: int) -> str:
+    """The canonical identity of a record. The prefix has a fixed length and ``n`` and ``use``
+    are ints at the end, so the tag is unambiguous whatever characters the request id holds."""
+    return f"{namespace_prefix(namespace)}{type(request_id).__name__}:{request_id}/{n}/{use}"
+
+
+@dataclass(frozen=True)
+class RecordId:
+    """Names one replay record: the ``use``-th request with ``request_id`` asking ``n``
+    samples, in ``namespace``."""
+
+    namespace: str
+    request_id: Any
+    n: int
+    use: int
+
+    @property
+    def tag(self) -> str:
+        return record_tag(self.namespace, self.request_id, self.n, self.use)
+
+
+@dataclass(frozen=True)
+class Append:
+    """Samples to append to ``key``'s list, in order."""
+
+    key: str
+    samples: Tuple[StoredSample, ...]
+
+
+@dataclass(frozen=True)
+class RecordWrite:
+    """A record to write for ``key``. Its indices are ``parts`` in order: an int is a stored
+    sample's index; a pair ``(position, count)`` stands for the first ``count`` samples of the
+    commit's ``position``-th :class:`Append`, whose indices the engine assigns in that commit."""
+
+    key: str
+    record: RecordId
+    parts: Tuple[Union[int, Tuple[int, int]], ...] = ()
+
+    def resolve(self, starts: Sequence[int]) -> tuple[int, ...]:
+        """The record's indices, given the first index of each append of the commit."""
+        out: list[int] = []
+        for part in self.parts:
+            if isinstance(part, int):
+                out.append(part)
+            else:
+                position, count = part
+                out.extend(range(starts[position], starts[position] + count))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class KeyView:
+    """What a lookup round knows of one key.
+
+    ``records`` are the first :data:`CONSULTED_RECORDS` records of the key (tag -> indices), in
+    the order they were first written; ``found`` holds the asked-for tags that exist (whether
+    among those or not); ``samples`` maps indices to samples the engine read along (possibly
+    none)."""
+
+    count: int = 0
+    records: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
+    found: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
+    samples: Mapping[int, StoredSample] = field(default_factory=dict)
+
+
+EMPTY_VIEW = KeyView()
+
+
+class CommitHook(Protocol):
+    """Lets the caller of :meth:`SampleStore.commit` act atomically with the commit, as seen
+    from its own process: the allocation layer claims new samples for their requester before
+    any of its lookups can see them."""
+
+    def before(self) -> None:
+        """Called once the engine will write without waiting any more (it holds its locks)."""
+
+    def after(self, starts: list[int]) -> None:
+        """Called once the commit is visible, before ``commit`` returns, with its result."""
+
+    def finish(self) -> None:
+        """Called last whenever ``before`` was called, whether the commit succeeded or not."""
+
+
+@runtime_checkable
+class SampleStore(Protocol):
+    """The contract every storage engine implements; see the module docstring."""
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages (a directory, a URL without its password)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """False when the store was opened read-only (replay only)."""
+        ...
+
+    def view(
+        self, keys: Sequence[str], tags: Sequence[tuple[str, str]] = ()
+    ) -> Mapping[str, KeyView | StoreError]:
+        """The view of each of ``keys`` (an empty view for a key with nothing stored), looking
+        up the ``(key, tag)`` records of ``tags`` too; a damaged key maps to its error."""
+        ...
+
+    def read(self, wanted: Mapping[str, Sequence[int]]) -> Mapping[str, list[StoredSample] | StoreError]:
+        """The samples at the given indices of each key, in that order; a key with a missing
+        or undecodable sample maps to a CorruptStoreError."""
+        ...
+
+    def commit(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite] = (),
+        *,
+        token: str | None = None,
+        hook: CommitHook | None = None,
+    ) -> list[int] | None:
+        """Append and write atomically; the first index of each append (None if ``token`` was
+        applied before, in which case nothing is written). ``hook`` is called as
+        :class:`CommitHook` says."""
+        ...
+
+    def applied(self, token: str) -> bool:
+        """Whether a commit with ``token`` has been applied."""
+        ...
+
+    def release_thread(self) -> None:
+        """Release what the calling thread holds (a connection); it is the last call a thread
+        makes, though the store must stay usable from other threads."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine opened (and the calling thread's resources); later calls
+        raise StoreError."""
+        ...
