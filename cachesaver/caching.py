@@ -95,6 +95,10 @@ class AsyncCacher(Stage):
         self.store: SampleStore
         self.store, self._owns_store = open_store(cache, store_timeout_s=store_timeout_s)
         self.max_refetch = max_refetch
+        inner: Any = model
+        while isinstance(inner, Stage):
+            inner = inner.model
+        self._replay_only = bool(getattr(inner, "replay_only", False))
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)
         # Answers a sync model returns after their call was cancelled (a close's deadline) are
@@ -201,6 +205,16 @@ class AsyncCacher(Stage):
         times; an empty or short answer counts as an attempt like any other."""
         outcomes: list[Settled | None] = [None] * len(pending)
         broker = self._broker
+        if not self.store.writable and not self._replay_only:
+            return [
+                StoreError(
+                    f"the cache at {self.store.location} is read-only and holds "
+                    f"{p.request.n - p.needed} of the {p.request.n} samples this request needs; a "
+                    "replay from it must ask what was recorded. Copy it to a writable directory to "
+                    "add samples"
+                )
+                for p in pending
+            ]
         try:
             broker.check_room()
         except StoreError as exc:

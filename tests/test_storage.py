@@ -20,7 +20,9 @@ import pytest
 from _support import gather, wait_until, write_lock_held
 
 from cachesaver.caching import AsyncCacher
-from cachesaver.errors import ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
+from cachesaver.errors import CacheMissError, ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
+from cachesaver.models.replay_only import ReplayOnlyModel
+from cachesaver.store.protocol import Append
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import LocalAPI, OnlineAPI
 from cachesaver.store.diskcache import DiskcacheStore
@@ -326,3 +328,48 @@ def test_the_pipelines_pass_store_timeout_s_to_their_store(tmp_path: Path) -> No
         pipeline = pipeline_class(ScriptedModel(), tmp_path / "b", batch_size=2, store_timeout_s=2.5)
         assert pipeline.cacher.store.store_timeout_s == 2.5
         pipeline.cacher.store.close()
+
+
+# == a cache directory that cannot be written opens for replay =================================
+
+
+@contextmanager
+def read_only_view(directory: Path, where: Path) -> Iterator[Path]:
+    """``directory`` seen through a read-only bind mount at ``where`` (as a read-only mount or
+    a downloaded artifact is); needs root, as the test machines and CI run."""
+    where.mkdir()
+    subprocess.run(["mount", "--bind", str(directory), str(where)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(where)], check=True)
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)  # fails if a connection stayed open
+
+
+async def test_a_read_only_cache_directory_replays_and_refuses_misses_clearly(tmp_path: Path) -> None:
+    requests = [Request(f"q{i}", n=2, request_id=i, namespace="paper") for i in range(3)]
+    async with OnlineAPI(ScriptedModel(), tmp_path / "c", batch_size=2) as pipeline:
+        first = [(await pipeline.request(r)).data for r in requests]
+    with read_only_view(tmp_path / "c", tmp_path / "ro") as directory:
+        model = ScriptedModel()
+        async with OnlineAPI(model, directory, batch_size=2) as pipeline:
+            assert pipeline.cacher.store.writable is False
+            replayed = [(await pipeline.request(r)).data for r in requests]
+            other = await pipeline.request(Request("q0", n=2, namespace="elsewhere"))
+            with pytest.raises(StoreError, match="read-only"):
+                await pipeline.request(Request("not stored"))
+        assert replayed == first and other.data == first[0] and model.calls == 0
+        async with OnlineAPI(ReplayOnlyModel(), directory, batch_size=2) as pipeline:
+            with pytest.raises(CacheMissError):
+                await pipeline.request(Request("not stored"))
+        store = DiskcacheStore(directory)
+        with pytest.raises(StoreError, match="read-only"):
+            store.commit([Append("k", (("x", None),))])
+        store.close()
+
+
+def test_a_read_only_directory_without_a_cache_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with read_only_view(tmp_path / "empty", tmp_path / "ro") as directory:
+        with pytest.raises(ConfigurationError, match="holds no cache"):
+            DiskcacheStore(directory)

@@ -58,10 +58,16 @@ def describe_miss(request: Request) -> str:
 class ReplayOnlyModel:
     """Fails every request it receives with a CacheMissError naming the request.
 
+    ``replay_only = True`` tells the cache stage that a miss costs nothing here, so on a
+    read-only cache it still reaches this model (and its CacheMissError) rather than a
+    StoreError.
+
     ``misses`` lists the requests that reached it, in order (``request.n`` is the number of
     samples the cache was short of). Implements both model protocols; in a batch every
     request fails on its own.
     """
+
+    replay_only = True
 
     def __init__(self) -> None:
         self.misses: List[Request] = []

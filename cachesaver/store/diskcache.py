@@ -49,11 +49,15 @@ them on those two threads.
 
 from __future__ import annotations
 
+import errno
+import gc
 import logging
 import math
 import os
 import pickle
 import sqlite3
+import threading
+import urllib.parse
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
@@ -73,7 +77,7 @@ from .protocol import (
     record_tag,
 )
 
-__all__ = ["STORE_TIMEOUT_S", "DiskcacheStore", "Head", "RecordEntry", "SampleStore", "open_cache"]
+__all__ = ["STORE_TIMEOUT_S", "DiskcacheStore", "ReadOnlyCache", "Head", "RecordEntry", "SampleStore", "open_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +134,87 @@ def _check_indices(value: Any, key: str) -> tuple[int, ...]:
     return value
 
 
+class ReadOnlyCache:
+    """Reads a diskcache directory that cannot be written (a read-only mount, a downloaded
+    artifact), with SQLite in read-only mode; offers what the store reads with.
+
+    Opened with SQLite's ``immutable=1`` (a WAL database in a read-only directory cannot be
+    opened otherwise): the directory is taken not to change while it is open.
+    """
+
+    eviction_policy = "none"
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        database = os.path.join(directory, diskcache.core.DBNAME)
+        if not os.path.isfile(database):
+            raise ConfigurationError(
+                f"{directory!r} cannot be written and holds no cache to read; pass a writable "
+                "directory, or the directory of an existing cache to replay from it"
+            )
+        self._disk = diskcache.Disk(directory)
+        self._connections: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._database = database
+        self._con()  # fail now, not at the first lookup
+        self.close()  # the opening thread's connection; each thread opens its own
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            uri = "file:" + urllib.parse.quote(self._database)
+            # immutable=1: no locks and no shared-memory file, which a read-only directory
+            # cannot hold (mode=ro alone fails on a WAL database there, and leaks its handle).
+            con = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None)
+            self._local.con = con
+        return con
+
+    def _sql(self, statement: str, *args: Any) -> Any:
+        return self._con().execute(statement, *args)
+
+    def get(self, name: str, default: Any = None, retry: bool = False) -> Any:
+        row = self._sql(
+            "SELECT mode, filename, value FROM Cache WHERE raw = 1 AND key = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return default
+        mode, filename, value = row
+        return self._disk.fetch(mode, filename, value, False)
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError(f"the cache at {self.directory} is read-only")
+
+    def transact(self, retry: bool = False) -> Any:
+        raise StoreError(f"the cache at {self.directory} is read-only")
+
+    def close(self) -> None:
+        """Close the calling thread's connection."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            self._local.con = None
+            con.close()
+
+
+def _read_only_directory(directory: str) -> bool:
+    """Whether ``directory`` exists but cannot be written (a read-only mount or permissions)."""
+    if not os.path.isdir(directory):
+        return False
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
+    except (OSError, AttributeError):
+        pass
+    return not os.access(directory, os.W_OK)
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """Whether opening failed because the directory or its database cannot be written."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("readonly" in text or "read-only" in text or "unable to open" in text)
+
+
 def open_cache(cache: Any, timeout_s: float = 60.0) -> tuple[Any, bool]:
     """The diskcache to use for ``cache`` (a Cache, FanoutCache or a directory), and whether we own it.
 
@@ -139,12 +224,17 @@ def open_cache(cache: Any, timeout_s: float = 60.0) -> tuple[Any, bool]:
     cache can be opened (a file, a directory that cannot be created or written)."""
     if isinstance(cache, (str, os.PathLike)):
         directory = os.fspath(cache)
+        if _read_only_directory(directory):
+            return ReadOnlyCache(directory), True
         try:
             opened = diskcache.Cache(directory, timeout=timeout_s, eviction_policy="none", cull_limit=0)
             opened.close()
             return opened, True
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
+        except (OSError, sqlite3.OperationalError) as exc:
+            if _cannot_write(exc) and os.path.isdir(directory):
+                gc.collect()  # the half-opened Cache holds a connection; let it go now
+                return ReadOnlyCache(directory), True
+            if isinstance(exc, OSError) or "locked" not in str(exc):
                 raise ConfigurationError(
                     f"cannot open a cache in {directory!r}: {exc}; pass a directory that can be "
                     "created and written (or an open diskcache.Cache)"
@@ -205,10 +295,11 @@ class DiskcacheStore:
     def __init__(self, cache: Any, *, store_timeout_s: float = STORE_TIMEOUT_S) -> None:
         self.store_timeout_s = _check_timeout(store_timeout_s)
         self.cache, self._owned = open_cache(cache, self.store_timeout_s)
-        self.writable = True
+        self.writable = not isinstance(self.cache, ReadOnlyCache)
+        """False when the directory could not be written and was opened read-only (replay)."""
         self._closed = False
         self._plain = isinstance(self.cache, diskcache.Cache)
-        self._bulk_ok = type(self.cache) is diskcache.Cache and getattr(
+        self._bulk_ok = type(self.cache) in (diskcache.Cache, ReadOnlyCache) and getattr(
             self.cache, "eviction_policy", None
         ) in ("none", "least-recently-stored")
 
