@@ -805,6 +805,7 @@ async def test_a_cancelled_aclose_still_stores_samples_the_model_returned(tmp_pa
         return write(key, samples, *args, **kwargs)
 
     pipeline.cacher.store.write = slow_write  # type: ignore[method-assign]
+    pipeline.cacher._broker.inline_io = False  # the slow write must run on the write thread
     request = Request("hi", n=2, request_id="a")
     outcomes: list[Any] = []
 

@@ -170,6 +170,7 @@ async def test_a_close_interrupted_twice_by_native_cancels_is_finished_by_the_ne
         return write(key, samples, *args, **kwargs)
 
     cacher.store.write = slow_write
+    cacher._broker.inline_io = False  # the slow write must run on the write thread
     cacher.store.close = lambda: (closed.append(True), close_store())
     request = Request("hi", n=2, request_id="a")
     with anyio.fail_after(5):

@@ -283,3 +283,21 @@ async def test_hits_are_served_while_another_process_holds_the_write_lock(tmp_pa
     assert caught.value.path is not None
     again, replay_model = await _replay(tmp_path, [Request("new", n=2, request_id="z")])
     assert again == [missed.data] and replay_model.calls == 0
+
+
+# -- inline I/O for a lone caller makes the same choices as the lanes --------------------------------
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "lanes"])
+async def test_a_lone_caller_gets_the_same_samples_with_or_without_inline_io(tmp_path: Path, inline: bool) -> None:
+    requests = [Request(f"p{i % 3}", n=1 + i % 2, request_id=i % 4, namespace=f"ns{i % 2}") for i in range(24)]
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+        pipeline.cacher._broker.inline_io = inline
+        first = [(await pipeline.request(r)).data for r in requests]
+        assert pipeline.cacher._broker._used_inline is inline
+    seen: dict[tuple[str, str], list[Any]] = {}
+    for request, data in zip(requests, first):
+        seen.setdefault((request.namespace, request.prompt), []).extend(data)
+    assert all(len(samples) == len(set(samples)) for samples in seen.values())  # fresh in a namespace
+    replayed, model = await _replay(tmp_path, requests)
+    assert replayed == first and model.calls == 0

@@ -180,6 +180,12 @@ class RunClaims:
             entry.release(index)
 
     @property
+    def over_budget(self) -> bool:
+        """Whether :meth:`trim` has something to move to disk."""
+        ceiling = max(self.max_in_memory, self._retry_above)
+        return len(self._keys) > ceiling or len(self._uses) > ceiling
+
+    @property
     def in_memory(self) -> int:
         """How many entries (claims and use counts) are held in memory now."""
         return len(self._keys) + len(self._uses)

@@ -512,14 +512,15 @@ class DiskcacheStore:
         return start
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, wait: bool = True) -> Iterator[None]:
         """Hold the store's write lock: everything written inside commits together.
 
-        Waits at most ``store_timeout_s`` for the lock, then raises
+        Waits at most ``store_timeout_s`` (about a millisecond with ``wait=False``) for the
+        lock, then raises
         :class:`~cachesaver.errors.StoreLockedError`. Nested transactions (in one thread) join
         the outer one.
         """
-        deadline = time.monotonic() + self.store_timeout_s
+        deadline = time.monotonic() + (self.store_timeout_s if wait else 0.0)
         with ExitStack() as stack:
             shards = getattr(self.cache, "_shards", None) if not self._plain else None
             if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
@@ -658,15 +659,16 @@ class DiskcacheStore:
         *,
         token: str | None = None,
         hook: CommitHook | None = None,
+        wait: bool = True,
     ) -> list[int] | None:
         """See :meth:`cachesaver.store.protocol.SampleStore.commit`: one SQLite transaction,
-        waiting at most ``store_timeout_s`` for the write lock."""
+        waiting at most ``store_timeout_s`` for the write lock (not at all with ``wait=False``)."""
         self._check_open()
         if not self.writable:
             raise StoreError(f"the cache at {self.directory} is read-only; open a writable copy to add samples")
         started = False
         try:
-            with self.transaction():
+            with self.transaction(wait):
                 if hook is not None:
                     hook.before()
                 started = True

@@ -109,6 +109,7 @@ class MemoryStore:
         *,
         token: str | None = None,
         hook: CommitHook | None = None,
+        wait: bool = True,
     ) -> list[int] | None:
         try:
             encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]

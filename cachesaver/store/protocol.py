@@ -212,10 +212,12 @@ class SampleStore(Protocol):
         *,
         token: str | None = None,
         hook: CommitHook | None = None,
+        wait: bool = True,
     ) -> list[int] | None:
         """Append and write atomically; the first index of each append (None if ``token`` was
         applied before, in which case nothing is written). ``hook`` is called as
-        :class:`CommitHook` says."""
+        :class:`CommitHook` says. With ``wait=False`` the engine does not wait for a lock held
+        elsewhere: it raises StoreLockedError at once (the caller retries where it may wait)."""
         ...
 
     def applied(self, token: str) -> bool:
