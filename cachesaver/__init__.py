@@ -11,9 +11,9 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
 
 * Every name in the ``__all__`` of the modules a pipeline user writes code against:
   :mod:`~cachesaver.typedefs`, :mod:`~cachesaver.errors`, :mod:`~cachesaver.pipelines`, the
-  stage modules (:mod:`~cachesaver.stage`, :mod:`~cachesaver.caching`,
-  :mod:`~cachesaver.deduplication`, :mod:`~cachesaver.batching`,
-  :mod:`~cachesaver.reordering`, :mod:`~cachesaver.metering`), :mod:`~cachesaver.keys`,
+  stage modules (:mod:`~cachesaver.stages.base`, :mod:`~cachesaver.stages.caching`,
+  :mod:`~cachesaver.stages.deduplication`, :mod:`~cachesaver.stages.batching`,
+  :mod:`~cachesaver.stages.reordering`, :mod:`~cachesaver.stages.ledger_tap`), :mod:`~cachesaver.keys`,
   :mod:`~cachesaver.ledger` and :mod:`cachesaver.models`. A name added to one of those
   ``__all__`` must be added here.
 * From the plumbing modules, only what a user configures a pipeline or backend with:
@@ -39,9 +39,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .batching import AsyncBatcher
-from .caching import AsyncCacher
-from .deduplication import AsyncDeduplicator
+from .stages.batching import AsyncBatcher
+from .stages.caching import AsyncCacher
+from .stages.deduplication import AsyncDeduplicator
 from .errors import (
     BackendError,
     BatchRequestError,
@@ -62,11 +62,11 @@ from .errors import (
 )
 from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, model_identity, request_key, store_key
 from .ledger import Ledger, LedgerEntry, Price, PriceTable
-from .metering import LedgerTap
+from .stages.ledger_tap import LedgerTap
 from .models.scripted import RecordedCall, ScriptedModel
 from .pipelines import LocalAPI, OnlineAPI
-from .reordering import RequestReorderer
-from .stage import Settled, Stage, call_model
+from .stages.reordering import RequestReorderer
+from .stages.base import Settled, Stage, call_model
 from .store import open_store
 from .store.diskcache import DiskcacheStore
 from .store.memory import MemoryStore

@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigurationError, UnserializableParameterError
-from .stage import Stage
+from .stages.base import Stage
 
 __all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value", "model_identity", "store_key"]
 
@@ -287,7 +287,7 @@ def model_identity(model: Any, model_id: Any = DERIVE) -> str | None:
     ``model_id`` is the pipeline's override: a non-empty string is the identity, None means no
     identity (keys are :func:`request_key`, as before identities existed). By default the
     identity is derived from the innermost model, found by following ``.model`` through
-    :class:`~cachesaver.stage.Stage` objects to the first object that is not a Stage:
+    :class:`~cachesaver.stages.base.Stage` objects to the first object that is not a Stage:
 
     1. its ``cache_identity`` attribute, when it has one: a non-empty string, or None for
        "my requests' keys already cover the model";

@@ -10,7 +10,7 @@ missing is merged with identical requests issued together, grouped into batches 
 ``batch_size`` (sent when full or ``timeout`` seconds after the batch started collecting),
 merged again with identical requests that waited in the same batch window, put in canonical
 order and sent to ``model``. ``model`` may implement ``request``, ``batch_request`` or both,
-async or sync (a sync method runs in a worker thread; see :func:`~cachesaver.stage.call_model`).
+async or sync (a sync method runs in a worker thread; see :func:`~cachesaver.stages.base.call_model`).
 
 ``LocalAPI`` has the same stages and arguments for local batch models: ``model`` must implement
 ``batch_request`` and always receives whole batches.
@@ -42,15 +42,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .batching import AsyncBatcher
-from .caching import AsyncCacher
-from .deduplication import AsyncDeduplicator
+from .stages.batching import AsyncBatcher
+from .stages.caching import AsyncCacher
+from .stages.deduplication import AsyncDeduplicator
 from .errors import ConfigurationError
 from .keys import DERIVE
 from .ledger import Ledger
-from .metering import LedgerTap
-from .reordering import RequestReorderer
-from .stage import Settled, Stage, _check_model
+from .stages.ledger_tap import LedgerTap
+from .stages.reordering import RequestReorderer
+from .stages.base import Settled, Stage, _check_model
 from .typedefs import Request, Response
 
 __all__ = ["LocalAPI", "OnlineAPI"]

@@ -23,7 +23,7 @@ from .background import Outcome
 from .errors import PipelineClosedError
 
 if TYPE_CHECKING:
-    from .stage import Stage
+    from .stages.base import Stage
 
 __all__ = ["RoundCollector"]
 

@@ -3,7 +3,7 @@
 ``Request`` goes in, ``Response`` comes out, ``Batch`` groups requests. A *model* is anything
 with ``async request(Request) -> Response`` (:class:`SingleRequestModel`) and/or
 ``async batch_request(Batch) -> list[Response]`` (:class:`BatchRequestModel`); a plain (sync)
-method is accepted too and run in a worker thread (see :func:`cachesaver.stage.call_model`).
+method is accepted too and run in a worker thread (see :func:`cachesaver.stages.base.call_model`).
 Every cachesaver stage is such a model wrapping another one, so stages compose freely.
 
 >>> r = Request(prompt="What is 2 + 2?", n=2, request_id="q1", namespace="run-a")

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from cachesaver.caching import AsyncCacher
+from cachesaver.stages.caching import AsyncCacher
 from cachesaver.store.claims import RunClaims
 from cachesaver.models import ScriptedModel
 from cachesaver.store.threads import StoreThread

@@ -16,8 +16,8 @@ import pytest
 from _support import Extra, GateModel, wait_until
 from fake_chat_server import FakeChatServer
 
-from cachesaver.caching import AsyncCacher
-from cachesaver.deduplication import AsyncDeduplicator
+from cachesaver.stages.caching import AsyncCacher
+from cachesaver.stages.deduplication import AsyncDeduplicator
 from cachesaver.errors import CacheSaverError, CorruptStoreError, PipelineClosedError, TransientBackendError
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel

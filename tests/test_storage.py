@@ -19,7 +19,7 @@ import diskcache
 import pytest
 from _support import gather, wait_until, write_lock_held
 
-from cachesaver.caching import AsyncCacher
+from cachesaver.stages.caching import AsyncCacher
 from cachesaver.errors import CacheMissError, ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
 from cachesaver.models.replay_only import ReplayOnlyModel
 from cachesaver.store.protocol import Append

@@ -3,7 +3,7 @@
 ``LedgerTap(model, ledger)`` sits directly above the real model. For every request that reaches
 the model it calls ``ledger.record_upstream(request, outcome)`` exactly once, with the model's
 Response or the exception it produced, then passes the answers on unchanged; answers a sync
-model returned after their call was cancelled (see :func:`~cachesaver.stage.call_model`) are
+model returned after their call was cancelled (see :func:`~cachesaver.stages.base.call_model`) are
 recorded too, since they were paid for, and handed on to the cache above. A
 :class:`~cachesaver.errors.CacheMissError` (a replay-only model refusing a request) is not an
 upstream call and is not recorded.
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import CacheMissError
-from .stage import Settled, Stage, _discard_late, call_model
-from .typedefs import Request
+from ..errors import CacheMissError
+from .base import Settled, Stage, _discard_late, call_model
+from ..typedefs import Request
 
 __all__ = ["LedgerTap"]
 

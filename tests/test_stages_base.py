@@ -1,4 +1,4 @@
-"""How a stage calls the model it wraps (cachesaver/stage.py): sync models, late answers."""
+"""How a stage calls the model it wraps (cachesaver/stages/base.py): sync models, late answers."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import anyio
 import pytest
 from _support import SyncModel, wait_until
 
-from cachesaver.batching import AsyncBatcher
-from cachesaver.caching import AsyncCacher
-from cachesaver.deduplication import AsyncDeduplicator
+from cachesaver.stages.batching import AsyncBatcher
+from cachesaver.stages.caching import AsyncCacher
+from cachesaver.stages.deduplication import AsyncDeduplicator
 from cachesaver.errors import ConfigurationError
 from cachesaver.ledger import Ledger
-from cachesaver.metering import LedgerTap
-from cachesaver.reordering import RequestReorderer
-from cachesaver.stage import call_model
+from cachesaver.stages.ledger_tap import LedgerTap
+from cachesaver.stages.reordering import RequestReorderer
+from cachesaver.stages.base import call_model
 from cachesaver.typedefs import Batch, Request, Response
 
 BACKENDS = ["asyncio", "trio"]

@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import IncompleteResponseError, InvalidRequestError
-from .keys import request_key, with_n
-from .rounds import RoundCollector
-from .stage import Settled, Stage, call_model
-from .typedefs import Request, Response
+from ..errors import IncompleteResponseError, InvalidRequestError
+from ..keys import request_key, with_n
+from ..rounds import RoundCollector
+from .base import Settled, Stage, call_model
+from ..typedefs import Request, Response
 
 __all__ = ["AsyncDeduplicator"]
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import InvalidRequestError
-from .keys import request_key
-from .stage import Settled, Stage, call_model
-from .typedefs import Request
+from ..errors import InvalidRequestError
+from ..keys import request_key
+from .base import Settled, Stage, call_model
+from ..typedefs import Request
 
 __all__ = ["RequestReorderer"]
 

@@ -11,9 +11,9 @@ import diskcache
 import pytest
 from _support import Extra, stored_count, GateModel, NamedModel, ShortOnceModel, gather
 
-from cachesaver.batching import AsyncBatcher
-from cachesaver.caching import AsyncCacher
-from cachesaver.deduplication import AsyncDeduplicator
+from cachesaver.stages.batching import AsyncBatcher
+from cachesaver.stages.caching import AsyncCacher
+from cachesaver.stages.deduplication import AsyncDeduplicator
 from cachesaver.errors import (
     BackendError,
     BatchRequestError,
@@ -281,7 +281,7 @@ async def test_model_id_overrides_what_the_model_says(tmp_path: Path) -> None:
 
 
 async def test_the_identity_is_derived_through_the_stages_below_the_cacher(tmp_path: Path) -> None:
-    from cachesaver.deduplication import AsyncDeduplicator
+    from cachesaver.stages.deduplication import AsyncDeduplicator
 
     request = Request("hi", n=1)
     model = NamedModel(model="a")

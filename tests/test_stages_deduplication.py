@@ -9,7 +9,7 @@ import anyio
 import pytest
 from _support import GateModel, gather
 
-from cachesaver.deduplication import AsyncDeduplicator
+from cachesaver.stages.deduplication import AsyncDeduplicator
 from cachesaver.errors import BackendError, IncompleteResponseError, UnserializableParameterError
 from cachesaver.models import ScriptedModel
 from cachesaver.typedefs import Batch, Request, Response

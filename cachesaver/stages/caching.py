@@ -39,14 +39,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
-from .keys import DERIVE, model_identity, store_key, with_n
-from .rounds import RoundCollector
-from .stage import Settled, Stage, call_model
-from .store import open_store
-from .store.allocation import Found, SampleBroker, Write
-from .store.protocol import SampleStore, StoredSample
-from .typedefs import Request, Response
+from ..errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
+from ..keys import DERIVE, model_identity, store_key, with_n
+from ..rounds import RoundCollector
+from ..store import open_store
+from ..store.allocation import Found, SampleBroker, Write
+from ..store.protocol import SampleStore, StoredSample
+from ..typedefs import Request, Response
+from .base import Settled, Stage, call_model
 
 __all__ = ["AsyncCacher"]
 

@@ -8,7 +8,7 @@ Guarantees:
 * Several batches may be in flight at once; a full batch never waits for an earlier one.
 * Requests keep their arrival order inside a batch; ``n`` is never split or changed.
 * Each batch call runs detached: a cancelled caller does not cancel the batch its neighbours
-  are waiting for. Errors are per request (see :mod:`cachesaver.stage`).
+  are waiting for. Errors are per request (see :mod:`cachesaver.stages.base`).
 * When closing begins, the pending partial batch is sent at once, without waiting the window.
 * ``timeout`` is a finite number of seconds from 0 to 3600 (``MAX_WAIT_S``); anything else
   (NaN, infinity, 1e300, which would hold a lone request until close) raises
@@ -22,11 +22,11 @@ from typing import Any
 
 import anyio
 
-from ._checks import MAX_WAIT_S, check_seconds
-from .background import Outcome, _native_loop_token
-from .errors import ConfigurationError, PipelineClosedError
-from .stage import Settled, Stage, call_model
-from .typedefs import Request
+from .._checks import MAX_WAIT_S, check_seconds
+from ..background import Outcome, _native_loop_token
+from ..errors import ConfigurationError, PipelineClosedError
+from .base import Settled, Stage, call_model
+from ..typedefs import Request
 
 __all__ = ["AsyncBatcher"]
 

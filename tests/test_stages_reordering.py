@@ -9,7 +9,7 @@ from _support import SingleOnlyModel
 from cachesaver.errors import BackendError
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
-from cachesaver.reordering import RequestReorderer
+from cachesaver.stages.reordering import RequestReorderer
 from cachesaver.typedefs import Batch, Request
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cachesaver.errors import BackendError, CacheMissError
 from cachesaver.ledger import Ledger
-from cachesaver.metering import LedgerTap
+from cachesaver.stages.ledger_tap import LedgerTap
 from cachesaver.models import ReplayOnlyModel, ScriptedModel
 from cachesaver.typedefs import Batch, Request
 

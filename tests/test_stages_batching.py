@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from _support import GateModel, SingleOnlyModel, gather
 
-from cachesaver.batching import AsyncBatcher
+from cachesaver.stages.batching import AsyncBatcher
 from cachesaver.errors import BackendError, ConfigurationError, PipelineClosedError
 from cachesaver.models import ScriptedModel
 from cachesaver.typedefs import Batch, Request, Response

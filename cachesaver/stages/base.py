@@ -39,9 +39,9 @@ from typing import Any, List, Union
 import anyio
 import anyio.to_thread
 
-from ._checks import check_seconds
-from .background import BackgroundTasks, Outcome, _native_loop_token
-from .errors import (
+from .._checks import check_seconds
+from ..background import BackgroundTasks, Outcome, _native_loop_token
+from ..errors import (
     BackendError,
     BatchRequestError,
     ConfigurationError,
@@ -49,7 +49,7 @@ from .errors import (
     InvalidRequestError,
     PipelineClosedError,
 )
-from .typedefs import Batch, Request, Response, _validate_request
+from ..typedefs import Batch, Request, Response, _validate_request
 
 __all__ = ["Settled", "Stage", "call_model"]
 
@@ -382,7 +382,7 @@ class Stage:
         self.model = model
         self._late_answers: LateAnswers | None = None
         """Where answers a sync model returns after their call was cancelled go: set by the
-        :class:`~cachesaver.caching.AsyncCacher` above this stage (see :func:`call_model`)."""
+        :class:`~cachesaver.stages.caching.AsyncCacher` above this stage (see :func:`call_model`)."""
         self._closed = False
         self._background = BackgroundTasks(type(self).__name__)
         self._active = 0
