@@ -20,11 +20,10 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   the store protocol ``SampleStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
   ``open_store`` (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
-  those of :mod:`~cachesaver.clients`, :mod:`~cachesaver.background`,
-  :mod:`~cachesaver.rounds`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
+  those of :mod:`~cachesaver.clients`, :mod:`~cachesaver._runtime.jobs`,
+  :mod:`~cachesaver._runtime.collector`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
   :mod:`~cachesaver.recovery`,
-  :mod:`~cachesaver.loop_thread`, :mod:`~cachesaver.store_thread` and :mod:`~cachesaver.cli`,
-  are for use from their module.
+  :mod:`~cachesaver._runtime.loop_thread` and :mod:`~cachesaver.cli`, are for use from their module.
 * The simulated KV-cache cluster and the experiment runner are public subpackages that keep
   their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
   import Cluster``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous

@@ -34,7 +34,7 @@ Guarantees:
   with_raw_response``, ...) is the real SDK client's, untouched and uncached.
 * ``aclose()`` / ``close()`` / leaving ``async with`` finishes calls in flight, stores their
   samples, closes the pipeline and the SDK client. The sync clients run on a private event loop
-  thread (:class:`~cachesaver.loop_thread.LoopThread`), so they also work where an event loop
+  thread (:class:`~cachesaver._runtime.loop_thread.LoopThread`), so they also work where an event loop
   is already running (Jupyter), and are closed at the latest when garbage-collected or at exit.
 * A blocking client (``OpenAI``, ``Together``) holds two SDK clients. A real blocking SDK
   client built with exactly the arguments given (``http_client=httpx.Client(...)`` included)
@@ -64,11 +64,11 @@ from typing import Any, ClassVar
 
 import anyio
 
-from ._checks import MAX_WAIT_S, check_seconds
+from ._runtime.checks import MAX_WAIT_S, check_seconds
 from .errors import ConfigurationError, InvalidRequestError
 from .keys import request_key
 from .ledger import Ledger, PriceTable
-from .loop_thread import LoopThread
+from ._runtime.loop_thread import LoopThread
 from .models.chat_completions import DECODING_FIELDS, TRANSPORT_OPTIONS, ChatRequest
 from .models.chat_model import ChatCompletionsModel
 from .pipelines import OnlineAPI

@@ -42,7 +42,7 @@ from typing import TypeVar
 
 import anyio
 
-from ._checks import check_seconds
+from ._runtime.checks import check_seconds
 from .errors import ConfigurationError, TransientBackendError
 
 __all__ = ["RetryPolicy", "retry_call"]

@@ -35,7 +35,7 @@ CHOSEN_FROM_PLUMBING = {
     "store.diskcache": ("DiskcacheStore",),
     "store.memory": ("MemoryStore",),
 }
-PLUMBING_MODULES = {"background", "cli", "clients", "loop_thread", "rounds", "storage"}
+PLUMBING_MODULES = {"background", "cli", "clients", "storage"}
 OWN_NAMESPACE_SUBPACKAGES = {"kvcache", "tasks"}
 # Subpackages whose modules are classified one by one (each stage module is public).
 CLASSIFIED_SUBPACKAGES = {"stages"}

@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from .._checks import check_seconds
+from .._runtime.checks import check_seconds
 from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy

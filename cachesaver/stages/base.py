@@ -39,8 +39,8 @@ from typing import Any, List, Union
 import anyio
 import anyio.to_thread
 
-from .._checks import check_seconds
-from ..background import BackgroundTasks, Outcome, _native_loop_token
+from .._runtime.checks import check_seconds
+from .._runtime.jobs import BackgroundTasks, Outcome, _native_loop_token
 from ..errors import (
     BackendError,
     BatchRequestError,

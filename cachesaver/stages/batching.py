@@ -22,8 +22,8 @@ from typing import Any
 
 import anyio
 
-from .._checks import MAX_WAIT_S, check_seconds
-from ..background import Outcome, _native_loop_token
+from .._runtime.checks import MAX_WAIT_S, check_seconds
+from .._runtime.jobs import Outcome, _native_loop_token
 from ..errors import ConfigurationError, PipelineClosedError
 from .base import Settled, Stage, call_model
 from ..typedefs import Request

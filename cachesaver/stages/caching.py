@@ -41,7 +41,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from ..keys import DERIVE, model_identity, store_key, with_n
-from ..rounds import RoundCollector
+from .._runtime.collector import PassCollector
 from ..store import open_store
 from ..store.allocation import Found, SampleBroker, Write
 from ..store.protocol import SampleStore, StoredSample
@@ -100,7 +100,7 @@ class AsyncCacher(Stage):
             inner = inner.model
         self._replay_only = bool(getattr(inner, "replay_only", False))
         self._broker = SampleBroker(self.store, self._background)
-        self._fetches: RoundCollector[_Pending] = RoundCollector(self, self._fetch)
+        self._fetches: PassCollector[_Pending] = PassCollector(self, self._fetch)
         # Answers a sync model returns after their call was cancelled (a close's deadline) are
         # stored through this cacher: the stages below hand them here (see _store_late). An
         # inner cacher keeps its own chain.

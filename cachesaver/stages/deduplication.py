@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import IncompleteResponseError, InvalidRequestError
 from ..keys import request_key, with_n
-from ..rounds import RoundCollector
+from .._runtime.collector import PassCollector
 from .base import Settled, Stage, call_model
 from ..typedefs import Request, Response
 
@@ -52,7 +52,7 @@ class AsyncDeduplicator(Stage):
     def __init__(self, model: Any, *, across_calls: bool = True) -> None:
         super().__init__(model)
         self.across_calls = across_calls
-        self._rounds: RoundCollector[Request] = RoundCollector(self, self._merge_and_call)
+        self._passes: PassCollector[Request] = PassCollector(self, self._merge_and_call)
         self.merged_requests = 0
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
@@ -60,7 +60,7 @@ class AsyncDeduplicator(Stage):
             if len(requests) == 1:  # nothing to merge with
                 return await call_model(self.model, requests, late=self._late_answers)
             return await self._merge_and_call(list(requests))
-        outcomes = await self._rounds.submit(requests)
+        outcomes = await self._passes.submit(requests)
         return [await outcome.get() for outcome in outcomes]
 
     async def _merge_and_call(self, requests: list[Request]) -> list[Settled]:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .errors import PipelineClosedError
+from ..errors import PipelineClosedError
 
 __all__ = ["LoopThread"]
 

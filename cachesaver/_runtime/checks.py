@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 MAX_WAIT_S = 3600.0
 """The longest batch window (``timeout``) a pipeline accepts: one hour."""

@@ -1,4 +1,4 @@
-"""Tests for cachesaver.loop_thread: blocking calls into a private event loop thread."""
+"""Tests for cachesaver._runtime.loop_thread: blocking calls into a private event loop thread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from cachesaver.errors import PipelineClosedError
-from cachesaver.loop_thread import LoopThread
+from cachesaver._runtime.loop_thread import LoopThread
 
 
 @pytest.fixture

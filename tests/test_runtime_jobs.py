@@ -7,7 +7,7 @@ import logging
 import anyio
 import pytest
 
-from cachesaver.background import BackgroundTasks, Outcome
+from cachesaver._runtime.jobs import BackgroundTasks, Outcome
 from cachesaver.errors import PipelineClosedError
 
 

@@ -2,9 +2,13 @@
 
 Requests issued together (by ``gather``, a ``batch_request``, or a stage that answers many
 callers at once) arrive at a stage one task after another within the same pass of the event
-loop. :class:`RoundCollector` lets a stage treat them as one group: the first submission
+loop. :class:`PassCollector` lets a stage treat them as one group: the first submission
 schedules a detached flush, the flush yields once so the rest of the pass can join, then hands
 everything collected to the stage's handler and delivers one outcome per item.
+
+(Not to be confused with the cache stage's *lookup rounds* in
+:mod:`cachesaver.sample_broker`: one pass collected here becomes one submission to the broker,
+which may serve several passes in one lookup round.)
 
 Guarantees: every submitted item gets exactly one outcome, in submission order; the handler
 runs detached from the submitters (a cancelled submitter does not cancel it); if the handler
@@ -19,18 +23,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio.lowlevel
 
-from .background import Outcome
-from .errors import PipelineClosedError
+from .jobs import Outcome
+from ..errors import PipelineClosedError
 
 if TYPE_CHECKING:
-    from .stages.base import Stage
+    from ..stages.base import Stage
 
-__all__ = ["RoundCollector"]
+__all__ = ["PassCollector"]
 
 Item = TypeVar("Item")
 
 
-class RoundCollector(Generic[Item]):
+class PassCollector(Generic[Item]):
     """Batches items submitted in one event-loop pass into one call of ``handle``."""
 
     def __init__(self, stage: "Stage", handle: Callable[[list[Item]], Awaitable[Sequence[Any]]]) -> None:
@@ -38,10 +42,10 @@ class RoundCollector(Generic[Item]):
         self._handle = handle
         self._queue: list[tuple[Item, Outcome[Any]]] = []
         self._scheduled = False
-        self.rounds = 0
+        self.passes = 0
 
     async def submit(self, items: Sequence[Item]) -> list[Outcome[Any]]:
-        """Queue ``items``; their outcomes are delivered when the round is handled."""
+        """Queue ``items``; their outcomes are delivered when this pass is handled."""
         outcomes: list[Outcome[Any]] = [Outcome() for _ in items]
         self._queue.extend(zip(items, outcomes))
         if not self._scheduled:
@@ -65,7 +69,7 @@ class RoundCollector(Generic[Item]):
         try:
             await anyio.lowlevel.checkpoint()  # let the rest of this pass join
             taken = self._take()
-            self.rounds += 1
+            self.passes += 1
             results = await self._handle([item for item, _ in taken])
             for (_, outcome), result in zip(taken, results):
                 outcome.set(result)
