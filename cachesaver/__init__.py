@@ -73,8 +73,8 @@ from .store.protocol import SampleStore
 from .typedefs import Batch, BatchRequestModel, Message, Prompt, Request, Response, SingleRequestModel
 
 _LAZY = {
-    "ChatCompletionsModel": "cachesaver.models.chat_model",
-    "ChatRequest": "cachesaver.models.chat_completions",
+    "ChatCompletionsModel": "cachesaver.models.chat_backend",
+    "ChatRequest": "cachesaver.models.chat_request",
     "OpenAIModel": "cachesaver.models.openai",
     "RateLimiter": "cachesaver.ratelimit",
     "RateLimits": "cachesaver.ratelimit",

@@ -69,8 +69,8 @@ from .errors import ConfigurationError, InvalidRequestError
 from .keys import request_key
 from .ledger import Ledger, PriceTable
 from ._runtime.loop_thread import LoopThread
-from .models.chat_completions import DECODING_FIELDS, TRANSPORT_OPTIONS, ChatRequest
-from .models.chat_model import ChatCompletionsModel
+from .models.chat_request import DECODING_FIELDS, TRANSPORT_OPTIONS, ChatRequest
+from .models.chat_backend import ChatCompletionsModel
 from .pipelines import OnlineAPI
 from .ratelimit import RateLimiter, RateLimits
 from .retry import RetryPolicy
@@ -294,7 +294,7 @@ class _Chat:
 class CachedAsyncClient:
     """An async SDK client whose ``chat.completions.create`` is cached (see the module doc).
 
-    Subclasses set ``model_class`` (the :class:`~cachesaver.models.chat_model.ChatCompletionsModel`
+    Subclasses set ``model_class`` (the :class:`~cachesaver.models.chat_backend.ChatCompletionsModel`
     subclass that serves the calls; its ``sdk_client_class`` is the SDK client built here) and
     ``completion_type`` / ``chunk_type`` (the SDK's pydantic models).
     """

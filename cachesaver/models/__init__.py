@@ -14,8 +14,8 @@ from .replay_only import ReplayOnlyModel
 from .scripted import RecordedCall, ScriptedModel
 
 _LAZY = {
-    "ChatCompletionsModel": "cachesaver.models.chat_model",
-    "ChatRequest": "cachesaver.models.chat_completions",
+    "ChatCompletionsModel": "cachesaver.models.chat_backend",
+    "ChatRequest": "cachesaver.models.chat_request",
     "OpenAIModel": "cachesaver.models.openai",
     "SimulatedLLM": "cachesaver.models.simulated",
     "TogetherModel": "cachesaver.models.together",

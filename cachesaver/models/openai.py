@@ -2,9 +2,9 @@
 drop-in ``AsyncOpenAI`` / ``OpenAI`` clients that cache. Needs the extra: ``pip install
 'cachesaver[openai]'``.
 
-:class:`OpenAIModel` serves :class:`~cachesaver.models.chat_completions.ChatRequest` s with
+:class:`OpenAIModel` serves :class:`~cachesaver.models.chat_request.ChatRequest` s with
 ``openai.AsyncOpenAI().chat.completions.create`` (see
-:class:`~cachesaver.models.chat_model.ChatCompletionsModel` for the guarantees)::
+:class:`~cachesaver.models.chat_backend.ChatCompletionsModel` for the guarantees)::
 
     model = OpenAIModel("qwen2.5-7b", base_url="http://127.0.0.1:8000/v1", api_key="none")
     async with OnlineAPI(model, "caches/demo", batch_size=8) as pipeline:
@@ -29,8 +29,8 @@ from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
-from .chat_completions import decoding_parameters, finish_arguments, prompt_messages
-from .chat_model import ChatCompletionsModel, SdkErrors, given_options
+from .chat_request import decoding_parameters, finish_arguments, prompt_messages
+from .chat_backend import ChatCompletionsModel, SdkErrors, given_options
 
 try:
     import openai as _openai

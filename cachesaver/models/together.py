@@ -1,8 +1,8 @@
 """The together backend, and drop-in ``AsyncTogether`` / ``Together`` clients that cache.
 
-:class:`TogetherModel` serves :class:`~cachesaver.models.chat_completions.ChatRequest` s with
+:class:`TogetherModel` serves :class:`~cachesaver.models.chat_request.ChatRequest` s with
 ``together.AsyncTogether().chat.completions.create`` (see
-:class:`~cachesaver.models.chat_model.ChatCompletionsModel` for the guarantees)::
+:class:`~cachesaver.models.chat_backend.ChatCompletionsModel` for the guarantees)::
 
     model = TogetherModel("meta-llama/Llama-3.3-70B-Instruct-Turbo")
     async with OnlineAPI(model, "caches/demo", batch_size=8) as pipeline:
@@ -31,8 +31,8 @@ from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
-from .chat_completions import as_list, decoding_parameters, finish_arguments, prompt_messages
-from .chat_model import ChatCompletionsModel, SdkErrors, given_options
+from .chat_request import as_list, decoding_parameters, finish_arguments, prompt_messages
+from .chat_backend import ChatCompletionsModel, SdkErrors, given_options
 
 try:
     import together as _together

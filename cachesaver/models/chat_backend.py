@@ -49,7 +49,7 @@ from ..errors import (
 from ..ratelimit import RateLimiter, RateLimits, estimate_tokens
 from ..retry import RetryPolicy, retry_call
 from ..typedefs import Batch, Request, Response
-from .chat_completions import ChatRequest, samples_from_completion, split_n, transport_arguments
+from .chat_request import ChatRequest, samples_from_completion, split_n, transport_arguments
 
 __all__ = ["ChatCompletionsModel", "SdkErrors", "backend_error", "given_options", "parse_retry_after"]
 
