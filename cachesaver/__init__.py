@@ -20,7 +20,7 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   the store protocol ``SampleStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
   ``open_store`` (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
-  those of :mod:`~cachesaver.clients`, :mod:`~cachesaver._runtime.jobs`,
+  those of :mod:`~cachesaver.dropin.clients`, :mod:`~cachesaver._runtime.jobs`,
   :mod:`~cachesaver._runtime.collector`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
   :mod:`~cachesaver.recovery`,
   :mod:`~cachesaver._runtime.loop_thread` and :mod:`~cachesaver.cli`, are for use from their module.
@@ -36,11 +36,9 @@ on first use, so ``import cachesaver`` stays light.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
-from .stages.batching import AsyncBatcher
-from .stages.caching import AsyncCacher
-from .stages.deduplication import AsyncDeduplicator
 from .errors import (
     BackendError,
     BatchRequestError,
@@ -61,10 +59,8 @@ from .errors import (
 )
 from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, model_identity, request_key, store_key
 from .ledger import Ledger, LedgerEntry, Price, PriceTable
-from .stages.ledger_tap import LedgerTap
+from .models.registry import PROVIDERS
 from .models.scripted import RecordedCall, ScriptedModel
-from .pipelines import LocalAPI, OnlineAPI
-from .stages.reordering import RequestReorderer
 from .stages.base import Settled, Stage, call_model
 from .store import open_store
 from .store.diskcache import DiskcacheStore
@@ -72,16 +68,37 @@ from .store.memory import MemoryStore
 from .store.protocol import SampleStore
 from .typedefs import Batch, BatchRequestModel, Message, Prompt, Request, Response, SingleRequestModel
 
+if TYPE_CHECKING:
+    from .models.chat_backend import ChatCompletionsModel
+    from .models.chat_request import ChatRequest
+    from .models.replay_only import ReplayOnlyModel
+    from .models.simulated import SimulatedLLM
+    from .pipelines import LocalAPI, OnlineAPI
+    from .ratelimit import RateLimiter, RateLimits
+    from .retry import RetryPolicy
+    from .stages.batching import AsyncBatcher
+    from .stages.caching import AsyncCacher
+    from .stages.deduplication import AsyncDeduplicator
+    from .stages.ledger_tap import LedgerTap
+    from .stages.reordering import RequestReorderer
+
+# Imported on first use (the pipeline and its stages, the SDK backends of the registry).
 _LAZY = {
+    "AsyncBatcher": "cachesaver.stages.batching",
+    "AsyncCacher": "cachesaver.stages.caching",
+    "AsyncDeduplicator": "cachesaver.stages.deduplication",
     "ChatCompletionsModel": "cachesaver.models.chat_backend",
     "ChatRequest": "cachesaver.models.chat_request",
-    "OpenAIModel": "cachesaver.models.openai",
+    "LedgerTap": "cachesaver.stages.ledger_tap",
+    "LocalAPI": "cachesaver.pipelines",
+    "OnlineAPI": "cachesaver.pipelines",
     "RateLimiter": "cachesaver.ratelimit",
     "RateLimits": "cachesaver.ratelimit",
-    "RetryPolicy": "cachesaver.retry",
     "ReplayOnlyModel": "cachesaver.models.replay_only",
+    "RequestReorderer": "cachesaver.stages.reordering",
+    "RetryPolicy": "cachesaver.retry",
     "SimulatedLLM": "cachesaver.models.simulated",
-    "TogetherModel": "cachesaver.models.together",
+    **{p.backend_class_name: p.backend_module for p in PROVIDERS.values()},
 }
 
 __all__ = [
@@ -111,7 +128,6 @@ __all__ = [
     "Message",
     "NON_KEY_FIELDS",
     "OnlineAPI",
-    "OpenAIModel",
     "PermanentBackendError",
     "PipelineClosedError",
     "Price",
@@ -133,7 +149,6 @@ __all__ = [
     "Stage",
     "StoreError",
     "StoreLockedError",
-    "TogetherModel",
     "TransientBackendError",
     "UnserializableParameterError",
     "UnstoredSamplesError",
@@ -144,12 +159,16 @@ __all__ = [
     "request_key",
     "store_key",
 ]
+__all__ = sorted(__all__ + [p.backend_class_name for p in PROVIDERS.values()])
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        # ``import cachesaver; cachesaver.pipelines.OnlineAPI``: a submodule not imported yet.
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'cachesaver' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

@@ -32,7 +32,8 @@ from typing import Any, Optional, Sequence
 import anyio
 
 from .errors import CacheSaverError, ConfigurationError
-from .tasks.backends import BACKENDS, default_backend, default_model, make_model, request_factory
+from .models.registry import DEFAULT_PROVIDER, PROVIDERS
+from .tasks.backends import backend_names, default_backend, default_model, make_model, request_factory
 from .tasks.loading import load_task, parse_task_options
 from .tasks.summary import RunSummary
 
@@ -70,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, metavar="DIR", help="output directory (re-use it to resume)")
     run.add_argument("--namespace", required=True, metavar="NS", help="the run's cache namespace")
     run.add_argument(
-        "--backend", choices=BACKENDS, default=None,
-        help="the model backend (default: together if TOGETHER_API_KEY is set, else simulated)",
+        "--backend", choices=backend_names(), default=None,
+        help=f"the model backend (default: {DEFAULT_PROVIDER} if {PROVIDERS[DEFAULT_PROVIDER].api_key_env} "
+        "is set, else simulated)",
     )
     run.add_argument("--model", metavar="M", help="model name (default depends on the backend)")
     run.add_argument("--concurrency", type=int, metavar="K", help="samples at once (default: the task's)")

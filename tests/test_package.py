@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
+import sys
+
+import pytest
 
 import cachesaver
 
@@ -35,10 +39,10 @@ CHOSEN_FROM_PLUMBING = {
     "store.diskcache": ("DiskcacheStore",),
     "store.memory": ("MemoryStore",),
 }
-PLUMBING_MODULES = {"background", "cli", "clients", "storage"}
+PLUMBING_MODULES = {"background", "cli", "dropin.clients", "dropin.completions", "storage"}
 OWN_NAMESPACE_SUBPACKAGES = {"kvcache", "tasks"}
 # Subpackages whose modules are classified one by one (each stage module is public).
-CLASSIFIED_SUBPACKAGES = {"stages"}
+CLASSIFIED_SUBPACKAGES = {"dropin", "stages"}
 
 
 def test_every_name_of_a_public_module_is_re_exported_as_the_same_object():
@@ -108,3 +112,21 @@ def test_unknown_attribute_raises():
         assert "no_such_name" in str(exc)
     else:  # pragma: no cover
         raise AssertionError("expected AttributeError")
+
+
+@pytest.mark.parametrize("module", ["cachesaver.models", "cachesaver.models.together", "cachesaver.models.openai"])
+def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(module: str) -> None:
+    """models/ never imports the pipeline: a backend (and the package) stays light until a
+    pipeline or a drop-in client is asked for; then the drop-in name resolves."""
+    code = (
+        "import sys\n"
+        f"import {module}\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('cachesaver.pipelines', 'cachesaver.dropin',"
+        " 'cachesaver.stages.caching')))\n"
+        "assert not loaded, loaded\n"
+        "from cachesaver.models.openai import AsyncOpenAI, OpenAI\n"
+        "from cachesaver.models.together import AsyncTogether, Together\n"
+        "assert 'cachesaver.pipelines' in sys.modules and 'cachesaver.dropin' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

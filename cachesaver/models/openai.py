@@ -25,12 +25,12 @@ from typing import Any
 import anyio
 
 from .._runtime.checks import check_seconds
-from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
 from .chat_request import decoding_parameters, finish_arguments, prompt_messages
 from .chat_backend import ChatCompletionsModel, SdkErrors, given_options
+from .registry import dropin_getattr
 
 try:
     import openai as _openai
@@ -125,25 +125,6 @@ class OpenAIModel(ChatCompletionsModel):
         return openai_arguments(request)
 
 
-class AsyncOpenAI(CachedAsyncClient):
-    """``openai.AsyncOpenAI`` whose chat completions go through a cachesaver pipeline.
-
-    Takes the SDK's constructor arguments plus cachesaver's (see
-    :class:`cachesaver.clients.CachedAsyncClient`); everything but ``chat.completions.create``
-    is the real SDK client's.
-    """
-
-    model_class = OpenAIModel
-    completion_type = _openai.types.chat.ChatCompletion
-    chunk_type = _openai.types.chat.ChatCompletionChunk
-
-
-class OpenAI(CachedSyncClient):
-    """``openai.OpenAI`` whose chat completions go through a cachesaver pipeline.
-
-    Calls block; they run on a private event loop thread, so this works in plain scripts and
-    inside a running event loop (Jupyter). Close it (``close()`` or ``with``) when done.
-    """
-
-    async_client_class = AsyncOpenAI
-    sdk_class = _openai.OpenAI
+# The drop-in clients AsyncOpenAI / OpenAI: built on first use from this provider's entry in
+# models/registry.py (they import the pipeline, which this module must not).
+__getattr__ = dropin_getattr(__name__)

@@ -13,7 +13,8 @@ single ``stop`` string becomes a list; ``logprobs`` is together's int (``True`` 
 ``top_logprobs`` wins when set); every other decoding field is sent under its own name.
 
 The drop-in clients take together's constructor arguments plus ``namespace=``, ``cache=`` and
-``batch_size=`` (see :mod:`cachesaver.clients`)::
+``batch_size=`` (see :mod:`cachesaver.dropin.clients`; they are imported on first use, so importing
+the backend alone does not import the pipeline)::
 
     from cachesaver.models.together import AsyncTogether    # was: from together import AsyncTogether
     client = AsyncTogether(namespace="run-1", cache="caches/demo")
@@ -27,12 +28,12 @@ from typing import Any
 import anyio
 
 from .._runtime.checks import check_seconds
-from ..clients import CachedAsyncClient, CachedSyncClient
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
 from .chat_request import as_list, decoding_parameters, finish_arguments, prompt_messages
 from .chat_backend import ChatCompletionsModel, SdkErrors, given_options
+from .registry import dropin_getattr
 
 try:
     import together as _together
@@ -122,25 +123,6 @@ class TogetherModel(ChatCompletionsModel):
         return together_arguments(request)
 
 
-class AsyncTogether(CachedAsyncClient):
-    """``together.AsyncTogether`` whose chat completions go through a cachesaver pipeline.
-
-    Takes together's constructor arguments plus cachesaver's (see
-    :class:`cachesaver.clients.CachedAsyncClient`); everything but ``chat.completions.create``
-    is the real SDK client's.
-    """
-
-    model_class = TogetherModel
-    completion_type = _together.types.chat.ChatCompletion
-    chunk_type = _together.types.chat.ChatCompletionChunk
-
-
-class Together(CachedSyncClient):
-    """``together.Together`` whose chat completions go through a cachesaver pipeline.
-
-    Calls block; they run on a private event loop thread, so this works in plain scripts and
-    inside a running event loop (Jupyter). Close it (``close()`` or ``with``) when done.
-    """
-
-    async_client_class = AsyncTogether
-    sdk_class = _together.Together
+# The drop-in clients AsyncTogether / Together: built on first use from this provider's entry in
+# models/registry.py (they import the pipeline, which this module must not).
+__getattr__ = dropin_getattr(__name__)

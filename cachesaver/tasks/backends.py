@@ -1,15 +1,18 @@
 """Build the model behind an experiment from a backend name, importing backends lazily.
 
 ``simulated`` is the embedded :class:`~cachesaver.models.simulated.SimulatedLLM` (no key, no
-network); ``together`` and ``openai`` are the SDK backends and need their API key
-(``TOGETHER_API_KEY`` / ``OPENAI_API_KEY``). :func:`default_backend` picks ``together`` when
-its key is set and ``simulated`` otherwise.
+network); the others are the SDK providers of :mod:`cachesaver.models.registry` (``together``,
+``openai``), each needing its API key (``TOGETHER_API_KEY`` / ``OPENAI_API_KEY``).
+:func:`default_backend` picks the registry's default provider (``together``) when its key is set
+and ``simulated`` otherwise.
 
 The model name is part of every request (and so of the cache key): runs that should replay
 each other must use the same backend name and model.
 
 >>> default_model("simulated")
 'simulated'
+>>> backend_names()
+('simulated', 'together', 'openai')
 """
 
 from __future__ import annotations
@@ -18,34 +21,38 @@ import os
 from typing import Any, Callable, Mapping, Optional
 
 from ..errors import ConfigurationError
+from ..models.registry import DEFAULT_PROVIDER, PROVIDERS
 
-__all__ = ["BACKENDS", "default_backend", "default_model", "make_model", "request_factory"]
+__all__ = ["BACKENDS", "backend_names", "default_backend", "default_model", "make_model", "request_factory"]
 
-BACKENDS = ("simulated", "together", "openai")
+SIMULATED = "simulated"
 
-_DEFAULT_MODELS: Mapping[str, str] = {
-    "simulated": "simulated",
-    "together": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
-    "openai": "gpt-4o-mini",
-}
-_KEYS: Mapping[str, str] = {"together": "TOGETHER_API_KEY", "openai": "OPENAI_API_KEY"}
+
+def backend_names() -> tuple[str, ...]:
+    """``"simulated"`` and every provider of the registry, read now."""
+    return (SIMULATED, *PROVIDERS)
+
+
+#: The backend names when this module was imported (:func:`backend_names` reads the registry).
+BACKENDS = backend_names()
 
 
 def _check(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    names = backend_names()
+    if backend not in names:
+        raise ConfigurationError(f"unknown backend {backend!r}; choose one of {', '.join(names)}")
 
 
 def default_backend(environ: Optional[Mapping[str, str]] = None) -> str:
-    """``"together"`` when ``TOGETHER_API_KEY`` is set, else ``"simulated"``."""
+    """The registry's default provider when its API key is set, else ``"simulated"``."""
     env = os.environ if environ is None else environ
-    return "together" if env.get("TOGETHER_API_KEY") else "simulated"
+    return DEFAULT_PROVIDER if env.get(PROVIDERS[DEFAULT_PROVIDER].api_key_env) else SIMULATED
 
 
 def default_model(backend: str) -> str:
     """The model used when none is given for ``backend``."""
     _check(backend)
-    return _DEFAULT_MODELS[backend]
+    return SIMULATED if backend == SIMULATED else PROVIDERS[backend].default_model
 
 
 def make_model(
@@ -68,14 +75,15 @@ def make_model(
     """
     _check(backend)
     name = model or default_model(backend)
-    if backend == "simulated":
+    if backend == SIMULATED:
         from ..models.simulated import SimulatedLLM
 
         options: dict[str, Any] = {"seed": seed, "time_scale": time_scale}
         if compose is not None:
             options["compose"] = compose
         return SimulatedLLM(**options)
-    variable = _KEYS[backend]
+    provider = PROVIDERS[backend]
+    variable = provider.api_key_env
     key = os.environ.get(variable)
     if not key and requests_only:
         key = "unused-replay-only"
@@ -84,13 +92,7 @@ def make_model(
             f"the {backend} backend needs an API key: set {variable}, or use --backend simulated "
             "(or --replay-only to serve an earlier run from the cache without any model)"
         )
-    if backend == "together":
-        from ..models.together import TogetherModel
-
-        return TogetherModel(model=name, api_key=key)
-    from ..models.openai import OpenAIModel
-
-    return OpenAIModel(model=name, api_key=key)
+    return provider.backend_class()(model=name, api_key=key)
 
 
 def request_factory(model: Any) -> Optional[Callable[..., Any]]:

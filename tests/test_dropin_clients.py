@@ -1,4 +1,4 @@
-"""Tests for the drop-in clients (cachesaver.clients, cachesaver.models.together / .openai).
+"""Tests for the drop-in clients (cachesaver.dropin.clients, cachesaver.models.together / .openai).
 
 Each test runs against the real together and OpenAI SDKs talking HTTP to a fake server.
 """
