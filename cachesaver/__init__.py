@@ -23,7 +23,7 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   those of :mod:`~cachesaver.dropin.clients`, :mod:`~cachesaver._runtime.jobs`,
   :mod:`~cachesaver._runtime.collector`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
   :mod:`~cachesaver.recovery`,
-  :mod:`~cachesaver._runtime.loop_thread` and :mod:`~cachesaver.cli`, are for use from their module.
+  :mod:`~cachesaver._runtime.loop_thread` and :mod:`~cachesaver.cli.run`, are for use from their module.
 * The simulated KV-cache cluster and the experiment runner are public subpackages that keep
   their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
   import Cluster``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous

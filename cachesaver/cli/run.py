@@ -31,11 +31,11 @@ from typing import Any, Optional, Sequence
 
 import anyio
 
-from .errors import CacheSaverError, ConfigurationError
-from .models.registry import DEFAULT_PROVIDER, PROVIDERS
-from .tasks.backends import backend_names, default_backend, default_model, make_model, request_factory
-from .tasks.loading import load_task, parse_task_options
-from .tasks.summary import RunSummary
+from ..errors import CacheSaverError, ConfigurationError
+from ..models.registry import DEFAULT_PROVIDER, PROVIDERS
+from ..tasks.backends import backend_names, default_backend, default_model, make_model, request_factory
+from ..tasks.loading import load_task, parse_task_options
+from ..tasks.summary import RunSummary
 
 __all__ = ["build_parser", "main"]
 
@@ -49,7 +49,7 @@ def package_version() -> str:
     try:
         return importlib.metadata.version("cachesaver")
     except importlib.metadata.PackageNotFoundError:
-        from . import __version__
+        from .. import __version__
 
         return str(__version__)
 
@@ -109,10 +109,10 @@ def _modeled_seconds(model: Any) -> Optional[float]:
 
 
 async def _run(args: argparse.Namespace) -> RunSummary:
-    from .models.replay_only import ReplayOnlyModel
-    from .pipelines import OnlineAPI
-    from .tasks.agents import PipelineAgent
-    from .tasks.runner import run_task
+    from ..models.replay_only import ReplayOnlyModel
+    from ..pipelines import OnlineAPI
+    from ..tasks.agents import PipelineAgent
+    from ..tasks.runner import run_task
 
     task = load_task(args.task, **parse_task_options(args.task_option))
     backend = args.backend or default_backend()
