@@ -11,26 +11,30 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
 
 * Every name in the ``__all__`` of the modules a pipeline user writes code against:
   :mod:`~cachesaver.typedefs`, :mod:`~cachesaver.errors`, :mod:`~cachesaver.pipelines`, the
-  stage modules (:mod:`~cachesaver.stages.base`, :mod:`~cachesaver.stages.caching`,
-  :mod:`~cachesaver.stages.deduplication`, :mod:`~cachesaver.stages.batching`,
-  :mod:`~cachesaver.stages.reordering`, :mod:`~cachesaver.stages.ledger_tap`), :mod:`~cachesaver.keys`,
+  stage modules of :mod:`cachesaver.stages` (``base``, ``caching``, ``deduplication``,
+  ``batching``, ``reordering``, ``ledger_tap``), :mod:`~cachesaver.keys`,
   :mod:`~cachesaver.ledger` and :mod:`cachesaver.models`. A name added to one of those
-  ``__all__`` must be added here.
+  ``__all__`` must be added here (an SDK backend is added once, in
+  :mod:`cachesaver.models.registry`, and appears here and in :mod:`cachesaver.models`).
 * From the plumbing modules, only what a user configures a pipeline or backend with:
   the store protocol ``SampleStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
   ``open_store`` (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
-  those of :mod:`~cachesaver.dropin.clients`, :mod:`~cachesaver._runtime.jobs`,
-  :mod:`~cachesaver._runtime.collector`, :mod:`~cachesaver.claims`, :mod:`~cachesaver.sample_broker`,
-  :mod:`~cachesaver.recovery`,
-  :mod:`~cachesaver._runtime.loop_thread` and :mod:`~cachesaver.cli.run`, are for use from their module.
+  those of the store's internals (:mod:`cachesaver.store`), the drop-in clients
+  (:mod:`cachesaver.dropin`) and the command line (:mod:`cachesaver.cli`), are for use from
+  their module; :mod:`cachesaver._runtime` (background jobs, the one-pass collector, the loop
+  thread) is private.
 * The simulated KV-cache cluster and the experiment runner are public subpackages that keep
   their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
   import Cluster``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous
   here, and neither is needed to use a pipeline.
+* Old module paths (``cachesaver.caching``, ``cachesaver.stage``, ``cachesaver.metering``,
+  ``cachesaver.clients``, ...) are one-line re-exports of where their names moved, kept so
+  old imports work.
 
-Backends that pull in an SDK (``TogetherModel``, ``OpenAIModel``, ``SimulatedLLM``) are imported
-on first use, so ``import cachesaver`` stays light.
+The pipeline and its stages, and the backends that pull in an SDK (``TogetherModel``,
+``OpenAIModel``, ``SimulatedLLM``), are imported on first use, so ``import cachesaver`` (and
+importing a backend) stays light.
 """
 
 from __future__ import annotations

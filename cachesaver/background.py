@@ -1,4 +1,5 @@
-"""Moved to :mod:`cachesaver._runtime.jobs`; kept so old imports work (``sample_broker`` among them)."""
+"""Moved to :mod:`cachesaver._runtime.jobs`; kept so old imports work (``store/allocation.py`` still
+uses it)."""
 
 from ._runtime.jobs import BackgroundTasks, Outcome
 

@@ -42,15 +42,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .stages.batching import AsyncBatcher
-from .stages.caching import AsyncCacher
-from .stages.deduplication import AsyncDeduplicator
 from .errors import ConfigurationError
 from .keys import DERIVE
 from .ledger import Ledger
+from .stages.base import Settled, Stage, _check_model
+from .stages.batching import AsyncBatcher
+from .stages.caching import AsyncCacher
+from .stages.deduplication import AsyncDeduplicator
 from .stages.ledger_tap import LedgerTap
 from .stages.reordering import RequestReorderer
-from .stages.base import Settled, Stage, _check_model
 from .typedefs import Request, Response
 
 __all__ = ["LocalAPI", "OnlineAPI"]

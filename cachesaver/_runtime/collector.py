@@ -7,7 +7,7 @@ schedules a detached flush, the flush yields once so the rest of the pass can jo
 everything collected to the stage's handler and delivers one outcome per item.
 
 (Not to be confused with the cache stage's *lookup rounds* in
-:mod:`cachesaver.sample_broker`: one pass collected here becomes one submission to the broker,
+:mod:`cachesaver.store.allocation`: one pass collected here becomes one submission to the broker,
 which may serve several passes in one lookup round.)
 
 Guarantees: every submitted item gets exactly one outcome, in submission order; the handler
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio.lowlevel
 
-from .jobs import Outcome
 from ..errors import PipelineClosedError
+from .jobs import Outcome
 
 if TYPE_CHECKING:
     from ..stages.base import Stage

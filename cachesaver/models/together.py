@@ -31,8 +31,8 @@ from .._runtime.checks import check_seconds
 from ..ratelimit import RateLimiter, RateLimits
 from ..retry import RetryPolicy
 from ..typedefs import Request
-from .chat_request import as_list, decoding_parameters, finish_arguments, prompt_messages
 from .chat_backend import ChatCompletionsModel, SdkErrors, given_options
+from .chat_request import as_list, decoding_parameters, finish_arguments, prompt_messages
 from .registry import dropin_getattr
 
 try:

@@ -25,8 +25,8 @@ import anyio
 from .._runtime.checks import MAX_WAIT_S, check_seconds
 from .._runtime.jobs import Outcome, _native_loop_token
 from ..errors import ConfigurationError, PipelineClosedError
-from .base import Settled, Stage, call_model
 from ..typedefs import Request
+from .base import Settled, Stage, call_model
 
 __all__ = ["AsyncBatcher"]
 

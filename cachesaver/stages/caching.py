@@ -39,9 +39,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from .._runtime.collector import PassCollector
 from ..errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from ..keys import DERIVE, model_identity, store_key, with_n
-from .._runtime.collector import PassCollector
 from ..store import open_store
 from ..store.allocation import Found, SampleBroker, Write
 from ..store.protocol import SampleStore, StoredSample

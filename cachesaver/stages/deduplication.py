@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .._runtime.collector import PassCollector
 from ..errors import IncompleteResponseError, InvalidRequestError
 from ..keys import request_key, with_n
-from .._runtime.collector import PassCollector
-from .base import Settled, Stage, call_model
 from ..typedefs import Request, Response
+from .base import Settled, Stage, call_model
 
 __all__ = ["AsyncDeduplicator"]
 

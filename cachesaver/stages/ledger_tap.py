@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import CacheMissError
-from .base import Settled, Stage, _discard_late, call_model
 from ..typedefs import Request
+from .base import Settled, Stage, _discard_late, call_model
 
 __all__ = ["LedgerTap"]
 

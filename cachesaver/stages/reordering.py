@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from ..keys import request_key
-from .base import Settled, Stage, call_model
 from ..typedefs import Request
+from .base import Settled, Stage, call_model
 
 __all__ = ["RequestReorderer"]
 
