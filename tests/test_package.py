@@ -42,7 +42,6 @@ CHOSEN_FROM_PLUMBING = {
 PLUMBING_MODULES = {"cli.run", "dropin.clients", "dropin.completions"}
 # Old module paths, each a re-export of where its names moved (so old imports work).
 SHIM_MODULES = {
-    "background": ("_runtime.jobs",),
     "batching": ("stages.batching",),
     "caching": ("stages.caching",),
     "clients": ("dropin.clients", "dropin.completions"),

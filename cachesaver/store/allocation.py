@@ -32,7 +32,7 @@ Guarantees:
   more is paid for that cannot be kept. Samples that cannot be serialised at all are dropped
   with an ERROR log and counted in :attr:`SampleBroker.unstorable_samples`.
 * Closing (:meth:`SampleBroker.aclose`) makes a last attempt; whatever is still unstored is
-  written to a recovery file (see :mod:`cachesaver.recovery`), and ``aclose`` raises
+  written to a recovery file (see :mod:`cachesaver.store.recovery`), and ``aclose`` raises
   :class:`~cachesaver.errors.UnstoredSamplesError` saying how many samples and where. The next
   broker opened on that store loads recovery files back before its first write round.
 * **Inline I/O, within a bound.** A lookup that is the only work queued (no lookup round running
@@ -59,7 +59,7 @@ from typing import Any, Sequence, cast
 
 import anyio
 
-from ..background import BackgroundTasks, Outcome
+from .._runtime.jobs import BackgroundTasks, Outcome
 from ..errors import PipelineClosedError, StoreError, UnstoredSamplesError
 from ..typedefs import Request
 from . import recovery
