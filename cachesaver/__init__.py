@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BackendError,
+    BackgroundJobError,
     BatchRequestError,
     CacheMissError,
     CacheSaverError,
@@ -111,6 +112,7 @@ __all__ = [
     "AsyncDeduplicator",
     "BackendError",
     "Batch",
+    "BackgroundJobError",
     "BatchRequestError",
     "BatchRequestModel",
     "CacheMissError",

@@ -8,6 +8,7 @@ The hierarchy, rooted at :class:`CacheSaverError`::
     |   +-- UnserializableParameterError   a parameter with no canonical form for the cache key
     +-- PipelineClosedError           a request reached a stage after aclose()        (also RuntimeError)
     +-- BatchRequestError             some requests of a batch failed; carries every result
+    +-- BackgroundJobError            a pipeline's background job crashed (raised at close)
     +-- BackendError                  the model behind the pipeline failed
     |   +-- IncompleteResponseError   the model returned fewer samples than asked
     |   +-- TransientBackendError     worth retrying (429, 5xx, timeouts); may carry retry_after_s
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 
 __all__ = [
     "BackendError",
+    "BackgroundJobError",
     "BatchRequestError",
     "CacheMissError",
     "CacheSaverError",
@@ -175,3 +177,13 @@ class UnstoredSamplesError(StoreError):
         super().__init__(message)
         self.unstored = unstored
         self.path = path
+
+
+class BackgroundJobError(CacheSaverError):
+    """Raised by ``aclose()`` when a background job of the pipeline crashed with an unexpected
+    error (a bug, not a request's own failure): the requests it was serving already got that
+    error. ``errors`` holds every crash, the first is also the cause. Report it as a bug."""
+
+    def __init__(self, message: str, errors: Sequence[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)

@@ -1473,7 +1473,7 @@ async def test_a_request_cancelled_while_waiting_for_its_window_is_still_stored(
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as group:
                 group.start_soon(pipeline.request, request)
-                await anyio.sleep(0.01)
+                await wait_until(lambda: bool(pipeline.batcher._pending))  # in the batch window
                 scope.cancel()
         await pipeline.aclose()
     # the request was already queued for the batch: it is sent, and what it paid for is kept

@@ -7,6 +7,8 @@ import logging
 import anyio
 import pytest
 
+from cachesaver.errors import BackgroundJobError
+
 from cachesaver._runtime.jobs import BackgroundTasks, Outcome
 from cachesaver.errors import PipelineClosedError
 
@@ -98,7 +100,9 @@ async def test_a_job_runs_to_completion_when_its_spawner_is_cancelled() -> None:
         await tasks.aclose()
 
 
-async def test_a_failing_job_is_logged_and_spares_its_siblings(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_job_is_logged_spares_its_siblings_and_is_raised_at_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     tasks = BackgroundTasks("test")
     release, finished = anyio.Event(), anyio.Event()
 
@@ -116,7 +120,10 @@ async def test_a_failing_job_is_logged_and_spares_its_siblings(caplog: pytest.Lo
             await anyio.sleep(0)
         release.set()
         await finished.wait()
-        await tasks.aclose()
+        with pytest.raises(BackgroundJobError, match="job went wrong") as caught:
+            await tasks.aclose()
+        await tasks.aclose()  # raised once
+    assert isinstance(caught.value.__cause__, RuntimeError)
     assert any("job went wrong" in (r.exc_text or "") + r.getMessage() for r in caplog.records)
     assert tasks.running_jobs == 0
 

@@ -16,10 +16,16 @@ import pytest
 from _support import GateModel, wait_until, write_lock_held
 
 from cachesaver.store import recovery
-from cachesaver.errors import BackendError, IncompleteResponseError, StoreError, UnstoredSamplesError
+from cachesaver.errors import (
+    BackendError,
+    BackgroundJobError,
+    IncompleteResponseError,
+    StoreError,
+    UnstoredSamplesError,
+)
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import OnlineAPI
-from cachesaver.typedefs import Request, Response
+from cachesaver.typedefs import Batch, Request, Response
 
 
 class FlakyModel:
@@ -301,3 +307,50 @@ async def test_a_lone_caller_gets_the_same_samples_with_or_without_inline_io(tmp
     assert all(len(samples) == len(set(samples)) for samples in seen.values())  # fresh in a namespace
     replayed, model = await _replay(tmp_path, requests)
     assert replayed == first and model.calls == 0
+
+
+# -- a crashed background job fails what it served and is raised at close ----------------------------
+
+
+async def test_a_crashed_write_lane_fails_its_requests_keeps_their_samples_and_is_raised_at_close(
+    tmp_path: Path,
+) -> None:
+    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=1)
+    broker = pipeline.cacher._broker
+    broker.inline_io = False  # through the write lane
+    await pipeline.request(Request("warm"))
+    real = broker._write_once
+
+    async def crash_once(final: bool = False) -> bool:
+        broker._write_once = real  # type: ignore[method-assign]
+        raise RuntimeError("a bug in the write lane")
+
+    broker._write_once = crash_once  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug in the write lane"):
+        await pipeline.request(Request("q", n=2, request_id="a"))
+    with pytest.raises(BackgroundJobError, match="a bug in the write lane") as caught:
+        await pipeline.aclose()
+    assert isinstance(caught.value.errors[0], RuntimeError)
+    assert isinstance(caught.value.__context__, UnstoredSamplesError)  # the samples were kept
+    again, model = await _replay(tmp_path, [Request("q", n=2, namespace="other")])
+    assert again == [["q#0", "q#1"]] and model.calls == 0
+
+
+async def test_misses_are_delivered_soon_while_a_lock_is_held_and_land_once_it_is_released(tmp_path: Path) -> None:
+    """Callers of a round that meets a held lock wait FIRST_WAIT_S, not store_timeout_s per
+    sample; the kept samples are counted meanwhile and land when the lock goes."""
+    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=8)  # store_timeout_s: 30 s
+    pipeline.cacher._broker.inline_io = False
+    await pipeline.request(Request("opened"))
+    requests = [Request(f"m{i}", n=2, request_id=i) for i in range(6)]
+    with write_lock_held(tmp_path / "cache.db") as locker:
+        with anyio.fail_after(20):  # one bounded wait (about 1 s), never 6 x 30 s
+            first = await pipeline.batch_request(Batch(requests=requests))
+        assert pipeline.unstored_samples == 12
+        locker.kill()
+        locker.communicate()
+        with anyio.fail_after(20):
+            await wait_until(lambda: pipeline.unstored_samples == 0, limit_s=20)
+    await pipeline.aclose()
+    replayed, model = await _replay(tmp_path, requests)
+    assert replayed == [r.data for r in first] and model.calls == 0

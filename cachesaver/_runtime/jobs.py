@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ..errors import PipelineClosedError
+from ..errors import BackgroundJobError, PipelineClosedError
 
 __all__ = ["BackgroundTasks", "Outcome"]
 
@@ -134,6 +134,8 @@ class BackgroundTasks:
         self._services: set[Any] = set()  # asyncio tasks or trio cancel scopes of service jobs
         self._scopes: set[anyio.CancelScope] = set()  # trio: cancel scopes of ordinary jobs
         self.running_jobs = 0
+        self.crashes: list[BaseException] = []
+        """Unexpected errors of jobs, in order; :meth:`aclose` raises them."""
 
     def _open_native(self, loop: asyncio.AbstractEventLoop) -> set[Any]:
         """Start the owner of asyncio jobs in ``loop``, synchronously (nothing to wait for)."""
@@ -239,8 +241,9 @@ class BackgroundTasks:
                 await job(*args)
         except anyio.get_cancelled_exc_class():
             raise
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - kept, and raised by aclose
             logger.exception("cachesaver background job of %s failed unexpectedly", self._name)
+            self.crashes.append(exc)
         finally:
             self.running_jobs -= 1
             if scope is not None:
@@ -270,11 +273,15 @@ class BackgroundTasks:
             await asyncio.wait(jobs)
 
     async def aclose(self, timeout_s: float | None = None) -> None:
-        """Stop accepting jobs, let running ones finish (cancel them after ``timeout_s``), end."""
+        """Stop accepting jobs, let running ones finish (cancel them after ``timeout_s``), end.
+
+        Raises :class:`~cachesaver.errors.BackgroundJobError` if a job crashed meanwhile (once:
+        a later ``aclose`` does not raise it again)."""
         self._closed = True
         stop, finished = self._stop, self._finished
         if stop is None or finished is None or self._loop is not _native_loop_token():
             self._group = None  # never started, or its event loop is gone
+            self._raise_crashes()
             return
         stop.set()
         if timeout_s is not None:
@@ -286,3 +293,14 @@ class BackgroundTasks:
                 elif self._host is not None:
                     self._host.cancel()
         await finished.wait()
+        self._raise_crashes()
+
+    def _raise_crashes(self) -> None:
+        crashes, self.crashes = self.crashes, []
+        if crashes:
+            raise BackgroundJobError(
+                f"{len(crashes)} background job(s) of {self._name} crashed; the requests they "
+                f"served got the error. First: {type(crashes[0]).__name__}: {crashes[0]}. This is "
+                "a bug in cachesaver or in a stage: please report it",
+                crashes,
+            ) from crashes[0]

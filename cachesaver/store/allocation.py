@@ -60,7 +60,7 @@ from typing import Any, Sequence, cast
 import anyio
 
 from .._runtime.jobs import BackgroundTasks, Outcome
-from ..errors import PipelineClosedError, StoreError, UnstoredSamplesError
+from ..errors import PipelineClosedError, StoreError, StoreLockedError, UnstoredSamplesError
 from ..typedefs import Request
 from . import recovery
 from .claims import RunClaims
@@ -80,6 +80,9 @@ __all__ = ["Found", "NewSamples", "SampleBroker", "Write"]
 
 logger = logging.getLogger(__name__)
 
+FIRST_WAIT_S = 1.0
+"""How long a write round with new samples waits for a lock held elsewhere before it keeps
+them for later and lets their callers go (kept ones then wait up to ``store_timeout_s``)."""
 RECORD_DELAY_S = 0.05
 """At most this long a delivered request's replay record waits to share the next commit."""
 _RETRY_FIRST_S = 0.5
@@ -272,6 +275,7 @@ class SampleBroker:
         self._closed = False
         self._used_inline = False  # the event loop's thread used the store
         self._records_since = 0.0  # when the oldest pending replay record was queued
+        self._in_flight_kept: list[Write] = []  # kept samples a write round is trying again
         self.unstorable_samples = 0
         self.rounds = 0
         self.write_rounds = 0
@@ -280,8 +284,10 @@ class SampleBroker:
 
     @property
     def unstored_samples(self) -> int:
-        """New samples delivered or fetched but not (yet) in the store."""
-        return sum(len(w.samples) for w in self._unstored)
+        """New samples the store refused so far, kept in memory (those a write round is trying
+        again included)."""
+        kept = sum(len(w.samples) for w in self._unstored)
+        return kept + sum(len(w.samples) for w in self._in_flight_kept if w.indices is None)
 
     @property
     def accepts_writes(self) -> bool:
@@ -354,7 +360,7 @@ class SampleBroker:
             batch = list(writes)
             records = [r for r in self._records if self._ready(r, batch)]  # replay records due
             try:
-                self._commit(batch, records, wait=False)  # never waits for another's lock
+                self._commit(batch, records, wait_s=0)  # never waits for another's lock
             except Exception:  # noqa: BLE001 - the write lane retries it, and may wait
                 pass
             else:
@@ -445,6 +451,7 @@ class SampleBroker:
     async def _serve_lookups(self) -> None:
         lane = self._lookup_lane
         lane.ready = False
+        crash: BaseException | None = None
         try:
             if not self._recovered:  # before the first lookup, so recovered samples are seen
                 self._recovered = True
@@ -462,11 +469,18 @@ class SampleBroker:
                 del self._lookups[: self._max_round]
                 abandoned, self._abandoned = self._abandoned, []
                 await self._run_lookups(lookups, abandoned)
+        except Exception as exc:  # a crash (a bug): what was queued gets it; the owner re-raises
+            crash = exc
+            raise
         finally:
             lane.running = lane.ready = False
-            # Non-empty only when the loop was cancelled (a forced close or a dying event loop).
+            # Non-empty only when the loop crashed or was cancelled (a forced close or a dying
+            # event loop).
+            error = crash if crash is not None else PipelineClosedError(
+                "the pipeline was closed before this request was served"
+            )
             for op in self._lookups:
-                op.fail(PipelineClosedError("the pipeline was closed before this request was served"))
+                op.fail(error)
             self._lookups = []
             if lane.stopped is not None:
                 lane.stopped.set()
@@ -671,6 +685,15 @@ class SampleBroker:
                     continue
                 failed = await self._write_once()
                 pause = min(pause * 2, _RETRY_MAX_S) if failed else _RETRY_FIRST_S
+        except Exception as exc:  # a crash (a bug): waiters get it, samples are kept
+            self._unstored.extend(w for w in self._writes if w not in self._unstored)
+            self._unstored_records.extend(r for r in self._records if r not in self._unstored_records)
+            self._writes, self._records = [], []
+            self._last_error = exc
+            outcomes, self._write_outcomes = self._write_outcomes, []
+            for outcome in outcomes:
+                outcome.fail(exc)
+            raise
         finally:
             lane.running = lane.ready = False
             if lane.stopped is not None:
@@ -681,12 +704,17 @@ class SampleBroker:
         writes = self._unstored + self._writes
         records = self._unstored_records + self._records
         outcomes = self._write_outcomes
+        # Callers wait for a round with new samples: it waits FIRST_WAIT_S at most for a lock
+        # held elsewhere, then keeps them and lets the callers go; kept ones retry with the
+        # store's full bound.
+        wait_s = FIRST_WAIT_S if outcomes and not final else None
+        self._in_flight_kept = self._unstored
         self._writes, self._records, self._write_outcomes = [], [], []
         self._unstored, self._unstored_records = [], []
         self._write_lane.busy = True
         try:
             with anyio.CancelScope(shield=final):
-                left, left_records, error = await self.write_thread.run(self._write_round, writes, records)
+                left, left_records, error = await self.write_thread.run(self._write_round, writes, records, wait_s)
         except BaseException:
             # Cancelled (a forced close): keep everything for the recovery file.
             self._unstored = [w for w in writes if w.indices is None]
@@ -696,6 +724,7 @@ class SampleBroker:
             raise
         finally:
             self._write_lane.busy = False
+            self._in_flight_kept = []
         self.write_rounds += 1
         self._unstored, self._unstored_records = left, left_records
         if error is not None:
@@ -714,18 +743,23 @@ class SampleBroker:
         return error is not None
 
     def _write_round(
-        self, writes: list[Write], records: list[_Record]
+        self, writes: list[Write], records: list[_Record], wait_s: float | None = None
     ) -> tuple[list[Write], list[_Record], BaseException | None]:
-        """Store ``writes`` and the ready ``records``; what is left, and the error if any."""
+        """Store ``writes`` and the ready ``records``; what is left, and the error if any.
+
+        A lock held elsewhere keeps everything for later at once; any other failure is retried
+        item by item, so one bad sample costs only its own storage."""
         try:
-            self._commit(writes, [r for r in records if self._ready(r, writes)])
+            self._commit(writes, [r for r in records if self._ready(r, writes)], wait_s)
             return [], [r for r in records if not r.written], None
+        except StoreLockedError as exc:
+            return writes, [r for r in records if not r.written], exc
         except Exception as exc:  # noqa: BLE001 - retried one by one, so one bad item costs itself
             error: BaseException = exc
         left: list[Write] = []
         for write in writes:
             try:
-                self._commit([write], [])
+                self._commit([write], [], wait_s)
             except Exception as exc:  # noqa: BLE001
                 if not _serialisable(write.samples):
                     self.unstorable_samples += len(write.samples)
@@ -744,7 +778,7 @@ class SampleBroker:
                 left_records.append(record)
                 continue
             try:
-                self._commit([], [record])
+                self._commit([], [record], wait_s)
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 left_records.append(record)
@@ -756,12 +790,12 @@ class SampleBroker:
         pending = {id(w) for w in writes}
         return all(w.indices is not None or id(w) in pending for w, _ in record.parts)
 
-    def _commit(self, writes: list[Write], records: list[_Record], wait: bool = True) -> None:
+    def _commit(self, writes: list[Write], records: list[_Record], wait_s: float | None = None) -> None:
         """Append ``writes`` and store ``records`` in one commit, claiming what is owned."""
         positions = {id(w): i for i, w in enumerate(writes)}
         appends = [Append(w.key, tuple(w.samples)) for w in writes]
         record_writes = [r.to_write(positions) for r in records]
-        self.store.commit(appends, record_writes, hook=_ClaimOnCommit(self, writes, records), wait=wait)
+        self.store.commit(appends, record_writes, hook=_ClaimOnCommit(self, writes, records), wait_s=wait_s)
 
     # -- recovery files -----------------------------------------------------------------------
 

@@ -512,15 +512,16 @@ class DiskcacheStore:
         return start
 
     @contextmanager
-    def transaction(self, wait: bool = True) -> Iterator[None]:
+    def transaction(self, wait_s: float | None = None) -> Iterator[None]:
         """Hold the store's write lock: everything written inside commits together.
 
-        Waits at most ``store_timeout_s`` (about a millisecond with ``wait=False``) for the
-        lock, then raises
+        Waits at most ``store_timeout_s`` (or ``wait_s`` if smaller; about a millisecond for 0)
+        for the lock, then raises
         :class:`~cachesaver.errors.StoreLockedError`. Nested transactions (in one thread) join
         the outer one.
         """
-        deadline = time.monotonic() + (self.store_timeout_s if wait else 0.0)
+        bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
+        deadline = time.monotonic() + bound
         with ExitStack() as stack:
             shards = getattr(self.cache, "_shards", None) if not self._plain else None
             if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
@@ -659,16 +660,16 @@ class DiskcacheStore:
         *,
         token: str | None = None,
         hook: CommitHook | None = None,
-        wait: bool = True,
+        wait_s: float | None = None,
     ) -> list[int] | None:
         """See :meth:`cachesaver.store.protocol.SampleStore.commit`: one SQLite transaction,
-        waiting at most ``store_timeout_s`` for the write lock (not at all with ``wait=False``)."""
+        waiting at most ``store_timeout_s`` (or ``wait_s``) for the write lock."""
         self._check_open()
         if not self.writable:
             raise StoreError(f"the cache at {self.directory} is read-only; open a writable copy to add samples")
         started = False
         try:
-            with self.transaction(wait):
+            with self.transaction(wait_s):
                 if hook is not None:
                     hook.before()
                 started = True

@@ -109,7 +109,7 @@ class MemoryStore:
         *,
         token: str | None = None,
         hook: CommitHook | None = None,
-        wait: bool = True,
+        wait_s: float | None = None,
     ) -> list[int] | None:
         try:
             encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]

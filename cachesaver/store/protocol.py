@@ -212,12 +212,13 @@ class SampleStore(Protocol):
         *,
         token: str | None = None,
         hook: CommitHook | None = None,
-        wait: bool = True,
+        wait_s: float | None = None,
     ) -> list[int] | None:
         """Append and write atomically; the first index of each append (None if ``token`` was
         applied before, in which case nothing is written). ``hook`` is called as
-        :class:`CommitHook` says. With ``wait=False`` the engine does not wait for a lock held
-        elsewhere: it raises StoreLockedError at once (the caller retries where it may wait)."""
+        :class:`CommitHook` says. ``wait_s`` bounds how long the engine waits for a lock held
+        elsewhere (None: its own bound, 0: not at all), after which it raises StoreLockedError
+        and writes nothing."""
         ...
 
     def applied(self, token: str) -> bool:

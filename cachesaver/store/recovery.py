@@ -7,7 +7,9 @@ first lookup.
 
 Where: ``<cache directory>/cachesaver-recovery/`` when the store is a directory that can be
 written, else ``$TMPDIR/cachesaver-recovery/<digest of the store's location>/``. Both places
-are read when a pipeline opens the store. A file is committed with its name as the commit's
+are read when a pipeline opens the store; a folder that is not this user's own, or that others
+may write to, is neither written nor read (its files are pickles, and unpickling a stranger's
+file runs their code). Folders are created with mode 0700. A file is committed with its name as the commit's
 token, so it is stored once even if it cannot be deleted afterwards; it is deleted once
 committed.
 
@@ -21,6 +23,7 @@ Format: a pickle (the samples are whatever the model returned) of a dict with ``
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import tempfile
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     from .allocation import Write, _Record
 
 __all__ = ["load_into", "locations", "save"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "cachesaver-recovery/2"
 _SUFFIX = ".recovery"
@@ -72,7 +77,9 @@ def save(location: str, writes: Sequence["Write"], records: Sequence["_Record"])
     errors = []
     for folder in locations(location):
         try:
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if not _trusted(folder):
+                raise OSError(f"{folder} belongs to another user or others may write to it")
             path = os.path.join(folder, name)
             partial = path + ".partial"
             with open(partial, "wb") as handle:
@@ -101,6 +108,10 @@ def load_into(store: SampleStore) -> tuple[int, int] | None:
             names = sorted(n for n in os.listdir(folder) if n.endswith(_SUFFIX))
         except OSError:
             continue
+        if names and not _trusted(folder):  # a file planted by someone else is never unpickled
+            logger.warning("cachesaver ignores the recovery folder %s: it is not owned by this user "
+                           "or others may write to it", folder)
+            continue
         for name in names:
             found = True
             path = os.path.join(folder, name)
@@ -118,6 +129,18 @@ def load_into(store: SampleStore) -> tuple[int, int] | None:
                 records += len(writes)
             _remove(path)
     return (samples, records) if found else None
+
+
+def _trusted(folder: str) -> bool:
+    """Whether ``folder`` belongs to this user and no one else may write to it."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return False
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and info.st_uid != getuid():
+        return False
+    return not info.st_mode & 0o022
 
 
 def _remove(path: str) -> None:
