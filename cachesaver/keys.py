@@ -42,6 +42,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +51,8 @@ from .errors import ConfigurationError, UnserializableParameterError
 from .stages.base import Stage
 
 __all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value", "model_identity", "store_key"]
+
+logger = logging.getLogger(__name__)
 
 KEY_SCHEMA = "cachesaver-key/1"
 NON_KEY_FIELDS = frozenset({"n", "request_id", "namespace"})
@@ -324,7 +327,20 @@ def model_identity(model: Any, model_id: Any = DERIVE) -> str | None:
         value = getattr(model, name, None)
         if isinstance(value, str) and value:
             return _checked(value, f"{type(model).__name__}.{name}")
+    kind = type(model)
+    if kind not in _warned_anonymous and len(_warned_anonymous) < 256:
+        _warned_anonymous.add(kind)
+        logger.warning(
+            "cachesaver cannot tell which model %s serves (no cache_identity, and no model or "
+            "model_name string): its samples are keyed by the request alone, so another model on "
+            "the same cache would share them. Pass model_id='...' to the pipeline, or declare "
+            "cache_identity = None on the class if its requests already name the model.",
+            kind.__name__,
+        )
     return None
+
+
+_warned_anonymous: set[type] = set()
 
 
 def store_key(request: Any, identity: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 import json
 import os
 import subprocess
@@ -382,3 +383,15 @@ def test_a_bad_identity_is_a_configuration_error(model: Any, model_id: Any, matc
             keys.model_identity(model)
         else:
             keys.model_identity(model, model_id)
+
+
+def test_a_model_with_no_identity_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Anonymous:
+        async def request(self, request: Any) -> Any:  # pragma: no cover - never called
+            raise AssertionError
+
+    with caplog.at_level(logging.WARNING, logger="cachesaver"):
+        assert keys.model_identity(Anonymous()) is None
+        assert keys.model_identity(Anonymous()) is None
+    warned = [r for r in caplog.records if "cannot tell which model Anonymous" in r.getMessage()]
+    assert len(warned) == 1 and "model_id=" in warned[0].getMessage()

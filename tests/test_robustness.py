@@ -266,6 +266,7 @@ BAD_INPUTS = {
     "create-messages-none": lambda t, s: _create(t, s, messages=None),
     "create-messages-int": lambda t, s: _create_together(t, s, messages=123),
     "create-extra-body-str": lambda t, s: _create(t, s, messages=[{"role": "user", "content": "hi"}], extra_body="x"),
+    "create-negative-timeout": lambda t, s: _create(t, s, messages=[{"role": "user", "content": "hi"}], timeout=-1),
     "timeout-inf": lambda t, s: _built(lambda: OnlineAPI(ScriptedModel(), t, batch_size=2, timeout=float("inf"))),
     "timeout-1e300": lambda t, s: _built(lambda: LocalAPI(ScriptedModel(), t, batch_size=2, timeout=1e300)),
     "retry-delay-nan": lambda t, s: _built(lambda: RetryPolicy(max_delay_s=float("nan"))),

@@ -11,6 +11,8 @@ chat-completion JSON the SDK's completion type is built from (choices renumbered
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -41,6 +43,14 @@ def chat_request(kind: str, base_url: str, namespace: str, call: Mapping[str, An
     arguments = {k: v for k, v in call.items() if not _is_not_given(v)}
     # Kept even when None: the SDK reads timeout=None as "no time-out".
     transport = {name: arguments.pop(name) for name in TRANSPORT_OPTIONS if name in arguments}
+    timeout = transport.get("timeout")
+    if isinstance(timeout, bool) or (
+        isinstance(timeout, (int, float)) and not (math.isfinite(timeout) and timeout > 0)
+    ):
+        raise InvalidRequestError(
+            f"chat.completions.create(timeout=...) must be a finite number of seconds > 0 (or None "
+            f"for none), got {timeout!r}"
+        )
     if "model" not in arguments or "messages" not in arguments:
         raise InvalidRequestError("chat.completions.create needs model= and messages=")
     model = arguments.pop("model")

@@ -67,6 +67,9 @@ class ReplayOnlyModel:
     request fails on its own.
     """
 
+    cache_identity = None
+    """Its requests are the whole of what it answers: no model identity is added to keys."""
+
     replay_only = True
 
     def __init__(self) -> None:

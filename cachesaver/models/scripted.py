@@ -70,6 +70,9 @@ class ScriptedModel:
     ``peak_in_flight`` are counted with either ``keep_log``.
     """
 
+    cache_identity = None
+    """Its requests are the whole of what it answers: no model identity is added to keys."""
+
     latency_s: float = 0.0
     fail: frozenset[str] | set[str] = frozenset()
     fail_with: Callable[[Request], BaseException | None] | None = None

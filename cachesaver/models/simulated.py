@@ -293,6 +293,9 @@ class SimulatedLLM:
             (default :func:`default_compose`); use it to give answers a task's shape.
     """
 
+    cache_identity = None
+    """Its requests are the whole of what it answers: no model identity is added to keys."""
+
     def __init__(
         self,
         seed: int = 0,
