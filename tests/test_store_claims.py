@@ -165,17 +165,17 @@ def test_moved_entries_are_found_whichever_equal_strings_name_them() -> None:
 def test_a_disk_that_refuses_the_move_loses_nothing_and_is_not_retried_every_round(
     tmp_path, monkeypatch
 ) -> None:
-    import diskcache
+    import sqlite3
     import tempfile
 
     attempts = []
 
-    def refusing_cache(*args, **kwargs):
+    def refusing_database(*args, **kwargs):
         attempts.append(args)
         raise OSError("No space left on device")
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(diskcache, "Cache", refusing_cache)
+    monkeypatch.setattr(sqlite3, "connect", refusing_database)
     claims = RunClaims(max_in_memory=4)
     for i in range(6):
         claims.next_use("ns", f"k{i}", "id", 1)

@@ -21,26 +21,25 @@ the system's temporary directory (``TMPDIR``; keep it on disk, not in RAM, for t
 mean anything) and brings them back when they are needed again, so a long run with ever-new
 prompts or ids keeps a fixed memory footprint and makes exactly the same choices. From then on
 an entry not in memory costs a disk read (tens of microseconds) in the broker's worker thread.
-:meth:`RunClaims.close` deletes that directory (so does collecting the object, or exiting) and
-closes the private store's SQLite connections: diskcache opens one per thread, so the one of
-each :class:`~cachesaver.store.threads.StoreThread` that used it (where the broker's rounds run)
-is closed on that thread, and the calling thread's in place; no connection is left open.
+:meth:`RunClaims.close` deletes that directory and closes its one SQLite connection (so does
+collecting the object, or exiting). The private store is a table of the standard library's
+``sqlite3``, not a cache engine: claims never depend on which engine holds the samples.
 There are no per-key locks: all decisions are made by one worker at a time.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
+import sqlite3
 import tempfile
+import threading
 import weakref
 from collections import OrderedDict
 from itertools import islice
 from typing import Any, Iterable, Sequence
 
-import diskcache
-
-from ..errors import StoreError
-from .threads import StoreThread
 
 __all__ = ["KeyClaims", "RunClaims"]
 
@@ -94,23 +93,51 @@ class KeyClaims:
 
 
 def _spill_name(kind: str, ident: tuple[Any, ...]) -> str:
-    # A string, not the tuple: diskcache pickles tuple keys, and pickle output depends on which
-    # equal strings are the same object, so equal tuples could be stored under different keys.
-    # repr of str/int/tuple values is canonical.
+    # A string, not the tuple: pickle output of a tuple depends on which equal strings are the
+    # same object, so equal tuples could be stored under different names. repr of str/int/tuple
+    # values is canonical.
     return f"{kind}{ident!r}"
 
 
-def _remove_spill(spill: diskcache.Cache, users: set[StoreThread | None]) -> None:
-    """Close the spill's connection in each thread that used it, then delete its files."""
-    here = StoreThread.current()
-    for thread in users - {here, None}:
+class _Spill:
+    """The private on-disk part of a run's claims: one SQLite table of pickled entries in a new
+    temporary directory, through one connection that any thread may use (under a lock), closed
+    and deleted by :meth:`remove`."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="cachesaver-claims-")
         try:
-            thread.submit(spill.close)  # runs before the store closes that thread, in order
-        except StoreError:  # that thread has ended already
-            pass
-    users.clear()
-    spill.close()  # this thread's connection, if any
-    shutil.rmtree(spill.directory, ignore_errors=True)
+            self._con = sqlite3.connect(
+                os.path.join(self.directory, "claims.db"), check_same_thread=False, isolation_level=None
+            )
+            self._con.execute("PRAGMA journal_mode = OFF")  # private and rebuilt each run
+            self._con.execute("CREATE TABLE entries (name TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID")
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        self._lock = threading.Lock()
+
+    def get(self, name: str, default: Any) -> Any:
+        with self._lock:
+            row = self._con.execute("SELECT value FROM entries WHERE name = ?", (name,)).fetchone()
+        return default if row is None else pickle.loads(row[0])
+
+    def put_all(self, items: Iterable[tuple[str, Any]]) -> None:
+        """Store every (name, value) at once: all or nothing."""
+        rows = [(name, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)) for name, value in items]
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                self._con.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", rows)
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
+    def remove(self) -> None:
+        with self._lock:
+            self._con.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class RunClaims:
@@ -124,10 +151,9 @@ class RunClaims:
     def __init__(self, max_in_memory: int | None = None) -> None:
         if max_in_memory is not None:
             self.max_in_memory = max_in_memory
-        self._spill_users: set[StoreThread | None] = set()  # threads with a connection to the spill
         self._keys: OrderedDict[tuple[str, str], KeyClaims] = OrderedDict()
         self._uses: OrderedDict[tuple[Any, ...], int] = OrderedDict()
-        self._spill: diskcache.Cache | None = None
+        self._spill: _Spill | None = None
         self._finalizer: weakref.finalize | None = None
         self._retry_above = 0  # after a failed trim, wait until memory grows past this
         self._released: dict[tuple[Any, ...], list[int]] = {}  # uses given back, per identity
@@ -206,11 +232,10 @@ class RunClaims:
             old_keys = list(islice(self._keys.items(), max(len(self._keys) - limit, 0)))
             old_uses = list(islice(self._uses.items(), max(len(self._uses) - limit, 0)))
             # Written first, dropped from memory after the commit: a failed write loses nothing.
-            with spill.transact():
-                for ident, entry in old_keys:
-                    spill.set(_spill_name("k", ident), (entry.floor, entry.above))
-                for ident, use in old_uses:
-                    spill.set(_spill_name("u", ident), use)
+            spill.put_all(
+                [(_spill_name("k", ident), (entry.floor, entry.above)) for ident, entry in old_keys]
+                + [(_spill_name("u", ident), use) for ident, use in old_uses]
+            )
         except Exception:
             # Try again only once memory has grown by half again: no retry storm on a bad disk.
             self._retry_above = max(len(self._keys), len(self._uses)) * 3 // 2
@@ -221,31 +246,23 @@ class RunClaims:
         for ident, _ in old_uses:
             del self._uses[ident]
 
-    def _open_spill(self) -> diskcache.Cache:
+    def _open_spill(self) -> _Spill:
         spill = self._spill
         if spill is None:
-            directory = tempfile.mkdtemp(prefix="cachesaver-claims-")
-            try:
-                spill = diskcache.Cache(directory, eviction_policy="none", cull_limit=0)
-            except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)
-                raise
-            self._spill = spill
+            spill = self._spill = _Spill()
             # Deleted at close, or at the latest when this object is collected or at exit.
-            self._finalizer = weakref.finalize(self, _remove_spill, spill, self._spill_users)
-        self._spill_users.add(StoreThread.current())
+            self._finalizer = weakref.finalize(self, spill.remove)
         return spill
 
     def _spill_get(self, name: str, default: Any) -> Any:
-        self._spill_users.add(StoreThread.current())
         return self._spill.get(name, default)  # type: ignore[union-attr]
 
     def close(self) -> None:
-        """Delete the on-disk part, if any, and close its connection (on the thread that opened
-        it, see the module docstring); the object must not be used afterwards."""
+        """Delete the on-disk part, if any, closing its connection; the object must not be used
+        afterwards."""
         spill, self._spill = self._spill, None
         if spill is not None and self._finalizer is not None:
-            self._finalizer()  # _remove_spill
+            self._finalizer()  # spill.remove
 
     def choose(
         self,
