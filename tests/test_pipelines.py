@@ -378,10 +378,10 @@ async def test_identical_requests_waiting_in_one_batch_window_merge(tmp_path: Pa
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(ask, Request("hi", request_id="first"))
-            await anyio.sleep(0.01)  # a later pass of the event loop, same batch window
+            await wait_until(lambda: len(pipeline.batcher._pending) == 1)  # a later pass, same window
             group.start_soon(ask, Request("hi", request_id="second"))
             group.start_soon(ask, Request("other"))
-            await anyio.sleep(0.01)
+            await wait_until(lambda: len(pipeline.batcher._pending) == 3)
             assert model.calls == 0  # all three still wait in the window
             await pipeline.aclose()  # sends the window's batch now
     assert model.batch_sizes == [2], model.log
@@ -396,7 +396,7 @@ async def test_a_cache_hit_does_not_wait_for_the_batch_window(tmp_path: Path) ->
     pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
     async with anyio.create_task_group() as group:
         group.start_soon(pipeline.request, Request("a miss, waiting for its window"))
-        await anyio.sleep(0.01)
+        await wait_until(lambda: bool(pipeline.batcher._pending))
         with anyio.fail_after(1):  # deadlock guard: the hit must not wait 30 s
             hit = await pipeline.request(Request("stored", n=2))
         assert model.calls == 0
@@ -693,7 +693,7 @@ async def test_aclose_with_a_batch_waiting_for_its_window_does_not_wait(tmp_path
                 got.append(await pipeline.request(Request("hi")))
 
             group.start_soon(ask)
-            await anyio.sleep(0.01)
+            await wait_until(lambda: bool(pipeline.batcher._pending))
             await pipeline.aclose()
     assert got[0].data == ["hi#0"]
     assert stored_count(tmp_path, Request("hi")) == 1

@@ -8,7 +8,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from _support import GateModel, SingleOnlyModel, gather
+from _support import GateModel, SingleOnlyModel, gather, wait_until
 
 from cachesaver.stages.batching import AsyncBatcher
 from cachesaver.errors import BackendError, ConfigurationError, PipelineClosedError
@@ -108,7 +108,7 @@ async def test_closing_sends_the_partial_batch_without_waiting_for_the_window() 
                 got.append(await batcher.request(Request("hi")))
 
             group.start_soon(ask)
-            await anyio.sleep(0.01)
+            await wait_until(lambda: bool(batcher._pending))  # it waits in the window
             assert model.calls == 0
             await batcher.aclose()
     assert got[0].data == ["hi#0"]
