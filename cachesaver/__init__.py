@@ -18,7 +18,8 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   :mod:`cachesaver.models.registry`, and appears here and in :mod:`cachesaver.models`).
 * From the plumbing modules, only what a user configures a pipeline or backend with:
   the store protocol ``SampleStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
-  ``open_store`` (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
+  ``open_store`` with ``CacheSpec``, the type of what ``cache=`` accepts
+  (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
   those of the store's internals (:mod:`cachesaver.store`), the drop-in clients
   (:mod:`cachesaver.dropin`) and the command line (:mod:`cachesaver.cli`), are for use from
@@ -63,15 +64,26 @@ from .errors import (
     UnstoredSamplesError,
 )
 from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, model_identity, request_key, store_key
-from .ledger import Ledger, LedgerEntry, Price, PriceTable
+from .ledger import Ledger, LedgerEntry, LedgerHooks, Price, PriceTable
 from .models.registry import PROVIDERS
 from .models.scripted import RecordedCall, ScriptedModel
 from .stages.base import Settled, Stage, call_model
-from .store import open_store
+from .store import CacheSpec, open_store
 from .store.diskcache import DiskcacheStore
 from .store.memory import MemoryStore
 from .store.protocol import SampleStore
-from .typedefs import Batch, BatchRequestModel, Message, Prompt, Request, Response, SingleRequestModel
+from .typedefs import (
+    Batch,
+    BatchMethodModel,
+    BatchRequestModel,
+    Message,
+    Model,
+    Prompt,
+    Request,
+    RequestMethodModel,
+    Response,
+    SingleRequestModel,
+)
 
 if TYPE_CHECKING:
     from .models.chat_backend import ChatCompletionsModel
@@ -113,10 +125,12 @@ __all__ = [
     "BackendError",
     "Batch",
     "BackgroundJobError",
+    "BatchMethodModel",
     "BatchRequestError",
     "BatchRequestModel",
     "CacheMissError",
     "CacheSaverError",
+    "CacheSpec",
     "ChatCompletionsModel",
     "ChatRequest",
     "ConfigurationError",
@@ -128,10 +142,12 @@ __all__ = [
     "KEY_SCHEMA",
     "Ledger",
     "LedgerEntry",
+    "LedgerHooks",
     "LedgerTap",
     "LocalAPI",
     "MemoryStore",
     "Message",
+    "Model",
     "NON_KEY_FIELDS",
     "OnlineAPI",
     "PermanentBackendError",
@@ -144,6 +160,7 @@ __all__ = [
     "RecordedCall",
     "ReplayOnlyModel",
     "Request",
+    "RequestMethodModel",
     "RequestReorderer",
     "Response",
     "RetryPolicy",

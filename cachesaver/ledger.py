@@ -1,7 +1,7 @@
 """What a pipeline spent and what it saved, per namespace and in total, in calls, samples,
 tokens and money.
 
-A pipeline feeds its :class:`Ledger` through two hooks:
+A pipeline feeds its :class:`Ledger` through two hooks (the :class:`LedgerHooks` protocol):
 
 * ``record_upstream(request, outcome)`` once for every request that reaches the model
   (``request.n`` samples asked), with the model's Response or the exception it raised (a short
@@ -42,12 +42,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from .errors import ConfigurationError
 from .typedefs import Request, Response
 
-__all__ = ["Ledger", "LedgerEntry", "Price", "PriceTable"]
+__all__ = ["Ledger", "LedgerEntry", "LedgerHooks", "Price", "PriceTable"]
 
 _MILLION = Decimal(1_000_000)
 
@@ -143,6 +143,19 @@ def _tokens(usage: Any) -> tuple[int, int]:
     else:
         prompt, completion = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
     return int(prompt or 0), int(completion or 0)
+
+
+class LedgerHooks(Protocol):
+    """The two hooks a pipeline calls on its ledger; :class:`Ledger` implements them, and a
+    :class:`~cachesaver.stages.ledger_tap.LedgerTap` accepts any object that does."""
+
+    def record_upstream(self, request: Request, outcome: Response | BaseException) -> None:
+        """Called once for every request that reached the model, with what it returned or raised."""
+        ...
+
+    def record_served(self, request: Request, response: Response) -> None:
+        """Called once for every request answered to its caller."""
+        ...
 
 
 class Ledger:

@@ -51,7 +51,8 @@ from .stages.caching import AsyncCacher
 from .stages.deduplication import AsyncDeduplicator
 from .stages.ledger_tap import LedgerTap
 from .stages.reordering import RequestReorderer
-from .typedefs import Request, Response
+from .store import CacheSpec
+from .typedefs import Model, Request, Response
 
 __all__ = ["LocalAPI", "OnlineAPI"]
 
@@ -59,18 +60,18 @@ __all__ = ["LocalAPI", "OnlineAPI"]
 class _Pipeline(Stage):
     def __init__(
         self,
-        model: Any,
-        cache: Any,
+        model: Model,
+        cache: CacheSpec,
         batch_size: int,
         timeout: float = 0.01,
         *,
-        ledger: Any = None,
+        ledger: Ledger | None = None,
         max_refetch: int = 2,
         model_id: Any = DERIVE,
         store_timeout_s: float = 30.0,
     ) -> None:
         _check_model(model, type(self).__name__)
-        self.ledger = ledger if ledger is not None else Ledger()
+        self.ledger: Ledger = ledger if ledger is not None else Ledger()
         self.reorderer = RequestReorderer(LedgerTap(model, self.ledger))
         self.window_deduplicator = AsyncDeduplicator(self.reorderer, across_calls=False)
         self.batcher = AsyncBatcher(self.window_deduplicator, batch_size=batch_size, timeout=timeout)
@@ -120,7 +121,7 @@ class OnlineAPI(_Pipeline):
 class LocalAPI(_Pipeline):
     """Cache, deduplicate, batch and reorder requests for a local batch model."""
 
-    def __init__(self, model: Any, cache: Any, batch_size: int, timeout: float = 0.01, **options: Any) -> None:
+    def __init__(self, model: Model, cache: CacheSpec, batch_size: int, timeout: float = 0.01, **options: Any) -> None:
         _check_model(model, type(self).__name__)
         if not callable(getattr(model, "batch_request", None)):
             raise ConfigurationError(

@@ -4,7 +4,9 @@
 with ``async request(Request) -> Response`` (:class:`SingleRequestModel`) and/or
 ``async batch_request(Batch) -> list[Response]`` (:class:`BatchRequestModel`); a plain (sync)
 method is accepted too and run in a worker thread (see :func:`cachesaver.stages.base.call_model`).
-Every cachesaver stage is such a model wrapping another one, so stages compose freely.
+:data:`Model` is the static type of what a stage or pipeline accepts as ``model``: either
+method, async or sync. Every cachesaver stage is such a model wrapping another one, so stages
+compose freely.
 
 >>> r = Request(prompt="What is 2 + 2?", n=2, request_id="q1", namespace="run-a")
 >>> (r.n, r.namespace, r.temperature)
@@ -18,16 +20,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, List, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Awaitable, List, Optional, Protocol, Union, runtime_checkable
 
 from .errors import InvalidRequestError
 
 __all__ = [
     "Batch",
+    "BatchMethodModel",
     "BatchRequestModel",
     "Message",
+    "Model",
     "Prompt",
     "Request",
+    "RequestMethodModel",
     "Response",
     "SingleRequestModel",
 ]
@@ -244,3 +249,32 @@ class BatchRequestModel(Protocol):
     async def batch_request(self, batch: Batch) -> List[Response]:
         """Return one Response per request of ``batch``, in the same order."""
         ...
+
+
+BatchAnswer = Sequence[Union[Response, BaseException]]
+"""What a ``batch_request`` returns: one Response (or the exception that request alone failed
+with) per request, in order."""
+
+
+class RequestMethodModel(Protocol):
+    """Statically, a model with a ``request`` method, async or sync (a sync one runs in a worker
+    thread). :class:`SingleRequestModel` is its async-only form."""
+
+    def request(self, request: Request, /) -> Union[Response, Awaitable[Response]]:
+        """Exactly ``request.n`` samples for ``request`` (or an awaitable of them)."""
+        ...
+
+
+class BatchMethodModel(Protocol):
+    """Statically, a model with a ``batch_request`` method, async or sync (a sync one runs in a
+    worker thread). :class:`BatchRequestModel` is its async-only form."""
+
+    def batch_request(self, batch: Batch, /) -> Union[BatchAnswer, Awaitable[BatchAnswer]]:
+        """One Response (or exception) per request of ``batch``, in order (or an awaitable)."""
+        ...
+
+
+Model = Union[RequestMethodModel, BatchMethodModel]
+"""What a stage or pipeline accepts as ``model``: an object with ``request`` and/or
+``batch_request``, each async or sync. Checked statically only; at run time the stage checks
+that one of the two methods exists (:class:`~cachesaver.errors.ConfigurationError` if not)."""

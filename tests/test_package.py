@@ -34,7 +34,7 @@ PUBLIC_MODULES = (
 CHOSEN_FROM_PLUMBING = {
     "ratelimit": ("RateLimiter", "RateLimits"),
     "retry": ("RetryPolicy",),
-    "store": ("open_store",),
+    "store": ("CacheSpec", "open_store"),
     "store.protocol": ("SampleStore",),
     "store.diskcache": ("DiskcacheStore",),
     "store.memory": ("MemoryStore",),

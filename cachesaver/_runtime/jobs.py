@@ -228,7 +228,9 @@ class BackgroundTasks:
             with anyio.CancelScope(shield=True):
                 group = await self._open_trio()
         self.running_jobs += 1
-        group.start_soon(self._guard, job, args, service)
+        # anyio types CancelScope.__exit__ as maybe swallowing, but a shield without a deadline
+        # never skips the assignment above: group is a TaskGroup here.
+        group.start_soon(self._guard, job, args, service)  # type: ignore[union-attr]
 
     async def _guard(self, job: Callable[..., Awaitable[Any]], args: tuple[Any, ...], service: bool) -> None:
         scope = None

@@ -66,9 +66,14 @@ _HINTS = {
 
 
 class SdkErrors:
-    """The exception classes of one SDK, by role (all Stainless-generated SDKs share them)."""
+    """The exception classes of one SDK, by role (all Stainless-generated SDKs share them).
 
-    def __init__(self, base: type, status: type, connection: type) -> None:
+    ``status`` is the SDK's HTTP-status error, whose instances carry an int ``status_code``.
+    """
+
+    def __init__(
+        self, base: type[Exception], status: type[Exception], connection: type[Exception]
+    ) -> None:
         self.base = base
         self.status = status
         self.connection = connection
@@ -176,7 +181,7 @@ class ChatCompletionsModel:
     cache_identity: ClassVar[None] = None
     sdk_errors: ClassVar[SdkErrors]
     #: The SDK's async client class (``together.AsyncTogether``, ``openai.AsyncOpenAI``).
-    sdk_client_class: ClassVar[type]
+    sdk_client_class: ClassVar[type[Any]]
     #: How error messages name the SDK ("together", "OpenAI").
     sdk_name: ClassVar[str] = "chat"
     #: How to supply credentials, appended to the error when the SDK client cannot be built.
@@ -375,8 +380,10 @@ class ChatCompletionsModel:
         except errors.status as exc:
             response = getattr(exc, "response", None)
             headers = getattr(response, "headers", None)
+            # SdkErrors.status is an SDK's APIStatusError, which has status_code (Exception does not).
+            status: int = exc.status_code  # type: ignore[attr-defined]
             raise backend_error(
-                self.kind, exc.status_code, _status_message(exc),
+                self.kind, status, _status_message(exc),
                 request_id=request.request_id, retry_after_s=parse_retry_after(headers),
                 provider_request_id=_provider_request_id(exc, headers),
             ) from exc

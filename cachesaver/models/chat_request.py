@@ -205,6 +205,11 @@ def _choice_text(choice: Mapping[str, Any]) -> Any:
     return choice.get("text")
 
 
+def _choice_index(choice: Mapping[str, Any]) -> int:
+    index = choice.get("index")
+    return index if isinstance(index, int) else 0
+
+
 def samples_from_completion(
     completion: Mapping[str, Any], sample_format: str
 ) -> tuple[list[Any], Optional[list[dict[str, int]]]]:
@@ -215,7 +220,7 @@ def samples_from_completion(
     """
     choices = sorted(
         (c for c in completion.get("choices") or () if isinstance(c, Mapping)),
-        key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0,
+        key=_choice_index,
     )
     if sample_format == "choice":
         samples: list[Any] = [dict(c) for c in choices]

@@ -387,12 +387,12 @@ class SimulatedLLM:
         routing = self.cluster.route(chat_id, self._clock, conversation[-1][1])
         if not routing.response.success:
             self._count(failed_requests=1)
-            error = TransientBackendError(
+            offline = TransientBackendError(
                 "every simulated server is offline; add or restart a server in the cluster",
                 status=503,
                 request_id=getattr(request, "request_id", None),
             )
-            return error, 0.0
+            return offline, 0.0
         samples = self._draw(stream, conversation, n, temperature, max_tokens)
         prompt_tokens = sum(self.latency.message_tokens(text) for _, text in conversation)
         reused = self._reused_tokens(routing, chat_id, conversation)

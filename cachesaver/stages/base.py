@@ -34,7 +34,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, List, Union
+from typing import TYPE_CHECKING, Any, List, Union
 
 import anyio
 import anyio.to_thread
@@ -49,7 +49,10 @@ from ..errors import (
     InvalidRequestError,
     PipelineClosedError,
 )
-from ..typedefs import Batch, Request, Response, _validate_request
+from ..typedefs import Batch, Model, Request, Response, _validate_request
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 __all__ = ["Settled", "Stage", "call_model"]
 
@@ -297,7 +300,7 @@ async def _gather_each(model: Any, requests: Sequence[Request], late: LateAnswer
 
 
 def call_model(
-    model: Any,
+    model: Model,
     requests: Sequence[Request],
     *,
     prefer_batch: bool = True,
@@ -377,9 +380,9 @@ class Stage:
     cancelled_close_grace_s: float = 2.0
     """How long a cancelled :meth:`aclose` may still wait for work in flight to stop."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Model) -> None:
         _check_model(model, type(self).__name__)
-        self.model = model
+        self.model: Model = model
         self._late_answers: LateAnswers | None = None
         """Where answers a sync model returns after their call was cancelled go: set by the
         :class:`~cachesaver.stages.caching.AsyncCacher` above this stage (see :func:`call_model`)."""
@@ -585,7 +588,7 @@ class Stage:
         """Alias of :meth:`aclose` (the name the seed notebooks use)."""
         await self.aclose()
 
-    async def __aenter__(self) -> "Stage":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

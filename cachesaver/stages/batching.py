@@ -18,14 +18,13 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 
 from .._runtime.checks import MAX_WAIT_S, check_seconds
 from .._runtime.jobs import Outcome, _native_loop_token
 from ..errors import ConfigurationError, PipelineClosedError
-from ..typedefs import Request
+from ..typedefs import Model, Request
 from .base import Settled, Stage, call_model
 
 __all__ = ["AsyncBatcher"]
@@ -36,7 +35,7 @@ _Item = tuple[Request, Outcome[Settled]]
 class AsyncBatcher(Stage):
     """Collects requests into batches of ``batch_size``, waiting at most ``timeout`` seconds."""
 
-    def __init__(self, model: Any, batch_size: int, timeout: float = 0.01) -> None:
+    def __init__(self, model: Model, batch_size: int, timeout: float = 0.01) -> None:
         super().__init__(model)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be an int >= 1, got {batch_size!r}")

@@ -42,10 +42,10 @@ from typing import Any
 from .._runtime.collector import PassCollector
 from ..errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from ..keys import DERIVE, model_identity, store_key, with_n
-from ..store import open_store
+from ..store import CacheSpec, open_store
 from ..store.allocation import Found, SampleBroker, Write
 from ..store.protocol import SampleStore, StoredSample
-from ..typedefs import Request, Response
+from ..typedefs import Model, Request, Response
 from .base import Settled, Stage, call_model
 
 __all__ = ["AsyncCacher"]
@@ -82,7 +82,7 @@ class AsyncCacher(Stage):
     """Serves requests from a sample store, fetching only missing samples from ``model``."""
 
     def __init__(
-        self, model: Any, cache: Any, *, max_refetch: int = 2, model_id: Any = DERIVE, store_timeout_s: float | None = None
+        self, model: Model, cache: CacheSpec, *, max_refetch: int = 2, model_id: Any = DERIVE, store_timeout_s: float | None = None
     ) -> None:
         super().__init__(model)
         self._identity = model_identity(model, model_id)
@@ -228,13 +228,13 @@ class AsyncCacher(Stage):
             writes: list[Write] = []
             for j, answer in zip(todo, answers):
                 entry = pending[j]
-                response = answer
+                response: Settled | None = answer
                 if isinstance(answer, IncompleteResponseError):
                     response = getattr(answer, "response", None)
                     if response is None:
                         continue  # nothing came back: counts as a short answer
                 if not isinstance(response, Response):
-                    outcomes[j] = answer  # type: ignore[assignment]
+                    outcomes[j] = answer
                     continue
                 if not response.data:
                     continue

@@ -24,12 +24,11 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from .._runtime.collector import PassCollector
 from ..errors import IncompleteResponseError, InvalidRequestError
 from ..keys import request_key, with_n
-from ..typedefs import Request, Response
+from ..typedefs import Model, Request, Response
 from .base import Settled, Stage, call_model
 
 __all__ = ["AsyncDeduplicator"]
@@ -49,7 +48,7 @@ def _slice(response: Response, start: int, stop: int, duplicated: bool) -> Respo
 class AsyncDeduplicator(Stage):
     """Merges identical concurrent requests into one call with ``n`` summed."""
 
-    def __init__(self, model: Any, *, across_calls: bool = True) -> None:
+    def __init__(self, model: Model, *, across_calls: bool = True) -> None:
         super().__init__(model)
         self.across_calls = across_calls
         self._passes: PassCollector[Request] = PassCollector(self, self._merge_and_call)

@@ -12,11 +12,14 @@ upstream call and is not recorded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import CacheMissError
-from ..typedefs import Request
+from ..typedefs import Model, Request
 from .base import Settled, Stage, _discard_late, call_model
+
+if TYPE_CHECKING:
+    from ..ledger import LedgerHooks
 
 __all__ = ["LedgerTap"]
 
@@ -24,7 +27,7 @@ __all__ = ["LedgerTap"]
 class LedgerTap(Stage):
     """Passes requests to ``model`` unchanged, reporting each one to ``ledger``."""
 
-    def __init__(self, model: Any, ledger: Any) -> None:
+    def __init__(self, model: Model, ledger: LedgerHooks) -> None:
         super().__init__(model)
         self.ledger = ledger
 

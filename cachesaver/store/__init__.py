@@ -10,7 +10,7 @@
   run's claims, :mod:`~cachesaver.store.recovery` the files of samples a closing pipeline could
   not store, :mod:`~cachesaver.store.threads` the threads store calls run on.
 
-:func:`open_store` turns what a user passes as ``cache=`` into an engine. Adding an engine is a
+:func:`open_store` turns what a user passes as ``cache=`` (a :data:`CacheSpec`) into an engine. Adding an engine is a
 module here plus one branch in :func:`open_store` (and one parameter of the contract suite,
 ``tests/test_store_contract.py``).
 """
@@ -18,15 +18,31 @@ module here plus one branch in :func:`open_store` (and one parameter of the cont
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol, Union
 
 from ..errors import ConfigurationError
 from .protocol import SampleStore
 
-__all__ = ["open_store"]
+__all__ = ["CacheSpec", "DiskcacheLike", "open_store"]
 
 
-def open_store(cache: Any, *, store_timeout_s: float | None = None) -> tuple[SampleStore, bool]:
+class DiskcacheLike(Protocol):
+    """A ``diskcache.Cache`` or ``FanoutCache``: what :func:`open_store` recognises as one (an
+    object with ``get``, ``set`` and ``transact``). diskcache ships no types, so this is its
+    static stand-in."""
+
+    def get(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def set(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def transact(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+CacheSpec = Union[str, "os.PathLike[str]", DiskcacheLike, SampleStore]
+"""What ``cache=`` accepts on every pipeline, stage and drop-in client (see :func:`open_store`)."""
+
+
+def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tuple[SampleStore, bool]:
     """The engine for ``cache`` and whether the caller owns it (must close it).
 
     ``cache`` is one of:

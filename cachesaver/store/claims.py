@@ -38,7 +38,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from itertools import islice
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 
 __all__ = ["KeyClaims", "RunClaims"]
@@ -80,7 +80,7 @@ class KeyClaims:
         self.above.update(range(index + 1, self.floor))
         self.floor = index
 
-    def lowest_unclaimed(self, limit: int, want: int, exclude: Sequence[int] = ()) -> list[int]:
+    def lowest_unclaimed(self, limit: int, want: int, exclude: Collection[int] = ()) -> list[int]:
         """Up to ``want`` unclaimed indices below ``limit``, lowest first, skipping ``exclude``."""
         out: list[int] = []
         index = self.floor
@@ -185,11 +185,11 @@ class RunClaims:
                 del self._released[ident]
             return use
         uses = self._uses
-        use = uses.pop(ident, None)
-        if use is None:
-            use = 0 if self._spill is None else self._spill_get(_spill_name("u", ident), 0)
-        uses[ident] = use + 1
-        return use
+        count = uses.pop(ident, None)
+        if count is None:
+            count = 0 if self._spill is None else self._spill_get(_spill_name("u", ident), 0)
+        uses[ident] = count + 1
+        return count
 
     def release_use(self, namespace: str, key: str, request_id: Any, n: int, use: int) -> None:
         """Give back ``use`` (from :meth:`next_use`): the attempt that took it failed or was

@@ -322,11 +322,11 @@ class DiskcacheStore:
         """The head entry of ``key`` (empty when nothing is stored)."""
         return self._check_head(key, self._get(_HEAD + key, None))
 
-    def heads(self, keys: Sequence[str]) -> dict[str, Head | CorruptStoreError]:
+    def heads(self, keys: Sequence[str]) -> dict[str, Head | StoreError]:
         """The head entries of several keys at once (one query per few hundred keys).
 
-        A damaged entry is returned as its :class:`CorruptStoreError`, so it fails only the
-        requests for that key.
+        A damaged or unreadable entry is returned as its :class:`StoreError` (a
+        :class:`CorruptStoreError` when damaged), so it fails only the requests for that key.
         """
         unique = list(dict.fromkeys(keys))
         values = self._bulk_get([_HEAD + key for key in unique]) if self._bulk_ok else None
@@ -554,7 +554,9 @@ class DiskcacheStore:
         ``seconds`` (a Cache we did not open keeps its own ``timeout``, restored after)."""
         own = getattr(cache, "timeout", None)
         con = None
+        own_ms = 0
         if isinstance(cache, diskcache.Cache) and isinstance(own, (int, float)) and own > seconds:
+            own_ms = int(own * 1000)
             try:
                 con = cache._con
                 con.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
@@ -565,7 +567,7 @@ class DiskcacheStore:
         finally:
             if con is not None:
                 try:
-                    con.execute(f"PRAGMA busy_timeout = {int(own * 1000)}")
+                    con.execute(f"PRAGMA busy_timeout = {own_ms}")
                 except sqlite3.Error:
                     pass
 

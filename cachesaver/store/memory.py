@@ -83,7 +83,7 @@ class MemoryStore:
     def read(self, wanted: Mapping[str, Sequence[int]]) -> Mapping[str, list[StoredSample] | StoreError]:
         with self._lock:
             self._check_open()
-            raw = {}
+            raw: dict[str, list[bytes] | None] = {}
             for key, indices in wanted.items():
                 entry = self._entries.get(key)
                 samples = entry.samples if entry is not None else []

@@ -47,7 +47,7 @@ class SampleProgress:
     def _refresh(self) -> None:
         if self._bar.disable:
             return
-        postfix = {"running": self.running, "failed": self.failed}
+        postfix: dict[str, int | str] = {"running": self.running, "failed": self.failed}
         rate = self._hit_rate() if self._hit_rate is not None else None
         if rate is not None:
             postfix["cache hits"] = f"{rate:.0%}"

@@ -75,7 +75,7 @@ def _coerce_enum(kind: type[Enum], value: Any, where: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        allowed = ", ".join(repr(m.value) for m in kind)  # type: ignore[attr-defined]
+        allowed = ", ".join(repr(m.value) for m in kind)
         raise TaskDefinitionError(
             f"{where} is {value!r}, which is not a {kind.__name__}; use one of {allowed}"
         ) from None
