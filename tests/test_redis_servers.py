@@ -75,7 +75,9 @@ def test_redis_url_fixture_runs_on_both_transports(redis_url, redis_url_tcp):
         assert second.get("k") is None  # two separate servers
 
 
-@pytest.mark.parametrize("redis_server", [{"appendonly": True}], indirect=True)
+# appendfsync always: every acknowledged write is in the file before the reply, so a SIGKILL
+# right after it cannot lose it (with the default everysec it may, now and then).
+@pytest.mark.parametrize("redis_server", [{"appendonly": True, "appendfsync": "always"}], indirect=True)
 @pytest.mark.parametrize("hard", [False, True], ids=["stop", "sigkill"])
 def test_restart_keeps_data_with_appendonly(redis_server, hard):
     url, before = redis_server.url, redis_server.pid
