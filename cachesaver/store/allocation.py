@@ -358,7 +358,8 @@ class SampleBroker:
         ):
             self._used_inline = True
             batch = list(writes)
-            records = [r for r in self._records if self._ready(r, batch)]  # replay records due
+            pending = {id(w) for w in batch}
+            records = [r for r in self._records if self._ready(r, pending)]  # replay records due
             try:
                 self._commit(batch, records, wait_s=0)  # never waits for another's lock
             except Exception:  # noqa: BLE001 - the write lane retries it, and may wait
@@ -750,7 +751,8 @@ class SampleBroker:
         A lock held elsewhere keeps everything for later at once; any other failure is retried
         item by item, so one bad sample costs only its own storage."""
         try:
-            self._commit(writes, [r for r in records if self._ready(r, writes)], wait_s)
+            pending = {id(w) for w in writes}
+            self._commit(writes, [r for r in records if self._ready(r, pending)], wait_s)
             return [], [r for r in records if not r.written], None
         except StoreLockedError as exc:
             return writes, [r for r in records if not r.written], exc
@@ -785,9 +787,8 @@ class SampleBroker:
         return left, left_records, (error if left or left_records else None)
 
     @staticmethod
-    def _ready(record: _Record, writes: list[Write]) -> bool:
-        """Whether ``record`` can be written together with ``writes``."""
-        pending = {id(w) for w in writes}
+    def _ready(record: _Record, pending: set[int]) -> bool:
+        """Whether ``record`` can be written together with the writes whose ids are ``pending``."""
         return all(w.indices is not None or id(w) in pending for w, _ in record.parts)
 
     def _commit(self, writes: list[Write], records: list[_Record], wait_s: float | None = None) -> None:
