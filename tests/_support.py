@@ -7,6 +7,7 @@ none of them patches cachesaver.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import subprocess
 import sys
@@ -373,3 +374,17 @@ def write_lock_held(database: Path) -> Iterator[subprocess.Popen]:
     finally:
         process.kill()
         process.communicate()
+
+
+def open_files_under(directory: Path, suffix: str = "") -> list[str]:
+    """Files below ``directory`` (ending with ``suffix``) this process holds open, once per
+    descriptor, sorted; needs Linux's /proc/self/fd, which every test machine has."""
+    out = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(directory)) and target.endswith(suffix):
+            out.append(target)
+    return sorted(out)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _support import open_files_under
 
 from cachesaver.stages.caching import AsyncCacher
 from cachesaver.store.claims import RunClaims
@@ -196,21 +197,6 @@ def test_a_disk_that_refuses_the_move_loses_nothing_and_is_not_retried_every_rou
     except OSError:
         pass
     assert len(attempts) == 2
-
-
-def open_files_under(directory: Path) -> list[str]:
-    fds = Path("/proc/self/fd")
-    if not fds.is_dir():
-        pytest.skip("needs /proc/self/fd to see open files")
-    out = []
-    for fd in fds.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith(str(directory)):
-            out.append(target)
-    return out
 
 
 def test_a_close_from_another_thread_closes_the_spill_on_each_store_thread_that_used_it(

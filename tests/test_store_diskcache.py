@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import anyio
 import diskcache
 import pytest
-from _support import gather, wait_until, write_lock_held
+from _support import gather, open_files_under, wait_until, write_lock_held
 
 from cachesaver.stages.caching import AsyncCacher
 from cachesaver.errors import CacheMissError, ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
@@ -190,18 +190,7 @@ def test_a_path_where_no_cache_can_live_is_a_configuration_error(tmp_path: Path)
 
 def open_databases_under(directory: Path) -> list[str]:
     """SQLite databases below ``directory`` this process holds open, once per connection."""
-    fds = Path("/proc/self/fd")
-    if not fds.is_dir():
-        pytest.skip("needs /proc/self/fd to see open files")
-    out = []
-    for fd in fds.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:  # closed meanwhile (the listing's own descriptor)
-            continue
-        if target.startswith(str(directory)) and target.endswith(".db"):
-            out.append(target)
-    return sorted(out)
+    return open_files_under(directory, ".db")
 
 
 async def _run_a_cacher(cache: Any) -> None:
