@@ -403,6 +403,8 @@ class DiskcacheStore:
     def read_stored(self, key: str, indices: Sequence[int], head: Head | None = None) -> list[StoredSample]:
         """The ``(data, usage)`` pair stored at each of ``indices``, in that order."""
         size = self.HEAD_SAMPLES
+        if any(i < 0 for i in indices):
+            raise CorruptStoreError(f"key {key} has no sample at a negative index (asked {list(indices)})")
         if head is None and any(i < size for i in indices):
             head = self.head(key)
         get = self._get
@@ -518,18 +520,26 @@ class DiskcacheStore:
         Waits at most ``store_timeout_s`` (or ``wait_s`` if smaller; about a millisecond for 0)
         for the lock, then raises
         :class:`~cachesaver.errors.StoreLockedError`. Nested transactions (in one thread) join
-        the outer one.
+        the outer one. An SQLite or OS error opening the connection, taking the lock, inside
+        the block or at its commit (a deleted directory, a full disk) rolls back and is raised
+        as StoreError.
         """
         bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
         deadline = time.monotonic() + bound
-        with ExitStack() as stack:
-            shards = getattr(self.cache, "_shards", None) if not self._plain else None
-            if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
-                for shard in shards:  # FanoutCache.transact retries forever; lock shard by shard
-                    self._lock(stack, shard, deadline)
-            else:
-                self._lock(stack, self.cache, deadline)
-            yield
+        try:
+            with ExitStack() as stack:
+                shards = getattr(self.cache, "_shards", None) if not self._plain else None
+                if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
+                    for shard in shards:  # FanoutCache.transact retries forever; lock shard by shard
+                        self._lock(stack, shard, deadline)
+                else:
+                    self._lock(stack, self.cache, deadline)
+                yield
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(
+                f"could not write to the cache at {self.directory}: {exc}; nothing was written. "
+                "Check that the directory still exists, is writable and has free space"
+            ) from exc
 
     def _lock(self, stack: ExitStack, cache: Any, deadline: float) -> None:
         """Enter ``cache.transact()`` on ``stack`` before ``deadline`` or raise StoreLockedError."""
@@ -687,10 +697,11 @@ class DiskcacheStore:
                                 raise head
                             starts.append(self.write(append.key, append.samples, head=head))
                         by_key: dict[str, list[RecordEntry]] = {}
+                        sizes = [len(append.samples) for append in appends]
                         for write in records:
                             rid = write.record
                             by_key.setdefault(write.key, []).append(
-                                RecordEntry(rid.namespace, rid.request_id, rid.n, rid.use, write.resolve(starts))
+                                RecordEntry(rid.namespace, rid.request_id, rid.n, rid.use, write.resolve(starts, sizes))
                             )
                         for key, entries in by_key.items():
                             self.write(key, records=entries)

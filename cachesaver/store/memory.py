@@ -2,7 +2,13 @@
 
 Everything lives in this process's memory and is gone when the object is. Samples are kept
 pickled, so a sample that cannot be serialised fails its commit exactly as on disk, and what a
-read returns is a fresh copy. One lock makes every call atomic; a commit is all or nothing.
+read returns is a fresh copy. A commit is all or nothing and becomes visible at once.
+
+Two locks, as diskcache has: a *write lock* one commit holds from before its hook's ``before``
+to after its ``finish`` (commits run one at a time), and a short *state lock* every call holds
+while it looks at or changes the data. Lookups take only the state lock, so they never wait
+for a commit in progress: the allocation layer's hook, called while the write lock is held,
+waits for a lookup round, which must be able to finish.
 
 >>> store = MemoryStore()
 >>> store.commit([Append("k", (("a", None),))], [RecordWrite("k", RecordId("ns", "r", 1, 0), ((0, 1),))])
@@ -33,11 +39,12 @@ __all__ = ["MemoryStore"]
 
 
 class _Entry:
-    __slots__ = ("samples", "records")
+    __slots__ = ("samples", "records", "damaged")
 
     def __init__(self) -> None:
         self.samples: list[bytes] = []
         self.records: dict[str, tuple[int, ...]] = {}  # insertion order = first written
+        self.damaged = False  # set by MemoryStore.damage: the key's entry no longer decodes
 
 
 class MemoryStore:
@@ -47,7 +54,8 @@ class MemoryStore:
 
     def __init__(self, name: str = "memory") -> None:
         self._name = name
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state lock: held briefly by every call
+        self._write_lock = threading.Lock()  # held by one commit, hook calls included
         self._entries: dict[str, _Entry] = {}
         self._tokens: set[str] = set()
         self._closed = False
@@ -74,6 +82,9 @@ class MemoryStore:
                 entry = self._entries.get(key)
                 if entry is None:
                     out[key] = EMPTY_VIEW
+                    continue
+                if entry.damaged:
+                    out[key] = CorruptStoreError(f"the entry of key {key} in {self.location} cannot be decoded")
                     continue
                 consulted = dict(list(entry.records.items())[:CONSULTED_RECORDS])
                 found = {t: entry.records[t] for t in asked.get(key, ()) if t in entry.records}
@@ -115,14 +126,20 @@ class MemoryStore:
             encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
         except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
             raise StoreError(f"a sample cannot be serialised for {self.location}: {exc}") from exc
-        with self._lock:
-            self._check_open()
+        with self._write_lock:
+            with self._lock:
+                self._check_open()
             if not self.writable:
                 raise StoreError(f"the store {self.location} is read-only; open it writable to add samples")
             if hook is not None:
                 hook.before()
             try:
-                return self._apply(appends, records, encoded, token, hook)
+                with self._lock:
+                    self._check_open()
+                    starts = self._apply(appends, records, encoded, token)
+                if hook is not None and starts is not None:
+                    hook.after(starts)
+                return starts
             finally:
                 if hook is not None:
                     hook.finish()
@@ -133,8 +150,8 @@ class MemoryStore:
         records: Sequence[RecordWrite],
         encoded: list[list[bytes]],
         token: str | None,
-        hook: CommitHook | None,
     ) -> list[int] | None:
+        """Apply a commit (under the state lock): all of it, or nothing when it fails."""
         if token is not None and token in self._tokens:
             return None
         # Everything is computed first, then applied: all or nothing.
@@ -147,15 +164,14 @@ class MemoryStore:
                 base = len(entry.samples) if entry is not None else 0
             starts.append(base)
             counts[append.key] = base + len(append.samples)
-        resolved = [(write.key, write.record.tag, write.resolve(starts)) for write in records]
+        sizes = [len(append.samples) for append in appends]
+        resolved = [(write.key, write.record.tag, write.resolve(starts, sizes)) for write in records]
         for append, blobs in zip(appends, encoded):
             self._entries.setdefault(append.key, _Entry()).samples.extend(blobs)
         for key, tag, indices in resolved:
             self._entries.setdefault(key, _Entry()).records[tag] = indices
         if token is not None:
             self._tokens.add(token)
-        if hook is not None:
-            hook.after(starts)
         return starts
 
     def applied(self, token: str) -> bool:
@@ -173,10 +189,13 @@ class MemoryStore:
     # -- for tests of the contract ----------------------------------------------------------
 
     def damage(self, key: str) -> None:
-        """Replace every stored sample of ``key`` with bytes that do not decode."""
+        """Make ``key``'s entry undecodable, as a torn write would: its view and every read of
+        its samples give CorruptStoreError (like diskcache's head entry, which holds a key's
+        first samples and records); other keys are untouched."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
+                entry.damaged = True
                 entry.samples = [b"\x80\x04\x95" for _ in entry.samples]
 
 

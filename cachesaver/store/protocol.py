@@ -34,7 +34,10 @@ What an engine guarantees:
   or opened read-only (:attr:`SampleStore.writable` False), raises ``StoreError`` on
   ``commit``.
 * **Threads.** Every method blocks and may be called from any thread (the allocation layer
-  calls it from two of its own, one for lookups and one for commits). A thread that used the
+  calls it from two of its own, one for lookups and one for commits). ``view``, ``read`` and
+  ``applied`` never wait for a commit in progress, hook calls included: the allocation layer's
+  hook waits in ``before`` for a lookup round to end, so a lookup that waited for the commit
+  would deadlock. A thread that used the
   store calls :meth:`SampleStore.release_thread` as its last call, so an engine with
   per-thread resources (diskcache's SQLite connections) frees them there.
 * **Close** releases what the engine opened; an engine never closes an object the user passed
@@ -134,16 +137,37 @@ class RecordWrite:
     record: RecordId
     parts: Tuple[Union[int, Tuple[int, int]], ...] = ()
 
-    def resolve(self, starts: Sequence[int]) -> tuple[int, ...]:
-        """The record's indices, given the first index of each append of the commit."""
+    def resolve(self, starts: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[int, ...]:
+        """The record's indices, given the first index of each append of the commit (and how
+        many samples each holds, ``sizes``, to check counts against).
+
+        Raises StoreError for a part naming no append of the commit, counting more samples than
+        that append holds, or a negative index: an engine calls this before it writes, so such
+        a commit writes nothing."""
         out: list[int] = []
         for part in self.parts:
             if isinstance(part, int):
+                if part < 0:
+                    raise self._bad_part(part, starts)
                 out.append(part)
             else:
                 position, count = part
+                if (
+                    not 0 <= position < len(starts)
+                    or count < 0
+                    or (sizes is not None and count > sizes[position])
+                ):
+                    raise self._bad_part(part, starts)
                 out.extend(range(starts[position], starts[position] + count))
         return tuple(out)
+
+    def _bad_part(self, part: Any, starts: Sequence[int]) -> StoreError:
+        return StoreError(
+            f"the record {self.record.tag} of key {self.key} has the part {part!r}, which names no "
+            f"stored sample nor samples of one of the commit's {len(starts)} appends; nothing was "
+            "written. The caller of SampleStore.commit built a wrong RecordWrite: an int part is a "
+            "stored index >= 0, a (position, count) part counts at most that append's samples"
+        )
 
 
 @dataclass(frozen=True)
