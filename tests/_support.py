@@ -21,7 +21,7 @@ import anyio
 
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
-from cachesaver.store.diskcache import DiskcacheStore
+from cachesaver.store import open_store
 from cachesaver.typedefs import Batch, Request, Response
 
 
@@ -330,13 +330,19 @@ class Extra(Request):
     extra: Any = None
 
 
-def stored_count(cache_dir: Any, request: Request) -> int:
-    """How many samples the cache directory holds for ``request``'s key."""
-    store = DiskcacheStore(cache_dir)
+def stored_count(cache: Any, request: Request) -> int:
+    """How many samples ``cache`` (what a pipeline was given as ``cache=``: a directory, a
+    diskcache.Cache or a store) holds for ``request``'s key."""
+    store, owned = open_store(cache)
     try:
-        return store.count(request_key(request))
+        key = request_key(request)
+        view = store.view([key])[key]
+        if isinstance(view, BaseException):
+            raise view
+        return view.count
     finally:
-        store.close()
+        if owned:
+            store.close()
 
 
 class Sleeps:

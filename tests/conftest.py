@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis_servers
+from _engines import PIPELINE_ENGINES
 from _support import Sleeps
 from fake_chat_server import FakeChatServer
 from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
@@ -30,6 +31,20 @@ def server():
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
+
+
+@pytest.fixture(params=list(PIPELINE_ENGINES))
+def cache(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
+    """What the pipelines of a test get as ``cache=``, once per engine of
+    ``_engines.PIPELINE_ENGINES``: ``diskcache`` is the directory ``tmp_path``, ``memory`` one
+    MemoryStore shared by every pipeline of the test (a pipeline never closes a store it was
+    handed, so a second pipeline on it replays). Shadows pytest's own ``cache`` fixture, which
+    no test uses."""
+    factory = PIPELINE_ENGINES[request.param](tmp_path)
+    try:
+        yield factory.pipeline_cache()
+    finally:
+        factory.close()
 
 
 def _started(server: RedisServer | RedisCluster) -> RedisServer | RedisCluster:

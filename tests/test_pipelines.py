@@ -1,7 +1,10 @@
 """OnlineAPI / LocalAPI end to end: the issue's semantics 1-11, the seed notebook flow, trio.
 
-A "run" is one pipeline object. Every test uses its own cache directory under tmp_path and a
-scripted model that records what it was asked.
+A "run" is one pipeline object. Every test uses its own cache and a scripted model that records
+what it was asked. The tests of the promises take the ``cache`` fixture (tests/conftest.py) and
+run once per engine: ``[diskcache]`` on a directory under tmp_path, ``[memory]`` on one
+MemoryStore shared by the test's pipelines. Tests about diskcache itself (its files, a full
+disk, a Cache passed in, its internals) take ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -84,26 +87,26 @@ def all_samples(responses: list[Response]) -> list[Any]:
 # == 1. i.i.d. inside a namespace ==========================================================
 
 
-async def test_the_same_request_id_twice_gets_fresh_samples(tmp_path: Path) -> None:
+async def test_the_same_request_id_twice_gets_fresh_samples(cache: Any) -> None:
     request = Request("hi", n=2, request_id="sth1")
-    first, second = await run_sequentially(tmp_path, ScriptedModel(), [request, request])
+    first, second = await run_sequentially(cache, ScriptedModel(), [request, request])
     assert first.data == ["hi#0", "hi#1"]
     assert second.data == ["hi#2", "hi#3"]
     assert second.cached == [False, False]
 
 
-async def test_duplicates_within_one_batch_get_distinct_samples(tmp_path: Path) -> None:
+async def test_duplicates_within_one_batch_get_distinct_samples(cache: Any) -> None:
     model = ScriptedModel()
     batch = Batch(requests=[Request("hi", request_id="same"), Request("hi", n=2, request_id="same"), Request("hi")])
-    async with OnlineAPI(model, tmp_path, batch_size=8, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=8, timeout=0.001) as pipeline:
         responses = await pipeline.batch_request(batch)
     assert sorted(all_samples(responses)) == ["hi#0", "hi#1", "hi#2", "hi#3"]
     assert model.requests_seen == 1 and model.n_requested == [4]
 
 
-async def test_duplicates_across_concurrent_batches_get_distinct_samples(tmp_path: Path) -> None:
+async def test_duplicates_across_concurrent_batches_get_distinct_samples(cache: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=2, timeout=0.001) as pipeline:
         results = await gather(
             *[lambda: pipeline.batch_request(Batch(requests=[Request("hi"), Request("other", n=2)])) for _ in range(5)]
         )
@@ -112,25 +115,25 @@ async def test_duplicates_across_concurrent_batches_get_distinct_samples(tmp_pat
 
 
 @pytest.mark.parametrize("batch_size", [1, 16])
-async def test_concurrent_requests_never_share_a_stored_sample(tmp_path: Path, batch_size: int) -> None:
-    await run_sequentially(tmp_path, ScriptedModel(), [Request("p0", n=10), Request("p1", n=3)])
+async def test_concurrent_requests_never_share_a_stored_sample(cache: Any, batch_size: int) -> None:
+    await run_sequentially(cache, ScriptedModel(), [Request("p0", n=10), Request("p1", n=3)])
     model = JitterModel(ScriptedModel(sample=lambda r, k: f"{r.prompt}-new#{k}"), seed=3, max_s=0.003)
     rng = random.Random(1)
     requests = [
         Request(f"p{rng.randrange(2)}", n=rng.randrange(1, 4), request_id=rng.choice([None, "x", "y", 7]))
         for _ in range(60)
     ]
-    responses = await run_concurrently(tmp_path, model, requests, batch_size, seed=2, stagger_s=0.005)
+    responses = await run_concurrently(cache, model, requests, batch_size, seed=2, stagger_s=0.005)
     samples = all_samples(responses)
     assert len(samples) == len(set(samples)) == sum(r.n for r in requests)
     assert [len(r.data) for r in responses] == [r.n for r in requests]
     assert {f"p0#{k}" for k in range(10)} | {f"p1#{k}" for k in range(3)} <= set(samples)
 
 
-async def test_a_run_hands_out_stored_samples_before_fetching_new_ones(tmp_path: Path) -> None:
-    await run_sequentially(tmp_path, ScriptedModel(), [Request("hi", n=3)])
+async def test_a_run_hands_out_stored_samples_before_fetching_new_ones(cache: Any) -> None:
+    await run_sequentially(cache, ScriptedModel(), [Request("hi", n=3)])
     model = ScriptedModel(sample=lambda r, k: f"new#{k}")
-    first, second = await run_sequentially(tmp_path, model, [Request("hi", n=2), Request("hi", n=2)])
+    first, second = await run_sequentially(cache, model, [Request("hi", n=2), Request("hi", n=2)])
     assert first.data == ["hi#0", "hi#1"] and first.cached == [True, True]
     assert second.data == ["hi#2", "new#0"] and second.cached == [True, False]
     assert model.n_requested == [1]
@@ -153,16 +156,16 @@ def replay_workload() -> list[Request]:
     [(4, 1, 1), (1, 16, 2), (7, 3, 3)],
 )
 async def test_replay_is_exact_whatever_order_batch_size_or_finish_order(
-    tmp_path: Path, first_batch_size: int, second_batch_size: int, seed: int
+    cache: Any, first_batch_size: int, second_batch_size: int, seed: int
 ) -> None:
     requests = replay_workload()
     first_model = JitterModel(ScriptedModel(), seed=seed, max_s=0.004)
-    first = await run_concurrently(tmp_path, first_model, requests, first_batch_size, seed=seed, stagger_s=0.004)
+    first = await run_concurrently(cache, first_model, requests, first_batch_size, seed=seed, stagger_s=0.004)
     order = list(range(len(requests)))
     random.Random(seed + 100).shuffle(order)
     replay_model = ScriptedModel()
     second = await run_concurrently(
-        tmp_path, JitterModel(replay_model, seed=seed + 7), [requests[i] for i in order], second_batch_size,
+        cache, JitterModel(replay_model, seed=seed + 7), [requests[i] for i in order], second_batch_size,
         seed=seed + 1, stagger_s=0.004,
     )
     assert replay_model.calls == 0
@@ -172,53 +175,53 @@ async def test_replay_is_exact_whatever_order_batch_size_or_finish_order(
         assert second[position].duplicated == [False] * requests[i].n
 
 
-async def test_replay_of_a_request_id_used_several_times(tmp_path: Path) -> None:
+async def test_replay_of_a_request_id_used_several_times(cache: Any) -> None:
     requests = [Request("hi", n=2, request_id="a"), Request("hi", request_id="a"), Request("hi", n=3, request_id="a")]
-    first = await run_sequentially(tmp_path, ScriptedModel(), requests)
+    first = await run_sequentially(cache, ScriptedModel(), requests)
     replay_model = ScriptedModel()
-    second = await run_sequentially(tmp_path, replay_model, requests)
+    second = await run_sequentially(cache, replay_model, requests)
     assert [r.data for r in second] == [r.data for r in first]
     assert replay_model.calls == 0
 
 
-async def test_replay_does_not_depend_on_batch_request_or_request(tmp_path: Path) -> None:
+async def test_replay_does_not_depend_on_batch_request_or_request(cache: Any) -> None:
     requests = [Request(f"p{i % 2}", n=1 + i % 2, request_id=i) for i in range(6)]
-    first = await run_sequentially(tmp_path, ScriptedModel(), requests)
+    first = await run_sequentially(cache, ScriptedModel(), requests)
     replay_model = ScriptedModel()
-    async with OnlineAPI(replay_model, tmp_path, batch_size=3) as pipeline:
+    async with OnlineAPI(replay_model, cache, batch_size=3) as pipeline:
         second = await pipeline.batch_request(Batch(requests=list(reversed(requests))))
     assert [r.data for r in reversed(second)] == [r.data for r in first]
     assert replay_model.calls == 0
 
 
-async def test_replay_with_many_ids_and_samples_per_key(tmp_path: Path) -> None:
+async def test_replay_with_many_ids_and_samples_per_key(cache: Any) -> None:
     requests = [Request("hi", n=1 + i % 3, request_id=f"r{i}") for i in range(60)]
-    first = await run_concurrently(tmp_path, ScriptedModel(), requests, batch_size=8)
+    first = await run_concurrently(cache, ScriptedModel(), requests, batch_size=8)
     assert len(set(all_samples(first))) == sum(r.n for r in requests)
     shuffled = list(range(60))
     random.Random(4).shuffle(shuffled)
     replay_model = ScriptedModel()
-    second = await run_concurrently(tmp_path, replay_model, [requests[i] for i in shuffled], batch_size=5)
+    second = await run_concurrently(cache, replay_model, [requests[i] for i in shuffled], batch_size=5)
     assert replay_model.calls == 0
     assert [r.data for r in second] == [first[i].data for i in shuffled]
 
 
-async def test_replay_of_an_identified_request_is_exact_even_after_an_unidentified_one(tmp_path: Path) -> None:
+async def test_replay_of_an_identified_request_is_exact_even_after_an_unidentified_one(cache: Any) -> None:
     identified = Request("hi", request_id="a")
     anonymous = Request("hi")
-    first = await run_sequentially(tmp_path, ScriptedModel(), [identified, anonymous])
+    first = await run_sequentially(cache, ScriptedModel(), [identified, anonymous])
     replay_model = ScriptedModel()
-    second = await run_sequentially(tmp_path, replay_model, [anonymous, identified])
+    second = await run_sequentially(cache, replay_model, [anonymous, identified])
     assert replay_model.calls == 0
     assert second[1].data == first[0].data  # the identified request gets exactly what it got
     assert second[0].data == first[1].data
 
 
-async def test_a_replay_run_serves_replays_first_then_fetches_what_is_new(tmp_path: Path) -> None:
-    await run_sequentially(tmp_path, ScriptedModel(), [Request("hi", n=2, request_id="a")])
+async def test_a_replay_run_serves_replays_first_then_fetches_what_is_new(cache: Any) -> None:
+    await run_sequentially(cache, ScriptedModel(), [Request("hi", n=2, request_id="a")])
     model = ScriptedModel(sample=lambda r, k: f"new#{k}")
     replayed, extended = await run_sequentially(
-        tmp_path, model, [Request("hi", n=2, request_id="a"), Request("hi", n=2, request_id="b")]
+        cache, model, [Request("hi", n=2, request_id="a"), Request("hi", n=2, request_id="b")]
     )
     assert replayed.data == ["hi#0", "hi#1"]
     assert extended.data == ["new#0", "new#1"]
@@ -228,20 +231,20 @@ async def test_a_replay_run_serves_replays_first_then_fetches_what_is_new(tmp_pa
 # == 3. reuse across namespaces =============================================================
 
 
-async def test_another_namespace_in_a_new_run_reuses_stored_samples(tmp_path: Path) -> None:
+async def test_another_namespace_in_a_new_run_reuses_stored_samples(cache: Any) -> None:
     requests = [Request(f"p{i}", n=2, request_id=f"id{i}", namespace="a") for i in range(4)]
-    first = await run_concurrently(tmp_path, ScriptedModel(), requests, batch_size=2)
+    first = await run_concurrently(cache, ScriptedModel(), requests, batch_size=2)
     model = ScriptedModel()
     other = [Request(r.prompt, n=r.n, request_id=r.request_id, namespace="b") for r in requests]
-    second = await run_concurrently(tmp_path, model, other, batch_size=3)
+    second = await run_concurrently(cache, model, other, batch_size=3)
     assert model.calls == 0
     assert [r.data for r in second] == [r.data for r in first]
     assert all(all(r.cached) for r in second)
 
 
-async def test_another_namespace_in_the_same_run_reuses_stored_samples(tmp_path: Path) -> None:
+async def test_another_namespace_in_the_same_run_reuses_stored_samples(cache: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=1) as pipeline:
         in_a = await pipeline.request(Request("hi", n=3, namespace="a"))
         in_b = await pipeline.request(Request("hi", n=3, namespace="b"))
         again_a = await pipeline.request(Request("hi", n=1, namespace="a"))
@@ -250,17 +253,17 @@ async def test_another_namespace_in_the_same_run_reuses_stored_samples(tmp_path:
     assert model.calls == 2
 
 
-async def test_another_namespace_asking_for_more_fetches_only_the_rest(tmp_path: Path) -> None:
-    await run_sequentially(tmp_path, ScriptedModel(), [Request("hi", n=2, namespace="a")])
+async def test_another_namespace_asking_for_more_fetches_only_the_rest(cache: Any) -> None:
+    await run_sequentially(cache, ScriptedModel(), [Request("hi", n=2, namespace="a")])
     model = ScriptedModel(sample=lambda r, k: f"new#{k}")
-    (response,) = await run_sequentially(tmp_path, model, [Request("hi", n=5, namespace="b")])
+    (response,) = await run_sequentially(cache, model, [Request("hi", n=5, namespace="b")])
     assert response.data == ["hi#0", "hi#1", "new#0", "new#1", "new#2"]
     assert model.n_requested == [3]
 
 
-async def test_identical_requests_in_different_namespaces_are_not_merged(tmp_path: Path) -> None:
+async def test_identical_requests_in_different_namespaces_are_not_merged(cache: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=4) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=4) as pipeline:
         a, b = await gather(
             lambda: pipeline.request(Request("hi", namespace="a")),
             lambda: pipeline.request(Request("hi", namespace="b")),
@@ -272,73 +275,73 @@ async def test_identical_requests_in_different_namespaces_are_not_merged(tmp_pat
 # == 4. unstable or missing ids replay cheaply ==============================================
 
 
-async def test_changed_request_ids_replay_with_zero_calls(tmp_path: Path) -> None:
+async def test_changed_request_ids_replay_with_zero_calls(cache: Any) -> None:
     requests = [Request(f"p{i % 3}", n=2, request_id=f"run1-{i}") for i in range(9)]
-    await run_concurrently(tmp_path, ScriptedModel(), requests, batch_size=4)
+    await run_concurrently(cache, ScriptedModel(), requests, batch_size=4)
     model = ScriptedModel()
     changed = [Request(r.prompt, n=r.n, request_id=f"run2-{i}") for i, r in enumerate(requests)]
-    second = await run_concurrently(tmp_path, model, changed, batch_size=2)
+    second = await run_concurrently(cache, model, changed, batch_size=2)
     assert model.calls == 0
     assert all(all(r.cached) for r in second)
     assert len(set(all_samples(second))) == 18
 
 
-async def test_none_request_ids_replay_with_zero_calls(tmp_path: Path) -> None:
+async def test_none_request_ids_replay_with_zero_calls(cache: Any) -> None:
     requests = [Request(f"p{i % 3}", n=1 + i % 2) for i in range(9)]
-    first = await run_concurrently(tmp_path, ScriptedModel(), requests, batch_size=4)
+    first = await run_concurrently(cache, ScriptedModel(), requests, batch_size=4)
     model = ScriptedModel()
-    second = await run_concurrently(tmp_path, model, requests, batch_size=1)
+    second = await run_concurrently(cache, model, requests, batch_size=1)
     assert model.calls == 0
     assert sorted(all_samples(second)) == sorted(all_samples(first))
 
 
-async def test_asking_for_more_than_stored_fetches_only_the_excess(tmp_path: Path) -> None:
-    await run_sequentially(tmp_path, ScriptedModel(), [Request("hi", n=2), Request("hi", n=2)])
+async def test_asking_for_more_than_stored_fetches_only_the_excess(cache: Any) -> None:
+    await run_sequentially(cache, ScriptedModel(), [Request("hi", n=2), Request("hi", n=2)])
     model = ScriptedModel(sample=lambda r, k: f"new#{k}")
-    await run_sequentially(tmp_path, model, [Request("hi", n=3), Request("hi", n=3)])
+    await run_sequentially(cache, model, [Request("hi", n=3), Request("hi", n=3)])
     assert model.n_requested == [2]
 
 
 # == 5. fetch only what is missing ==========================================================
 
 
-async def test_one_of_three_stored_asks_the_model_for_two(tmp_path: Path) -> None:
+async def test_one_of_three_stored_asks_the_model_for_two(cache: Any) -> None:
     request = Request("hi", n=1, request_id="a")
-    await run_sequentially(tmp_path, ScriptedModel(), [request])
+    await run_sequentially(cache, ScriptedModel(), [request])
     model = ScriptedModel()
-    (response,) = await run_sequentially(tmp_path, model, [Request("hi", n=3, request_id="a")])
+    (response,) = await run_sequentially(cache, model, [Request("hi", n=3, request_id="a")])
     assert model.n_requested == [2]
     assert response.cached == [True, False, False]
     assert response.data[0] == "hi#0"
-    assert stored_count(tmp_path, request) == 3
+    assert stored_count(cache, request) == 3
 
 
-async def test_a_short_model_answer_is_stored_and_the_request_fails(tmp_path: Path) -> None:
+async def test_a_short_model_answer_is_stored_and_the_request_fails(cache: Any) -> None:
     model = ScriptedModel(short_by=1)
-    async with OnlineAPI(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=2, timeout=0.001) as pipeline:
         results = await pipeline.batch_request(
             Batch(requests=[Request("short", n=3), Request("fine", n=1)]), return_exceptions=True
         )
     assert isinstance(results[0], IncompleteResponseError)
     # "fine" asked 1 and got 0 samples: that is incomplete too, never an empty Response
     assert isinstance(results[1], IncompleteResponseError)
-    assert stored_count(tmp_path, Request("short")) == 2
+    assert stored_count(cache, Request("short")) == 2
     full = ScriptedModel(sample=lambda r, k: f"new#{k}")
-    (response,) = await run_sequentially(tmp_path, full, [Request("short", n=3)])
+    (response,) = await run_sequentially(cache, full, [Request("short", n=3)])
     assert response.data == ["short#0", "short#1", "new#0"]
     assert full.n_requested == [1]
 
 
-async def test_a_short_model_answer_is_completed_by_refetching(tmp_path: Path) -> None:
+async def test_a_short_model_answer_is_completed_by_refetching(cache: Any) -> None:
     model = ShortOnceModel(short_by=2)
-    (response,) = await run_sequentially(tmp_path, model, [Request("hi", n=4)])
+    (response,) = await run_sequentially(cache, model, [Request("hi", n=4)])
     assert response.data == ["hi#0", "hi#1", "hi#2", "hi#3"]
     assert model.inner.n_requested == [2, 2]
 
 
-async def test_a_response_never_has_a_gap(tmp_path: Path) -> None:
+async def test_a_response_never_has_a_gap(cache: Any) -> None:
     model = ScriptedModel(short_by=1)
-    async with OnlineAPI(model, tmp_path, batch_size=4, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=4, timeout=0.001) as pipeline:
         results = await gather(
             *[lambda i=i: pipeline.batch_request(Batch(requests=[Request("hi", n=2)]), return_exceptions=True)
               for i in range(4)]
@@ -350,9 +353,9 @@ async def test_a_response_never_has_a_gap(tmp_path: Path) -> None:
 # == 6. duplicates merge; batching ==========================================================
 
 
-async def test_identical_requests_in_flight_cost_one_upstream_call(tmp_path: Path) -> None:
+async def test_identical_requests_in_flight_cost_one_upstream_call(cache: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=8, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=8, timeout=0.001) as pipeline:
         responses = await gather(
             lambda: pipeline.request(Request("hi", n=1, request_id="a")),
             lambda: pipeline.request(Request("hi", n=2, request_id="b")),
@@ -365,11 +368,11 @@ async def test_identical_requests_in_flight_cost_one_upstream_call(tmp_path: Pat
     assert sorted(all_samples(responses)) == [f"hi#{k}" for k in range(6)]
 
 
-async def test_identical_requests_waiting_in_one_batch_window_merge(tmp_path: Path) -> None:
+async def test_identical_requests_waiting_in_one_batch_window_merge(cache: Any) -> None:
     """A request that arrives while an identical one still waits in the batch window is in
     flight together with it: the two cost one upstream request with n summed."""
     model = ScriptedModel()
-    pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
+    pipeline = OnlineAPI(model, cache, batch_size=100, timeout=30)
     got: dict[str, Response] = {}
 
     async def ask(request: Request) -> None:
@@ -390,10 +393,10 @@ async def test_identical_requests_waiting_in_one_batch_window_merge(tmp_path: Pa
     assert got["second"].data == ["hi#1"] and got["second"].duplicated == [True]
 
 
-async def test_a_cache_hit_does_not_wait_for_the_batch_window(tmp_path: Path) -> None:
-    await run_sequentially(tmp_path, ScriptedModel(), [Request("stored", n=2)])
+async def test_a_cache_hit_does_not_wait_for_the_batch_window(cache: Any) -> None:
+    await run_sequentially(cache, ScriptedModel(), [Request("stored", n=2)])
     model = ScriptedModel()
-    pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
+    pipeline = OnlineAPI(model, cache, batch_size=100, timeout=30)
     async with anyio.create_task_group() as group:
         group.start_soon(pipeline.request, Request("a miss, waiting for its window"))
         await wait_until(lambda: bool(pipeline.batcher._pending))
@@ -406,26 +409,26 @@ async def test_a_cache_hit_does_not_wait_for_the_batch_window(tmp_path: Path) ->
     assert model.calls == 1
 
 
-async def test_several_batches_are_in_flight_at_once(tmp_path: Path) -> None:
+async def test_several_batches_are_in_flight_at_once(cache: Any) -> None:
     model = GateModel(open_at=3)  # holds every call until three run together
     with anyio.fail_after(5):
-        async with OnlineAPI(model, tmp_path, batch_size=2, timeout=30) as pipeline:
+        async with OnlineAPI(model, cache, batch_size=2, timeout=30) as pipeline:
             responses = await pipeline.batch_request(Batch(requests=[Request(f"p{i}") for i in range(6)]))
     assert model.peak_in_flight == 3
     assert [r.data for r in responses] == [[f"p{i}#0"] for i in range(6)]
 
 
-async def test_several_batches_in_flight_with_a_slow_model(tmp_path: Path) -> None:
+async def test_several_batches_in_flight_with_a_slow_model(cache: Any) -> None:
     model = ScriptedModel(latency_s=0.05)
-    async with OnlineAPI(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=2, timeout=0.001) as pipeline:
         await gather(*[lambda i=i: pipeline.request(Request(f"p{i}")) for i in range(8)])
     assert model.peak_in_flight >= 2
     assert max(model.batch_sizes) <= 2
 
 
-async def test_batches_never_exceed_batch_size(tmp_path: Path) -> None:
+async def test_batches_never_exceed_batch_size(cache: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=5, timeout=0.002) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=5, timeout=0.002) as pipeline:
         await gather(*[lambda i=i: pipeline.request(Request(f"p{i}")) for i in range(23)])
     assert max(model.batch_sizes) <= 5
     assert sum(model.batch_sizes) == 23
@@ -434,11 +437,11 @@ async def test_batches_never_exceed_batch_size(tmp_path: Path) -> None:
 # == 7. nothing paid for is lost ============================================================
 
 
-async def test_samples_of_a_cancelled_caller_are_stored(tmp_path: Path) -> None:
+async def test_samples_of_a_cancelled_caller_are_stored(cache: Any) -> None:
     model = GateModel()
     request = Request("hi", n=2, request_id="cancelled")
     with anyio.fail_after(5):
-        async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+        async with OnlineAPI(model, cache, batch_size=1) as pipeline:
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as group:
                     group.start_soon(pipeline.request, request)
@@ -448,15 +451,15 @@ async def test_samples_of_a_cancelled_caller_are_stored(tmp_path: Path) -> None:
             model.release()
     assert model.finished == 1
     replay = ScriptedModel()
-    (response,) = await run_sequentially(tmp_path, replay, [request])
+    (response,) = await run_sequentially(cache, replay, [request])
     assert replay.calls == 0
     assert response.data == ["hi#0", "hi#1"] and response.cached == [True, True]
 
 
-async def test_a_failing_sibling_does_not_lose_the_others_samples(tmp_path: Path) -> None:
+async def test_a_failing_sibling_does_not_lose_the_others_samples(cache: Any) -> None:
     model = ScriptedModel(fail={"bad"})
     batch = Batch(requests=[Request("good", n=2, request_id="g"), Request("bad", request_id="b")])
-    async with OnlineAPI(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=2, timeout=0.001) as pipeline:
         with pytest.raises(BatchRequestError) as info:
             await pipeline.batch_request(batch)
     good, bad = info.value.results
@@ -464,28 +467,28 @@ async def test_a_failing_sibling_does_not_lose_the_others_samples(tmp_path: Path
     assert isinstance(bad, BackendError)
     assert model.batch_sizes == [2]
     replay = ScriptedModel()
-    async with OnlineAPI(replay, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+    async with OnlineAPI(replay, cache, batch_size=2, timeout=0.001) as pipeline:
         results = await pipeline.batch_request(batch, return_exceptions=True)
     assert results[0].data == good.data and results[0].cached == [True, True]
     assert results[1].cached == [False]  # never stored: asked again
     assert replay.n_requested == [1]
 
 
-async def test_failures_are_never_stored(tmp_path: Path) -> None:
+async def test_failures_are_never_stored(cache: Any) -> None:
     model = ScriptedModel(fail={"bad"})
-    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=1) as pipeline:
         for _ in range(3):
             with pytest.raises(BackendError):
                 await pipeline.request(Request("bad", n=2))
-    assert stored_count(tmp_path, Request("bad")) == 0
+    assert stored_count(cache, Request("bad")) == 0
     assert model.calls == 3
 
 
-async def test_closing_with_requests_in_flight_finishes_and_stores_them(tmp_path: Path) -> None:
+async def test_closing_with_requests_in_flight_finishes_and_stores_them(cache: Any) -> None:
     model = ScriptedModel(latency_s=0.05)
     requests = [Request(f"p{i}", n=2, request_id=i) for i in range(5)]
     got: dict[int, Response] = {}
-    pipeline = OnlineAPI(model, tmp_path, batch_size=2, timeout=0.001)
+    pipeline = OnlineAPI(model, cache, batch_size=2, timeout=0.001)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             for i, request in enumerate(requests):
@@ -498,7 +501,7 @@ async def test_closing_with_requests_in_flight_finishes_and_stores_them(tmp_path
             await pipeline.aclose()
     assert sorted(got) == list(range(5))
     replay = ScriptedModel()
-    second = await run_sequentially(tmp_path, replay, requests)
+    second = await run_sequentially(cache, replay, requests)
     assert replay.calls == 0
     assert [r.data for r in second] == [got[i].data for i in range(5)]
 
@@ -521,10 +524,10 @@ class BatchRejectingModel:
         return await self.inner.batch_request(batch)
 
 
-async def test_a_batch_call_that_raises_for_one_bad_request_does_not_fail_the_others(tmp_path: Path) -> None:
+async def test_a_batch_call_that_raises_for_one_bad_request_does_not_fail_the_others(cache: Any) -> None:
     model = BatchRejectingModel()
     batch = Batch(requests=[Request("a"), Request("bad"), Request("c", n=2)])
-    async with OnlineAPI(model, tmp_path, batch_size=3, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=3, timeout=0.001) as pipeline:
         results = await pipeline.batch_request(batch, return_exceptions=True)
     assert results[0].data == ["a#0"]
     assert isinstance(results[1], BackendError)
@@ -555,11 +558,11 @@ class LocalBatchRejectingModel:
             self.in_flight -= 1
 
 
-async def test_a_batch_only_model_whose_batch_raises_fails_only_the_bad_request(tmp_path: Path) -> None:
+async def test_a_batch_only_model_whose_batch_raises_fails_only_the_bad_request(cache: Any) -> None:
     model = LocalBatchRejectingModel()
     batch = Batch(requests=[Request("a"), Request("bad"), Request("c", n=2)])
     with anyio.fail_after(5):
-        async with LocalAPI(model, tmp_path, batch_size=3, timeout=0.001) as pipeline:
+        async with LocalAPI(model, cache, batch_size=3, timeout=0.001) as pipeline:
             results = await pipeline.batch_request(batch, return_exceptions=True)
     assert results[0].data == ["a#0"] and results[0].cached == [False]
     assert isinstance(results[1], RuntimeError)
@@ -569,8 +572,8 @@ async def test_a_batch_only_model_whose_batch_raises_fails_only_the_bad_request(
     assert sorted(first) == ["a", "bad", "c"]
     assert alone == [[prompt] for prompt in first]
     assert model.peak_in_flight == 1
-    assert stored_count(tmp_path, Request("bad")) == 0
-    assert stored_count(tmp_path, Request("a")) == 1 and stored_count(tmp_path, Request("c")) == 2
+    assert stored_count(cache, Request("bad")) == 0
+    assert stored_count(cache, Request("a")) == 1 and stored_count(cache, Request("c")) == 2
 
 
 class PerEntryFailingModel:
@@ -590,14 +593,14 @@ class PerEntryFailingModel:
 
 
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
-async def test_an_exception_entry_in_a_batch_answer_fails_only_its_request(tmp_path: Path, pipeline_class: Any) -> None:
-    async with pipeline_class(PerEntryFailingModel(), tmp_path, batch_size=3, timeout=0.001) as pipeline:
+async def test_an_exception_entry_in_a_batch_answer_fails_only_its_request(cache: Any, pipeline_class: Any) -> None:
+    async with pipeline_class(PerEntryFailingModel(), cache, batch_size=3, timeout=0.001) as pipeline:
         results = await pipeline.batch_request(
             Batch(requests=[Request("a"), Request("bad"), Request("c")]), return_exceptions=True
         )
     assert results[0].data == ["a#0"] and results[2].data == ["c#0"]
     assert isinstance(results[1], BackendError) and results[1].status == 400
-    assert stored_count(tmp_path, Request("bad")) == 0
+    assert stored_count(cache, Request("bad")) == 0
 
 
 class MiscountingModel:
@@ -610,11 +613,11 @@ class WrongTypeModel:
         return ["not", "a", "Response"]
 
 
-async def test_a_model_answering_the_wrong_shape_is_a_backend_error(tmp_path: Path) -> None:
-    async with OnlineAPI(MiscountingModel(), tmp_path, batch_size=2, timeout=0.001) as pipeline:
+async def test_a_model_answering_the_wrong_shape_is_a_backend_error(cache: Any) -> None:
+    async with OnlineAPI(MiscountingModel(), cache, batch_size=2, timeout=0.001) as pipeline:
         results = await pipeline.batch_request(Batch(requests=[Request("a"), Request("b")]), return_exceptions=True)
     assert all(isinstance(r, BackendError) for r in results)
-    async with OnlineAPI(WrongTypeModel(), tmp_path / "2", batch_size=1) as pipeline:
+    async with OnlineAPI(WrongTypeModel(), cache, batch_size=1) as pipeline:
         with pytest.raises(BackendError):
             await pipeline.request(Request("a"))
 
@@ -622,11 +625,11 @@ async def test_a_model_answering_the_wrong_shape_is_a_backend_error(tmp_path: Pa
 # == 8. canonical keys through the pipeline ================================================
 
 
-async def test_a_conversation_in_another_order_is_not_served_from_the_cache(tmp_path: Path) -> None:
+async def test_a_conversation_in_another_order_is_not_served_from_the_cache(cache: Any) -> None:
     user = {"role": "user", "content": "Is it raining?"}
     assistant = {"role": "assistant", "content": "Yes."}
     model = ScriptedModel(sample=lambda r, k: f"{len(r.prompt)}:{r.prompt[0]['role']}#{k}")
-    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=1) as pipeline:
         first = await pipeline.request(Request([user, assistant]))
         second = await pipeline.request(Request([assistant, user], namespace="other"))
         third = await pipeline.request(Request([user, assistant, user], namespace="other"))
@@ -635,20 +638,20 @@ async def test_a_conversation_in_another_order_is_not_served_from_the_cache(tmp_
     assert len({first.data[0], second.data[0], third.data[0]}) == 3
 
 
-async def test_requests_that_differ_only_in_form_share_the_cache(tmp_path: Path) -> None:
+async def test_requests_that_differ_only_in_form_share_the_cache(cache: Any) -> None:
     await run_sequentially(
-        tmp_path, ScriptedModel(), [DecodingRequest([{"role": "user", "content": "hi"}], temperature=1, n=2)]
+        cache, ScriptedModel(), [DecodingRequest([{"role": "user", "content": "hi"}], temperature=1, n=2)]
     )
     model = ScriptedModel()
     (response,) = await run_sequentially(
-        tmp_path, model, [DecodingRequest([{"content": "hi", "role": "user"}], temperature=1.0, n=2, namespace="b")]
+        cache, model, [DecodingRequest([{"content": "hi", "role": "user"}], temperature=1.0, n=2, namespace="b")]
     )
     assert model.calls == 0 and response.cached == [True, True]
 
 
-async def test_an_unserialisable_parameter_is_refused_without_a_model_call(tmp_path: Path) -> None:
+async def test_an_unserialisable_parameter_is_refused_without_a_model_call(cache: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=2, timeout=0.001) as pipeline:
         with pytest.raises(UnserializableParameterError):
             await pipeline.request(Extra("hi", extra={"a", "b"}))
         results = await pipeline.batch_request(
@@ -663,13 +666,13 @@ async def test_an_unserialisable_parameter_is_refused_without_a_model_call(tmp_p
 
 
 async def test_a_long_run_keeps_bounded_claims_and_still_replays_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cache: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A tiny in-memory budget stands for a run far longer than the default budget.
     monkeypatch.setattr(RunClaims, "max_in_memory", 8)
     requests = [Request(f"p{i % 40}", n=1 + i % 3, request_id=f"id{i % 70}") for i in range(300)]
     first_model = ScriptedModel()
-    async with OnlineAPI(first_model, tmp_path, batch_size=16, timeout=0.001) as pipeline:
+    async with OnlineAPI(first_model, cache, batch_size=16, timeout=0.001) as pipeline:
         first = [await pipeline.request(r) for r in requests]
         claims = pipeline.cacher._broker.claims
         assert claims.in_memory <= 16 and claims._spill is not None
@@ -677,14 +680,14 @@ async def test_a_long_run_keeps_bounded_claims_and_still_replays_exactly(
     assert not Path(spill_directory).exists()
     assert len(set(all_samples(first))) == len(all_samples(first))  # no sample twice
     replay_model = ScriptedModel()
-    second = await run_concurrently(tmp_path, replay_model, requests, batch_size=7)
+    second = await run_concurrently(cache, replay_model, requests, batch_size=7)
     assert replay_model.calls == 0
     assert [r.data for r in second] == [r.data for r in first]
 
 
-async def test_aclose_with_a_batch_waiting_for_its_window_does_not_wait(tmp_path: Path) -> None:
+async def test_aclose_with_a_batch_waiting_for_its_window_does_not_wait(cache: Any) -> None:
     model = ScriptedModel()
-    pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
+    pipeline = OnlineAPI(model, cache, batch_size=100, timeout=30)
     got: list[Response] = []
     with anyio.fail_after(2):
         async with anyio.create_task_group() as group:
@@ -696,12 +699,12 @@ async def test_aclose_with_a_batch_waiting_for_its_window_does_not_wait(tmp_path
             await wait_until(lambda: bool(pipeline.batcher._pending))
             await pipeline.aclose()
     assert got[0].data == ["hi#0"]
-    assert stored_count(tmp_path, Request("hi")) == 1
+    assert stored_count(cache, Request("hi")) == 1
 
 
-async def test_aclose_with_a_timeout_ends_requests_stuck_in_the_model(tmp_path: Path) -> None:
+async def test_aclose_with_a_timeout_ends_requests_stuck_in_the_model(cache: Any) -> None:
     model = GateModel()  # never released
-    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    pipeline = OnlineAPI(model, cache, batch_size=1)
     errors: list[BaseException] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
@@ -716,7 +719,7 @@ async def test_aclose_with_a_timeout_ends_requests_stuck_in_the_model(tmp_path: 
             await model.entered.wait()
             await pipeline.aclose(timeout_s=0.05)
     assert len(errors) == 1
-    assert stored_count(tmp_path, Request("stuck")) == 0
+    assert stored_count(cache, Request("stuck")) == 0
 
 
 async def leave_async_with_cancelled(pipeline: Any, entered: anyio.Event) -> anyio.CancelScope:
@@ -774,10 +777,10 @@ class StubbornModel:
 
 
 async def test_a_cancelled_aclose_gives_up_on_a_model_that_ignores_cancellation(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cache: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = StubbornModel()
-    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    pipeline = OnlineAPI(model, cache, batch_size=1)
     pipeline.cancelled_close_grace_s = 0.05
     with anyio.fail_after(10):  # deadlock guard: without the grace period this never returns
         scope = await leave_async_with_cancelled(pipeline, model.entered)
@@ -835,8 +838,8 @@ async def test_a_cancelled_aclose_still_stores_samples_the_model_returned(tmp_pa
     assert response.data == ["hi#0", "hi#1"] and response.cached == [True, True]
 
 
-async def test_a_request_after_close_is_a_pipeline_closed_error(tmp_path: Path) -> None:
-    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=1)
+async def test_a_request_after_close_is_a_pipeline_closed_error(cache: Any) -> None:
+    pipeline = OnlineAPI(ScriptedModel(), cache, batch_size=1)
     await pipeline.request(Request("hi"))
     await pipeline.aclose()
     with anyio.fail_after(2):
@@ -846,9 +849,9 @@ async def test_a_request_after_close_is_a_pipeline_closed_error(tmp_path: Path) 
             await pipeline.batch_request(Batch(requests=[Request("hi")]))
 
 
-async def test_a_request_during_close_is_refused(tmp_path: Path) -> None:
+async def test_a_request_during_close_is_refused(cache: Any) -> None:
     model = ScriptedModel(latency_s=0.05)
-    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    pipeline = OnlineAPI(model, cache, batch_size=1)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(pipeline.request, Request("in flight"))
@@ -859,8 +862,8 @@ async def test_a_request_during_close_is_refused(tmp_path: Path) -> None:
                 await pipeline.request(Request("too late"))
 
 
-async def test_cleanup_is_an_alias_of_aclose_and_closing_twice_is_fine(tmp_path: Path) -> None:
-    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=1)
+async def test_cleanup_is_an_alias_of_aclose_and_closing_twice_is_fine(cache: Any) -> None:
+    pipeline = OnlineAPI(ScriptedModel(), cache, batch_size=1)
     await pipeline.request(Request("hi"))
     with anyio.fail_after(2):
         await pipeline.cleanup()
@@ -869,24 +872,24 @@ async def test_cleanup_is_an_alias_of_aclose_and_closing_twice_is_fine(tmp_path:
         await pipeline.request(Request("hi"))
 
 
-async def test_async_with_closes_the_pipeline(tmp_path: Path) -> None:
-    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+async def test_async_with_closes_the_pipeline(cache: Any) -> None:
+    async with OnlineAPI(ScriptedModel(), cache, batch_size=1) as pipeline:
         assert isinstance(pipeline, OnlineAPI)
         await pipeline.request(Request("hi"))
     with pytest.raises(PipelineClosedError):
         await pipeline.request(Request("hi"))
 
 
-async def test_closing_an_unused_pipeline_returns(tmp_path: Path) -> None:
+async def test_closing_an_unused_pipeline_returns(cache: Any) -> None:
     with anyio.fail_after(2):
-        await OnlineAPI(ScriptedModel(), tmp_path, batch_size=1).aclose()
-        await LocalAPI(ScriptedModel(), tmp_path / "2", batch_size=1).aclose()
+        await OnlineAPI(ScriptedModel(), cache, batch_size=1).aclose()
+        await LocalAPI(ScriptedModel(), cache, batch_size=1).aclose()
 
 
-def test_a_pipeline_survives_two_event_loops(tmp_path: Path) -> None:
+def test_a_pipeline_survives_two_event_loops(cache: Any) -> None:
     """A script may call asyncio.run twice with one pipeline (as a notebook re-runs cells)."""
     model = ScriptedModel()
-    pipeline = OnlineAPI(model, tmp_path, batch_size=1)
+    pipeline = OnlineAPI(model, cache, batch_size=1)
 
     async def first() -> Response:
         return await pipeline.request(Request("hi", request_id="a"))
@@ -907,27 +910,27 @@ def test_a_pipeline_survives_two_event_loops(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
 @pytest.mark.parametrize("batch_size", [0, -3, 2.5, None, "4", True])
-def test_a_bad_batch_size_is_a_configuration_error(tmp_path: Path, pipeline_class: Any, batch_size: Any) -> None:
+def test_a_bad_batch_size_is_a_configuration_error(cache: Any, pipeline_class: Any, batch_size: Any) -> None:
     with pytest.raises(ConfigurationError):
-        pipeline_class(ScriptedModel(), tmp_path, batch_size=batch_size)
+        pipeline_class(ScriptedModel(), cache, batch_size=batch_size)
 
 
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
-def test_a_bad_timeout_is_a_configuration_error(tmp_path: Path, pipeline_class: Any) -> None:
+def test_a_bad_timeout_is_a_configuration_error(cache: Any, pipeline_class: Any) -> None:
     with pytest.raises(ConfigurationError):
-        pipeline_class(ScriptedModel(), tmp_path, batch_size=2, timeout=-1)
+        pipeline_class(ScriptedModel(), cache, batch_size=2, timeout=-1)
 
 
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
 @pytest.mark.parametrize("timeout", [float("inf"), 1e300])
-def test_an_endless_batch_window_is_a_configuration_error(tmp_path: Path, pipeline_class: Any, timeout: float) -> None:
+def test_an_endless_batch_window_is_a_configuration_error(cache: Any, pipeline_class: Any, timeout: float) -> None:
     with pytest.raises(ConfigurationError, match="timeout"):
-        pipeline_class(ScriptedModel(), tmp_path, batch_size=2, timeout=timeout)
+        pipeline_class(ScriptedModel(), cache, batch_size=2, timeout=timeout)
 
 
 @pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), -1.0, "1"])
-async def test_a_bad_aclose_timeout_is_a_configuration_error(tmp_path: Path, timeout_s: Any) -> None:
-    pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=2)
+async def test_a_bad_aclose_timeout_is_a_configuration_error(cache: Any, timeout_s: Any) -> None:
+    pipeline = OnlineAPI(ScriptedModel(), cache, batch_size=2)
     with pytest.raises(ConfigurationError, match="timeout_s"):
         await pipeline.aclose(timeout_s)
     assert (await pipeline.request(Request("hi"))).data == ["hi#0"]  # still open
@@ -941,15 +944,15 @@ def test_a_bad_cache_is_a_configuration_error(cache: Any) -> None:
 
 
 @pytest.mark.parametrize("model", [None, object(), "a model name"])
-def test_a_bad_model_is_a_configuration_error(tmp_path: Path, model: Any) -> None:
+def test_a_bad_model_is_a_configuration_error(cache: Any, model: Any) -> None:
     with pytest.raises(ConfigurationError):
-        OnlineAPI(model, tmp_path, batch_size=2)
+        OnlineAPI(model, cache, batch_size=2)
 
 
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
-def test_a_model_class_instead_of_an_instance_names_the_fix(tmp_path: Path, pipeline_class: Any) -> None:
+def test_a_model_class_instead_of_an_instance_names_the_fix(cache: Any, pipeline_class: Any) -> None:
     with pytest.raises(ConfigurationError, match=rf"{pipeline_class.__name__} got the class ScriptedModel.*ScriptedModel\(\)"):
-        pipeline_class(ScriptedModel, tmp_path, batch_size=1)
+        pipeline_class(ScriptedModel, cache, batch_size=1)
 
 
 @dataclass(frozen=True)
@@ -977,11 +980,11 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
 @pytest.mark.parametrize("bad", BAD_REQUESTS)
 async def test_bad_input_through_a_pipeline_is_an_invalid_request_error(
-    tmp_path: Path, pipeline_class: Any, bad: Request
+    cache: Any, pipeline_class: Any, bad: Request
 ) -> None:
     model = ScriptedModel()
     with anyio.fail_after(5):
-        async with pipeline_class(model, tmp_path, batch_size=2, timeout=0.001) as pipeline:
+        async with pipeline_class(model, cache, batch_size=2, timeout=0.001) as pipeline:
             with pytest.raises(InvalidRequestError):
                 await pipeline.request(bad)
             assert model.calls == 0
@@ -995,9 +998,9 @@ async def test_bad_input_through_a_pipeline_is_an_invalid_request_error(
 
 
 @pytest.mark.parametrize("not_a_request", ["hi", {"prompt": "hi"}, None, Batch(requests=[])])
-async def test_a_non_request_is_an_invalid_request_error(tmp_path: Path, not_a_request: Any) -> None:
+async def test_a_non_request_is_an_invalid_request_error(cache: Any, not_a_request: Any) -> None:
     model = ScriptedModel()
-    async with OnlineAPI(model, tmp_path, batch_size=2) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=2) as pipeline:
         with pytest.raises(InvalidRequestError):
             await pipeline.request(not_a_request)
         assert model.calls == 0
@@ -1031,12 +1034,12 @@ BAD_NEIGHBOURS = [
 @pytest.mark.parametrize("pipeline_class", [OnlineAPI, LocalAPI])
 @pytest.mark.parametrize(("make_bad", "error"), BAD_NEIGHBOURS)
 async def test_a_bad_request_in_a_batch_is_its_own_error_and_its_neighbours_are_served(
-    tmp_path: Path, pipeline_class: Any, make_bad: Any, error: type
+    cache: Any, pipeline_class: Any, make_bad: Any, error: type
 ) -> None:
     bad = make_bad()
     model = ScriptedModel()
     with anyio.fail_after(5):
-        async with pipeline_class(model, tmp_path, batch_size=4, timeout=0.001) as pipeline:
+        async with pipeline_class(model, cache, batch_size=4, timeout=0.001) as pipeline:
             batch = Batch(requests=[Request("left", request_id="l"), bad, Request("right", n=2, request_id="r")])
             results = await pipeline.batch_request(batch, return_exceptions=True)
             with pytest.raises(BatchRequestError) as raised:
@@ -1049,14 +1052,14 @@ async def test_a_bad_request_in_a_batch_is_its_own_error_and_its_neighbours_are_
     assert isinstance(raised.value.results[0], error) and raised.value.results[1].data == ["again#0"]
 
 
-async def test_batch_request_needs_a_batch(tmp_path: Path) -> None:
-    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=2) as pipeline:
+async def test_batch_request_needs_a_batch(cache: Any) -> None:
+    async with OnlineAPI(ScriptedModel(), cache, batch_size=2) as pipeline:
         with pytest.raises(InvalidRequestError):
             await pipeline.batch_request([Request("hi")])  # type: ignore[arg-type]
 
 
-async def test_every_error_a_pipeline_raises_is_a_cache_saver_error(tmp_path: Path) -> None:
-    async with OnlineAPI(ScriptedModel(fail={"bad"}), tmp_path, batch_size=1) as pipeline:
+async def test_every_error_a_pipeline_raises_is_a_cache_saver_error(cache: Any) -> None:
+    async with OnlineAPI(ScriptedModel(fail={"bad"}), cache, batch_size=1) as pipeline:
         for call in (
             lambda: pipeline.request("hi"),  # type: ignore[arg-type]
             lambda: pipeline.request(Extra("hi", extra={1})),
@@ -1294,18 +1297,18 @@ async def test_the_seed_notebook_flow(tmp_path: Path) -> None:
 # == trio ==================================================================================
 
 
-def test_the_core_runs_under_trio(tmp_path: Path) -> None:
+def test_the_core_runs_under_trio(cache: Any) -> None:
     async def main() -> tuple[list[Response], list[Response], int, int]:
         model = ScriptedModel()
         with trio.fail_after(10):
-            async with OnlineAPI(model, tmp_path, batch_size=4, timeout=0.01) as pipeline:
+            async with OnlineAPI(model, cache, batch_size=4, timeout=0.01) as pipeline:
                 first = await gather(
                     lambda: pipeline.request(Request("hi", request_id="a")),
                     lambda: pipeline.request(Request("hi", n=2, request_id="b")),
                     lambda: pipeline.request(Request("other", request_id="c")),
                 )
             replay_model = ScriptedModel()
-            async with LocalAPI(replay_model, tmp_path, batch_size=1) as pipeline:
+            async with LocalAPI(replay_model, cache, batch_size=1) as pipeline:
                 second = await pipeline.batch_request(
                     Batch(requests=[Request("other", request_id="c"), Request("hi", n=2, request_id="b"),
                                     Request("hi", request_id="a")])
@@ -1326,12 +1329,12 @@ def test_the_core_runs_under_trio(tmp_path: Path) -> None:
     "pipeline_class, kind",
     [(OnlineAPI, "single"), (OnlineAPI, "batch"), (OnlineAPI, "both"), (LocalAPI, "batch")],
 )
-def test_a_sync_model_works_in_every_pipeline(tmp_path: Path, backend: str, pipeline_class: Any, kind: str) -> None:
+def test_a_sync_model_works_in_every_pipeline(cache: Any, backend: str, pipeline_class: Any, kind: str) -> None:
     requests = [Request("a", n=2, request_id="x"), Request("b", request_id="y"), Request("a", request_id="z")]
 
     async def run(model: SyncModel) -> list[Response]:
         with anyio.fail_after(10):
-            async with pipeline_class(model, tmp_path, batch_size=4) as pipeline:
+            async with pipeline_class(model, cache, batch_size=4) as pipeline:
                 first = await pipeline.batch_request(Batch(requests=requests[:2]))
                 return first + [await pipeline.request(requests[2])]
 
@@ -1347,12 +1350,12 @@ def test_a_sync_model_works_in_every_pipeline(tmp_path: Path, backend: str, pipe
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_late_answers_at_close_are_stored(tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_late_answers_at_close_are_stored(cache: Any, backend: str, caplog: pytest.LogCaptureFixture) -> None:
     """A sync model blocked in its thread past aclose's deadline: its callers get
     PipelineClosedError, and the two requests' samples it then returns are stored."""
     requests = [Request("a", n=2, request_id="x"), Request("b", request_id="y")]
     model = SyncModel("batch", block=True)
-    pipeline = LocalAPI(model, tmp_path, batch_size=2)
+    pipeline = LocalAPI(model, cache, batch_size=2)
     errors: list[BaseException] = []
 
     async def ask(request: Request) -> None:
@@ -1379,7 +1382,7 @@ def test_late_answers_at_close_are_stored(tmp_path: Path, backend: str, caplog: 
     replay_model = ScriptedModel()
 
     async def replay() -> list[Response]:
-        async with LocalAPI(replay_model, tmp_path, batch_size=2) as again:
+        async with LocalAPI(replay_model, cache, batch_size=2) as again:
             return await again.batch_request(Batch(requests=requests))
 
     responses = anyio.run(replay, backend=backend)
@@ -1391,13 +1394,13 @@ def test_late_answers_at_close_are_stored(tmp_path: Path, backend: str, caplog: 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("within_the_grace", [True, False])
 def test_a_cancelled_aclose_stores_what_a_sync_model_returns(
-    tmp_path: Path, backend: str, within_the_grace: bool, caplog: pytest.LogCaptureFixture
+    cache: Any, backend: str, within_the_grace: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Released within cancelled_close_grace_s the close completes; released after it gave
     up, the samples are stored anyway and the next aclose() completes the close."""
     request = Request("a", n=2, request_id="x")
     model = SyncModel("batch", block=True)
-    pipeline = LocalAPI(model, tmp_path, batch_size=1)
+    pipeline = LocalAPI(model, cache, batch_size=1)
     if not within_the_grace:
         pipeline.cancelled_close_grace_s = 0.01
     release_once = "cannot be cancelled" if within_the_grace else "gave up"
@@ -1429,7 +1432,7 @@ def test_a_cancelled_aclose_stores_what_a_sync_model_returns(
     replay_model = ScriptedModel()
 
     async def replay() -> Response:
-        async with LocalAPI(replay_model, tmp_path, batch_size=1) as again:
+        async with LocalAPI(replay_model, cache, batch_size=1) as again:
             return await again.request(request)
 
     response = anyio.run(replay, backend=backend)
@@ -1439,7 +1442,7 @@ def test_a_cancelled_aclose_stores_what_a_sync_model_returns(
 # == a larger mixed workload: every promise at once ==========================================
 
 
-async def test_a_mixed_workload_keeps_every_promise(tmp_path: Path) -> None:
+async def test_a_mixed_workload_keeps_every_promise(cache: Any) -> None:
     rng = random.Random(99)
     requests = [
         DecodingRequest(
@@ -1452,7 +1455,7 @@ async def test_a_mixed_workload_keeps_every_promise(tmp_path: Path) -> None:
         for _ in range(150)
     ]
     model = JitterModel(ScriptedModel(), seed=5, max_s=0.002)
-    responses = await run_concurrently(tmp_path, model, requests, batch_size=6, seed=6, stagger_s=0.003)
+    responses = await run_concurrently(cache, model, requests, batch_size=6, seed=6, stagger_s=0.003)
     by_namespace: dict[str, list[Any]] = defaultdict(list)
     for request, response in zip(requests, responses):
         assert len(response.data) == request.n
@@ -1465,10 +1468,10 @@ async def test_a_mixed_workload_keeps_every_promise(tmp_path: Path) -> None:
 # == more edges ============================================================================
 
 
-async def test_a_request_cancelled_while_waiting_for_its_window_is_still_stored(tmp_path: Path) -> None:
+async def test_a_request_cancelled_while_waiting_for_its_window_is_still_stored(cache: Any) -> None:
     model = ScriptedModel()
     request = Request("hi", request_id="impatient")
-    pipeline = OnlineAPI(model, tmp_path, batch_size=100, timeout=30)
+    pipeline = OnlineAPI(model, cache, batch_size=100, timeout=30)
     with anyio.fail_after(5):
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as group:
@@ -1479,23 +1482,23 @@ async def test_a_request_cancelled_while_waiting_for_its_window_is_still_stored(
     # the request was already queued for the batch: it is sent, and what it paid for is kept
     assert model.calls == 1
     replay = ScriptedModel()
-    (response,) = await run_sequentially(tmp_path, replay, [request])
+    (response,) = await run_sequentially(cache, replay, [request])
     assert replay.calls == 0 and response.data == ["hi#0"] and response.cached == [True]
 
 
-async def test_an_int_and_a_str_request_id_are_different_requests(tmp_path: Path) -> None:
+async def test_an_int_and_a_str_request_id_are_different_requests(cache: Any) -> None:
     requests = [Request("hi", request_id=1), Request("hi", request_id="1")]
-    first = await run_sequentially(tmp_path, ScriptedModel(), requests)
+    first = await run_sequentially(cache, ScriptedModel(), requests)
     assert first[0].data != first[1].data
     replay = ScriptedModel()
-    second = await run_sequentially(tmp_path, replay, list(reversed(requests)))
+    second = await run_sequentially(cache, replay, list(reversed(requests)))
     assert [r.data for r in reversed(second)] == [r.data for r in first]
     assert replay.calls == 0
 
 
-async def test_usage_follows_each_sample_through_merging_and_replay(tmp_path: Path) -> None:
+async def test_usage_follows_each_sample_through_merging_and_replay(cache: Any) -> None:
     model = ScriptedModel(with_usage=True)
-    async with OnlineAPI(model, tmp_path, batch_size=4, timeout=0.001) as pipeline:
+    async with OnlineAPI(model, cache, batch_size=4, timeout=0.001) as pipeline:
         merged = await gather(
             lambda: pipeline.request(Request("two words", n=2, request_id="a")),
             lambda: pipeline.request(Request("two words", n=1, request_id="b")),
@@ -1503,7 +1506,7 @@ async def test_usage_follows_each_sample_through_merging_and_replay(tmp_path: Pa
     assert model.calls == 1
     usage = {"prompt_tokens": 2, "completion_tokens": 2}
     assert merged[0].usage == [usage, usage] and merged[1].usage == [usage]
-    (replayed,) = await run_sequentially(tmp_path, ScriptedModel(), [Request("two words", n=2, request_id="a")])
+    (replayed,) = await run_sequentially(cache, ScriptedModel(), [Request("two words", n=2, request_id="a")])
     assert replayed.cached == [True, True] and replayed.usage == [usage, usage]
 
 
@@ -1525,18 +1528,18 @@ async def test_a_request_is_hashed_once_on_its_way_through_the_pipeline(tmp_path
     assert CountingList.walks == 1
 
 
-async def test_replay_with_identified_and_anonymous_requests_mixed_in_any_order(tmp_path: Path) -> None:
+async def test_replay_with_identified_and_anonymous_requests_mixed_in_any_order(cache: Any) -> None:
     rng = random.Random(21)
     requests = [
         Request(f"p{rng.randrange(3)}", n=rng.randrange(1, 3), request_id=rng.choice([None, f"id{i}"]))
         for i in range(40)
     ]
-    first = await run_concurrently(tmp_path, JitterModel(ScriptedModel(), seed=1), requests, 4, seed=1, stagger_s=0.003)
+    first = await run_concurrently(cache, JitterModel(ScriptedModel(), seed=1), requests, 4, seed=1, stagger_s=0.003)
     order = list(range(len(requests)))
     rng.shuffle(order)
     replay_model = ScriptedModel()
     second = await run_concurrently(
-        tmp_path, replay_model, [requests[i] for i in order], 3, seed=2, stagger_s=0.003
+        cache, replay_model, [requests[i] for i in order], 3, seed=2, stagger_s=0.003
     )
     assert replay_model.calls == 0
     anonymous_first: dict[str, Counter[Any]] = defaultdict(Counter)
@@ -1553,15 +1556,15 @@ async def test_replay_with_identified_and_anonymous_requests_mixed_in_any_order(
 
 @pytest.mark.parametrize("concurrent", [False, True])
 async def test_an_anonymous_request_does_not_take_an_identified_requests_samples(
-    tmp_path: Path, concurrent: bool
+    cache: Any, concurrent: bool
 ) -> None:
     identified, anonymous = Request("hi", n=2, request_id="a"), Request("hi", n=2)
-    first = await run_sequentially(tmp_path, ScriptedModel(), [identified, anonymous])
+    first = await run_sequentially(cache, ScriptedModel(), [identified, anonymous])
     replay_model = ScriptedModel()
     if concurrent:
-        second = await run_concurrently(tmp_path, replay_model, [anonymous, identified], batch_size=2)
+        second = await run_concurrently(cache, replay_model, [anonymous, identified], batch_size=2)
     else:
-        second = await run_sequentially(tmp_path, replay_model, [anonymous, identified])
+        second = await run_sequentially(cache, replay_model, [anonymous, identified])
     assert replay_model.calls == 0
     assert second[1].data == first[0].data
     assert second[0].data == first[1].data
@@ -1582,12 +1585,12 @@ async def test_the_ledger_hooks_see_single_requests_too(tmp_path: Path) -> None:
     assert ledger.served[1][1].cached == [True, True]
 
 
-async def test_the_same_request_id_used_concurrently_replays_as_a_whole(tmp_path: Path) -> None:
+async def test_the_same_request_id_used_concurrently_replays_as_a_whole(cache: Any) -> None:
     requests = [Request("hi", request_id="x"), Request("hi", n=2, request_id="x"), Request("hi", request_id="x")]
-    first = await run_concurrently(tmp_path, ScriptedModel(), requests, batch_size=4)
+    first = await run_concurrently(cache, ScriptedModel(), requests, batch_size=4)
     assert len(set(all_samples(first))) == 4
     replay_model = ScriptedModel()
-    second = await run_concurrently(tmp_path, replay_model, list(reversed(requests)), batch_size=1)
+    second = await run_concurrently(cache, replay_model, list(reversed(requests)), batch_size=1)
     assert replay_model.calls == 0
     assert sorted(all_samples(second)) == sorted(all_samples(first))
     # Per request: the n=2 request gets its own two samples back whatever the arrival order
@@ -1597,12 +1600,12 @@ async def test_the_same_request_id_used_concurrently_replays_as_a_whole(tmp_path
 
 
 @pytest.mark.parametrize("order", [[1, 0], [0, 1]])
-async def test_one_id_with_different_n_replays_per_request_in_any_order(tmp_path: Path, order: list[int]) -> None:
+async def test_one_id_with_different_n_replays_per_request_in_any_order(cache: Any, order: list[int]) -> None:
     requests = [Request("hi", n=1, request_id="x"), Request("hi", n=3, request_id="x")]
-    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=4) as pipeline:
+    async with OnlineAPI(ScriptedModel(), cache, batch_size=4) as pipeline:
         first = await pipeline.batch_request(Batch(requests=requests))
     replay_model = ScriptedModel()
-    async with OnlineAPI(replay_model, tmp_path, batch_size=4) as pipeline:
+    async with OnlineAPI(replay_model, cache, batch_size=4) as pipeline:
         second = await pipeline.batch_request(Batch(requests=[requests[i] for i in order]))
     assert replay_model.calls == 0
     by_n = {len(r.data): r.data for r in second}
