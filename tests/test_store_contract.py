@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pytest
 from _engines import ENGINES, EngineFactory, engines_with
 
-from cachesaver.errors import CacheSaverError, CorruptStoreError, StoreError
+from cachesaver.errors import CacheSaverError, CorruptStoreError, StoreError, StoreLockedError
 from cachesaver.store import open_store
 from cachesaver.store.protocol import (
     CONSULTED_RECORDS,
@@ -302,6 +302,37 @@ def test_lookups_never_wait_for_a_commit_in_its_hook(store: SampleStore) -> None
     assert done.is_set(), "a lookup waited for the commit in progress"
     assert looked == [(1, list(samples("k0")), True)]  # it saw the store as before the commit
     assert hook.events == ["before", ("after", [1]), "finish"]
+
+
+@pytest.mark.parametrize("wait_s", [0, 0.01])
+def test_a_commit_waits_at_most_wait_s_for_another_commit_in_progress(store: SampleStore, wait_s: float) -> None:
+    holding, release = threading.Event(), threading.Event()
+    other: list[Any] = []
+
+    class HoldingHook(RecordingHook):
+        def before(self) -> None:
+            holding.set()
+            release.wait(timeout=10)  # a deadlock guard; released by the main thread
+
+    def commit_and_hold() -> None:
+        try:
+            other.append(store.commit([Append("k", samples("held"))], hook=HoldingHook()))
+        finally:
+            store.release_thread()
+
+    thread = threading.Thread(target=commit_and_hold)
+    thread.start()
+    try:
+        assert holding.wait(timeout=10)
+        with pytest.raises(StoreLockedError):
+            store.commit([Append("k", samples("refused")), Append("j", samples("j0"))], token="t", wait_s=wait_s)
+    finally:
+        release.set()
+        thread.join(timeout=10)
+    assert other == [[0]]
+    assert [name for name, _ in everything(store, "k")] == ["held"]  # nothing of the refused commit
+    assert ok(store.view(["j"])["j"]) == KeyView() and store.applied("t") is False
+    assert store.commit([Append("k", samples("later"))], wait_s=0) == [1]
 
 
 def test_finish_is_called_when_a_commit_fails_after_before(store: SampleStore) -> None:

@@ -5,7 +5,8 @@ pickled, so a sample that cannot be serialised fails its commit exactly as on di
 read returns is a fresh copy. A commit is all or nothing and becomes visible at once.
 
 Two locks, as diskcache has: a *write lock* one commit holds from before its hook's ``before``
-to after its ``finish`` (commits run one at a time), and a short *state lock* every call holds
+to after its ``finish`` (commits run one at a time; another commit waits for it at most
+``wait_s``, then raises StoreLockedError), and a short *state lock* every call holds
 while it looks at or changes the data. Lookups take only the state lock, so they never wait
 for a commit in progress: the allocation layer's hook, called while the write lock is held,
 waits for a lookup round, which must be able to finish.
@@ -23,7 +24,7 @@ import pickle
 import threading
 from typing import Any, Mapping, Sequence
 
-from ..errors import CorruptStoreError, StoreError
+from ..errors import CorruptStoreError, StoreError, StoreLockedError
 from .protocol import (  # noqa: F401 - RecordId is used by the doctest
     CONSULTED_RECORDS,
     RecordId,
@@ -126,7 +127,18 @@ class MemoryStore:
             encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
         except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
             raise StoreError(f"a sample cannot be serialised for {self.location}: {exc}") from exc
-        with self._write_lock:
+        if wait_s is None:
+            acquired = self._write_lock.acquire()
+        elif wait_s > 0:
+            acquired = self._write_lock.acquire(timeout=wait_s)
+        else:
+            acquired = self._write_lock.acquire(blocking=False)
+        if not acquired:
+            raise StoreLockedError(
+                f"another commit to {self.location} held its write lock for over {wait_s:g} s "
+                "(wait_s); nothing was written. Try again once it has finished"
+            )
+        try:
             with self._lock:
                 self._check_open()
             if not self.writable:
@@ -143,6 +155,8 @@ class MemoryStore:
             finally:
                 if hook is not None:
                     hook.finish()
+        finally:
+            self._write_lock.release()
 
     def _apply(
         self,
