@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,3 +395,27 @@ def open_files_under(directory: Path, suffix: str = "") -> list[str]:
         if target.startswith(str(directory)) and target.endswith(suffix):
             out.append(target)
     return sorted(out)
+
+
+def run_released_together(commands: list[list[str]], sync_dir: Path, tags: list[str] | tuple[str, ...]) -> None:
+    """Start one process per command, wait until each has created ``sync_dir/ready-<tag>``,
+    release them all at once by creating ``sync_dir/go``, and wait for them to exit 0 (a
+    deadlock guard bounds each wait; a process left running is killed)."""
+    workers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for command in commands
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while not all((sync_dir / f"ready-{tag}").exists() for tag in tags):
+            if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
+                break
+            time.sleep(0.005)
+        (sync_dir / "go").touch()
+        for worker in workers:
+            _, stderr = worker.communicate(timeout=50)
+            assert worker.returncode == 0, stderr
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()

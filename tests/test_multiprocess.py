@@ -7,16 +7,14 @@ at the same time, through DiskcacheStore or through whole pipelines.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from _support import WORKER
+from _support import WORKER, run_released_together
 
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
@@ -33,30 +31,12 @@ def run_two_workers(mode: str, tmp_path: Path) -> list[Any]:
     sync_dir = tmp_path / "sync"
     sync_dir.mkdir()
     outputs = [tmp_path / f"out-{tag}.json" for tag in TAGS]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, TESTS_DIR, mode, str(cache_dir), str(sync_dir), tag, str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for tag, out in zip(TAGS, outputs)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while not all((sync_dir / f"ready-{tag}").exists() for tag in TAGS):
-            if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
-                break
-            time.sleep(0.005)
-        (sync_dir / "go").touch()
-        for worker in workers:
-            _, stderr = worker.communicate(timeout=50)
-            assert worker.returncode == 0, stderr
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    run_released_together(
+        [[sys.executable, "-c", WORKER, TESTS_DIR, mode, str(cache_dir), str(sync_dir), tag, str(out)]
+         for tag, out in zip(TAGS, outputs)],
+        sync_dir,
+        TAGS,
+    )
     return [json.loads(out.read_text()) for out in outputs]
 
 

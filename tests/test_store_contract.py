@@ -11,16 +11,15 @@ capability of the factory, and its tests run for the engines that have it.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from _engines import ENGINES, EngineFactory, engines_with
+from _support import run_released_together
 
 from cachesaver.errors import CacheSaverError, CorruptStoreError, StoreError, StoreLockedError
 from cachesaver.store import open_store
@@ -425,30 +424,12 @@ def test_concurrent_processes_appending_to_the_same_keys_lose_nothing(engine: En
     tags = ("A", "B", "C")
     outputs = [tmp_path / f"out-{tag}.json" for tag in tags]
     code = WORKER.format(open_code=engine.open_code)
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, TESTS_DIR, engine.location, str(sync_dir), tag, str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for tag, out in zip(tags, outputs)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while not all((sync_dir / f"ready-{tag}").exists() for tag in tags):
-            if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
-                break
-            time.sleep(0.005)
-        (sync_dir / "go").touch()
-        for worker in workers:
-            _, stderr = worker.communicate(timeout=50)
-            assert worker.returncode == 0, stderr
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    run_released_together(
+        [[sys.executable, "-c", code, TESTS_DIR, engine.location, str(sync_dir), tag, str(out)]
+         for tag, out in zip(tags, outputs)],
+        sync_dir,
+        tags,
+    )
     commits = [entry for out in outputs for entry in json.loads(out.read_text())]
     stored = {key: [name for name, _ in everything(store, key)] for key in ("shared", "own0", "own1")}
     assert stored["shared"][0] == "before"
