@@ -799,15 +799,15 @@ async def test_a_cancelled_aclose_still_stores_samples_the_model_returned(tmp_pa
     """The model has answered and the samples are being written when the close is cancelled."""
     pipeline = OnlineAPI(ScriptedModel(), tmp_path, batch_size=1)
     writing, proceed = threading.Event(), threading.Event()
-    write = pipeline.cacher.store.write
+    write = pipeline.cacher.store._write_commit
 
-    def slow_write(key: str, samples: Any = (), *args: Any, **kwargs: Any) -> int:
-        if samples:  # a slow disk, so the close is cancelled while the write is pending
+    def slow_write(appends: Any, records: Any) -> Any:
+        if appends:  # a slow disk, so the close is cancelled while the write is pending
             writing.set()
             proceed.wait(5)
-        return write(key, samples, *args, **kwargs)
+        return write(appends, records)
 
-    pipeline.cacher.store.write = slow_write  # type: ignore[method-assign]
+    pipeline.cacher.store._write_commit = slow_write  # type: ignore[method-assign]
     pipeline.cacher._broker.inline_io = False  # the slow write must run on the write thread
     request = Request("hi", n=2, request_id="a")
     outcomes: list[Any] = []

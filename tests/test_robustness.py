@@ -160,16 +160,16 @@ async def test_a_close_interrupted_twice_by_native_cancels_is_finished_by_the_ne
     the next ``aclose()`` then does what was left: here, wait for the pending write and close."""
     cacher = AsyncCacher(ScriptedModel(), tmp_path)
     writing, proceed = threading.Event(), threading.Event()
-    write, close_store = cacher.store.write, cacher.store.close
+    write, close_store = cacher.store._write_commit, cacher.store.close
     closed = []
 
-    def slow_write(key, samples=(), *args, **kwargs):
-        if samples:
+    def slow_write(appends, records):
+        if appends:
             writing.set()
             proceed.wait(5)
-        return write(key, samples, *args, **kwargs)
+        return write(appends, records)
 
-    cacher.store.write = slow_write
+    cacher.store._write_commit = slow_write
     cacher._broker.inline_io = False  # the slow write must run on the write thread
     cacher.store.close = lambda: (closed.append(True), close_store())
     request = Request("hi", n=2, request_id="a")

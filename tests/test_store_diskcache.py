@@ -22,7 +22,7 @@ from _support import gather, open_files_under, wait_until, write_lock_held
 from cachesaver.stages.caching import AsyncCacher
 from cachesaver.errors import CacheMissError, ConfigurationError, CorruptStoreError, StoreError, StoreLockedError
 from cachesaver.models.replay_only import ReplayOnlyModel
-from cachesaver.store.protocol import Append
+from cachesaver.store.protocol import Append, RecordId, RecordWrite
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import LocalAPI, OnlineAPI
 from cachesaver.store.diskcache import DiskcacheStore
@@ -362,3 +362,64 @@ def test_a_read_only_directory_without_a_cache_is_a_configuration_error(tmp_path
     with read_only_view(tmp_path / "empty", tmp_path / "ro") as directory:
         with pytest.raises(ConfigurationError, match="holds no cache"):
             DiskcacheStore(directory)
+
+
+# -- commits write the rows diskcache itself would -----------------------------------------------
+
+
+def _rows(cache: diskcache.Cache) -> dict[str, Any]:
+    return {name: cache.get(name) for name in cache.iterkeys()}
+
+
+@pytest.mark.parametrize("sample_chars", [10, 40_000], ids=["in-row", "in-file"])
+def test_commits_leave_a_cache_that_diskcache_reads_and_checks_clean(tmp_path: Path, sample_chars: int) -> None:
+    """Small values are written as rows directly, large ones (kept in files) by Cache.set; a
+    head entry that moved into a file and back is replaced, leaving no file behind."""
+    store = DiskcacheStore(tmp_path / "ours")
+    reference = diskcache.Cache(tmp_path / "reference", eviction_policy="none")
+    try:
+        for round_ in range(20):  # past the head's 16 samples: count and sample entries too
+            sample = ("x" * sample_chars + str(round_), {"tokens": round_})
+            store.commit([Append("k", (sample,)), Append(f"k{round_}", (("s", None),))])
+        cache = store.cache
+        assert cache.check() == []  # diskcache's own count, size and file checks
+        assert len(cache) == len(list(cache.iterkeys()))
+        assert [data for data, _ in store.read({"k": range(20)})["k"]] == [  # type: ignore[union-attr]
+            "x" * sample_chars + str(i) for i in range(20)
+        ]
+        for name, value in _rows(cache).items():  # what Cache.set would have stored
+            reference.set(name, value)
+        assert _rows(reference) == _rows(cache)
+        assert cache.volume() == reference.volume()
+        files = [p for p in (tmp_path / "ours").rglob("*.val")]
+        # In files: the 4 samples past the head and the head itself; no old head left behind.
+        assert len(files) == (5 if sample_chars > 20_000 else 0)
+    finally:
+        store.close()
+        reference.close()
+
+
+def test_a_record_kept_in_a_file_replaced_by_a_small_one_leaves_no_file(tmp_path: Path) -> None:
+    """A retraction replaces a large record (in a file of its own) by an empty one."""
+    store = DiskcacheStore(tmp_path)
+    try:
+        big = 15_000
+        store.commit([Append("k", tuple((f"s{i}", None) for i in range(big)))])
+        for i in range(20):  # fill the head's records, so the next ones get entries of their own
+            store.commit([], [RecordWrite("k", RecordId("ns", f"id{i}", 1, 0), (i,))])
+        rid = RecordId("ns", "large", big, 0)
+        store.commit([], [RecordWrite("k", rid, tuple(range(big)))])
+        assert len(list(tmp_path.rglob("*.val"))) > 0
+        store.commit([], [RecordWrite("k", rid, ())])
+        key_view = store.view(["k"], [("k", rid.tag)])["k"]
+        assert key_view.found == {rid.tag: ()}  # type: ignore[union-attr]
+        assert store.cache.check() == []
+        sample_files = {p.name for p in tmp_path.rglob("*.val")}
+        assert sample_files == set(_files_of_samples(store.cache))  # the record's file is gone
+    finally:
+        store.close()
+
+
+def _files_of_samples(cache: diskcache.Cache) -> list[str]:
+    rows = cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL").fetchall()
+    return [os.path.basename(name) for (name,) in rows]

@@ -248,6 +248,8 @@ class AsyncCacher(Stage):
                 entry.found.writes.append(write)
                 writes.append(write)
                 entry.needed -= take
+                if entry.needed == 0:
+                    broker.record_complete(entry.found)  # committed with these samples
             if writes:
                 await broker.ensure_running()
                 await broker.store_writes(writes).get()

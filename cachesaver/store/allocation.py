@@ -105,6 +105,7 @@ class Found:
     record_due: bool = False
     writes: list["Write"] = field(default_factory=list)
     live: bool = True
+    record: "_Record | None" = None  # queued with the samples that completed the request
 
 
 class Write:
@@ -167,7 +168,7 @@ class _Record:
 class _Lookup(Outcome[Found]):
     """A queued lookup; it is its own outcome."""
 
-    __slots__ = ("request", "key", "found", "abandoned", "use", "tag")
+    __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused")
 
     def __init__(self, request: Request, key: str) -> None:
         super().__init__()
@@ -177,6 +178,7 @@ class _Lookup(Outcome[Found]):
         self.abandoned = False
         self.use: int | None = None
         self.tag: str | None = None
+        self.reused = False  # its use was given back by an earlier attempt
 
     @property
     def outcome(self) -> "_Lookup":
@@ -379,9 +381,22 @@ class SampleBroker:
         """Queue samples with no owner (nothing claims them); see :meth:`store_writes`."""
         return self.store_writes([Write(item.key, item.samples) for item in items])
 
+    def record_complete(self, found: Found) -> None:
+        """The writes of ``found`` now hold every sample its request lacked: queue its replay
+        record to be committed with them (call it before :meth:`store_writes` of the last
+        write). Should the request not reach its caller after all, :meth:`abandon` retracts the
+        record (a later commit replaces it by an empty one), so only delivered uses keep one."""
+        if found.use is None or not found.live or found.record is not None:
+            return
+        found.record = _Record(
+            found.namespace, found.key, found.request_id, found.n, found.use, found.indices,
+            [(w, w.own) for w in found.writes],
+        )
+        self._records.append(found.record)
+
     def deliver(self, found: Found) -> None:
         """The request of ``found`` reached its caller: its use counts, its record is written."""
-        if found.use is None or not found.live:
+        if found.use is None or not found.live or found.record is not None:
             return
         if found.writes or found.record_due:
             parts = [(w, w.own) for w in found.writes]
@@ -397,8 +412,16 @@ class SampleBroker:
         if op.abandoned:
             return
         op.abandoned = True
-        if op.found is not None:
-            op.found.live = False
+        found = op.found
+        if found is not None:
+            found.live = False
+            if found.record is not None and found.use is not None:
+                # Its record went (or goes) out with its samples: replace it by an empty one.
+                # A retry that takes this use again writes its own record after this one.
+                if not self._records:
+                    self._records_since = anyio.current_time()
+                self._records.append(_Record(found.namespace, found.key, found.request_id, found.n, found.use, ()))
+                self._write_lane.kick()
         self._abandoned.append(op)
         self._lookup_lane.kick()
 
@@ -430,8 +453,8 @@ class SampleBroker:
         self._write_lane.kick()
         if self._write_lane.running and self._write_lane.stopped is not None:
             await self._write_lane.stopped.wait()
-        elif self._writes or self._records:  # the write lane never ran: one round now
-            await self._write_once(final=True)
+        elif self._writes or self._records or self._unstored or self._unstored_records:
+            await self._write_once(final=True)  # the write lane never ran, or crashed: one round now
         self._closed = True
         self.claims.close()  # deletes the claims' on-disk part, if a long run made one
         with anyio.CancelScope(shield=True):
@@ -558,6 +581,7 @@ class SampleBroker:
             request = op.request
             if request.request_id is not None:
                 op.use = claims.next_use(request.namespace, op.key, request.request_id, request.n)
+                op.reused = claims.reused
                 op.tag = record_tag(request.namespace, request.request_id, request.n, op.use)
                 tags.append((op.key, op.tag))
             live.append(position)
@@ -589,7 +613,7 @@ class SampleBroker:
                 if len(set(picked)) == n and all(i < view.count and not entry.is_claimed(i) for i in picked):
                     for i in picked:
                         entry.claim(i)
-                    chosen[position], due[position] = picked, len(recorded) != n
+                    chosen[position], due[position] = picked, len(recorded) != n or op.reused
                     continue
             deferred.append(position)
         for position in deferred:
@@ -600,7 +624,9 @@ class SampleBroker:
             reserved = self._reserved(view, request.namespace, op.tag) if view.records else ()
             picked = claims.choose(request.namespace, op.key, request.n, view.count, recorded, reserved)
             chosen[position] = picked
-            due[position] = op.use is not None and len(picked) == request.n and tuple(picked) != recorded
+            due[position] = (
+                op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
+            )
         # One read for every sample the views did not carry.
         wanted: dict[str, set[int]] = {}
         for position, picked in chosen.items():
@@ -796,6 +822,10 @@ class SampleBroker:
         positions = {id(w): i for i, w in enumerate(writes)}
         appends = [Append(w.key, tuple(w.samples)) for w in writes]
         record_writes = [r.to_write(positions) for r in records]
+        if len(record_writes) > 1:  # a record and its later replacement: only the last one
+            last = {(w.key, w.record.tag): w for w in record_writes}
+            if len(last) < len(record_writes):
+                record_writes = list(last.values())
         self.store.commit(appends, record_writes, hook=_ClaimOnCommit(self, writes, records), wait_s=wait_s)
 
     # -- recovery files -----------------------------------------------------------------------

@@ -157,6 +157,8 @@ class RunClaims:
         self._finalizer: weakref.finalize | None = None
         self._retry_above = 0  # after a failed trim, wait until memory grows past this
         self._released: dict[tuple[Any, ...], list[int]] = {}  # uses given back, per identity
+        self.reused = False
+        """Whether the use the last :meth:`next_use` returned had been given back before."""
 
     def claims(self, namespace: str, key: str) -> KeyClaims:
         """The claims of (namespace, key); valid until the next :meth:`trim`."""
@@ -183,7 +185,9 @@ class RunClaims:
             released.remove(use)
             if not released:
                 del self._released[ident]
+            self.reused = True
             return use
+        self.reused = False
         uses = self._uses
         count = uses.pop(ident, None)
         if count is None:

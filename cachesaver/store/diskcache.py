@@ -88,6 +88,16 @@ _SAMPLE = _PREFIX + "sample/"
 _RECORD = _PREFIX + "record/"
 _MISSING = object()
 _MODE_PICKLE = getattr(diskcache.core, "MODE_PICKLE", 4)
+_MODE_RAW = getattr(diskcache.core, "MODE_RAW", 1)
+# The row ``Cache.set`` writes for a small value without expiry or tag; an existing row whose
+# value lives in a file is left alone (rowcount 0), so the caller falls back to ``Cache.set``.
+_UPSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, "
+    "mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, ?, NULL, ?) "
+    "ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = NULL, "
+    "access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0, "
+    "mode = excluded.mode, filename = NULL, value = excluded.value WHERE filename IS NULL"
+)
 
 
 class Head(NamedTuple):
@@ -109,6 +119,21 @@ class RecordEntry(NamedTuple):
 
 
 _EMPTY_HEAD = Head((), {})
+
+
+class _KeyWrite:
+    """What one commit writes for one key: its new head samples and records, its new count and
+    the entries outside the head."""
+
+    __slots__ = ("head", "stored", "count", "samples", "records", "copied", "puts")
+
+    def __init__(self, head: Head, count: int) -> None:
+        self.head = head
+        self.stored = self.count = count
+        self.samples: tuple[tuple[Any, Any], ...] = head.samples
+        self.records: dict[str, tuple[int, ...]] = head.records
+        self.copied = False
+        self.puts: list[tuple[str, Any]] = []
 
 
 class _Undecodable:
@@ -302,6 +327,14 @@ class DiskcacheStore:
         self._bulk_ok = type(self.cache) in (diskcache.Cache, ReadOnlyCache) and getattr(
             self.cache, "eviction_policy", None
         ) in ("none", "least-recently-stored")
+        # Rows written directly (what Cache.set writes, without its per-call bookkeeping) only
+        # where Cache.set would do nothing more: a plain Cache with the default Disk and no
+        # eviction, so no culling is skipped.
+        self._raw_writes = (
+            type(self.cache) is diskcache.Cache
+            and type(getattr(self.cache, "_disk", None)) is diskcache.Disk
+            and getattr(self.cache, "eviction_policy", None) == "none"
+        )
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -565,7 +598,8 @@ class DiskcacheStore:
         own = getattr(cache, "timeout", None)
         con = None
         own_ms = 0
-        if isinstance(cache, diskcache.Cache) and isinstance(own, (int, float)) and own > seconds:
+        # Within 50 ms of the connection's own timeout: not worth two PRAGMA statements.
+        if isinstance(cache, diskcache.Cache) and isinstance(own, (int, float)) and own > seconds + 0.05:
             own_ms = int(own * 1000)
             try:
                 con = cache._con
@@ -689,22 +723,7 @@ class DiskcacheStore:
                     if token is not None and self._get(_TOKEN + token, None) is not None:
                         starts = None
                     else:
-                        heads = self.heads([a.key for a in appends]) if len(appends) > 1 else {}
-                        starts = []
-                        for append in appends:
-                            head = heads.pop(append.key, None)  # a key appended twice is read afresh
-                            if isinstance(head, StoreError):
-                                raise head
-                            starts.append(self.write(append.key, append.samples, head=head))
-                        by_key: dict[str, list[RecordEntry]] = {}
-                        sizes = [len(append.samples) for append in appends]
-                        for write in records:
-                            rid = write.record
-                            by_key.setdefault(write.key, []).append(
-                                RecordEntry(rid.namespace, rid.request_id, rid.n, rid.use, write.resolve(starts, sizes))
-                            )
-                        for key, entries in by_key.items():
-                            self.write(key, records=entries)
+                        starts = self._write_commit(appends, records)
                         if token is not None:
                             self.cache.set(_TOKEN + token, True)
                 except (sqlite3.Error, OSError) as exc:
@@ -719,6 +738,77 @@ class DiskcacheStore:
             if hook is not None and started:
                 hook.finish()
         return starts
+
+    def _write_commit(self, appends: Sequence[Append], records: Sequence[RecordWrite]) -> list[int]:
+        """Write a commit's appends and records inside the transaction; the first index of
+        each append. Each key's head entry is read once (in one bulk read) and written once."""
+        keys = list(dict.fromkeys([a.key for a in appends] + [w.key for w in records]))
+        heads = self.heads(keys)
+        state: dict[str, _KeyWrite] = {}
+        for key in keys:
+            head = heads[key]
+            if isinstance(head, StoreError):
+                raise head
+            state[key] = _KeyWrite(head, self.count(key, head))
+        starts: list[int] = []
+        room_of = self.HEAD_SAMPLES
+        for append in appends:
+            entry = state[append.key]
+            start = entry.count
+            pairs = append.samples
+            room = room_of - len(entry.samples)
+            if room > 0 and pairs:
+                entry.samples = entry.samples + tuple(pairs[:room])
+            for offset in range(max(room, 0), len(pairs)):
+                entry.puts.append((f"{_SAMPLE}{append.key}/{start + offset}", pairs[offset]))
+            entry.count = start + len(pairs)
+            starts.append(start)
+        sizes = [len(append.samples) for append in appends]
+        for write in records:
+            entry = state[write.key]
+            indices = write.resolve(starts, sizes)
+            tag = write.record.tag
+            if tag in entry.records or len(entry.records) < self.HEAD_RECORDS:
+                if not entry.copied:
+                    entry.records, entry.copied = dict(entry.records), True
+                entry.records[tag] = indices
+            else:
+                entry.puts.append((f"{_RECORD}{write.key}/{tag}", indices))
+        items: list[tuple[str, Any]] = []
+        for key, entry in state.items():
+            items.extend(entry.puts)
+            if entry.count != entry.stored and entry.count >= self.HEAD_SAMPLES:
+                items.append((_COUNT + key, entry.count))
+            if entry.samples is not entry.head.samples or entry.copied:
+                items.append((_HEAD + key, (entry.samples, entry.records)))
+        self._put_all(items)
+        return starts
+
+    def _put_all(self, items: Sequence[tuple[str, Any]]) -> None:
+        """``Cache.set`` each (name, value), inside the transaction: the same rows, written
+        directly where that is known to be equivalent (see ``_raw_writes``)."""
+        put = self.cache.set
+        if not self._raw_writes:
+            for name, value in items:
+                put(name, value)
+            return
+        cache = self.cache
+        execute = cache._con.execute
+        limit = cache.disk_min_file_size
+        protocol = cache.disk_pickle_protocol
+        now = time.time()
+        for name, value in items:
+            data: int | bytes
+            if type(value) is int:
+                mode, data = _MODE_RAW, value
+            else:
+                data = pickle.dumps(value, protocol=protocol)
+                if len(data) >= limit:  # a value diskcache keeps in a file of its own
+                    put(name, value)
+                    continue
+                mode = _MODE_PICKLE
+            if execute(_UPSERT, (name, now, now, mode, data)).rowcount != 1:
+                put(name, value)  # the old value lives in a file: Cache.set replaces it
 
     def applied(self, token: str) -> bool:
         """See :meth:`cachesaver.store.protocol.SampleStore.applied`."""
