@@ -76,6 +76,7 @@ class _Pipeline(Stage):
         self.window_deduplicator = AsyncDeduplicator(self.reorderer, across_calls=False)
         self.batcher = AsyncBatcher(self.window_deduplicator, batch_size=batch_size, timeout=timeout)
         self.deduplicator = AsyncDeduplicator(self.batcher)
+        self.deduplicator._whole_passes = True  # the cacher hands it one call per pass
         self.cacher = AsyncCacher(
             self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id, store_timeout_s=store_timeout_s
         )

@@ -3,8 +3,9 @@
 Requests issued together (by ``gather``, a ``batch_request``, or a stage that answers many
 callers at once) arrive at a stage one task after another within the same pass of the event
 loop. :class:`PassCollector` lets a stage treat them as one group: the first submission
-schedules a detached flush, the flush yields once so the rest of the pass can join, then hands
-everything collected to the stage's handler and delivers one outcome per item.
+schedules a detached flush, which first runs once the rest of the pass has run (a new task
+starts after the callbacks already queued), then hands everything collected to the stage's
+handler and delivers one outcome per item.
 
 (Not to be confused with the cache stage's *lookup rounds* in
 :mod:`cachesaver.store.allocation`: one pass collected here becomes one submission to the broker,
@@ -67,7 +68,8 @@ class PassCollector(Generic[Item]):
     async def _flush(self) -> None:
         taken: list[tuple[Item, Outcome[Any]]] = []
         try:
-            await anyio.lowlevel.checkpoint()  # let the rest of this pass join
+            # A new job first runs after every callback already queued in this pass of the
+            # event loop, so the rest of the pass has joined by now.
             taken = self._take()
             self.passes += 1
             results = await self._handle([item for item, _ in taken])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -23,7 +24,12 @@ from anyio.abc import TaskGroup
 
 from ..errors import BackgroundJobError, PipelineClosedError
 
-__all__ = ["BackgroundTasks", "Outcome"]
+__all__ = ["BackgroundTasks", "DETACHED", "Outcome"]
+
+DETACHED: ContextVar[bool] = ContextVar("cachesaver_detached", default=False)
+"""True inside a job of a :class:`BackgroundTasks` (and tasks it starts): no caller's
+cancellation reaches it, only a forced close. A stage called from such a job may do its work in
+that job's task instead of starting one of its own."""
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -234,6 +240,7 @@ class BackgroundTasks:
 
     async def _guard(self, job: Callable[..., Awaitable[Any]], args: tuple[Any, ...], service: bool) -> None:
         scope = None
+        DETACHED.set(True)  # this task's own context
         try:
             if self._native is None:  # trio: a scope per job, so it can be cancelled alone
                 with anyio.CancelScope() as scope:

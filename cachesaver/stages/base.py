@@ -565,9 +565,15 @@ class Stage:
         while isinstance(stage, Stage):
             chain.append(stage)
             stage = stage.model
+        cancelled = False
         for inner in reversed(chain):  # innermost first: answers flow outwards as errors
-            await inner._background.cancel_jobs()
-        if not await self._drain(anyio.current_time() + 0.05):
+            if inner._background.running_jobs:
+                cancelled = True
+                await inner._background.cancel_jobs()
+        # Give what the cancelled inner jobs answered a moment to reach this stage; with none
+        # cancelled, the work left runs in this stage's own jobs (stages below it may run in
+        # the job that called them).
+        if not cancelled or not await self._drain(anyio.current_time() + 0.05):
             await self._background.cancel_jobs()  # own jobs waiting on a user model
             await self._drain(None)
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import anyio
 
 from .._runtime.checks import MAX_WAIT_S, check_seconds
-from .._runtime.jobs import Outcome, _native_loop_token
+from .._runtime.jobs import DETACHED, Outcome, _native_loop_token
 from ..errors import ConfigurationError, PipelineClosedError
 from ..typedefs import Model, Request
 from .base import Settled, Stage, call_model
@@ -52,12 +52,23 @@ class AsyncBatcher(Stage):
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         outcomes: list[Outcome[Settled]] = []
+        full: list[list[_Item]] = []
         for request in requests:
             outcome: Outcome[Settled] = Outcome()
             self._pending.append((request, outcome))
             outcomes.append(outcome)
             if len(self._pending) >= self.batch_size:
-                await self._send(self._take(self.batch_size))
+                full.append(self._take(self.batch_size))
+        if not self._pending and full and DETACHED.get():
+            # Called from a background job (the cache stage's): the last batch is sent in this
+            # job's task, the others in jobs of their own, all at once.
+            for batch in full[:-1]:
+                await self._send(batch)
+            self._enter()
+            await self._dispatch(full[-1])
+            return [outcome.result() if outcome.done else await outcome.get() for outcome in outcomes]
+        for batch in full:
+            await self._send(batch)
         if self._pending:
             if self.timeout == 0 or self._closing_begun:
                 await self._send(self._take(len(self._pending)))

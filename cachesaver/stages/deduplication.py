@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._runtime.collector import PassCollector
+from .._runtime.jobs import DETACHED
 from ..errors import IncompleteResponseError, InvalidRequestError
 from ..keys import request_key, with_n
 from ..typedefs import Model, Request, Response
@@ -53,12 +54,21 @@ class AsyncDeduplicator(Stage):
         self.across_calls = across_calls
         self._passes: PassCollector[Request] = PassCollector(self, self._merge_and_call)
         self.merged_requests = 0
+        self._whole_passes = False
+        """Set by a pipeline whose cache stage hands this stage each pass of the event loop in
+        one call, from a background job: such a call is merged and sent at once, in that job."""
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
         if not self.across_calls:
             if len(requests) == 1:  # nothing to merge with
                 return await call_model(self.model, requests, late=self._late_answers)
             return await self._merge_and_call(list(requests))
+        if self._whole_passes and DETACHED.get():
+            self._enter()
+            try:
+                return await self._merge_and_call(list(requests))
+            finally:
+                self._exit()
         outcomes = await self._passes.submit(requests)
         return [await outcome.get() for outcome in outcomes]
 
