@@ -10,7 +10,8 @@ owns (``tmp_path`` or a ``tmp_path_factory`` directory), and stops again.
   ``maxmemory_policy="noeviction"``, ``requirepass="secret"``). ``start()`` returns once the
   server answers PING; ``stop()`` shuts it down (SIGTERM, so an append-only file is complete);
   ``kill()`` sends SIGKILL; ``restart()`` starts it again on the same port, socket and data
-  directory, which is how a fault test restarts a server mid-run.
+  directory, which is how a fault test restarts a server mid-run; ``pause()`` / ``resume()``
+  send SIGSTOP / SIGCONT (a server that hangs).
 - :class:`RedisCluster` is a Redis Cluster of three masters (no replicas), each a
   :class:`RedisServer` with ``cluster-enabled yes`` in its own directory, joined with
   ``redis-cli --cluster create``; ``start()`` returns once ``CLUSTER INFO`` says
@@ -482,8 +483,21 @@ class RedisServer:
 
     def _end(self, *, graceful: bool) -> None:
         if self._process is not None:
+            if graceful and self._process.poll() is None:
+                self._process.send_signal(signal.SIGCONT)  # a paused server must run to shut down
             _terminate(self._process, graceful=graceful)
             self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its connections but answers nothing (a hung server)."""
+        if self._process is None:
+            raise RedisServerError("the server is not running, so it cannot be paused")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server: it answers again."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self, *, hard: bool = False) -> RedisServer:
         """Stop (``hard=True``: SIGKILL) and start again on the same port or socket, with the same data."""

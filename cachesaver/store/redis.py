@@ -49,8 +49,11 @@ Faults, each a :class:`~cachesaver.errors.StoreError` subclass, never a hang:
   for up to ``retry_s`` seconds (default :data:`RETRY_S`), then raises
   :class:`~cachesaver.errors.StoreUnavailableError`. Sockets time out after
   :data:`SOCKET_TIMEOUT_S` (connecting: :data:`CONNECT_TIMEOUT_S`) unless the URL sets
-  ``socket_timeout`` / ``socket_connect_timeout``. Every commit carries a nonce recorded with
-  it, so a commit retried after a lost reply is applied once.
+  ``socket_timeout`` / ``socket_connect_timeout``. Every commit carries a nonce the script
+  records with it (a small key that expires after 10 minutes; a caller's token is kept for
+  good), so a commit the engine retries after a lost reply is applied once. Only a commit
+  given up on after its script ran (the reply lost, then the server unreachable for all of
+  ``retry_s``) may be stored again by the cache stage's later retry, at new indices.
 * A full server (``maxmemory`` reached under ``noeviction``) refuses a commit whole:
   :class:`~cachesaver.errors.StoreFullError`, not retried by the engine (the cache stage keeps
   the samples and retries them later, as for a full disk).
@@ -293,7 +296,7 @@ def is_redis_url(value: Any) -> bool:
 def is_redis_client(value: Any) -> bool:
     """Whether ``value`` is a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``);
     never imports redis-py for an object that does not come from it."""
-    if not type(value).__module__.startswith("redis"):
+    if not any(cls.__module__.split(".")[0] == "redis" for cls in type(value).__mro__):
         return False
     try:
         redis = _redis()
@@ -316,7 +319,7 @@ class _Url:
 def _parse_url(url: str) -> _Url:
     try:
         split = urlsplit(url)
-        port = split.port
+        split.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ConfigurationError(f"cannot read the Redis URL {_describe(url)}: {exc}") from exc
     scheme = split.scheme.lower()
@@ -353,7 +356,6 @@ def _parse_url(url: str) -> _Url:
         except ValueError:
             raise ConfigurationError(f"retry_s in {_describe(url)} must be a number of seconds, got {ours['retry_s']!r}") from None
     client_url = _unsplit(base, split.netloc, split.path, urlencode(rest))
-    del port  # read above only to report a bad port as ConfigurationError
     return _Url(client_url, cluster, ours.get("prefix"), retry_s, timeouts)
 
 
@@ -451,7 +453,8 @@ class RedisStore:
         self._closed = False
         if isinstance(target, str):
             parsed = _parse_url(target)
-            self.prefix = _check_prefix(prefix if prefix is not None else parsed.prefix or DEFAULT_PREFIX)
+            chosen_prefix = prefix if prefix is not None else parsed.prefix
+            self.prefix = _check_prefix(DEFAULT_PREFIX if chosen_prefix is None else chosen_prefix)
             chosen = retry_s if retry_s is not None else parsed.retry_s
             self.retry_s = _check_seconds("retry_s", RETRY_S if chosen is None else chosen, zero_ok=True)
             self.cluster = parsed.cluster
@@ -499,7 +502,10 @@ class RedisStore:
         try:
             if parsed.cluster:
                 return redis.cluster.RedisCluster.from_url(parsed.client_url, **options)
-            return redis.Redis.from_url(parsed.client_url, **options)
+            client = redis.Redis.from_url(parsed.client_url, **options)
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # checks the URL's options; no I/O
+            return client
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot open the Redis store {self._location}: {exc}") from exc
 
@@ -858,7 +864,7 @@ class RedisStore:
         done = self._token_key(token) if token is not None else None
         if done is not None and self._call("read from", lambda: self.client.exists(done)):
             return None
-        fresh = done is None
+        fresh = done is None or not groups  # with a token: None only if every slot was in before
         for number, group in enumerate(groups):
             tag = b"{" + _slot_tag(group.keys[0]) + b"}:"
             if token is not None:
