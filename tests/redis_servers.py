@@ -268,7 +268,9 @@ class RedisServer:
     of 127.0.0.1 (``port=`` picks one; then a port already taken is an error, not a retry).
     Every other keyword argument is a config directive, underscores for dashes:
     ``appendonly=True``, ``maxmemory="2mb"``, ``maxmemory_policy="noeviction"``,
-    ``requirepass="secret"``. RDB snapshots are off (``save ""``) unless ``save=`` says otherwise.
+    ``requirepass="secret"``. RDB snapshots are off (``save ""``) unless ``save=`` says otherwise,
+    and the server ticks 100 times a second (``hz 100``, not 10), so it shuts down within about
+    10 ms of SIGTERM instead of 100.
 
     Use it as a context manager (``with RedisServer(tmp_path, unix_socket=True) as server:``,
     then ``redis.Redis.from_url(server.url)``) or call ``start()`` and ``close()``.
@@ -288,7 +290,7 @@ class RedisServer:
         self.unix_socket = unix_socket
         self.startup_timeout_s = startup_timeout_s
         self._executable = executable
-        self.options: dict[str, Any] = {"save": ""}
+        self.options: dict[str, Any] = {"save": "", "hz": 100}
         for name, value in options.items():
             directive = name.replace("_", "-")
             if directive in _MANAGED:

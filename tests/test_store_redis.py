@@ -50,18 +50,15 @@ def admin(url: str) -> redis.Redis:
 
 
 def fill(operator: redis.Redis) -> list[str]:
-    """Fill a server that has a maxmemory with keys of the operator's own until it refuses a
-    write; their names (deleting them frees the memory)."""
-    names: list[str] = []
-    for size in (256 * 1024, 8 * 1024, 64):  # smaller and smaller, until even a tiny one is refused
-        while True:
-            name = f"filler:{len(names)}"
-            try:
-                operator.set(name, b"x" * size)
-            except redis.exceptions.OutOfMemoryError:
-                break
-            names.append(name)
-    return names
+    """Make the server full, as an operator whose data grew would: a key of the operator's own
+    (1 MB, made by a short SETRANGE so no large buffer is freed later), then ``maxmemory`` set
+    512 kB below what the server uses (``noeviction``, so every write is refused). Deleting the
+    returned keys frees the memory."""
+    operator.setrange("filler", 1024 * 1024 - 1, b"x")
+    used = int(operator.info("memory")["used_memory"])
+    operator.config_set("maxmemory-policy", "noeviction")
+    operator.config_set("maxmemory", used - 512 * 1024)
+    return ["filler"]
 
 
 def with_query(url: str, **params: Any) -> str:
@@ -419,7 +416,6 @@ async def test_a_dropped_connection_is_reconnected(redis_server) -> None:
     assert second.data == ["two#0"] and replay.cached == [True] and model.calls == 2
 
 
-@pytest.mark.parametrize("redis_server", [{"maxmemory": "4mb", "maxmemory_policy": "noeviction"}], indirect=True)
 async def test_a_full_server_refuses_commits_whole_and_the_samples_land_once_memory_frees(redis_server) -> None:
     operator = admin(redis_server.url)
     store = RedisStore(redis_server.url)
@@ -445,7 +441,6 @@ async def test_a_full_server_refuses_commits_whole_and_the_samples_land_once_mem
 
 async def test_samples_a_full_server_refused_until_close_go_to_a_recovery_file(redis_server, tmp_path) -> None:
     operator = admin(redis_server.url)
-    operator.config_set("maxmemory", "4mb")
     fillers = fill(operator)
     with pytest.raises(UnstoredSamplesError) as info:
         async with OnlineAPI(ScriptedModel(), redis_server.url, batch_size=1) as pipeline:
