@@ -4,7 +4,8 @@
   contract every engine implements, and the values it exchanges.
 * Engines: :mod:`~cachesaver.store.diskcache` (embedded, the default; an existing cache
   directory is read as before), :mod:`~cachesaver.store.redis` (a Redis server or Redis
-  Cluster, shared by processes and hosts; needs ``cachesaver[redis]``) and
+  Cluster, shared by processes and hosts; needs ``cachesaver[redis]``; its URLs are read by
+  :mod:`~cachesaver.store.redis_urls`, its commit script is :mod:`~cachesaver.store.redis_script`) and
   :mod:`~cachesaver.store.memory` (the reference engine, and the fake for tests).
 * :mod:`~cachesaver.store.allocation`: which stored sample each request gets (claims, replay
   records, lookup rounds), through the protocol only; :mod:`~cachesaver.store.claims` holds a

@@ -91,7 +91,7 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote
 
 from ..errors import (
     ConfigurationError,
@@ -100,6 +100,16 @@ from ..errors import (
     StoreFullError,
     StoreLockedError,
     StoreUnavailableError,
+)
+from .redis_script import COMMIT_SCRIPT, COMMIT_SHA
+from .redis_urls import (
+    CONNECT_TIMEOUT_S,
+    SOCKET_TIMEOUT_S,
+    RedisUrl,
+    check_prefix,
+    describe as describe_url,
+    is_redis_url,
+    parse_url,
 )
 from .protocol import (
     CONSULTED_RECORDS,
@@ -130,10 +140,6 @@ DEFAULT_PREFIX = "cachesaver"
 """What every key starts with unless ``prefix=`` says otherwise."""
 RETRY_S = 5.0
 """How long a call keeps retrying connection trouble before StoreUnavailableError, by default."""
-SOCKET_TIMEOUT_S = 10.0
-"""Socket time-out of the connections a URL opens (unless it sets ``socket_timeout``)."""
-CONNECT_TIMEOUT_S = 5.0
-"""Connect time-out of the connections a URL opens (unless it sets ``socket_connect_timeout``)."""
 READ_ALONG_SAMPLES = 8
 """How many of a key's first samples a view reads along (a lookup needing only those costs one
 round trip)."""
@@ -141,100 +147,11 @@ STORE_TIMEOUT_S = 30.0
 """How long a commit waits for another thread's commit through the same store, by default."""
 
 _LAYOUT = "1"
-_SCHEMES = ("redis", "rediss", "unix")
 _COMMIT_MEMO_S = 600  # how long a commit's nonce is kept, so a retry after a lost reply is a no-op
 _FIRST_PAUSE_S = 0.02
 _MAX_PAUSE_S = 0.5
-_RPUSH_CHUNK = 512
 _warned_locations: set[str] = set()
 
-# KEYS[1]: the commit's token key; then, per cache key j, its samples list (KEYS[3j - 1]), head
-# hash (KEYS[3j]) and later-records hash (KEYS[3j + 1]). ARGV: nonce, token ttl (0: kept
-# forever), head size, the number of cache keys, the appends (count, then key and size of each),
-# the records (count, then key, tag, part count and parts of each: 'i', index, 0 or 'p', append,
-# count) and the samples' bytes in append order. The head hash holds the sample count ('#n')
-# and the first records (tag -> 'position;indices'). Every read comes before the first write,
-# so a full server refuses the first write and nothing is written. Replies: {1, starts},
-# {0, the token key's value} (applied before), {-1, j} (key j holds what cachesaver did not
-# write, or lost samples).
-_COMMIT_SCRIPT = """
-local seen = redis.call('GET', KEYS[1])
-if seen then return {0, seen} end
-local head_size = tonumber(ARGV[3])
-local nkeys = tonumber(ARGV[4])
-local kinds = {'list', 'hash', 'hash'}
-local counts, headlen = {}, {}
-for j = 1, nkeys do
-  for q = 1, 3 do
-    local t = redis.call('TYPE', KEYS[3 * (j - 1) + 1 + q]).ok
-    if t ~= 'none' and t ~= kinds[q] then return {-1, tostring(j)} end
-  end
-  local n = redis.call('HGET', KEYS[3 * j], '#n')
-  local stored = redis.call('LLEN', KEYS[3 * j - 1])
-  if n then n = tonumber(n) else n = 0 end
-  if n ~= stored then return {-1, tostring(j)} end
-  counts[j] = n
-  headlen[j] = redis.call('HLEN', KEYS[3 * j])
-  if headlen[j] > 0 then headlen[j] = headlen[j] - 1 end
-end
-local pos = 5
-local nappends = tonumber(ARGV[pos]); pos = pos + 1
-local akey, asize, starts = {}, {}, {}
-for a = 1, nappends do
-  local j = tonumber(ARGV[pos]); local c = tonumber(ARGV[pos + 1]); pos = pos + 2
-  akey[a] = j; asize[a] = c; starts[a] = counts[j]; counts[j] = counts[j] + c
-end
-local nrecords = tonumber(ARGV[pos]); pos = pos + 1
-local rkey, rtag, rval, rhead = {}, {}, {}, {}
-local placed = {}
-for r = 1, nrecords do
-  local j = tonumber(ARGV[pos]); local tag = ARGV[pos + 1]; local m = tonumber(ARGV[pos + 2]); pos = pos + 3
-  local out = {}
-  for q = 1, m do
-    local kind = ARGV[pos]; local x = tonumber(ARGV[pos + 1]); local y = tonumber(ARGV[pos + 2]); pos = pos + 3
-    if kind == 'i' then out[#out + 1] = x
-    else for i = 0, y - 1 do out[#out + 1] = starts[x] + i end end
-  end
-  placed[j] = placed[j] or {}
-  local at = placed[j][tag]
-  if at == nil then
-    local old = redis.call('HGET', KEYS[3 * j], tag)
-    if old then
-      at = string.match(old, '^(%d+);')
-      if at == nil then return {-1, tostring(j)} end
-    elseif headlen[j] < head_size then
-      at = tostring(headlen[j]); headlen[j] = headlen[j] + 1
-    else
-      at = false
-    end
-    placed[j][tag] = at
-  end
-  rkey[r] = j; rtag[r] = tag; rhead[r] = at
-  if at then rval[r] = at .. ';' .. table.concat(out, ',') else rval[r] = table.concat(out, ',') end
-end
-local blob = pos
-for a = 1, nappends do
-  local c = asize[a]
-  local i = 0
-  while i < c do
-    local n = math.min(RPUSH_CHUNK, c - i)
-    redis.call('RPUSH', KEYS[3 * akey[a] - 1], unpack(ARGV, blob + i, blob + i + n - 1))
-    i = i + n
-  end
-  blob = blob + c
-end
-for r = 1, nrecords do
-  if rhead[r] then redis.call('HSET', KEYS[3 * rkey[r]], rtag[r], rval[r])
-  else redis.call('HSET', KEYS[3 * rkey[r] + 1], rtag[r], rval[r]) end
-end
-for j = 1, nkeys do redis.call('HSET', KEYS[3 * j], '#n', counts[j]) end
-local result = table.concat(starts, ',')
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1] .. '|' .. result, 'EX', ttl)
-else redis.call('SET', KEYS[1], ARGV[1] .. '|' .. result) end
-return {1, result}
-""".replace("RPUSH_CHUNK", str(_RPUSH_CHUNK))
-_COMMIT_SHA = hashlib.sha1(_COMMIT_SCRIPT.encode()).hexdigest()
 
 
 def _redis() -> Any:
@@ -284,15 +201,6 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def is_redis_url(value: Any) -> bool:
-    """Whether ``value`` is a string naming a Redis store (``redis://``, ``rediss://``,
-    ``unix://``, ``redis+cluster://``, ``rediss+cluster://``)."""
-    if not isinstance(value, str) or "://" not in value:
-        return False
-    scheme = value.split("://", 1)[0].lower()
-    return scheme in _SCHEMES or scheme in ("redis+cluster", "rediss+cluster")
-
-
 def is_redis_client(value: Any) -> bool:
     """Whether ``value`` is a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``);
     never imports redis-py for an object that does not come from it."""
@@ -303,99 +211,6 @@ def is_redis_client(value: Any) -> bool:
     except ConfigurationError:
         return False
     return isinstance(value, (redis.Redis, redis.cluster.RedisCluster))
-
-
-@dataclass(frozen=True)
-class _Url:
-    """A parsed store URL: what redis-py gets, and cachesaver's own parameters."""
-
-    client_url: str
-    cluster: bool
-    prefix: str | None
-    retry_s: float | None
-    timeouts: dict[str, float]
-
-
-def _parse_url(url: str) -> _Url:
-    try:
-        split = urlsplit(url)
-        split.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise ConfigurationError(f"cannot read the Redis URL {_describe(url)}: {exc}") from exc
-    scheme = split.scheme.lower()
-    cluster = scheme.endswith("+cluster")
-    base = scheme.removesuffix("+cluster")
-    if base not in _SCHEMES or (cluster and base == "unix"):
-        raise ConfigurationError(
-            f"{_describe(url)} is not a Redis URL cachesaver reads: use redis://, rediss:// or unix:// "
-            "for one server, redis+cluster:// or rediss+cluster:// for a Redis Cluster"
-        )
-    ours: dict[str, str] = {}
-    rest: list[tuple[str, str]] = []
-    for name, value in parse_qsl(split.query, keep_blank_values=True):
-        if name in ("prefix", "retry_s"):
-            ours[name] = value
-        elif name == "decode_responses":
-            raise ConfigurationError(
-                f"{_describe(url)} sets decode_responses, but cachesaver stores bytes (pickles); remove it"
-            )
-        else:
-            rest.append((name, value))
-    if cluster and split.path not in ("", "/", "/0") or cluster and any(n == "db" and v != "0" for n, v in rest):
-        raise ConfigurationError(f"{_describe(url)}: a Redis Cluster has only database 0; drop the database number")
-    timeouts = {}
-    names = {name for name, _ in rest}
-    if "socket_timeout" not in names:
-        timeouts["socket_timeout"] = SOCKET_TIMEOUT_S
-    if "socket_connect_timeout" not in names:
-        timeouts["socket_connect_timeout"] = CONNECT_TIMEOUT_S
-    retry_s = None
-    if "retry_s" in ours:
-        try:
-            retry_s = float(ours["retry_s"])
-        except ValueError:
-            raise ConfigurationError(f"retry_s in {_describe(url)} must be a number of seconds, got {ours['retry_s']!r}") from None
-    client_url = _unsplit(base, split.netloc, split.path, urlencode(rest))
-    return _Url(client_url, cluster, ours.get("prefix"), retry_s, timeouts)
-
-
-def _describe(url: str, prefix: str | None = None) -> str:
-    """``url`` as a store location: scheme, user, host and port (or socket path), database and
-    ``prefix`` (given, else the URL's), never the password nor other parameters."""
-    try:
-        split = urlsplit(url)
-        host, port, user = split.hostname, split.port, split.username
-    except ValueError:
-        return "<a Redis URL that cannot be read>"
-    scheme = split.scheme.lower()
-    query = dict(parse_qsl(split.query, keep_blank_values=True))
-    netloc = f"{quote(user, safe='')}@" if user else ""
-    kept: list[tuple[str, str]] = []
-    if scheme == "unix":
-        path = split.path
-        kept.append(("db", query.get("db") or "0"))
-    else:
-        host = host or "localhost"
-        netloc += (f"[{host}]" if ":" in host else host) + f":{port or 6379}"
-        path = "" if scheme.endswith("+cluster") else "/" + (query.get("db") or split.path.strip("/") or "0")
-    chosen = prefix if prefix is not None else query.get("prefix")
-    if chosen is not None:
-        kept.append(("prefix", chosen))
-    return _unsplit(scheme, netloc, path, urlencode(kept))
-
-
-def _unsplit(scheme: str, netloc: str, path: str, query: str) -> str:
-    """A URL from its parts, with ``//`` even when there is no host (``unix:///path``)."""
-    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
-
-
-def _check_prefix(prefix: Any) -> str:
-    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-        raise ConfigurationError(
-            f"prefix must be a non-empty string without braces (they would change the cluster hash "
-            f"slot of every key), got {prefix!r}"
-        )
-    return prefix
 
 
 def _check_seconds(name: str, value: Any, *, zero_ok: bool) -> float:
@@ -452,17 +267,17 @@ class RedisStore:
         self._write_lock = threading.Lock()
         self._closed = False
         if isinstance(target, str):
-            parsed = _parse_url(target)
+            parsed = parse_url(target)
             chosen_prefix = prefix if prefix is not None else parsed.prefix
-            self.prefix = _check_prefix(DEFAULT_PREFIX if chosen_prefix is None else chosen_prefix)
+            self.prefix = check_prefix(DEFAULT_PREFIX if chosen_prefix is None else chosen_prefix)
             chosen = retry_s if retry_s is not None else parsed.retry_s
             self.retry_s = _check_seconds("retry_s", RETRY_S if chosen is None else chosen, zero_ok=True)
             self.cluster = parsed.cluster
-            self._location = _describe(target, self.prefix)
+            self._location = describe_url(target, self.prefix)
             self._owned = True
             self.client = self._call("connect to", lambda: self._connect(redis, parsed))
         elif is_redis_client(target):
-            self.prefix = _check_prefix(DEFAULT_PREFIX if prefix is None else prefix)
+            self.prefix = check_prefix(DEFAULT_PREFIX if prefix is None else prefix)
             self.retry_s = _check_seconds("retry_s", RETRY_S if retry_s is None else retry_s, zero_ok=True)
             self.cluster = isinstance(target, redis.cluster.RedisCluster)
             self.client = target
@@ -490,9 +305,9 @@ class RedisStore:
     @staticmethod
     def describe(url: str) -> str:
         """``url`` as the store names it: without its password, with its ``prefix``."""
-        return _describe(url)
+        return describe_url(url)
 
-    def _connect(self, redis: Any, parsed: _Url) -> Any:
+    def _connect(self, redis: Any, parsed: RedisUrl) -> Any:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -912,10 +727,10 @@ class RedisStore:
 
         def run() -> Any:
             try:
-                return client.evalsha(_COMMIT_SHA, len(keys), *keys, *args)
+                return client.evalsha(COMMIT_SHA, len(keys), *keys, *args)
             except no_script:  # a restarted server, or another one: load the script again
-                client.script_load(_COMMIT_SCRIPT)
-                return client.evalsha(_COMMIT_SHA, len(keys), *keys, *args)
+                client.script_load(COMMIT_SCRIPT)
+                return client.evalsha(COMMIT_SHA, len(keys), *keys, *args)
 
         status, value = self._call("write to", run)
         if status == -1:
