@@ -19,8 +19,9 @@ Layout. Every key starts with ``<prefix>:1:``; the engine never deletes a key (n
 FLUSHDB / FLUSHALL), so stores with other prefixes, and other data, can share the server. The
 keys of one cache key share a hash tag ``{<16 hex digits>}`` (a digest of the cache key), so they
 live in one cluster slot: a LIST of its samples (index i = position i: dense, append-only), a
-HASH of its first :data:`~cachesaver.store.protocol.CONSULTED_RECORDS` records (each with its
-first-written position) and a HASH of its later records. A sample is a pickle of its
+HASH of its sample count and first :data:`~cachesaver.store.protocol.CONSULTED_RECORDS`
+records (each with its first-written position) and a HASH of its later records (see
+:mod:`~cachesaver.store.redis_script`). A sample is a pickle of its
 ``(data, usage)`` pair, as in the diskcache engine: point cachesaver only at a server you
 trust, since whoever can write to it can run code in every process that reads from it.
 
@@ -61,7 +62,9 @@ Faults, each a :class:`~cachesaver.errors.StoreError` subclass, never a hang:
   naming the URL without its password.
 * A server whose ``maxmemory-policy`` is not ``noeviction`` may evict stored samples: a warning is
   logged when the store opens (once per location). An evicted sample reads as
-  :class:`~cachesaver.errors.CorruptStoreError`.
+  :class:`~cachesaver.errors.CorruptStoreError`; a key whose samples list or head hash was
+  evicted (its count and its list disagree) refuses commits with CorruptStoreError rather than
+  hand out an index again.
 * An entry cachesaver did not write (a key of the wrong type, bytes that do not unpickle) is a
   :class:`~cachesaver.errors.CorruptStoreError` for that cache key only.
 
