@@ -18,6 +18,8 @@ The hierarchy, rooted at :class:`CacheSaverError`::
     +-- StoreError                    the sample store could not be read or written
         +-- CorruptStoreError         the store holds something cachesaver did not write
         +-- StoreLockedError          another process held the store's write lock too long
+        +-- StoreUnavailableError     the store's server could not be reached (retried, then this)
+        +-- StoreFullError            the store's server is full and refused the write
         +-- UnstoredSamplesError      a pipeline closed with samples the store refused
 
 Backends translate their SDK's exceptions into these at one edge, chaining the original
@@ -42,7 +44,9 @@ __all__ = [
     "PermanentBackendError",
     "PipelineClosedError",
     "StoreError",
+    "StoreFullError",
     "StoreLockedError",
+    "StoreUnavailableError",
     "TransientBackendError",
     "UnserializableParameterError",
     "UnstoredSamplesError",
@@ -162,6 +166,18 @@ class StoreLockedError(StoreError):
     """Raised when the store's write lock (SQLite's) stayed held by another connection for
     longer than the store's ``store_timeout_s``, typically by a stopped or hung process sharing
     the cache directory. Nothing was written; samples already stored can still be read."""
+
+
+class StoreUnavailableError(StoreError):
+    """Raised when a store's server (Redis) could not be reached: the connection was refused or
+    dropped, it timed out, or the server was restarting, for longer than the engine's retry
+    bound (``retry_s``). Nothing is lost: a refused write is kept by the cache stage and
+    retried; samples already stored are on the server."""
+
+
+class StoreFullError(StoreError):
+    """Raised when a store's server (Redis, ``maxmemory`` with ``noeviction``) is full and refused
+    a write whole. The cache stage keeps the new samples and stores them once memory frees."""
 
 
 class UnstoredSamplesError(StoreError):

@@ -6,7 +6,8 @@ each entry of :data:`PIPELINE_ENGINES`. A new engine joins both by adding a fact
 
 A factory stands for one store (a directory, a memory object, a server) for the length of one
 test. It opens engine objects on that store, "reopens" it (a new engine object on the same data),
-damages a key, and says whether other processes can open the same store.
+damages a key, and says whether other processes can open the same store. A factory that needs
+pytest fixtures (a Redis server) names them in ``fixtures``; :func:`make` builds it with them.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import diskcache
+import pytest
 
 from cachesaver.store import open_store
 from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.store.memory import MemoryStore
 from cachesaver.store.protocol import SampleStore
+from cachesaver.store.redis import RedisStore
 
 
 class EngineFactory:
@@ -32,6 +36,8 @@ class EngineFactory:
     """Python statements that bind ``store`` to this same store in another process, given
     ``location`` (a string); None when the engine cannot be shared between processes."""
     location = ""
+    fixtures: tuple[str, ...] = ()
+    """Names of the pytest fixtures the factory is built with (keyword arguments of __init__)."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -150,18 +156,90 @@ class DiskcachePassedCacheEngine(DiskcacheDirectoryEngine):
             cache.close()
 
 
+class RedisEngine(EngineFactory):
+    """A prefix of its own (``redis_key_prefix``) on the session's shared redis-server, passed as
+    a ``unix://`` URL with ``prefix=``; each engine object opens and closes its own client."""
+
+    name = "redis"
+    engine_class = RedisStore
+    open_code = "from cachesaver.store import open_store\nstore, _ = open_store(location)"
+    fixtures = ("redis_shared_url", "redis_key_prefix")
+
+    def __init__(self, tmp_path: Path, redis_shared_url: str, redis_key_prefix: str) -> None:
+        super().__init__(tmp_path)
+        self.location = f"{redis_shared_url}?prefix={quote(redis_key_prefix, safe='')}"
+
+    def pipeline_cache(self) -> Any:
+        return self.location
+
+    def damage(self, store: SampleStore, key: str) -> None:
+        """Put what cachesaver never writes in ``key``'s entries: a string where its head hash
+        is, bytes that do not unpickle as its first sample."""
+        import redis
+
+        assert isinstance(store, RedisStore)
+        samples, head, _ = store.entry_keys(key)
+        with redis.Redis.from_url(self.location.split("?")[0]) as client:
+            assert client.exists(samples), f"no samples stored for {key} to damage"
+            client.lset(samples, 0, b"\x80\x04\x95")
+            client.delete(head)  # the test's own prefix: never another test's keys
+            client.set(head, b"not a hash")
+
+
+class RedisClusterEngine(RedisEngine):
+    """A prefix of its own on the session's 3-master Redis Cluster (``redis+cluster://`` URL)."""
+
+    name = "redis-cluster"
+    fixtures = ("redis_cluster", "redis_key_prefix")
+
+    def __init__(self, tmp_path: Path, redis_cluster: Any, redis_key_prefix: str) -> None:
+        EngineFactory.__init__(self, tmp_path)
+        self.cluster = redis_cluster
+        self.location = f"{redis_cluster.cluster_url}?prefix={quote(redis_key_prefix, safe='')}"
+
+    def damage(self, store: SampleStore, key: str) -> None:
+        import redis.cluster
+
+        assert isinstance(store, RedisStore)
+        samples, head, _ = store.entry_keys(key)
+        client = redis.cluster.RedisCluster.from_url(self.cluster.url)
+        try:
+            client.lset(samples, 0, b"\x80\x04\x95")
+            client.delete(head)
+            client.set(head, b"not a hash")
+        finally:
+            client.close()
+
+
+class DiskcacheTmpPathEngine(DiskcacheDirectoryEngine):
+    """A diskcache in the test's ``tmp_path`` itself (the usual ``cache=`` of a pipeline test)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path, directory=tmp_path)
+
+
 ENGINES: dict[str, type[EngineFactory]] = {
-    factory.name: factory for factory in (MemoryEngine, DiskcacheDirectoryEngine, DiskcachePassedCacheEngine)
+    factory.name: factory
+    for factory in (MemoryEngine, DiskcacheDirectoryEngine, DiskcachePassedCacheEngine, RedisEngine, RedisClusterEngine)
 }
 """Every engine the store contract runs against, by test id."""
 
-PIPELINE_ENGINES: dict[str, Callable[[Path], EngineFactory]] = {
-    "diskcache": lambda tmp_path: DiskcacheDirectoryEngine(tmp_path, directory=tmp_path),
+PIPELINE_ENGINES: dict[str, type[EngineFactory]] = {
+    "diskcache": DiskcacheTmpPathEngine,
     "memory": MemoryEngine,
+    "redis": RedisEngine,
 }
 """The engines the pipeline-level semantics run against, each made from the test's
-``tmp_path``: diskcache as a directory (``tmp_path`` itself, the usual ``cache=``), and the
-memory engine (one object shared by every pipeline of the test)."""
+``tmp_path``: diskcache as a directory (``tmp_path`` itself, the usual ``cache=``), the memory
+engine (one object shared by every pipeline of the test), and Redis (a URL with a prefix of
+the test's own on the session's shared server; each pipeline opens its own client). Redis
+Cluster runs the store contract only: a cluster client costs a topology query per pipeline,
+which would add some 15 s to this suite for no guarantee the contract does not already check."""
+
+
+def make(factory: type[EngineFactory], tmp_path: Path, request: pytest.FixtureRequest) -> EngineFactory:
+    """An instance of ``factory`` for this test, given the fixtures it names."""
+    return factory(tmp_path, **{name: request.getfixturevalue(name) for name in factory.fixtures})
 
 
 def engines_with(capability: str) -> list[str]:

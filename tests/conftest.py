@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis_servers
-from _engines import PIPELINE_ENGINES
+from _engines import PIPELINE_ENGINES, make
 from _support import Sleeps
 from fake_chat_server import FakeChatServer
 from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
@@ -38,9 +38,10 @@ def cache(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
     """What the pipelines of a test get as ``cache=``, once per engine of
     ``_engines.PIPELINE_ENGINES``: ``diskcache`` is the directory ``tmp_path``, ``memory`` one
     MemoryStore shared by every pipeline of the test (a pipeline never closes a store it was
-    handed, so a second pipeline on it replays). Shadows pytest's own ``cache`` fixture, which
-    no test uses."""
-    factory = PIPELINE_ENGINES[request.param](tmp_path)
+    handed, so a second pipeline on it replays), ``redis`` a URL with a prefix of the test's own
+    on the session's shared redis-server. Shadows pytest's own ``cache`` fixture, which no test
+    uses."""
+    factory = make(PIPELINE_ENGINES[request.param], tmp_path, request)
     try:
         yield factory.pipeline_cache()
     finally:
@@ -103,6 +104,24 @@ def redis_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_shared_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """One redis-server on a unix socket for the whole session, shared by the tests that run the
+    store contract and the pipeline semantics on Redis: like ``redis_cluster``, each test keeps
+    to its own ``redis_key_prefix`` and never deletes another's keys."""
+    server = _started(RedisServer(tmp_path_factory.mktemp("redis-shared"), unix_socket=True))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_shared_url(redis_shared_server: RedisServer) -> str:
+    """``unix:///.../redis.sock`` of the session's shared redis-server."""
+    return redis_shared_server.url
 
 
 @pytest.fixture(scope="session")

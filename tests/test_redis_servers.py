@@ -110,6 +110,20 @@ def test_without_appendonly_a_restart_starts_empty(redis_server):
         assert r.get("lost") is None
 
 
+def test_a_paused_server_answers_nothing_until_resumed(redis_server):
+    with client(redis_server.url) as r:
+        r.set("k", "1")
+        redis_server.pause()
+        try:
+            slow = redis.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0), socket_timeout=0.1)
+            with pytest.raises(redis.TimeoutError):
+                slow.get("k")
+            slow.close()
+        finally:
+            redis_server.resume()
+        assert r.get("k") == b"1"
+
+
 def test_kill_then_a_client_gets_connection_error(redis_server):
     pid = redis_server.pid
     with client(redis_server.url) as r:

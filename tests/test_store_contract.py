@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from _engines import ENGINES, EngineFactory, engines_with
+from _engines import ENGINES, EngineFactory, engines_with, make
 from _support import run_released_together
 
 from cachesaver.errors import CacheSaverError, CorruptStoreError, StoreError, StoreLockedError
@@ -37,7 +37,7 @@ TESTS_DIR = str(Path(__file__).parent)
 
 @pytest.fixture(params=list(ENGINES))
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
-    factory = ENGINES[request.param](tmp_path)
+    factory = make(ENGINES[request.param], tmp_path, request)
     try:
         yield factory
     finally:

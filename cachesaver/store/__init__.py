@@ -3,8 +3,10 @@
 * :mod:`~cachesaver.store.protocol`: the :class:`~cachesaver.store.protocol.SampleStore`
   contract every engine implements, and the values it exchanges.
 * Engines: :mod:`~cachesaver.store.diskcache` (embedded, the default; an existing cache
-  directory is read as before) and :mod:`~cachesaver.store.memory` (the reference engine, and
-  the fake for tests).
+  directory is read as before), :mod:`~cachesaver.store.redis` (a Redis server or Redis
+  Cluster, shared by processes and hosts; needs ``cachesaver[redis]``; its URLs are read by
+  :mod:`~cachesaver.store.redis_urls`, its commit script is :mod:`~cachesaver.store.redis_script`) and
+  :mod:`~cachesaver.store.memory` (the reference engine, and the fake for tests).
 * :mod:`~cachesaver.store.allocation`: which stored sample each request gets (claims, replay
   records, lookup rounds), through the protocol only; :mod:`~cachesaver.store.claims` holds a
   run's claims, :mod:`~cachesaver.store.recovery` the files of samples a closing pipeline could
@@ -23,7 +25,7 @@ from typing import Any, Protocol, Union
 from ..errors import ConfigurationError
 from .protocol import SampleStore
 
-__all__ = ["CacheSpec", "DiskcacheLike", "open_store"]
+__all__ = ["CacheSpec", "DiskcacheLike", "RedisClientLike", "open_store"]
 
 
 class DiskcacheLike(Protocol):
@@ -38,7 +40,16 @@ class DiskcacheLike(Protocol):
     def transact(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-CacheSpec = Union[str, "os.PathLike[str]", DiskcacheLike, SampleStore]
+class RedisClientLike(Protocol):
+    """A redis-py client (``redis.Redis``, ``redis.cluster.RedisCluster``): what
+    :func:`open_store` takes as one, statically (it checks the class when called)."""
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def evalsha(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+CacheSpec = Union[str, "os.PathLike[str]", DiskcacheLike, RedisClientLike, SampleStore]
 """What ``cache=`` accepts on every pipeline, stage and drop-in client (see :func:`open_store`)."""
 
 
@@ -47,6 +58,11 @@ def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tup
 
     ``cache`` is one of:
 
+    * a Redis URL (``redis://``, ``rediss://``, ``unix://``, or ``redis+cluster://`` /
+      ``rediss+cluster://`` for a Redis Cluster; see :mod:`cachesaver.store.redis`): a
+      :class:`~cachesaver.store.redis.RedisStore` opened (and later closed) by cachesaver;
+    * a redis-py client (``redis.Redis``, ``redis.cluster.RedisCluster``): a RedisStore on it
+      with the default prefix, closed by cachesaver, the client never;
     * a directory path (``str`` or ``os.PathLike``): a diskcache there, opened (and later
       closed) by cachesaver;
     * a ``diskcache.Cache`` or ``FanoutCache``: used as is, never closed by cachesaver;
@@ -54,11 +70,15 @@ def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tup
       :class:`~cachesaver.store.memory.MemoryStore`, your own engine): used as is, never closed.
 
     ``store_timeout_s`` bounds how long a write waits for another process's lock (engines that
-    take one). Raises ConfigurationError for anything else.
+    take one; for Redis, another thread's commit through the same store). Raises
+    ConfigurationError for anything else (and for a Redis URL when redis-py is not installed).
     """
     from .diskcache import STORE_TIMEOUT_S, DiskcacheStore
+    from .redis import RedisStore, is_redis_client, is_redis_url
 
     timeout = STORE_TIMEOUT_S if store_timeout_s is None else store_timeout_s
+    if is_redis_url(cache) or is_redis_client(cache):
+        return RedisStore(cache, store_timeout_s=timeout), True
     if isinstance(cache, (str, os.PathLike)):
         return DiskcacheStore(cache, store_timeout_s=timeout), True
     if isinstance(cache, SampleStore) and not _is_diskcache(cache):
@@ -66,7 +86,8 @@ def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tup
     if _is_diskcache(cache):
         return DiskcacheStore(cache, store_timeout_s=timeout), True
     raise ConfigurationError(
-        f"cache must be a directory path, a diskcache.Cache (or FanoutCache) or a store "
+        f"cache must be a directory path, a Redis URL (redis://, rediss://, unix://, "
+        f"redis+cluster://), a diskcache.Cache (or FanoutCache), a redis-py client or a store "
         f"implementing cachesaver.store.protocol.SampleStore, got {type(cache).__name__}"
     )
 

@@ -41,7 +41,8 @@ Guarantees:
   cheaper than a thread hop. A commit of new samples runs inline only when both lanes are idle
   and nothing is kept unstored, and never waits for a lock: if another process holds it, the
   commit goes to the write lane, which may wait ``store_timeout_s``. Everything else runs on
-  the lanes' threads. ``SampleBroker.inline_io = False`` turns inline I/O off.
+  the lanes' threads. ``SampleBroker.inline_io = False`` turns inline I/O off, and so does an
+  engine whose ``inline_io`` attribute is False (Redis: its calls cross the network).
 * A delivered request's replay record is committed with the next commit of new samples, or
   by the write lane at most :data:`RECORD_DELAY_S` later.
 * An error reading one request's samples (a damaged entry) fails that request only.
@@ -256,6 +257,8 @@ class SampleBroker:
 
     def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 256) -> None:
         self.store = store
+        if getattr(store, "inline_io", True) is False:  # a network engine: never on the event loop
+            self.inline_io = False
         self.claims = RunClaims()
         self._background = background
         self._max_round = max_round

@@ -42,6 +42,10 @@ What an engine guarantees:
   per-thread resources (diskcache's SQLite connections) frees them there.
 * **Close** releases what the engine opened; an engine never closes an object the user passed
   in.
+* **Inline calls** (optional). An engine whose calls are cheap local I/O may be called on the
+  event loop for a lone lookup or commit. One that crosses a network sets a class attribute
+  ``inline_io = False`` (the Redis engine does), and the cache stage then runs every call on
+  its store threads.
 
 Record identity is the canonical tag string of :func:`record_tag`, the same for every engine.
 

@@ -1,0 +1,821 @@
+"""The Redis engine: samples and replay records on a Redis server or a Redis Cluster.
+
+Implements :class:`~cachesaver.store.protocol.SampleStore` over redis-py (``pip install
+'cachesaver[redis]'``; redis-py is imported only when a Redis store is opened). ``cache=``
+takes a URL, read by redis-py's ``from_url``:
+
+* ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+  ``unix://[user:password@]/path/redis.sock[?db=N]``: one server;
+* ``redis+cluster://[user:password@]host[:port]`` (or ``rediss+cluster://``): a Redis Cluster,
+  through redis-py's ``RedisCluster``, any node as the entry point (db 0 only);
+
+plus two query parameters of cachesaver's own: ``prefix=`` (default ``cachesaver``) and
+``retry_s=`` (see *Faults*); redis-py's own parameters (``socket_timeout=``,
+``ssl_cert_reqs=``, ...) pass through. A ``redis.Redis`` or ``redis.cluster.RedisCluster``
+client can be passed instead (``RedisStore(client, prefix=...)``); it is used as is and never
+closed.
+
+Layout. Every key starts with ``<prefix>:1:``; the engine never deletes a key (nor runs
+FLUSHDB / FLUSHALL), so stores with other prefixes, and other data, can share the server. The
+keys of one cache key share a hash tag ``{<16 hex digits>}`` (a digest of the cache key), so they
+live in one cluster slot: a LIST of its samples (index i = position i: dense, append-only), a
+HASH of its sample count and first :data:`~cachesaver.store.protocol.CONSULTED_RECORDS`
+records (each with its first-written position) and a HASH of its later records (see
+:mod:`~cachesaver.store.redis_script`). A sample is a pickle of its
+``(data, usage)`` pair, as in the diskcache engine: point cachesaver only at a server you
+trust, since whoever can write to it can run code in every process that reads from it.
+
+What is atomic.
+
+* **One server**: a commit is one Lua script: every append, every record and the commit's token
+  become visible together, or (a refused or failed commit) none of them.
+* **Redis Cluster**: one script per hash slot the commit touches (a script cannot span slots),
+  run one after the other: each cache key's samples and records commit together, with the
+  token's share for that slot. A commit that fails between two slots (a node lost) raises
+  :class:`~cachesaver.errors.StoreUnavailableError` with the slots before it written: with a
+  token, a retry writes exactly the missing slots (``applied`` is True only once all are in);
+  without one, a retry may store those samples a second time, at new indices (nothing is lost
+  and no index is reused). Arguments are checked and samples pickled before anything is sent,
+  so a refused commit writes nothing on a cluster too.
+
+Round trips: ``view`` and ``read`` cost one pipelined round trip (one per cluster node they
+touch), whatever the number of keys; a commit costs one (one per slot on a cluster), two more
+after a server restart (the script is loaded again). A view reads along the first
+:data:`READ_ALONG_SAMPLES` samples of each key.
+
+Faults, each a :class:`~cachesaver.errors.StoreError` subclass, never a hang:
+
+* Connection trouble (a refused or dropped connection, a server restarting or loading its
+  append-only file, a socket time-out, a cluster failing over) is retried with a doubling pause
+  for up to ``retry_s`` seconds (default :data:`RETRY_S`), then raises
+  :class:`~cachesaver.errors.StoreUnavailableError`. Sockets time out after
+  :data:`SOCKET_TIMEOUT_S` (connecting: :data:`CONNECT_TIMEOUT_S`) unless the URL sets
+  ``socket_timeout`` / ``socket_connect_timeout``. Every commit carries a nonce the script
+  records with it (a small key that expires after 10 minutes; a caller's token is kept for
+  good), so a commit the engine retries after a lost reply is applied once. Only a commit
+  given up on after its script ran (the reply lost, then the server unreachable for all of
+  ``retry_s``) may be stored again by the cache stage's later retry, at new indices.
+* A full server (``maxmemory`` reached under ``noeviction``) refuses a commit whole:
+  :class:`~cachesaver.errors.StoreFullError`, not retried by the engine (the cache stage keeps
+  the samples and retries them later, as for a full disk).
+* Wrong credentials, or an ACL that denies a command: :class:`~cachesaver.errors.ConfigurationError`
+  naming the URL without its password.
+* A server whose ``maxmemory-policy`` is not ``noeviction`` may evict stored samples: a warning is
+  logged when the store opens (once per location). An evicted sample reads as
+  :class:`~cachesaver.errors.CorruptStoreError`; a key whose samples list or head hash was
+  evicted (its count and its list disagree) refuses commits with CorruptStoreError rather than
+  hand out an index again.
+* An entry cachesaver did not write (a key of the wrong type, bytes that do not unpickle) is a
+  :class:`~cachesaver.errors.CorruptStoreError` for that cache key only.
+
+``wait_s`` and :class:`~cachesaver.errors.StoreLockedError`: commits of other processes never
+make a commit wait (the server runs scripts one at a time). Commits through one
+:class:`RedisStore` object run one at a time, hook calls included (the commit hook's contract);
+a commit waits for another thread's commit through the same object at most ``wait_s`` (None:
+``store_timeout_s``), then raises StoreLockedError with nothing written.
+
+Threads: redis-py clients are thread-safe (a pool of connections), so any thread may call the
+store; ``release_thread`` has nothing to release. Calls cost network round trips, so the cache
+stage runs them on its store threads, never on the event loop (:attr:`RedisStore.inline_io`).
+
+>>> RedisStore.describe("redis://user:secret@cache.example:6380/2?prefix=team")
+'redis://user@cache.example:6380/2?prefix=team'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import pickle
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import quote
+
+from ..errors import (
+    ConfigurationError,
+    CorruptStoreError,
+    StoreError,
+    StoreFullError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
+from .redis_script import COMMIT_SCRIPT, COMMIT_SHA
+from .redis_urls import (
+    CONNECT_TIMEOUT_S,
+    SOCKET_TIMEOUT_S,
+    RedisUrl,
+    check_prefix,
+    describe as describe_url,
+    is_redis_url,
+    parse_url,
+)
+from .protocol import (
+    CONSULTED_RECORDS,
+    EMPTY_VIEW,
+    Append,
+    CommitHook,
+    KeyView,
+    RecordWrite,
+    StoredSample,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_PREFIX",
+    "READ_ALONG_SAMPLES",
+    "RETRY_S",
+    "SOCKET_TIMEOUT_S",
+    "RedisStore",
+    "is_redis_client",
+    "is_redis_url",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "cachesaver"
+"""What every key starts with unless ``prefix=`` says otherwise."""
+RETRY_S = 5.0
+"""How long a call keeps retrying connection trouble before StoreUnavailableError, by default."""
+READ_ALONG_SAMPLES = 8
+"""How many of a key's first samples a view reads along (a lookup needing only those costs one
+round trip)."""
+STORE_TIMEOUT_S = 30.0
+"""How long a commit waits for another thread's commit through the same store, by default."""
+
+_LAYOUT = "1"
+_COMMIT_MEMO_S = 600  # how long a commit's nonce is kept, so a retry after a lost reply is a no-op
+_FIRST_PAUSE_S = 0.02
+_MAX_PAUSE_S = 0.5
+_warned_locations: set[str] = set()
+
+
+
+def _redis() -> Any:
+    """The redis package, or ConfigurationError saying how to install it."""
+    try:
+        import redis
+        import redis.cluster
+    except ImportError as exc:
+        raise ConfigurationError(
+            "a Redis cache needs redis-py, which is not installed: pip install 'cachesaver[redis]'"
+        ) from exc
+    return redis
+
+
+class _Errors:
+    """redis-py's exception classes, sorted by what the engine does with them."""
+
+    def __init__(self, redis: Any) -> None:
+        exc = redis.exceptions
+        self.auth: tuple[type[BaseException], ...] = tuple(
+            getattr(exc, name)
+            for name in ("AuthenticationError", "AuthenticationWrongNumberOfArgsError", "AuthorizationError", "NoPermissionError")
+            if hasattr(exc, name)
+        )
+        self.no_permission: type[BaseException] = exc.NoPermissionError
+        self.full: type[BaseException] = exc.OutOfMemoryError
+        self.no_script: type[BaseException] = exc.NoScriptError
+        self.transient: tuple[type[BaseException], ...] = (
+            exc.ConnectionError, exc.TimeoutError, exc.ClusterError, exc.TryAgainError, exc.ReadOnlyError,
+            exc.AskError, exc.RedisClusterException,
+        )
+        self.base: type[BaseException] = exc.RedisError
+
+
+@lru_cache(maxsize=1)
+def _errors() -> _Errors:
+    return _Errors(_redis())
+
+
+@lru_cache(maxsize=65536)
+def _slot_tag(key: str) -> bytes:
+    """The hash tag of ``key``'s entries: a digest, so any key (braces included) is safe."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest().encode()
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def is_redis_client(value: Any) -> bool:
+    """Whether ``value`` is a redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``);
+    never imports redis-py for an object that does not come from it."""
+    if not any(cls.__module__.split(".")[0] == "redis" for cls in type(value).__mro__):
+        return False
+    try:
+        redis = _redis()
+    except ConfigurationError:
+        return False
+    return isinstance(value, (redis.Redis, redis.cluster.RedisCluster))
+
+
+def _check_seconds(name: str, value: Any, *, zero_ok: bool) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The part of a commit one script writes: cache keys of one slot, their appends and records."""
+
+    keys: list[str]
+    appends: list[tuple[int, int, int]]  # (position in the commit, key number from 1, size)
+    records: list[tuple[int, bytes, list[tuple[str, int, int]]]]  # (key number, tag, parts)
+    blobs: list[bytes]
+
+
+class RedisStore:
+    """Samples and replay records on Redis; see the module docstring.
+
+    ``target`` is a URL (see the module docstring) or a redis-py client (``redis.Redis`` or
+    ``redis.cluster.RedisCluster``, used as is and never closed). ``prefix`` (default: the URL's
+    ``prefix=``, else ``cachesaver``) starts every key; ``retry_s`` (default: the URL's
+    ``retry_s=``, else :data:`RETRY_S`) bounds how long a call retries connection trouble;
+    ``store_timeout_s`` bounds how long a commit waits for another thread's commit through this
+    object.
+
+    Opening asks the server for its memory policy (one round trip, retried like any call):
+    wrong credentials raise ConfigurationError here, an unreachable server
+    StoreUnavailableError, and an evicting policy logs a warning.
+    """
+
+    inline_io = False
+    """Calls cost a network round trip (and may retry for ``retry_s``): the cache stage runs
+    them on its store threads, never on the event loop."""
+
+    writable = True
+    """A Redis store is always opened for writing (a read-only replica refuses commits with
+    StoreUnavailableError)."""
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        prefix: str | None = None,
+        retry_s: float | None = None,
+        store_timeout_s: float = STORE_TIMEOUT_S,
+    ) -> None:
+        redis = _redis()
+        self._errors = _errors()
+        self.store_timeout_s = _check_seconds("store_timeout_s", store_timeout_s, zero_ok=False)
+        self._write_lock = threading.Lock()
+        self._closed = False
+        if isinstance(target, str):
+            parsed = parse_url(target)
+            chosen_prefix = prefix if prefix is not None else parsed.prefix
+            self.prefix = check_prefix(DEFAULT_PREFIX if chosen_prefix is None else chosen_prefix)
+            chosen = retry_s if retry_s is not None else parsed.retry_s
+            self.retry_s = _check_seconds("retry_s", RETRY_S if chosen is None else chosen, zero_ok=True)
+            self.cluster = parsed.cluster
+            self._location = describe_url(target, self.prefix)
+            self._owned = True
+            self.client = self._call("connect to", lambda: self._connect(redis, parsed))
+        elif is_redis_client(target):
+            self.prefix = check_prefix(DEFAULT_PREFIX if prefix is None else prefix)
+            self.retry_s = _check_seconds("retry_s", RETRY_S if retry_s is None else retry_s, zero_ok=True)
+            self.cluster = isinstance(target, redis.cluster.RedisCluster)
+            self.client = target
+            self._owned = False
+            self._location = self._client_location(target)
+            if target.get_encoder().decode_responses:
+                raise ConfigurationError(
+                    f"the redis client for {self._location} decodes responses (decode_responses=True), "
+                    "but cachesaver stores bytes (pickles): pass a client made without it"
+                )
+        else:
+            raise ConfigurationError(
+                f"a Redis store needs a redis:// / rediss:// / unix:// / redis+cluster:// URL or a "
+                f"redis-py client, got {type(target).__name__}"
+            )
+        self._base = _utf8(self.prefix) + b":" + _LAYOUT.encode() + b":"
+        try:
+            self._check_server()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @staticmethod
+    def describe(url: str) -> str:
+        """``url`` as the store names it: without its password, with its ``prefix``."""
+        return describe_url(url)
+
+    def _connect(self, redis: Any, parsed: RedisUrl) -> Any:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retries inside redis-py: the engine's own loop retries, within retry_s, and knows
+        # which calls are safe to repeat.
+        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), **parsed.timeouts}
+        try:
+            if parsed.cluster:
+                return redis.cluster.RedisCluster.from_url(parsed.client_url, **options)
+            client = redis.Redis.from_url(parsed.client_url, **options)
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # checks the URL's options; no I/O
+            return client
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"cannot open the Redis store {self._location}: {exc}") from exc
+
+    def _client_location(self, client: Any) -> str:
+        if self.cluster:
+            node = client.get_default_node()
+            return f"redis+cluster://{node.host}:{node.port}?prefix={quote(self.prefix, safe='')}"
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        prefix = quote(self.prefix, safe="")
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}&prefix={prefix}"
+        return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}?prefix={prefix}"
+
+    def _check_server(self) -> None:
+        """Check the credentials, and warn about an evicting memory policy."""
+        errors = self._errors
+        redis = _redis()
+
+        def ask() -> list[str]:
+            try:
+                if self.cluster:
+                    info = self.client.info("memory", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+                else:
+                    info = self.client.info("memory")
+            except errors.no_permission:
+                self.client.ping()  # INFO denied by an ACL: the credentials still get checked
+                return []
+            parts = [info] if "maxmemory_policy" in info else list(info.values())
+            return [str(part.get("maxmemory_policy", "noeviction")) for part in parts]
+
+        policies = self._call("connect to", ask)
+        evicting = sorted({p for p in policies if p != "noeviction"})
+        if evicting and self._location not in _warned_locations:
+            _warned_locations.add(self._location)
+            logger.warning(
+                "Redis at %s uses maxmemory-policy %s: when it is full it may evict stored samples, and "
+                "reading an evicted sample raises CorruptStoreError. Set maxmemory-policy noeviction on "
+                "that server to keep every sample (a full server then refuses writes; cachesaver keeps "
+                "the new samples and retries them).",
+                self._location, " / ".join(evicting),
+            )
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def entry_keys(self, key: str) -> tuple[bytes, bytes, bytes]:
+        """The Redis keys holding cache key ``key``: its samples list, its head hash (sample
+        count and first records) and its later-records hash; all in one hash slot."""
+        return self._names(key)
+
+    def _names(self, key: str) -> tuple[bytes, bytes, bytes]:
+        """The samples list, head hash and later-records hash of ``key``."""
+        middle = b"{" + _slot_tag(key) + b"}:"
+        raw = _utf8(key)
+        return (self._base + middle + b"s:" + raw, self._base + middle + b"h:" + raw, self._base + middle + b"r:" + raw)
+
+    def _token_key(self, token: str) -> bytes:
+        return self._base + b"{" + _slot_tag("token:" + token) + b"}:token:" + _utf8(token)
+
+    # -- calls, retries and errors -------------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the store {self._location} is closed; open a new one")
+
+    def _call(self, action: str, func: Callable[[], T]) -> T:
+        """``func()``, retrying connection trouble for up to ``retry_s``; every redis-py error
+        translated (see the module docstring). ``func`` must be safe to run again."""
+        errors = self._errors
+        deadline: float | None = None
+        pause = _FIRST_PAUSE_S
+        while True:
+            try:
+                return func()
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                if _caused_by(exc, errors.auth):
+                    raise ConfigurationError(
+                        f"Redis at {self._location} refused the credentials or denied a command ({exc}); "
+                        "check the user name and password in the URL (or the client) and the user's ACL"
+                    ) from exc
+                if isinstance(exc, errors.full):
+                    raise StoreFullError(
+                        f"Redis at {self._location} is full (maxmemory reached; {exc}) and refused to "
+                        f"{action} it; nothing was written. Free memory on the server or raise maxmemory; "
+                        "the cache stage keeps the new samples and stores them once it accepts writes"
+                    ) from exc
+                if not isinstance(exc, errors.transient) and not _busy(exc, errors.base):
+                    if isinstance(exc, errors.base):
+                        raise StoreError(f"Redis at {self._location} failed to {action} it: {exc}") from exc
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_s
+                if now + pause > deadline:
+                    raise StoreUnavailableError(
+                        f"could not {action} Redis at {self._location}: {type(exc).__name__}: {exc} "
+                        f"(retried for {self.retry_s:g} s, retry_s). Check that the server runs and is "
+                        "reachable; stored samples are safe on the server"
+                    ) from exc
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE_S)
+
+    def _raise_transient(self, replies: Sequence[Any]) -> None:
+        """Raise the first reply of a pipeline that is an error worth retrying (or a credentials
+        error), so :meth:`_call` handles it; other error replies stay in place."""
+        errors = self._errors
+        for reply in replies:
+            if isinstance(reply, BaseException) and (
+                isinstance(reply, errors.transient) or isinstance(reply, errors.auth) or _busy(reply, errors.base)
+            ):
+                raise reply
+
+    def _pipeline(self, build: Callable[[Any], None]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        build(pipe)
+        replies = list(pipe.execute(raise_on_error=False))
+        self._raise_transient(replies)
+        return replies
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def view(
+        self, keys: Sequence[str], tags: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, KeyView | StoreError]:
+        """See :meth:`cachesaver.store.protocol.SampleStore.view`: one pipelined round trip, two
+        commands per key (three with asked records). A key's later records are read before its
+        head (count and first records, one hash), so every index they name is below the count."""
+        self._check_open()
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        asked: dict[str, list[str]] = {}
+        for key, tag in tags:
+            asked.setdefault(key, []).append(tag)
+        plan = [(key, self._names(key), list(dict.fromkeys(asked.get(key, ())))) for key in unique]
+
+        def build(pipe: Any) -> None:
+            for _, (samples, head, later), wanted in plan:
+                if wanted:
+                    pipe.hmget(later, [_utf8(tag) for tag in wanted])
+                pipe.hgetall(head)
+                pipe.lrange(samples, 0, READ_ALONG_SAMPLES - 1)
+
+        replies = iter(self._call("read from", lambda: self._pipeline(build)))
+        out: dict[str, KeyView | StoreError] = {}
+        for key, _, wanted in plan:
+            later = next(replies) if wanted else []
+            head, first = next(replies), next(replies)
+            try:
+                out[key] = self._key_view(key, head, wanted, later, first)
+            except CorruptStoreError as exc:
+                out[key] = exc
+        return out
+
+    def _key_view(self, key: str, head: Any, wanted: list[str], later: Any, first: Any) -> KeyView:
+        for reply in (head, later, first):
+            if isinstance(reply, BaseException):
+                raise self._corrupt(key, f"it holds an entry cachesaver did not write ({reply})")
+        if not head and not any(value is not None for value in later):
+            return EMPTY_VIEW
+        placed: list[tuple[int, str, tuple[int, ...]]] = []
+        try:
+            count = int(head.get(b"#n", b"0"))
+            for raw_tag, value in head.items():
+                if raw_tag != b"#n":
+                    position, _, indices = bytes(value).partition(b";")
+                    placed.append((int(position), bytes(raw_tag).decode("utf-8", "surrogatepass"), _indices(indices)))
+            found: dict[str, tuple[int, ...]] = {}
+            in_head = {tag: indices for _, tag, indices in placed}
+            for tag, value in zip(wanted, later):
+                if tag in in_head:
+                    found[tag] = in_head[tag]
+                elif value is not None:
+                    found[tag] = _indices(bytes(value))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._corrupt(key, f"a replay record cannot be decoded ({exc})") from exc
+        placed.sort()
+        samples: dict[int, StoredSample] = {}
+        for index, blob in enumerate(first[:count]):
+            try:
+                samples[index] = _decode(blob, key)
+            except CorruptStoreError:
+                pass  # read again (and reported) only if a request needs it
+        consulted = {tag: indices for _, tag, indices in placed[:CONSULTED_RECORDS]}
+        return KeyView(count, consulted, found, samples)
+
+    def _corrupt(self, key: str, why: str) -> CorruptStoreError:
+        return CorruptStoreError(f"the entry of key {key} in {self._location} cannot be read: {why}")
+
+    def read(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, list[StoredSample] | StoreError]:
+        """See :meth:`cachesaver.store.protocol.SampleStore.read`: one pipelined round trip, one
+        LRANGE per run of consecutive indices."""
+        self._check_open()
+        out: dict[str, list[StoredSample] | StoreError] = {}
+        plan: list[tuple[str, Sequence[int], list[tuple[int, int]]]] = []
+        for key, indices in wanted.items():
+            if any(type(i) is not int or i < 0 for i in indices):
+                out[key] = CorruptStoreError(f"a sample asked of key {key} is not in {self._location}")
+            elif not indices:
+                out[key] = []
+            else:
+                plan.append((key, indices, _runs(sorted(set(indices)))))
+        if not plan:
+            return out
+
+        def build(pipe: Any) -> None:
+            for key, _, runs in plan:
+                samples = self._names(key)[0]
+                for start, stop in runs:
+                    pipe.lrange(samples, start, stop - 1)
+
+        replies = iter(self._call("read from", lambda: self._pipeline(build)))
+        for key, indices, runs in plan:
+            got: dict[int, Any] = {}
+            failure: str | None = None
+            for start, stop in runs:
+                reply = next(replies)
+                if isinstance(reply, BaseException):
+                    failure = f"it holds an entry cachesaver did not write ({reply})"
+                elif len(reply) < stop - start:
+                    failure = f"sample {start + len(reply)} is missing (evicted, or never stored)"
+                else:
+                    got.update(zip(range(start, stop), reply))
+            if failure is not None:
+                out[key] = self._corrupt(key, failure)
+                continue
+            try:
+                out[key] = [_decode(got[i], key) for i in indices]
+            except CorruptStoreError as exc:
+                out[key] = exc
+        return out
+
+    def applied(self, token: str) -> bool:
+        """See :meth:`cachesaver.store.protocol.SampleStore.applied`."""
+        self._check_open()
+        name = self._token_key(token)
+        return bool(self._call("read from", lambda: self.client.exists(name)))
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite] = (),
+        *,
+        token: str | None = None,
+        hook: CommitHook | None = None,
+        wait_s: float | None = None,
+    ) -> list[int] | None:
+        """See :meth:`cachesaver.store.protocol.SampleStore.commit` and the module docstring
+        (what is atomic on one server and on a cluster). Samples are pickled first; records are
+        checked after ``hook.before``, just before the first script is sent."""
+        self._check_open()
+        try:
+            blobs = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
+        except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
+            raise StoreError(f"a sample cannot be serialised for {self._location}: {exc}") from exc
+        bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
+        if not (self._write_lock.acquire(timeout=bound) if bound > 0 else self._write_lock.acquire(blocking=False)):
+            raise StoreLockedError(
+                f"another commit through this store ({self._location}, another thread of this process) "
+                f"held it for over {bound:g} s; nothing was written. Redis commits of other processes "
+                "never make one wait; try again once that commit has finished"
+            )
+        try:
+            self._check_open()
+            if hook is not None:
+                hook.before()
+            try:
+                starts = self._write(self._groups(appends, records, blobs), len(appends), token)
+                if hook is not None and starts is not None:
+                    hook.after(starts)
+                return starts
+            finally:
+                if hook is not None:
+                    hook.finish()
+        finally:
+            self._write_lock.release()
+
+    def _groups(self, appends: Sequence[Append], records: Sequence[RecordWrite], blobs: list[list[bytes]]) -> list[_Group]:
+        """The commit split into what one script writes (everything on one server; one group
+        per hash slot on a cluster), or StoreError before anything is written."""
+        sizes = [len(append.samples) for append in appends]
+        starts = [0] * len(appends)
+        for write in records:
+            write.resolve(starts, sizes)  # raises StoreError for a part naming no sample
+        slot_of: Callable[[str], Any]
+        if self.cluster:
+            from redis.crc import key_slot
+
+            slot_of = lambda key: key_slot(b"{" + _slot_tag(key) + b"}")  # noqa: E731
+        else:
+            slot_of = lambda key: 0  # noqa: E731
+        groups: dict[Any, _Group] = {}
+        numbers: dict[str, int] = {}
+        where: list[tuple[Any, int]] = []  # per append: its group and position there (from 1)
+
+        def group_of(key: str) -> tuple[_Group, int]:
+            slot = slot_of(key)
+            group = groups.get(slot)
+            if group is None:
+                group = groups[slot] = _Group([], [], [], [])
+            if key not in numbers:
+                group.keys.append(key)
+                numbers[key] = len(group.keys)
+            return group, numbers[key]
+
+        for position, append in enumerate(appends):
+            group, number = group_of(append.key)
+            group.appends.append((position, number, len(append.samples)))
+            group.blobs.extend(blobs[position])
+            where.append((slot_of(append.key), len(group.appends)))
+        for write in records:
+            group, number = group_of(write.key)
+            parts: list[tuple[str, int, int]] = []
+            for part in write.parts:
+                if isinstance(part, int):
+                    parts.append(("i", part, 0))
+                    continue
+                position, count = part
+                slot, at = where[position]
+                if groups[slot] is not group:
+                    raise StoreError(
+                        f"the record {write.record.tag} of key {write.key} names samples appended to key "
+                        f"{appends[position].key}, in another hash slot of the Redis Cluster {self._location}; "
+                        "nothing was written. A record names samples of its own key"
+                    )
+                parts.append(("p", at, count))
+            group.records.append((number, _utf8(write.record.tag), parts))
+        return list(groups.values())
+
+    def _write(self, groups: list[_Group], appends: int, token: str | None) -> list[int] | None:
+        """Run the commit's scripts; the first index of each append, or None when ``token``
+        was applied before."""
+        nonce = uuid.uuid4().hex
+        starts: list[int] = [0] * appends
+        if not self.cluster:
+            if not groups and token is None:
+                return []
+            group = groups[0] if groups else _Group([], [], [], [])
+            if token is not None:
+                memo, ttl = self._token_key(token), 0
+            else:
+                memo, ttl = self._base + b"{" + _slot_tag(group.keys[0]) + b"}:commit:" + nonce.encode(), _COMMIT_MEMO_S
+            got = self._run_script(group, memo, nonce, ttl)
+            if got is None:
+                return None
+            for (position, _, _), start in zip(group.appends, got):
+                starts[position] = start
+            return starts
+        done = self._token_key(token) if token is not None else None
+        if done is not None and self._call("read from", lambda: self.client.exists(done)):
+            return None
+        fresh = done is None or not groups  # with a token: None only if every slot was in before
+        for number, group in enumerate(groups):
+            tag = b"{" + _slot_tag(group.keys[0]) + b"}:"
+            if token is not None:
+                memo, ttl = self._base + tag + b"part:" + _utf8(token), 0
+            else:
+                memo, ttl = self._base + tag + b"commit:" + nonce.encode(), _COMMIT_MEMO_S
+            try:
+                got = self._run_script(group, memo, nonce, ttl, stored=True)
+            except StoreError as exc:
+                if number == 0:
+                    raise
+                written = sorted({key for g in groups[:number] for key in g.keys})
+                raise type(exc)(
+                    f"{exc} This commit to a Redis Cluster was written for the keys {written} (their "
+                    f"hash slots) and not for the others: retrying it with its token writes only the "
+                    "missing ones, without one it may store those samples again"
+                ) from exc
+            if got is None:
+                continue
+            if got[0] == "fresh":
+                fresh = True
+            for (position, _, _), start in zip(group.appends, got[1]):
+                starts[position] = start
+        if done is not None:
+            self._call("write to", lambda: self.client.set(done, nonce))
+        return starts if fresh else None
+
+    def _run_script(self, group: _Group, memo: bytes, nonce: str, ttl: int, stored: bool = False) -> Any:
+        """Run the commit script for ``group``; its starts (on a cluster, ``stored=True``:
+        ``("fresh" | "earlier", starts)``), or None when ``memo`` was set by another commit."""
+        keys: list[bytes] = [memo]
+        for key in group.keys:
+            keys.extend(self._names(key))
+        args: list[Any] = [nonce, ttl, CONSULTED_RECORDS, len(group.keys), len(group.appends)]
+        for _, number, size in group.appends:
+            args += [number, size]
+        args.append(len(group.records))
+        for number, tag, parts in group.records:
+            args += [number, tag, len(parts)]
+            for part in parts:
+                args.extend(part)
+        args.extend(group.blobs)
+        client = self.client
+        no_script = self._errors.no_script
+
+        def run() -> Any:
+            try:
+                return client.evalsha(COMMIT_SHA, len(keys), *keys, *args)
+            except no_script:  # a restarted server, or another one: load the script again
+                client.script_load(COMMIT_SCRIPT)
+                return client.evalsha(COMMIT_SHA, len(keys), *keys, *args)
+
+        status, value = self._call("write to", run)
+        if status == -1:
+            key = group.keys[int(value) - 1]
+            raise self._corrupt(key, "it holds an entry cachesaver did not write; nothing of the commit was written")
+        text = bytes(value).decode()
+        if status == 1:
+            found = _starts(text)
+            return ("fresh", found) if stored else found
+        owner, _, earlier = text.partition("|")
+        if owner == nonce:  # this very commit, applied by an attempt whose reply was lost
+            return ("fresh", _starts(earlier)) if stored else _starts(earlier)
+        if stored:  # another attempt with this token wrote this slot: its indices, nothing new
+            return ("earlier", _starts(earlier))
+        return None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def release_thread(self) -> None:
+        """Nothing is held per thread (connections return to the client's pool after each call)."""
+
+    def close(self) -> None:
+        """Later calls raise StoreError; a client the store opened from a URL is closed, one you
+        passed is not."""
+        self._closed = True
+        if self._owned and getattr(self, "client", None) is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing sockets of a gone server
+                pass
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self._location}>"
+
+
+def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` or an exception it was raised from is one of ``kinds``."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, kinds):
+            return True
+        current = current.__cause__
+        seen += 1
+    return False
+
+
+def _busy(exc: BaseException, base: type[BaseException]) -> bool:
+    """A server busy running a long script answers BUSY: worth retrying."""
+    return isinstance(exc, base) and str(exc).startswith("BUSY")
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct ``indices`` as runs ``(start, stop)`` of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
+
+
+def _indices(text: bytes) -> tuple[int, ...]:
+    """A record's indices from ``b"1,5,6"`` (``b""``: none); ValueError when malformed."""
+    if not text:
+        return ()
+    values = tuple(int(part) for part in text.split(b","))
+    if any(value < 0 for value in values):
+        raise ValueError(f"negative index in {text!r}")
+    return values
+
+
+def _starts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")] if text else []
+
+
+def _decode(blob: Any, key: str) -> StoredSample:
+    try:
+        value = pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - that entry alone is damaged
+        raise CorruptStoreError(f"a sample of key {key} cannot be decoded: {exc}") from exc
+    if type(value) is not tuple or len(value) != 2:
+        raise CorruptStoreError(f"a sample of key {key} is not a cachesaver sample")
+    return value
