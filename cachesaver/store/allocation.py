@@ -573,6 +573,8 @@ class SampleBroker:
 
     def _serve_round(self, lookups: list[_Lookup]) -> list[Found | BaseException]:
         """Serve ``lookups``: one view of their keys, then one read of the samples not in it."""
+        if len(lookups) == 1:
+            return [self._serve_one(lookups[0])]
         claims = self.claims
         results: list[Found | BaseException | None] = [None] * len(lookups)
         live: list[int] = []
@@ -664,6 +666,57 @@ class SampleBroker:
                 request.namespace, request.request_id, request.n, due[position],
             )
         return results  # type: ignore[return-value]
+
+    def _serve_one(self, op: _Lookup) -> Found | BaseException:
+        """:meth:`_serve_round` for a round of one lookup, with the same choices."""
+        if op.abandoned:
+            return PipelineClosedError("the request was abandoned before its lookup")
+        claims = self.claims
+        request = op.request
+        namespace, n, key = request.namespace, request.n, op.key
+        tag = None
+        if request.request_id is not None:
+            op.use = claims.next_use(namespace, key, request.request_id, n)
+            op.reused = claims.reused
+            op.tag = tag = record_tag(namespace, request.request_id, n, op.use)
+        try:
+            view = self.store.view((key,), ((key, tag),) if tag is not None else ())[key]
+        except BaseException:
+            self._give_back(op)
+            raise
+        if isinstance(view, BaseException):
+            self._give_back(op)
+            return view
+        recorded = view.found.get(tag) if tag is not None else None
+        picked: list[int] | None = None
+        if recorded is not None and len(recorded) >= n:
+            wanted = list(recorded[:n])
+            entry = claims.claims(namespace, key)
+            if len(set(wanted)) == n and all(i < view.count and not entry.is_claimed(i) for i in wanted):
+                for i in wanted:
+                    entry.claim(i)
+                picked, due = wanted, len(recorded) != n or op.reused
+        if picked is None:
+            reserved = self._reserved(view, namespace, tag) if view.records else ()
+            picked = claims.choose(namespace, key, n, view.count, recorded, reserved)
+            due = op.use is not None and len(picked) == n and (op.reused or tuple(picked) != recorded)
+        along = view.samples
+        missing = [i for i in picked if i not in along]
+        if missing:
+            try:
+                got = self.store.read({key: sorted(missing)})[key]
+            except BaseException:
+                self._give_back(op, picked)
+                raise
+            if isinstance(got, BaseException):
+                self._give_back(op, picked)
+                return got
+            fetched = dict(zip(sorted(missing), got))
+            samples = [along[i] if i in along else fetched[i] for i in picked]
+        else:
+            samples = [along[i] for i in picked]
+        op.found = Found(key, op.use, picked, samples, n - len(picked), namespace, request.request_id, n, due)
+        return op.found
 
     @staticmethod
     def _reserved(view: KeyView, namespace: str, own: str | None) -> set[int]:

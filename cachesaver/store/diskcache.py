@@ -713,6 +713,8 @@ class DiskcacheStore:
         self._check_open()
         if not self.writable:
             raise StoreError(f"the cache at {self.directory} is read-only; open a writable copy to add samples")
+        if self._raw_writes:
+            return self._commit_direct(appends, records, token, hook, wait_s)
         started = False
         try:
             with self.transaction(wait_s):
@@ -738,6 +740,88 @@ class DiskcacheStore:
             if hook is not None and started:
                 hook.finish()
         return starts
+
+    def _commit_direct(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite],
+        token: str | None,
+        hook: CommitHook | None,
+        wait_s: float | None,
+    ) -> list[int] | None:
+        """:meth:`commit` on a plain ``diskcache.Cache``: the same SQLite transaction that
+        ``Cache.transact`` opens (BEGIN IMMEDIATE on the thread's connection, marked as the
+        Cache's transaction so a ``Cache.set`` inside joins it), without its layers."""
+        cache = self.cache
+        try:
+            con = cache._con
+            self._begin(cache, con, wait_s)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._write_failed(exc) from exc
+        cache._txn_id = threading.get_ident()
+        started = False
+        try:
+            try:
+                if hook is not None:
+                    hook.before()
+                started = True
+                if token is not None and self._get(_TOKEN + token, None) is not None:
+                    starts = None
+                else:
+                    starts = self._write_commit(appends, records)
+                    if token is not None:
+                        self._put_all([(_TOKEN + token, True)])
+                con.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # nothing to roll back (the commit itself failed and ended it)
+                if isinstance(exc, (sqlite3.Error, OSError)):
+                    raise self._write_failed(exc) from exc
+                if isinstance(exc, Exception) and not isinstance(exc, StoreError):
+                    raise StoreError(f"could not store a sample in {self.directory}: {exc}") from exc
+                raise
+            finally:
+                cache._txn_id = None
+            if hook is not None and starts is not None:
+                hook.after(starts)
+        finally:
+            if hook is not None and started:
+                hook.finish()
+        return starts
+
+    def _begin(self, cache: Any, con: sqlite3.Connection, wait_s: float | None) -> None:
+        """BEGIN IMMEDIATE within ``store_timeout_s`` (or ``wait_s``), else StoreLockedError."""
+        bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
+        own = cache.timeout
+        lowered = own > bound + 0.05  # the connection would wait longer than we may
+        if lowered:
+            con.execute(f"PRAGMA busy_timeout = {max(1, int(bound * 1000))}")
+        deadline = time.monotonic() + bound
+        pause = 0.001
+        try:
+            while True:
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._locked(self.store_timeout_s) from exc
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.05)
+        finally:
+            if lowered:
+                con.execute(f"PRAGMA busy_timeout = {int(own * 1000)}")
+
+    def _write_failed(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"could not write to the cache at {self.directory}: {exc}; nothing was written. "
+            "Check that the directory still exists, is writable and has free space"
+        )
 
     def _write_commit(self, appends: Sequence[Append], records: Sequence[RecordWrite]) -> list[int]:
         """Write a commit's appends and records inside the transaction; the first index of
