@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import hashlib
 import random
 import tempfile
 from pathlib import Path
@@ -112,6 +113,7 @@ def test_out_of_order_claims_compact_once_the_gap_fills() -> None:
     entry = claims.claims("ns", "k")
     assert entry.is_claimed(3) and not entry.is_claimed(0)
     claims.claim("ns", "k", [0, 2])
+    entry = claims.claims("ns", "k")
     assert entry.floor == 6
     assert not entry.above
 
@@ -236,3 +238,31 @@ def test_a_long_run_through_a_cacher_leaves_no_spill_connection_open(tmp_path, m
 
     anyio.run(main, backend=backend)
     assert open_files_under(spills) == [] and list(spills.iterdir()) == []
+
+
+def test_take_claims_every_index_or_none() -> None:
+    claims = RunClaims()
+    claims.claim("ns", "k", [2])
+    assert not claims.take("ns", "k", [1, 2], stored=5)  # 2 is taken: nothing is claimed
+    assert not claims.claims("ns", "k").is_claimed(1)
+    assert not claims.take("ns", "k", [3, 3], stored=5)  # not distinct
+    assert not claims.take("ns", "k", [4, 5], stored=5)  # 5 is not stored
+    assert claims.take("ns", "k", [1, 0], stored=5)
+    assert claims.claims("ns", "k").floor == 3
+
+
+def test_a_distinct_request_costs_two_compact_entries() -> None:
+    """Keys claimed in order are held as their count, identities as ints: no per-request key
+    string, id string or tuple stays alive."""
+    claims = RunClaims()
+    key_of = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1_000)]
+    for i, key in enumerate(key_of):
+        claims.next_use("ns", key, f"id-{i}", 1)
+        claims.choose("ns", key, n=1, stored=1)
+    assert claims.in_memory == 2_000
+    assert all(type(ident) is int for ident in [*claims._keys, *claims._uses])
+    assert all(type(value) is int for value in claims._keys.values())
+    claims.claim("ns", key_of[0], [5])  # out of order: an object until the gap fills
+    assert not isinstance(claims._keys[RunClaims._key_ident("ns", key_of[0])], int)
+    claims.claim("ns", key_of[0], [1, 2, 3, 4])
+    assert claims._keys[RunClaims._key_ident("ns", key_of[0])] == 6

@@ -423,3 +423,21 @@ def test_a_record_kept_in_a_file_replaced_by_a_small_one_leaves_no_file(tmp_path
 def _files_of_samples(cache: diskcache.Cache) -> list[str]:
     rows = cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL").fetchall()
     return [os.path.basename(name) for (name,) in rows]
+
+
+def test_the_store_bounds_the_page_cache_of_every_connection_it_uses(tmp_path: Path) -> None:
+    store = DiskcacheStore(tmp_path)
+    try:
+        def settings() -> tuple[int, int]:
+            store.view(["k"])
+            con = store.cache._con
+            return con.execute("PRAGMA cache_size").fetchone()[0], con.execute("PRAGMA mmap_size").fetchone()[0]
+
+        assert settings() == (-2048, 0)
+        seen: list[tuple[int, int]] = []
+        thread = threading.Thread(target=lambda: (seen.append(settings()), store.release_thread()))
+        thread.start()
+        thread.join()
+        assert seen == [(-2048, 0)]
+    finally:
+        store.close()

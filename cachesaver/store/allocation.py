@@ -614,10 +614,7 @@ class SampleBroker:
             n = op.request.n
             if recorded is not None and len(recorded) >= n:
                 picked = list(recorded[:n])
-                entry = claims.claims(op.request.namespace, op.key)
-                if len(set(picked)) == n and all(i < view.count and not entry.is_claimed(i) for i in picked):
-                    for i in picked:
-                        entry.claim(i)
+                if claims.take(op.request.namespace, op.key, picked, view.count):
                     chosen[position], due[position] = picked, len(recorded) != n or op.reused
                     continue
             deferred.append(position)
@@ -691,10 +688,7 @@ class SampleBroker:
         picked: list[int] | None = None
         if recorded is not None and len(recorded) >= n:
             wanted = list(recorded[:n])
-            entry = claims.claims(namespace, key)
-            if len(set(wanted)) == n and all(i < view.count and not entry.is_claimed(i) for i in wanted):
-                for i in wanted:
-                    entry.claim(i)
+            if claims.take(namespace, key, wanted, view.count):
                 picked, due = wanted, len(recorded) != n or op.reused
         if picked is None:
             reserved = self._reserved(view, namespace, tag) if view.records else ()

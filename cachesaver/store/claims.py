@@ -14,8 +14,9 @@ same requests with the same ids gets exactly the same samples whatever the order
 requests arrive or finish. Requests without an id skip step 1 and still replay cheaply.
 
 Memory is bounded: a run keeps at most :attr:`RunClaims.max_in_memory` entries per (namespace,
-key) and as many use counts per (namespace, key, request_id, n) in memory (a key whose samples
-were claimed in order costs two integers, whatever its length). When :meth:`RunClaims.trim`
+key) and as many use counts per (namespace, key, request_id, n) in memory (about 100 bytes
+each; a key whose samples were claimed in order costs its count alone, whatever its length).
+When :meth:`RunClaims.trim`
 finds more, it moves the least recently used ones to a private store in a new directory under
 the system's temporary directory (``TMPDIR``; keep it on disk, not in RAM, for the bound to
 mean anything) and brings them back when they are needed again, so a long run with ever-new
@@ -36,7 +37,6 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections import OrderedDict
 from itertools import islice
 from typing import Any, Collection, Iterable, Sequence
 
@@ -111,6 +111,7 @@ class _Spill:
                 os.path.join(self.directory, "claims.db"), check_same_thread=False, isolation_level=None
             )
             self._con.execute("PRAGMA journal_mode = OFF")  # private and rebuilt each run
+            self._con.execute("PRAGMA cache_size = -512")  # KiB: the OS caches the file
             self._con.execute("CREATE TABLE entries (name TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID")
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -140,45 +141,166 @@ class _Spill:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+_MASK64 = (1 << 64) - 1
+Ident = Any  # an int (compact) or a tuple (a key that is not a hex digest)
+
+
+def _key_bits(key: str) -> int | None:
+    """128 bits of a hex-digest key (every cache key is a SHA-256 hex digest), or None."""
+    if len(key) == 64:
+        try:
+            return int(key[:32], 16)
+        except ValueError:
+            return None
+    return None
+
+
 class RunClaims:
     """Per-run state: claims per (namespace, key) and use counts per (namespace, key,
-    request_id, n), with bounded memory (see the module docstring)."""
+    request_id, n), with bounded memory (see the module docstring).
 
-    max_in_memory = 100_000
+    In memory, an identity is one int: 128 bits of the key's digest and 64 bits of a hash of
+    the rest (the namespace; or namespace, request_id and n), so a distinct request costs two
+    small dictionary entries (about 100 bytes each) however long its key or id. A key whose
+    samples were claimed in order is held as its count alone. (Two identities sharing all 192
+    bits would share claims; with a few million identities per run the odds are below 1e-40.)
+    """
+
+    max_in_memory = 50_000
     """Entries of each kind held in memory; when :meth:`trim` finds more, it moves the least
     recently used ones to disk until nine tenths of this remain."""
 
     def __init__(self, max_in_memory: int | None = None) -> None:
         if max_in_memory is not None:
             self.max_in_memory = max_in_memory
-        self._keys: OrderedDict[tuple[str, str], KeyClaims] = OrderedDict()
-        self._uses: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self._keys: dict[Ident, int | KeyClaims] = {}  # an int: everything below it is claimed
+        self._uses: dict[Ident, int] = {}
         self._spill: _Spill | None = None
         self._finalizer: weakref.finalize | None = None
         self._retry_above = 0  # after a failed trim, wait until memory grows past this
-        self._released: dict[tuple[Any, ...], list[int]] = {}  # uses given back, per identity
+        self._released: dict[Ident, list[int]] = {}  # uses given back, per identity
         self.reused = False
         """Whether the use the last :meth:`next_use` returned had been given back before."""
 
-    def claims(self, namespace: str, key: str) -> KeyClaims:
-        """The claims of (namespace, key); valid until the next :meth:`trim`."""
-        ident = (namespace, key)
+    # -- identities ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _key_ident(namespace: str, key: str) -> Ident:
+        bits = _key_bits(key)
+        if bits is None:
+            return (namespace, key)
+        return (bits << 64) | (hash(namespace) & _MASK64)
+
+    @staticmethod
+    def _use_ident(namespace: str, key: str, request_id: Any, n: int) -> Ident:
+        bits = _key_bits(key)
+        if bits is None:
+            return (namespace, key, type(request_id).__name__, request_id, n)
+        return (bits << 64) | (hash((namespace, type(request_id).__name__, request_id, n)) & _MASK64)
+
+    # -- claims of one key --------------------------------------------------------------------
+
+    def _get(self, ident: Ident) -> KeyClaims:
+        """The claims of ``ident`` as an object to change; :meth:`_put` stores it back."""
         keys = self._keys
-        entry = keys.get(ident)
-        if entry is None:
+        value = keys.pop(ident, None)  # popped and put back: the most recently used is last
+        if value is None and self._spill is not None:
+            saved = self._spill_get(_spill_name("k", ident), None)
+            if saved is not None:
+                entry = KeyClaims()
+                entry.floor, entry.above = saved
+                return entry
+        if value is None:
+            return KeyClaims()
+        if type(value) is int:
             entry = KeyClaims()
-            if self._spill is not None:
-                saved = self._spill_get(_spill_name("k", ident), None)
-                if saved is not None:
-                    entry.floor, entry.above = saved
-            keys[ident] = entry
-        else:
-            keys.move_to_end(ident)
-        return entry
+            entry.floor = value
+            return entry
+        return value  # type: ignore[return-value]
+
+    def _put(self, ident: Ident, entry: KeyClaims) -> None:
+        self._keys[ident] = entry.floor if not entry.above else entry
+
+    def claims(self, namespace: str, key: str) -> KeyClaims:
+        """A copy of the claims of (namespace, key), for inspection."""
+        ident = self._key_ident(namespace, key)
+        entry = self._get(ident)
+        self._put(ident, entry)
+        copy = KeyClaims()
+        copy.floor, copy.above = entry.floor, set(entry.above) if entry.above else None
+        return copy
+
+    def take(self, namespace: str, key: str, indices: Sequence[int], stored: int) -> bool:
+        """Claim all of ``indices`` (distinct, below ``stored``, none claimed yet) and return
+        True; else claim none and return False."""
+        if len(set(indices)) != len(indices):
+            return False
+        ident = self._key_ident(namespace, key)
+        entry = self._get(ident)
+        try:
+            if any(i >= stored or entry.is_claimed(i) for i in indices):
+                return False
+            for index in indices:
+                entry.claim(index)
+            return True
+        finally:
+            self._put(ident, entry)
+
+    def claim(self, namespace: str, key: str, indices: Iterable[int]) -> None:
+        ident = self._key_ident(namespace, key)
+        entry = self._get(ident)
+        for index in indices:
+            entry.claim(index)
+        self._put(ident, entry)
+
+    def release(self, namespace: str, key: str, indices: Iterable[int]) -> None:
+        """Make ``indices`` of (namespace, key) claimable again in this run."""
+        ident = self._key_ident(namespace, key)
+        entry = self._get(ident)
+        for index in indices:
+            entry.release(index)
+        self._put(ident, entry)
+
+    def choose(
+        self,
+        namespace: str,
+        key: str,
+        n: int,
+        stored: int,
+        recorded: Sequence[int] | None = None,
+        reserved: Iterable[int] = (),
+    ) -> list[int]:
+        """Pick and claim up to ``n`` stored indices (of ``stored``) for a request, in order.
+
+        ``reserved`` are indices recorded for other requests of this namespace: they are taken
+        only when no other stored sample is left, so an unidentified request does not take the
+        sample an identified one will ask for back.
+        """
+        ident = self._key_ident(namespace, key)
+        entry = self._get(ident)
+        chosen: list[int] = []
+        if recorded:
+            for index in recorded:
+                if len(chosen) == n:
+                    break
+                if index < stored and not entry.is_claimed(index) and index not in chosen:
+                    chosen.append(index)
+        if len(chosen) < n and reserved:
+            avoid = set(reserved)
+            avoid.update(chosen)
+            chosen.extend(entry.lowest_unclaimed(stored, n - len(chosen), avoid))
+        if len(chosen) < n:
+            chosen.extend(entry.lowest_unclaimed(stored, n - len(chosen), chosen))
+        for index in chosen:
+            entry.claim(index)
+        self._put(ident, entry)
+        return chosen
+
+    # -- uses ---------------------------------------------------------------------------------
 
     def next_use(self, namespace: str, key: str, request_id: Any, n: int) -> int:
         """0 the first time this run sees (namespace, key, request_id, n), then 1, 2, ..."""
-        ident = (namespace, key, type(request_id).__name__, request_id, n)
+        ident = self._use_ident(namespace, key, request_id, n)
         released = self._released.get(ident) if self._released else None
         if released:
             use = min(released)
@@ -200,14 +322,10 @@ class RunClaims:
         abandoned, so it does not count. The next :meth:`next_use` of that identity returns
         the lowest use given back before counting on. Given-back uses stay in memory (one
         entry per failed attempt whose use has not been taken again)."""
-        ident = (namespace, key, type(request_id).__name__, request_id, n)
+        ident = self._use_ident(namespace, key, request_id, n)
         self._released.setdefault(ident, []).append(use)
 
-    def release(self, namespace: str, key: str, indices: Iterable[int]) -> None:
-        """Make ``indices`` of (namespace, key) claimable again in this run."""
-        entry = self.claims(namespace, key)
-        for index in indices:
-            entry.release(index)
+    # -- memory -------------------------------------------------------------------------------
 
     @property
     def over_budget(self) -> bool:
@@ -223,9 +341,8 @@ class RunClaims:
     def trim(self) -> None:
         """Move the least recently used entries beyond :attr:`max_in_memory` to disk.
 
-        Call it only between rounds: a :class:`KeyClaims` returned earlier must not be used
-        after it. Blocks on disk I/O when there is something to move. If the disk refuses,
-        the error propagates and every entry stays in memory.
+        Call it only between rounds. Blocks on disk I/O when there is something to move. If
+        the disk refuses, the error propagates and every entry stays in memory.
         """
         ceiling = max(self.max_in_memory, self._retry_above)
         if len(self._keys) <= ceiling and len(self._uses) <= ceiling:
@@ -237,7 +354,7 @@ class RunClaims:
             old_uses = list(islice(self._uses.items(), max(len(self._uses) - limit, 0)))
             # Written first, dropped from memory after the commit: a failed write loses nothing.
             spill.put_all(
-                [(_spill_name("k", ident), (entry.floor, entry.above)) for ident, entry in old_keys]
+                [(_spill_name("k", ident), _saved(entry)) for ident, entry in old_keys]
                 + [(_spill_name("u", ident), use) for ident, use in old_uses]
             )
         except Exception:
@@ -249,6 +366,9 @@ class RunClaims:
             del self._keys[ident]
         for ident, _ in old_uses:
             del self._uses[ident]
+        # Rebuilt, so the dictionaries do not keep the room of what left them.
+        self._keys = dict(self._keys)
+        self._uses = dict(self._uses)
 
     def _open_spill(self) -> _Spill:
         spill = self._spill
@@ -268,40 +388,8 @@ class RunClaims:
         if spill is not None and self._finalizer is not None:
             self._finalizer()  # spill.remove
 
-    def choose(
-        self,
-        namespace: str,
-        key: str,
-        n: int,
-        stored: int,
-        recorded: Sequence[int] | None = None,
-        reserved: Iterable[int] = (),
-    ) -> list[int]:
-        """Pick and claim up to ``n`` stored indices (of ``stored``) for a request, in order.
 
-        ``reserved`` are indices recorded for other requests of this namespace: they are taken
-        only when no other stored sample is left, so an unidentified request does not take the
-        sample an identified one will ask for back.
-        """
-        entry = self.claims(namespace, key)
-        chosen: list[int] = []
-        if recorded:
-            for index in recorded:
-                if len(chosen) == n:
-                    break
-                if index < stored and not entry.is_claimed(index) and index not in chosen:
-                    chosen.append(index)
-        if len(chosen) < n and reserved:
-            avoid = set(reserved)
-            avoid.update(chosen)
-            chosen.extend(entry.lowest_unclaimed(stored, n - len(chosen), avoid))
-        if len(chosen) < n:
-            chosen.extend(entry.lowest_unclaimed(stored, n - len(chosen), chosen))
-        for index in chosen:
-            entry.claim(index)
-        return chosen
-
-    def claim(self, namespace: str, key: str, indices: Iterable[int]) -> None:
-        entry = self.claims(namespace, key)
-        for index in indices:
-            entry.claim(index)
+def _saved(entry: int | KeyClaims) -> tuple[int, set[int] | None]:
+    if type(entry) is int:
+        return (entry, None)
+    return (entry.floor, entry.above)  # type: ignore[union-attr]

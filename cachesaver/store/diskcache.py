@@ -147,6 +147,12 @@ class _Undecodable:
 STORE_TIMEOUT_S = 30.0
 """How long a write waits for another process's lock before StoreLockedError, by default."""
 
+PAGE_CACHE_KIB = 2048
+"""SQLite's page cache per connection the store uses, in KiB (SQLite's own default; diskcache
+asks 32 MiB). The store also turns memory-mapped reads off on those connections, so its
+resident memory stays bounded however large the cache grows: a long run reads through the
+operating system's file cache instead."""
+
 _warned_directories: set[str] = set()
 _record_prefix = namespace_prefix
 _record_tag = record_tag
@@ -335,6 +341,7 @@ class DiskcacheStore:
             and type(getattr(self.cache, "_disk", None)) is diskcache.Disk
             and getattr(self.cache, "eviction_policy", None) == "none"
         )
+        self._tuned = threading.local()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -647,6 +654,19 @@ class DiskcacheStore:
 
     # -- the store protocol ---------------------------------------------------------------
 
+    def _tune(self) -> None:
+        """Bound the page cache of the calling thread's connection (once per connection)."""
+        if not self._raw_writes:
+            return
+        try:
+            con = self.cache._con
+            if getattr(self._tuned, "con", None) is not con:
+                con.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+                con.execute("PRAGMA mmap_size = 0")
+                self._tuned.con = con
+        except (sqlite3.Error, OSError):
+            pass  # the call that follows meets the same trouble and reports it
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the store at {self.directory} is closed; open a new pipeline on it")
@@ -658,6 +678,7 @@ class DiskcacheStore:
         entries, plus a read per key whose head is full (its count) and per asked record kept
         outside the head."""
         self._check_open()
+        self._tune()
         heads = self.heads(keys)
         asked: dict[str, list[str]] = {}
         for key, tag in tags:
@@ -691,6 +712,7 @@ class DiskcacheStore:
     def read(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, list[StoredSample] | StoreError]:
         """See :meth:`cachesaver.store.protocol.SampleStore.read`."""
         self._check_open()
+        self._tune()
         out: dict[str, list[StoredSample] | StoreError] = {}
         for key, indices in wanted.items():
             try:
@@ -714,6 +736,7 @@ class DiskcacheStore:
         if not self.writable:
             raise StoreError(f"the cache at {self.directory} is read-only; open a writable copy to add samples")
         if self._raw_writes:
+            self._tune()
             return self._commit_direct(appends, records, token, hook, wait_s)
         started = False
         try:
