@@ -43,8 +43,12 @@ Guarantees:
   commit goes to the write lane, which may wait ``store_timeout_s``. Everything else runs on
   the lanes' threads. ``SampleBroker.inline_io = False`` turns inline I/O off, and so does an
   engine whose ``inline_io`` attribute is False (Redis: its calls cross the network).
-* A delivered request's replay record is committed with the next commit of new samples, or
-  by the write lane at most :data:`RECORD_DELAY_S` later.
+* A request completed by new samples has its replay record committed with those samples
+  (:meth:`SampleBroker.record_complete`); if it is abandoned after all, a later commit
+  replaces the record by an empty one, and a retry that takes the same use again (which is
+  always recorded anew) writes its record after that. Any other delivered request's record is
+  committed with the next commit of new samples, or by the write lane at most
+  :data:`RECORD_DELAY_S` later.
 * An error reading one request's samples (a damaged entry) fails that request only.
 * Within a lookup round, requests whose recorded samples are free are served before requests
   without a record, so the latter cannot take samples the former will ask back for.
