@@ -144,6 +144,17 @@ class _Undecodable:
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
+def _decode_row(fetch: Any, mode: int, filename: Any, value: Any) -> Any:
+    """The value of one Cache row (``Disk.fetch`` without its BytesIO for a pickle), or an
+    :class:`_Undecodable` standing for a damaged one."""
+    try:
+        if mode == _MODE_PICKLE and value is not None:
+            return pickle.loads(value)
+        return fetch(mode, filename, value, False)
+    except Exception as exc:  # noqa: BLE001 - that entry alone is damaged
+        return _Undecodable(exc)
+
+
 STORE_TIMEOUT_S = 30.0
 """How long a write waits for another process's lock before StoreLockedError, by default."""
 
@@ -368,7 +379,7 @@ class DiskcacheStore:
         A damaged or unreadable entry is returned as its :class:`StoreError` (a
         :class:`CorruptStoreError` when damaged), so it fails only the requests for that key.
         """
-        unique = list(dict.fromkeys(keys))
+        unique = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)
         values = self._bulk_get([_HEAD + key for key in unique]) if self._bulk_ok else None
         out: dict[str, Head | StoreError] = {}
         for key in unique:
@@ -404,6 +415,11 @@ class DiskcacheStore:
             sql = self.cache._sql
             fetch = self.cache._disk.fetch
             out: dict[str, Any] = {}
+            if len(names) == 1:  # a lone lookup: the simplest query
+                row = sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (names[0],)).fetchone()
+                if row is not None:
+                    out[names[0]] = _decode_row(fetch, *row)
+                return out
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -412,13 +428,7 @@ class DiskcacheStore:
                     chunk,
                 ).fetchall()
                 for name, mode, filename, value in rows:
-                    try:
-                        if mode == _MODE_PICKLE and value is not None:  # fetch() minus BytesIO
-                            out[name] = pickle.loads(value)
-                        else:
-                            out[name] = fetch(mode, filename, value, False)
-                    except Exception as exc:  # noqa: BLE001 - that entry alone is damaged
-                        out[name] = _Undecodable(exc)
+                    out[name] = _decode_row(fetch, mode, filename, value)
             return out
         except Exception as exc:  # noqa: BLE001 - fall back to diskcache's public API for good
             logger.info("cachesaver: bulk reads unavailable (%s); using Cache.get", exc)
