@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import diskcache
 import pytest
-from _support import Extra, stored_count, GateModel, NamedModel, ShortOnceModel, gather
+from _support import Extra, stored_count, GateModel, NamedModel, ShortOnceModel, gather, wait_until
 
 from cachesaver.stages.batching import AsyncBatcher
 from cachesaver.stages.caching import AsyncCacher
@@ -25,6 +25,7 @@ from cachesaver.errors import (
 )
 from cachesaver.keys import request_key
 from cachesaver.models import ScriptedModel
+from cachesaver.pipelines import OnlineAPI
 from cachesaver.store.diskcache import DiskcacheStore
 from cachesaver.typedefs import Batch, Request, Response
 
@@ -360,3 +361,38 @@ async def test_late_answers_after_the_cache_closed_fail_loudly(
     with pytest.raises(StoreError, match="1 sample"):
         cacher._store_late([Request("late")], [Response(data=["late#0"])])
     assert any(r.levelname == "ERROR" and "could not store 1 sample" in r.getMessage() for r in caplog.records)
+
+
+# -- a request waits for its key's fetch in flight for another namespace ----------------------------
+
+
+async def test_a_request_of_another_namespace_waits_for_the_fetch_in_flight_and_reuses_it(tmp_path: Path) -> None:
+    model = GateModel()
+    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+        async with anyio.create_task_group() as group:
+            first: list[Response] = []
+            second: list[Response] = []
+
+            async def ask(into: list[Response], namespace: str) -> None:
+                into.append(await pipeline.request(Request("q", request_id="a", namespace=namespace)))
+
+            group.start_soon(ask, first, "one")
+            await model.entered.wait()  # the first request's fetch is in flight
+            group.start_soon(ask, second, "two")
+            await wait_until(lambda: len(pipeline.cacher._in_flight) == 1 and model.calls == 1)
+            for _ in range(10):  # checkpoints: the second request reaches its lookup (or the model)
+                await anyio.sleep(0)
+            model.release()
+    assert model.calls == 1  # the second reused what the first one fetched
+    assert first[0].data == second[0].data and second[0].cached == [True]
+
+
+async def test_a_request_of_the_same_namespace_does_not_wait_for_the_fetch_in_flight(tmp_path: Path) -> None:
+    model = GateModel(open_at=2)  # opens only once two calls are in flight together
+    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pipeline.request, Request("q", namespace="one"))
+            await model.entered.wait()
+            with anyio.fail_after(10):
+                await pipeline.request(Request("q", namespace="one"))  # fresh samples: its own call
+    assert model.calls == 2

@@ -39,6 +39,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
+
 from .._runtime.collector import PassCollector
 from ..errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
 from ..keys import DERIVE, model_identity, store_key, with_n
@@ -78,6 +80,16 @@ def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequen
     )
 
 
+class _InFlight:
+    """A key being fetched: for which namespaces, and an event set when the fetch has ended."""
+
+    __slots__ = ("namespaces", "ended")
+
+    def __init__(self) -> None:
+        self.namespaces: set[str] = set()
+        self.ended = anyio.Event()
+
+
 class AsyncCacher(Stage):
     """Serves requests from a sample store, fetching only missing samples from ``model``."""
 
@@ -101,6 +113,8 @@ class AsyncCacher(Stage):
         self._replay_only = bool(getattr(inner, "replay_only", False))
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: PassCollector[_Pending] = PassCollector(self, self._fetch)
+        # key -> the fetch in flight for it: its namespaces and an event set once it has ended
+        self._in_flight: dict[str, _InFlight] = {}
         # Answers a sync model returns after their call was cancelled (a close's deadline) are
         # stored through this cacher: the stages below hand them here (see _store_late). An
         # inner cacher keeps its own chain.
@@ -125,11 +139,18 @@ class AsyncCacher(Stage):
         return store_key(request, self._identity)
 
     async def settle_one(self, request: Request) -> Settled:
-        """The Response (or exception) for one request: :meth:`settle` without the list."""
+        """The Response (or exception) for one request: :meth:`settle` without the list.
+
+        A request whose key is being fetched for another namespace first waits for that fetch
+        to end (its samples are then stored, and free in this namespace), so identical prompts
+        of concurrent agents in different namespaces cost one model call."""
         try:
             key = self._key(request)
         except InvalidRequestError as exc:
             return exc
+        flight = self._in_flight.get(key)
+        if flight is not None and request.namespace not in flight.namespaces:
+            await flight.ended.wait()
         broker = self._broker
         op = broker.lookup(request, key)
         self._enter()
@@ -203,7 +224,6 @@ class AsyncCacher(Stage):
         :mod:`~cachesaver.store.allocation`), the first ones a request asked for claimed for it.
         A request the model answers short is asked for the rest, up to ``max_refetch`` more
         times; an empty or short answer counts as an attempt like any other."""
-        outcomes: list[Settled | None] = [None] * len(pending)
         broker = self._broker
         if not self.store.writable and not self._replay_only:
             return [
@@ -219,6 +239,30 @@ class AsyncCacher(Stage):
             broker.check_room()
         except StoreError as exc:
             return [exc for _ in pending]
+        flights = self._fly(pending)
+        try:
+            return await self._fetch_all(pending)
+        finally:
+            for key, flight in flights:
+                flight.ended.set()
+                if self._in_flight.get(key) is flight:
+                    del self._in_flight[key]
+
+    def _fly(self, pending: list[_Pending]) -> list[tuple[str, "_InFlight"]]:
+        """Mark the keys of ``pending`` as being fetched (for :meth:`settle_one`)."""
+        flights: list[tuple[str, _InFlight]] = []
+        for entry in pending:
+            key = entry.found.key
+            flight = self._in_flight.get(key)
+            if flight is None:
+                flight = self._in_flight[key] = _InFlight()
+                flights.append((key, flight))
+            flight.namespaces.add(entry.request.namespace)
+        return flights
+
+    async def _fetch_all(self, pending: list[_Pending]) -> list[Settled]:
+        outcomes: list[Settled | None] = [None] * len(pending)
+        broker = self._broker
         todo = list(range(len(pending)))
         attempts = 0
         for attempt in range(self.max_refetch + 1):
