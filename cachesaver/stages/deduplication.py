@@ -105,6 +105,8 @@ def _distribute(members: list[Request], answer: Settled) -> list[Settled]:
         return [answer] * len(members)
     response: Response = partial if partial is not None else answer  # type: ignore[assignment]
     if len(members) == 1 and partial is None:
+        if response.duplicated is not None and len(response.duplicated) == len(response.data):
+            return [response]  # its flags are already explicit: nothing to add
         return [_slice(response, 0, len(response.data), duplicated=False)]
     total = len(response.data)
     extras = max(0, total - sum(r.n for r in members))
