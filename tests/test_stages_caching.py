@@ -396,3 +396,14 @@ async def test_a_request_of_the_same_namespace_does_not_wait_for_the_fetch_in_fl
             with anyio.fail_after(10):
                 await pipeline.request(Request("q", namespace="one"))  # fresh samples: its own call
     assert model.calls == 2
+
+
+async def test_a_request_asking_more_than_the_fetch_in_flight_does_not_wait_for_it(tmp_path: Path) -> None:
+    model = GateModel(open_at=2)  # opens only once two calls are in flight together
+    async with OnlineAPI(model, tmp_path, batch_size=1) as pipeline:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pipeline.request, Request("q", n=1, namespace="one"))
+            await model.entered.wait()
+            with anyio.fail_after(10):
+                await pipeline.request(Request("q", n=3, namespace="two"))  # more than 1: its own call
+    assert model.calls == 2

@@ -83,10 +83,11 @@ def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequen
 class _InFlight:
     """A key being fetched: for which namespaces, and an event set when the fetch has ended."""
 
-    __slots__ = ("namespaces", "ended")
+    __slots__ = ("namespaces", "samples", "ended")
 
     def __init__(self) -> None:
         self.namespaces: set[str] = set()
+        self.samples = 0  # how many new samples are asked for it
         self.ended = anyio.Event()
 
 
@@ -141,15 +142,16 @@ class AsyncCacher(Stage):
     async def settle_one(self, request: Request) -> Settled:
         """The Response (or exception) for one request: :meth:`settle` without the list.
 
-        A request whose key is being fetched for another namespace first waits for that fetch
-        to end (its samples are then stored, and free in this namespace), so identical prompts
-        of concurrent agents in different namespaces cost one model call."""
+        A request whose key is being fetched for another namespace, at least as many samples as
+        it asks, first waits for that fetch to end (its samples are then stored, and free in
+        this namespace), so identical prompts of concurrent agents in different namespaces cost
+        one model call."""
         try:
             key = self._key(request)
         except InvalidRequestError as exc:
             return exc
         flight = self._in_flight.get(key)
-        if flight is not None and request.namespace not in flight.namespaces:
+        if flight is not None and request.namespace not in flight.namespaces and request.n <= flight.samples:
             await flight.ended.wait()
         broker = self._broker
         op = broker.lookup(request, key)
@@ -258,6 +260,7 @@ class AsyncCacher(Stage):
                 flight = self._in_flight[key] = _InFlight()
                 flights.append((key, flight))
             flight.namespaces.add(entry.request.namespace)
+            flight.samples += entry.needed
         return flights
 
     async def _fetch_all(self, pending: list[_Pending]) -> list[Settled]:
