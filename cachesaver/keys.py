@@ -50,7 +50,17 @@ from typing import Any
 from .errors import ConfigurationError, UnserializableParameterError
 from .stages.base import Stage
 
-__all__ = ["KEY_SCHEMA", "NON_KEY_FIELDS", "request_key", "canonical_value", "model_identity", "store_key"]
+__all__ = [
+    "KEY_SCHEMA",
+    "NON_KEY_FIELDS",
+    "canonical_request",
+    "canonical_request_text",
+    "canonical_value",
+    "key_of_canonical_request",
+    "model_identity",
+    "request_key",
+    "store_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -363,3 +373,61 @@ def store_key(request: Any, identity: str | None) -> str:
         raise ConfigurationError(f"a model identity must be a string or None, got {identity!r}")
     text = _encoder.encode([KEY_SCHEMA, "model", identity, key])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_request(request: Any, identity: str | None) -> dict[str, Any]:
+    """What the store key of ``request`` under model ``identity`` is made from, as plain JSON.
+
+    ``{"key_schema": KEY_SCHEMA, "model_identity": identity, "fields": {...}}``, where
+    ``fields`` holds every keyed field (the prompt included) in its canonical form, fields that
+    are None left out: exactly what :func:`request_key` hashes. So
+    ``key_of_canonical_request(canonical_request(r, i)) == store_key(r, i)``, and a stored
+    canonical request says, readably, which request and model its samples answer. Raises
+    :class:`~cachesaver.errors.UnserializableParameterError` as :func:`request_key` does.
+
+    >>> from cachesaver.typedefs import Request
+    >>> canonical_request(Request("hi", n=3, request_id="q"), "m")
+    {'key_schema': 'cachesaver-key/1', 'model_identity': 'm', 'fields': {'prompt': 'hi'}}
+    """
+    payload: dict[str, Any] = {}
+    for name in _key_fields(type(request)):
+        value = getattr(request, name)
+        if value is not None:
+            payload[name] = canonical_value(value, f"Request.{name}")
+    return {"key_schema": KEY_SCHEMA, "model_identity": identity, "fields": payload}
+
+
+def canonical_request_text(request: Any, identity: str | None) -> str:
+    """:func:`canonical_request` as canonical JSON text (sorted keys, no spaces): what a cache
+    stage hands the store with a key's first samples."""
+    doc = canonical_request(request, identity)
+    return _utf8(_encoder.encode(doc), doc["fields"]).decode("utf-8")
+
+
+def key_of_canonical_request(doc: Mapping[str, Any]) -> str:
+    """The store key a canonical request (:func:`canonical_request`, or its JSON decoded)
+    stands for; lets a reader check that a stored or imported request is the one its key was
+    made from.
+
+    Raises ConfigurationError when ``doc`` is not a canonical request of this key schema
+    (another ``key_schema``, fields that are not canonical, a model identity that is not a
+    string or None)."""
+    if not isinstance(doc, Mapping) or doc.get("key_schema") != KEY_SCHEMA:
+        schema = doc.get("key_schema") if isinstance(doc, Mapping) else None
+        raise ConfigurationError(
+            f"not a canonical request of key schema {KEY_SCHEMA!r} (got key_schema {schema!r}); "
+            "it was written by a cachesaver that keys requests differently"
+        )
+    fields = doc.get("fields")
+    identity = doc.get("model_identity")
+    if not isinstance(fields, Mapping) or (identity is not None and not isinstance(identity, str)):
+        raise ConfigurationError("a canonical request needs a 'fields' object and a 'model_identity' string or null")
+    try:
+        payload = {name: canonical_value(value, f"fields.{name}") for name, value in fields.items() if value is not None}
+    except UnserializableParameterError as exc:
+        raise ConfigurationError(f"a canonical request holds a value with no canonical form: {exc}") from exc
+    text = _encoder.encode([KEY_SCHEMA, payload])
+    key = hashlib.sha256(_utf8(text, payload)).hexdigest()
+    if identity is None:
+        return key
+    return hashlib.sha256(_encoder.encode([KEY_SCHEMA, "model", identity, key]).encode("utf-8")).hexdigest()

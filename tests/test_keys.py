@@ -395,3 +395,35 @@ def test_a_model_with_no_identity_is_warned_about_once(caplog: pytest.LogCapture
         assert keys.model_identity(Anonymous()) is None
     warned = [r for r in caplog.records if "cannot tell which model Anonymous" in r.getMessage()]
     assert len(warned) == 1 and "model_id=" in warned[0].getMessage()
+
+
+def test_the_canonical_request_is_what_the_key_is_made_from() -> None:
+    request = Decoding([user("hi"), assistant("yo")], n=4, request_id="q", namespace="ns", temperature=0.5, stop=("a",))
+    for identity in (None, "model-a"):
+        doc = keys.canonical_request(request, identity)
+        assert doc == {
+            "key_schema": keys.KEY_SCHEMA,
+            "model_identity": identity,
+            "fields": {"prompt": [user("hi"), assistant("yo")], "temperature": 0.5, "stop": ["a"]},
+        }
+        text = keys.canonical_request_text(request, identity)
+        assert json.loads(text) == doc and " " not in text.replace("hi", "")
+        assert keys.key_of_canonical_request(json.loads(text)) == keys.store_key(request, identity)
+    # Integral floats are keyed as ints, so the JSON round trip keys the same.
+    assert keys.key_of_canonical_request(keys.canonical_request(Decoding("x", temperature=1.0), None)) == request_key(Decoding("x", temperature=1))
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"key_schema": "cachesaver-key/0", "model_identity": None, "fields": {"prompt": "x"}},
+        {"model_identity": None, "fields": {"prompt": "x"}},
+        {"key_schema": keys.KEY_SCHEMA, "model_identity": 3, "fields": {"prompt": "x"}},
+        {"key_schema": keys.KEY_SCHEMA, "model_identity": None, "fields": ["x"]},
+        {"key_schema": keys.KEY_SCHEMA, "model_identity": None, "fields": {"prompt": float("nan")}},
+        ["not", "a", "doc"],
+    ],
+)
+def test_a_document_that_is_not_a_canonical_request_is_refused(doc: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        keys.key_of_canonical_request(doc)
