@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,10 +27,15 @@ from cachesaver.store import open_store
 from cachesaver.store.protocol import (
     CONSULTED_RECORDS,
     Append,
+    InspectableStore,
+    KeyEntry,
     KeyView,
     RecordId,
     RecordWrite,
     SampleStore,
+    import_token_prefix,
+    namespace_digest,
+    parse_record_tag,
 )
 
 TESTS_DIR = str(Path(__file__).parent)
@@ -555,3 +561,183 @@ def test_every_error_is_a_store_error(engine: EngineFactory, store: SampleStore)
     raised.append(info.value)
     assert all(isinstance(error, StoreError) for error in raised + returned), raised + returned
     assert all(isinstance(error, CorruptStoreError) for error in returned)
+
+
+# == readable entries (InspectableStore) ======================================================
+
+
+def inspectable(store: SampleStore) -> InspectableStore:
+    assert isinstance(store, InspectableStore), f"{type(store).__name__} does not implement InspectableStore"
+    return store
+
+
+def entry(store: SampleStore, key: str) -> KeyEntry:
+    return ok(inspectable(store).describe([key])[key])
+
+
+def test_an_engine_implements_the_inspection_protocol(store: SampleStore) -> None:
+    assert isinstance(store, InspectableStore)
+
+
+def test_the_request_is_stored_with_the_first_samples_only(store: SampleStore) -> None:
+    store.commit([Append("k", samples("k0", "k1"), request='{"first":1}')])
+    store.commit([Append("k", samples("k2"), request='{"later":1}'), Append("j", samples("j0"))])
+    store.commit([Append("j", samples("j1"), request='{"too late":1}')])
+    # An empty first append is not the key's first samples.
+    store.commit([Append("e", (), request='{"empty":1}')])
+    store.commit([Append("e", samples("e0"), request='{"e":1}')])
+    assert entry(store, "k").request == '{"first":1}'
+    assert entry(store, "j").request is None  # its first samples came without one: unknown
+    assert entry(store, "e").request == '{"e":1}'
+    assert entry(store, "unknown") == KeyEntry("unknown", 0)
+
+
+def test_a_failed_commit_stores_no_request(store: SampleStore) -> None:
+    with pytest.raises(StoreError):
+        store.commit([Append("k", samples("k0"), request='{"r":1}'), Append("j", ((Unpicklable(), None),))])
+    assert entry(store, "k").count == 0 and entry(store, "k").request is None
+    store.commit([Append("k", samples("k0"), request='{"r":2}')])
+    assert entry(store, "k").request == '{"r":2}'
+
+
+def test_each_sample_keeps_when_it_was_stored(store: SampleStore) -> None:
+    before = time.time()
+    store.commit([Append("k", samples("k0", "k1"))])
+    after = time.time()
+    store.commit([Append("k", samples(*(f"k{i}" for i in range(2, 20))), stored_at=1000.5)])
+    store.commit([Append("k", samples("k20"), stored_at=2000.25)])
+    described = entry(store, "k")
+    assert described.count == 21 and len(described.stored_at) == 21
+    assert all(before - 1 <= t <= after + 1 for t in described.stored_at[:2])  # type: ignore[operator]
+    assert described.stored_at[2:20] == (1000.5,) * 18  # across the first 16 and past them
+    assert described.stored_at[20] == 2000.25
+    assert everything(store, "k")[20] == samples("k20")[0]  # usage is kept beside it, as before
+    # Writing records (which rewrites what holds the first samples, on some engines) keeps them.
+    store.commit([], [RecordWrite("k", rid(f"r{i}"), (i,)) for i in range(CONSULTED_RECORDS + 1)])
+    store.commit([Append("j", samples("j0"))], [RecordWrite("k", rid("again"), (0,))])
+    assert entry(store, "k").stored_at == described.stored_at
+
+
+def test_describe_lists_every_record_of_a_key(store: SampleStore) -> None:
+    ids = [rid(f"id{i}", namespace="a" if i % 2 else "b") for i in range(CONSULTED_RECORDS + 4)]
+    store.commit([Append("k", samples(*(f"k{i}" for i in range(len(ids)))))], [RecordWrite("k", r, (i,)) for i, r in enumerate(ids)])
+    records = entry(store, "k").records
+    assert records == {r.tag: (i,) for i, r in enumerate(ids)}
+
+
+def test_iter_keys_lists_every_key_once(store: SampleStore) -> None:
+    assert list(inspectable(store).iter_keys()) == []
+    store.commit([Append(f"k{i}", samples("x")) for i in range(5)])
+    store.commit([Append("k0", samples("y"))], [RecordWrite("k1", rid("r"), (0,))])
+    assert sorted(inspectable(store).iter_keys()) == [f"k{i}" for i in range(5)]
+
+
+def test_namespace_names_are_kept_by_the_commits_that_write_their_records(store: SampleStore) -> None:
+    store.commit([Append("k", samples("k0"))])
+    assert inspectable(store).namespace_names() == {}
+    store.commit([Append("k", samples("k1"))], [RecordWrite("k", rid("r", namespace="run/1 ünï"), ((0, 1),))])
+    store.commit([], [RecordWrite("k", rid("s", namespace="other"), (0,))], token="t")
+    store.commit([], [RecordWrite("k", rid("s", namespace="never"), (0,))], token="t")  # applied: nothing
+    assert inspectable(store).namespace_names() == {
+        namespace_digest("run/1 ünï"): "run/1 ünï",
+        namespace_digest("other"): "other",
+    }
+    for tag in entry(store, "k").records:
+        parsed = parse_record_tag(tag)
+        assert parsed is not None and parsed[0] in inspectable(store).namespace_names()
+
+
+def test_forgetting_a_namespace_forgets_only_its_records_and_keeps_the_rest_consulted(store: SampleStore) -> None:
+    ids = [rid(f"id{i}", namespace="gone" if i < CONSULTED_RECORDS else "kept") for i in range(CONSULTED_RECORDS + 3)]
+    ids.append(rid("last", namespace="gone"))
+    store.commit([Append("k", samples(*(f"k{i}" for i in range(len(ids)))))], [RecordWrite("k", r, (i,)) for i, r in enumerate(ids)])
+    store.commit([Append("j", samples("j0"))], [RecordWrite("j", rid("x", namespace="gone"), (0,))])
+    assert inspectable(store).forget("k", ["gone"]) == CONSULTED_RECORDS + 1
+    kept = {r.tag: (i,) for i, r in enumerate(ids) if r.namespace == "kept"}
+    assert entry(store, "k").records == kept
+    view = ok(store.view(["k"], [("k", tag) for tag in kept] + [("k", ids[0].tag)])["k"])
+    assert view.found == kept  # found again, now that the first records are gone
+    assert set(view.records) == set(kept)
+    assert view.count == len(ids)  # samples stay
+    assert entry(store, "j").records == {rid("x", namespace="gone").tag: (0,)}  # other keys untouched
+    assert inspectable(store).forget("k", ["gone"]) == 0
+    assert inspectable(store).forget("unknown", ["gone"]) == 0
+
+
+def test_forgetting_a_key_forgets_everything_of_it_and_its_import_tokens(store: SampleStore) -> None:
+    many = samples(*(f"k{i}" for i in range(20)))
+    store.commit([Append("k", many, request='{"r":1}')], [RecordWrite("k", rid(f"r{i}"), (i,)) for i in range(CONSULTED_RECORDS + 2)],
+                 token=import_token_prefix("k") + "a")
+    store.commit([Append("j", samples("j0"))], token=import_token_prefix("j") + "a")
+    store.commit([Append("k2", samples("x"))], token="other")
+    assert inspectable(store).forget("k") == 20
+    assert sorted(inspectable(store).iter_keys()) == ["j", "k2"]
+    assert entry(store, "k") == KeyEntry("k", 0)
+    assert ok(store.view(["k"], [("k", rid("r0").tag)])["k"]).count == 0
+    assert store.applied(import_token_prefix("k") + "a") is False
+    assert store.applied(import_token_prefix("j") + "a") is True and store.applied("other") is True
+    # The key starts afresh.
+    assert store.commit([Append("k", samples("n0"), request='{"new":1}')], token=import_token_prefix("k") + "a") == [0]
+    assert entry(store, "k").request == '{"new":1}' and everything(store, "k") == list(samples("n0"))
+    assert inspectable(store).forget("unknown") == 0
+
+
+def test_the_inspection_of_a_damaged_key_fails_only_that_key(engine: EngineFactory, store: SampleStore) -> None:
+    store.commit([Append("damaged", samples("d0"), request="{}"), Append("fine", samples("f0"), request="{}")])
+    engine.damage(store, "damaged")
+    described = inspectable(store).describe(["damaged", "fine"])
+    assert isinstance(described["damaged"], CorruptStoreError)
+    assert ok(described["fine"]).count == 1
+
+
+def test_a_reopened_store_describes_what_was_committed(engine: EngineFactory, store: SampleStore) -> None:
+    store.commit([Append("k", samples(*(f"k{i}" for i in range(18))), request='{"r":1}', stored_at=7.5)],
+                 [RecordWrite("k", rid("r", namespace="ns"), ((0, 2),))])
+    before = entry(store, "k")
+    reopened = engine.reopen(store)
+    assert entry(reopened, "k") == before
+    assert before.stored_at == (7.5,) * 18
+    assert inspectable(reopened).namespace_names() == {namespace_digest("ns"): "ns"}
+    assert list(inspectable(reopened).iter_keys()) == ["k"]
+
+
+def test_size_bytes_grows_with_what_is_stored(store: SampleStore) -> None:
+    empty = inspectable(store).size_bytes()
+    store.commit([Append("k", tuple((("x" * 100_000), None) for _ in range(3)))])
+    assert inspectable(store).size_bytes() > empty + 200_000
+
+
+def test_the_inspection_of_a_closed_store_raises_store_error(store: SampleStore) -> None:
+    store.commit([Append("k", samples("k0"))])
+    store.close()
+    for call in (
+        lambda: list(inspectable(store).iter_keys()),
+        lambda: inspectable(store).describe(["k"]),
+        lambda: inspectable(store).namespace_names(),
+        lambda: inspectable(store).forget("k"),
+        lambda: inspectable(store).size_bytes(),
+    ):
+        with pytest.raises(StoreError, match="closed"):
+            call()
+
+
+def test_forget_waits_at_most_wait_s_for_a_commit_in_progress(store: SampleStore) -> None:
+    store.commit([Append("k", samples("k0"))], [RecordWrite("k", rid("r"), (0,))])
+    entered, release = threading.Event(), threading.Event()
+
+    class Holding(RecordingHook):
+        def before(self) -> None:
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=store.commit, args=([Append("k", samples("k1"))],), kwargs={"hook": Holding()})
+    thread.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(StoreLockedError):
+            inspectable(store).forget("k", ["ns"], wait_s=0.05)
+    finally:
+        release.set()
+        thread.join(10)
+    assert entry(store, "k").records == {rid("r").tag: (0,)}  # nothing was forgotten
+    assert inspectable(store).forget("k", ["ns"], wait_s=1) == 1

@@ -101,6 +101,78 @@ def test_each_append_writes_a_bounded_number_of_entries(tmp_path: Path) -> None:
     cache.close()
 
 
+def test_a_keys_request_and_its_times_cost_no_entry_of_their_own(tmp_path: Path) -> None:
+    cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
+    store = DiskcacheStore(cache)
+    before = len(cache)
+    store.commit([Append("k", (("s0", None),), request='{"r":1}')])
+    assert len(cache) - before == 1  # the head, as without a request
+    growth = []
+    for i in range(1, 40):
+        before = len(cache)
+        store.commit([Append("k", ((f"s{i}", None),), request='{"r":1}')], [RecordWrite("k", RecordId("ns", i, 1, 0), ((0, 1),))])
+        growth.append(len(cache) - before)
+    assert growth[0] == 1  # the namespace's name, once
+    assert max(growth[1:15]) == 0 and max(growth) <= 2  # past the head: the sample's row (and a record's)
+    described = store.describe(["k"])["k"]
+    assert not isinstance(described, StoreError)
+    assert described.request == '{"r":1}' and len(described.stored_at) == 40
+    cache.close()
+
+
+def _write_like_an_older_release(directory: Path) -> None:
+    """Entries exactly as cachesaver wrote them before requests, times and namespace names
+    were kept: no request entry, no tags."""
+    from cachesaver.store.protocol import RecordId
+
+    cache = diskcache.Cache(str(directory), eviction_policy="none")
+    tag = RecordId("paper", "q1", 2, 0).tag
+    cache.set("cachesaver/1/head/small", ((("a", {"t": 1}), ("b", {"t": 2})), {tag: (1, 0)}))
+    big = tuple((f"s{i}", None) for i in range(16))
+    cache.set("cachesaver/1/head/big", (big, {}))
+    for i in range(16, 20):
+        cache.set(f"cachesaver/1/sample/big/{i}", (f"s{i}", None))
+    cache.set("cachesaver/1/count/big", 20)
+    cache.close()
+
+
+def test_a_cache_written_before_requests_were_kept_describes_as_request_unknown(tmp_path: Path) -> None:
+    _write_like_an_older_release(tmp_path / "old")
+    store = DiskcacheStore(tmp_path / "old")
+    described = store.describe(["small", "big"])
+    small, big = described["small"], described["big"]
+    assert not isinstance(small, StoreError) and not isinstance(big, StoreError)
+    assert small.request is None and big.request is None
+    assert small.count == 2 and big.count == 20
+    assert all(isinstance(t, float) for t in small.stored_at + big.stored_at)  # the rows' write times
+    assert len(small.records) == 1 and store.namespace_names() == {}  # its name was never stored
+    assert sorted(store.iter_keys()) == ["big", "small"]
+    # Appending to an old key keeps the old samples readable and stamps the new one.
+    store.commit([Append("small", (("c", None),), request='{"ignored":1}', stored_at=5.0)])
+    small = store.describe(["small"])["small"]
+    assert not isinstance(small, StoreError)
+    assert small.request is None and small.stored_at[2] == 5.0 and small.count == 3
+    assert store.read({"small": [0, 1, 2]})["small"] == [("a", {"t": 1}), ("b", {"t": 2}), ("c", None)]
+    store.close()
+
+
+async def test_a_cache_written_before_requests_were_kept_still_replays(tmp_path: Path) -> None:
+    from cachesaver.keys import request_key
+
+    directory = tmp_path / "old"
+    cache = diskcache.Cache(str(directory), eviction_policy="none")
+    request = Request("2 + 2?", n=2, request_id="q1", namespace="paper")
+    from cachesaver.store.protocol import RecordId
+
+    tag = RecordId("paper", "q1", 2, 0).tag
+    cache.set(f"cachesaver/1/head/{request_key(request)}", ((("four", None), ("4", None)), {tag: (1, 0)}))
+    cache.close()
+    model = ScriptedModel()
+    async with OnlineAPI(model, directory, batch_size=2, model_id=None) as pipeline:
+        response = await pipeline.request(request)
+    assert response.data == ["4", "four"] and response.cached == [True, True] and model.calls == 0
+
+
 def test_a_missing_sample_is_reported_never_a_silent_gap(tmp_path: Path) -> None:
     cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
     store = DiskcacheStore(cache)

@@ -23,6 +23,16 @@ Guarantees:
   when read, never a silent gap.
 * Every entry cachesaver writes lives under the ``cachesaver/1/`` prefix, so the same
   ``diskcache.Cache`` may hold other data.
+* Readable entries (:class:`~cachesaver.store.protocol.InspectableStore`) ride in diskcache's
+  ``tag`` column of rows that are written anyway, so no append writes a row more than before:
+  the head row's tag holds the times of its samples and the key's canonical request (set by
+  the commit of the key's first samples, and carried along when the head is rewritten); a
+  later sample's row carries its own time. Lookups never read tags. Namespace names are one
+  entry per namespace, written the first time this object commits a record of it. A cache
+  written before these were kept replays as before; its keys' requests are unknown, and its
+  samples' times are those of the rows that hold them (for head samples, the head's last
+  write: the latest they can have been stored). An older cachesaver that rewrites a head
+  drops its tag (the key's request becomes unknown, its times fall back so).
 * A wait for the write lock is bounded: when another process holds it (say, one that is stopped)
   for longer than ``store_timeout_s`` (default 30 s), :meth:`DiskcacheStore.transaction` raises
   :class:`~cachesaver.errors.StoreLockedError`. Reads never take the write lock (diskcache
@@ -60,7 +70,7 @@ import threading
 import urllib.parse
 import time
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import diskcache
 
@@ -70,9 +80,12 @@ from .protocol import (
     EMPTY_VIEW,
     Append,
     CommitHook,
+    KeyEntry,
     KeyView,
     RecordWrite,
     StoredSample,
+    import_token_prefix,
+    namespace_digest,
     namespace_prefix,
     record_tag,
 )
@@ -86,6 +99,7 @@ _COUNT = _PREFIX + "count/"
 _HEAD = _PREFIX + "head/"
 _SAMPLE = _PREFIX + "sample/"
 _RECORD = _PREFIX + "record/"
+_NAMESPACE = _PREFIX + "namespace/"
 _MISSING = object()
 _MODE_PICKLE = getattr(diskcache.core, "MODE_PICKLE", 4)
 _MODE_RAW = getattr(diskcache.core, "MODE_RAW", 1)
@@ -93,9 +107,9 @@ _MODE_RAW = getattr(diskcache.core, "MODE_RAW", 1)
 # value lives in a file is left alone (rowcount 0), so the caller falls back to ``Cache.set``.
 _UPSERT = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, "
-    "mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, ?, NULL, ?) "
+    "mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, 0, ?, NULL, ?) "
     "ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = NULL, "
-    "access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0, "
+    "access_time = excluded.access_time, access_count = 0, tag = excluded.tag, size = 0, "
     "mode = excluded.mode, filename = NULL, value = excluded.value WHERE filename IS NULL"
 )
 
@@ -121,19 +135,68 @@ class RecordEntry(NamedTuple):
 _EMPTY_HEAD = Head((), {})
 
 
+# The head row's tag: ``"<time>*<count>,<time>*<count>,...[\n<canonical request>]"``, the
+# runs of its samples' times in order (``<time>`` empty when unknown: stored before times were
+# kept), then the key's request when known (canonical JSON text holds no raw newline).
+
+
+def _split_tag(tag: Any) -> tuple[str, str | None]:
+    """(times, request or None) of a head row's tag (anything else: nothing known)."""
+    if not isinstance(tag, str):
+        return "", None
+    times, newline, request = tag.partition("\n")
+    return times, (request if newline else None)
+
+
+def _join_tag(times: str, request: str | None) -> str | None:
+    if request is None:
+        return times or None
+    return f"{times}\n{request}"
+
+
+def _add_stamps(times: str, had: int, stamp: float, added: int) -> str:
+    """The times of a head's samples once ``added`` samples stored at ``stamp`` follow the
+    ``had`` it holds."""
+    if sum(c for _, c in _parse_stamps(times)) != had:
+        times = f"*{had}" if had else ""
+    part = f"{stamp!r}*{added}"
+    return f"{times},{part}" if times else part
+
+
+def _parse_stamps(times: str) -> list[tuple[float | None, int]]:
+    """``(time or None, count)`` runs of a head's times; empty when they are not that."""
+    if not times:
+        return []
+    runs: list[tuple[float | None, int]] = []
+    try:
+        for part in times.split(","):
+            when, _, count = part.partition("*")
+            runs.append((float(when) if when else None, int(count)))
+    except ValueError:
+        return []
+    return runs
+
+
+def _upper(prefix: str) -> str:
+    """The least string greater than every string that starts with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 class _KeyWrite:
     """What one commit writes for one key: its new head samples and records, its new count and
     the entries outside the head."""
 
-    __slots__ = ("head", "stored", "count", "samples", "records", "copied", "puts")
+    __slots__ = ("head", "stored", "count", "samples", "records", "copied", "puts", "tag", "times", "request")
 
-    def __init__(self, head: Head, count: int) -> None:
+    def __init__(self, head: Head, count: int, tag: Any = None) -> None:
         self.head = head
         self.stored = self.count = count
         self.samples: tuple[tuple[Any, Any], ...] = head.samples
         self.records: dict[str, tuple[int, ...]] = head.records
         self.copied = False
-        self.puts: list[tuple[str, Any]] = []
+        self.puts: list[tuple[str, Any, Any]] = []  # (name, value, tag)
+        self.tag = tag  # the head row's tag as read
+        self.times, self.request = _split_tag(tag)
 
 
 class _Undecodable:
@@ -214,14 +277,15 @@ class ReadOnlyCache:
     def _sql(self, statement: str, *args: Any) -> Any:
         return self._con().execute(statement, *args)
 
-    def get(self, name: str, default: Any = None, retry: bool = False) -> Any:
+    def get(self, name: str, default: Any = None, retry: bool = False, tag: bool = False) -> Any:
         row = self._sql(
-            "SELECT mode, filename, value FROM Cache WHERE raw = 1 AND key = ?", (name,)
+            "SELECT mode, filename, value, tag FROM Cache WHERE raw = 1 AND key = ?", (name,)
         ).fetchone()
         if row is None:
-            return default
-        mode, filename, value = row
-        return self._disk.fetch(mode, filename, value, False)
+            return (default, None) if tag else default
+        mode, filename, value, row_tag = row
+        fetched = self._disk.fetch(mode, filename, value, False)
+        return (fetched, row_tag) if tag else fetched
 
     def set(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreError(f"the cache at {self.directory} is read-only")
@@ -340,6 +404,7 @@ class DiskcacheStore:
         self.writable = not isinstance(self.cache, ReadOnlyCache)
         """False when the directory could not be written and was opened read-only (replay)."""
         self._closed = False
+        self._named: set[str] = set()  # namespaces whose names this object knows are stored
         self._plain = isinstance(self.cache, diskcache.Cache)
         self._bulk_ok = type(self.cache) in (diskcache.Cache, ReadOnlyCache) and getattr(
             self.cache, "eviction_policy", None
@@ -356,11 +421,13 @@ class DiskcacheStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _get(self, name: str, default: Any) -> Any:
+    def _get(self, name: str, default: Any, tag: bool = False) -> Any:
         """``cache.get`` that reports an unreadable entry as CorruptStoreError, a failing
-        database as StoreError."""
+        database as StoreError (with ``tag``, the pair ``(value, tag)``)."""
         try:
             # retry=False: a FanoutCache would turn a lock time-out into ``default``.
+            if tag:
+                return self.cache.get(name, default, retry=not self._plain, tag=True)
             return self.cache.get(name, default, retry=not self._plain)
         except diskcache.Timeout as exc:  # only caches whose reads write (LRU, LFU policies)
             raise self._locked(getattr(self.cache, "timeout", self.store_timeout_s)) from exc
@@ -404,8 +471,9 @@ class DiskcacheStore:
             raise CorruptStoreError(f"the head entry of key {key} is not a cachesaver entry")
         return tuple.__new__(Head, value)
 
-    def _bulk_get(self, names: list[str]) -> dict[str, Any] | None:
+    def _bulk_get(self, names: list[str], tags: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Values of many string-keyed entries in few SQL queries; None if unsupported here.
+        With ``tags`` (the write path only), each entry's tag is put there too.
 
         Reads diskcache's table directly, which is only done for a plain ``diskcache.Cache``
         whose eviction policy does not track reads (so skipping its read bookkeeping changes
@@ -415,18 +483,28 @@ class DiskcacheStore:
             sql = self.cache._sql
             fetch = self.cache._disk.fetch
             out: dict[str, Any] = {}
-            if len(names) == 1:  # a lone lookup: the simplest query
-                row = sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (names[0],)).fetchone()
+            if len(names) == 1:  # a lone key: the simplest query
+                if tags is None:
+                    row = sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (names[0],)).fetchone()
+                    if row is not None:
+                        out[names[0]] = _decode_row(fetch, *row)
+                    return out
+                row = sql("SELECT mode, filename, value, tag FROM Cache WHERE key = ? AND raw = 1", (names[0],)).fetchone()
                 if row is not None:
-                    out[names[0]] = _decode_row(fetch, *row)
+                    tags[names[0]] = row[3]
+                    out[names[0]] = _decode_row(fetch, row[0], row[1], row[2])
                 return out
+            columns = "key, mode, filename, value" if tags is None else "key, mode, filename, value, tag"
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = sql(
-                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                    f"SELECT {columns} FROM Cache WHERE raw = 1 AND key IN ({marks})",
                     chunk,
                 ).fetchall()
+                if tags is not None:  # the write path: each row's tag, then the same as lookups
+                    tags.update((row[0], row[4]) for row in rows)
+                    rows = [row[:4] for row in rows]
                 for name, mode, filename, value in rows:
                     out[name] = _decode_row(fetch, mode, filename, value)
             return out
@@ -512,7 +590,7 @@ class DiskcacheStore:
     def append(self, key: str, samples: Sequence[Any]) -> int:
         """Append ``samples`` (data, no usage) to ``key``'s list; the index of the first one."""
         with self.transaction():
-            return self.write(key, [(s, None) for s in samples])
+            return self._write_commit([Append(key, tuple((s, None) for s in samples))], [])[0]
 
     def write(
         self,
@@ -749,6 +827,7 @@ class DiskcacheStore:
             self._tune()
             return self._commit_direct(appends, records, token, hook, wait_s)
         started = False
+        named: list[str] = []
         try:
             with self.transaction(wait_s):
                 if hook is not None:
@@ -759,6 +838,7 @@ class DiskcacheStore:
                         starts = None
                     else:
                         starts = self._write_commit(appends, records)
+                        named = self._name_namespaces(write.record.namespace for write in records)
                         if token is not None:
                             self.cache.set(_TOKEN + token, True)
                 except (sqlite3.Error, OSError) as exc:
@@ -767,6 +847,8 @@ class DiskcacheStore:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a sample that does not pickle
                     raise StoreError(f"could not store a sample in {self.directory}: {exc}") from exc
+            if starts is not None and named:
+                self._named.update(named)
             if hook is not None and starts is not None:
                 hook.after(starts)
         finally:
@@ -803,7 +885,7 @@ class DiskcacheStore:
                 else:
                     starts = self._write_commit(appends, records)
                     if token is not None:
-                        self._put_all([(_TOKEN + token, True)])
+                        self._put_all([(_TOKEN + token, True, None)])
                 con.execute("COMMIT")
             except BaseException as exc:
                 try:
@@ -860,24 +942,31 @@ class DiskcacheStore:
         """Write a commit's appends and records inside the transaction; the first index of
         each append. Each key's head entry is read once (in one bulk read) and written once."""
         keys = list(dict.fromkeys([a.key for a in appends] + [w.key for w in records]))
-        heads = self.heads(keys)
+        tags: dict[str, Any] = {}
+        heads = self._heads_for_write(keys, tags)
         state: dict[str, _KeyWrite] = {}
         for key in keys:
             head = heads[key]
             if isinstance(head, StoreError):
                 raise head
-            state[key] = _KeyWrite(head, self.count(key, head))
+            state[key] = _KeyWrite(head, self.count(key, head), tags.get(_HEAD + key))
         starts: list[int] = []
         room_of = self.HEAD_SAMPLES
+        now = time.time()
         for append in appends:
             entry = state[append.key]
             start = entry.count
             pairs = append.samples
+            stamp = now if append.stored_at is None else append.stored_at
             room = room_of - len(entry.samples)
             if room > 0 and pairs:
+                had = len(entry.samples)
                 entry.samples = entry.samples + tuple(pairs[:room])
+                entry.times = _add_stamps(entry.times, had, stamp, len(entry.samples) - had)
+            if start == 0 and pairs and append.request is not None and entry.request is None:
+                entry.request = append.request  # the key's first samples: its request
             for offset in range(max(room, 0), len(pairs)):
-                entry.puts.append((f"{_SAMPLE}{append.key}/{start + offset}", pairs[offset]))
+                entry.puts.append((f"{_SAMPLE}{append.key}/{start + offset}", pairs[offset], stamp))
             entry.count = start + len(pairs)
             starts.append(start)
         sizes = [len(append.samples) for append in appends]
@@ -890,47 +979,247 @@ class DiskcacheStore:
                     entry.records, entry.copied = dict(entry.records), True
                 entry.records[tag] = indices
             else:
-                entry.puts.append((f"{_RECORD}{write.key}/{tag}", indices))
-        items: list[tuple[str, Any]] = []
+                entry.puts.append((f"{_RECORD}{write.key}/{tag}", indices, None))
+        items: list[tuple[str, Any, Any]] = []
         for key, entry in state.items():
             items.extend(entry.puts)
             if entry.count != entry.stored and entry.count >= self.HEAD_SAMPLES:
-                items.append((_COUNT + key, entry.count))
+                items.append((_COUNT + key, entry.count, None))
             if entry.samples is not entry.head.samples or entry.copied:
-                items.append((_HEAD + key, (entry.samples, entry.records)))
+                items.append((_HEAD + key, (entry.samples, entry.records), _join_tag(entry.times, entry.request)))
         self._put_all(items)
         return starts
 
-    def _put_all(self, items: Sequence[tuple[str, Any]]) -> None:
-        """``Cache.set`` each (name, value), inside the transaction: the same rows, written
-        directly where that is known to be equivalent (see ``_raw_writes``)."""
+    def _heads_for_write(self, keys: Sequence[str], tags: dict[str, Any]) -> dict[str, Head | StoreError]:
+        """:meth:`heads` for a commit, also putting each head row's tag in ``tags``."""
+        names = [_HEAD + key for key in keys]
+        values = self._bulk_get(names, tags) if self._bulk_ok else None
+        out: dict[str, Head | StoreError] = {}
+        for key, name in zip(keys, names):
+            try:
+                if values is None:
+                    value, tags[name] = self._get(name, None, tag=True)
+                else:
+                    value = values.get(name)
+                out[key] = self._check_head(key, value)
+            except StoreError as exc:
+                out[key] = exc
+        return out
+
+    def _put_all(self, items: Sequence[tuple[str, Any, Any]]) -> None:
+        """``Cache.set`` each (name, value, tag), inside the transaction: the same rows,
+        written directly where that is known to be equivalent (see ``_raw_writes``)."""
         put = self.cache.set
         if not self._raw_writes:
-            for name, value in items:
-                put(name, value)
+            for name, value, tag in items:
+                put(name, value, tag=tag)
             return
         cache = self.cache
         execute = cache._con.execute
         limit = cache.disk_min_file_size
         protocol = cache.disk_pickle_protocol
         now = time.time()
-        for name, value in items:
+        for name, value, tag in items:
             data: int | bytes
             if type(value) is int:
                 mode, data = _MODE_RAW, value
             else:
                 data = pickle.dumps(value, protocol=protocol)
                 if len(data) >= limit:  # a value diskcache keeps in a file of its own
-                    put(name, value)
+                    put(name, value, tag=tag)
                     continue
                 mode = _MODE_PICKLE
-            if execute(_UPSERT, (name, now, now, mode, data)).rowcount != 1:
-                put(name, value)  # the old value lives in a file: Cache.set replaces it
+            if execute(_UPSERT, (name, now, now, tag, mode, data)).rowcount != 1:
+                put(name, value, tag=tag)  # the old value lives in a file: Cache.set replaces it
+
+    def _name_namespaces(self, namespaces: Iterable[str]) -> list[str]:
+        """Store the name of each of ``namespaces`` not stored yet (inside a transaction);
+        those this object did not know of, to remember once the transaction commits."""
+        new: list[str] = []
+        for namespace in namespaces:
+            if namespace in self._named or namespace in new:
+                continue
+            name = _NAMESPACE + namespace_digest(namespace)
+            if self._get(name, None) != namespace:
+                self.cache.set(name, namespace)
+            new.append(namespace)
+        return new
 
     def applied(self, token: str) -> bool:
         """See :meth:`cachesaver.store.protocol.SampleStore.applied`."""
         self._check_open()
         return self._get(_TOKEN + token, None) is not None
+
+    # -- inspection (InspectableStore) ----------------------------------------------------
+
+    def _tables(self) -> list[Any] | None:
+        """The diskcache objects whose SQL table holds the entries (a FanoutCache's shards),
+        or None for a cache of another kind (read through its public API then)."""
+        if isinstance(self.cache, (diskcache.Cache, ReadOnlyCache)):
+            return [self.cache]
+        shards = getattr(self.cache, "_shards", None)
+        if isinstance(shards, (list, tuple)) and all(isinstance(c, diskcache.Cache) for c in shards):
+            return list(shards)
+        return None
+
+    def _scan(self, prefix: str) -> list[tuple[str, Any, float | None]]:
+        """``(name, tag, store time)`` of every entry whose name starts with ``prefix``."""
+        try:
+            tables = self._tables()
+            if tables is None:
+                names = [n for n in self.cache.iterkeys() if isinstance(n, str) and n.startswith(prefix)]
+                return [(n, self._get(n, None, tag=True)[1], None) for n in names]
+            rows: list[tuple[str, Any, float | None]] = []
+            for table in tables:
+                rows.extend(
+                    table._sql(
+                        "SELECT key, tag, store_time FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
+                        (prefix, _upper(prefix)),
+                    ).fetchall()
+                )
+            return rows
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"could not list the entries of {self.directory}: {exc}") from exc
+
+    def iter_keys(self) -> Iterator[str]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.iter_keys` (every key has a
+        head entry)."""
+        self._check_open()
+        start = len(_HEAD)
+        return iter([name[start:] for name, _, _ in self._scan(_HEAD)])
+
+    def describe(self, keys: Sequence[str]) -> dict[str, KeyEntry | StoreError]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.describe`."""
+        self._check_open()
+        out: dict[str, KeyEntry | StoreError] = {}
+        for key, head in self.heads(keys).items():
+            if isinstance(head, StoreError):
+                out[key] = head
+                continue
+            try:
+                out[key] = self._describe(key, head)
+            except StoreError as exc:
+                out[key] = exc
+        return out
+
+    def _describe(self, key: str, head: Head) -> KeyEntry:
+        if not head.samples and not head.records:
+            return KeyEntry(key, 0)
+        count = self.count(key, head)
+        _, head_tag, head_time = self._row(_HEAD + key)
+        times, request = _split_tag(head_tag)
+        stamps: list[float | None] = []
+        for when, run in _parse_stamps(times):
+            stamps.extend([when if when is not None else head_time] * run)
+        if len(stamps) != len(head.samples):
+            stamps = [head_time] * len(head.samples)
+        if count > len(head.samples):
+            rows: dict[int, float | None] = {}
+            prefix = f"{_SAMPLE}{key}/"
+            for name, tag, stored in self._scan(prefix):
+                suffix = name[len(prefix):]
+                if suffix.isdigit():
+                    rows[int(suffix)] = tag if isinstance(tag, float) else stored
+            for index in range(len(head.samples), count):
+                if index not in rows:
+                    raise CorruptStoreError(
+                        f"sample {index} of key {key} is missing from {self.directory}; it was evicted or deleted"
+                    )
+                stamps.append(rows[index])
+        records = dict(head.records)
+        if len(head.records) >= self.HEAD_RECORDS:
+            records.update(self._spilled_records(key))
+        return KeyEntry(key, count, request, tuple(stamps), records)
+
+    def _row(self, name: str) -> tuple[str, Any, float | None]:
+        """``(name, tag, store time)`` of one entry (tag and time None when it is absent)."""
+        tables = self._tables()
+        if tables is None:
+            return name, self._get(name, None, tag=True)[1], None
+        try:
+            for table in tables:
+                row = table._sql("SELECT tag, store_time FROM Cache WHERE raw = 1 AND key = ?", (name,)).fetchone()
+                if row is not None:
+                    return name, row[0], row[1]
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"could not read {name} from {self.directory}: {exc}") from exc
+        return name, None, None
+
+    def _spilled_records(self, key: str) -> dict[str, tuple[int, ...]]:
+        """The records of ``key`` kept outside its head (tag -> indices)."""
+        prefix = f"{_RECORD}{key}/"
+        out: dict[str, tuple[int, ...]] = {}
+        for name, _, _ in sorted(self._scan(prefix)):
+            value = self._get(name, None)
+            if value is not None:
+                out[name[len(prefix):]] = _check_indices(value, key)
+        return out
+
+    def namespace_names(self) -> dict[str, str]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.namespace_names`."""
+        self._check_open()
+        out: dict[str, str] = {}
+        for name, _, _ in self._scan(_NAMESPACE):
+            value = self._get(name, None)
+            if isinstance(value, str):
+                out[name[len(_NAMESPACE):]] = value
+        return out
+
+    def forget(self, key: str, namespaces: Sequence[str] | None = None, *, wait_s: float | None = None) -> int:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.forget`: one transaction.
+        Forgetting records rewrites the head without them and moves records kept outside
+        the head into it, up to :attr:`HEAD_RECORDS`, so they are still consulted."""
+        self._check_open()
+        if not self.writable:
+            raise StoreError(f"the cache at {self.directory} is read-only; nothing can be forgotten")
+        try:
+            with self.transaction(wait_s):
+                if namespaces is None:
+                    return self._forget_key(key)
+                return self._forget_records(key, tuple(namespace_prefix(ns) for ns in namespaces))
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"could not write to the cache at {self.directory}: {exc}") from exc
+
+    def _forget_key(self, key: str) -> int:
+        head = self.head(key)
+        count = self.count(key, head) if head.samples else 0
+        names = [_HEAD + key, _COUNT + key]
+        for prefix in (f"{_SAMPLE}{key}/", f"{_RECORD}{key}/", _TOKEN + import_token_prefix(key)):
+            names.extend(name for name, _, _ in self._scan(prefix))
+        for name in names:
+            self.cache.delete(name, retry=not self._plain)
+        return count
+
+    def _forget_records(self, key: str, prefixes: tuple[str, ...]) -> int:
+        value, head_tag = self._get(_HEAD + key, None, tag=True)
+        head = self._check_head(key, value)
+        spilled = self._spilled_records(key) if len(head.records) >= self.HEAD_RECORDS else {}
+        gone = [tag for tag in (*head.records, *spilled) if tag.startswith(prefixes)]
+        if not gone:
+            return 0
+        kept = [(t, i) for t, i in head.records.items() if not t.startswith(prefixes)]
+        kept += [(t, i) for t, i in spilled.items() if not t.startswith(prefixes)]
+        in_head = dict(kept[: self.HEAD_RECORDS])
+        for tag in spilled:
+            if tag in in_head or tag.startswith(prefixes):
+                self.cache.delete(f"{_RECORD}{key}/{tag}", retry=not self._plain)
+        self.cache.set(_HEAD + key, (head.samples, in_head), tag=head_tag)
+        return len(gone)
+
+    def size_bytes(self) -> int:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.size_bytes`: the files of the
+        cache directory (other data of a shared Cache included)."""
+        self._check_open()
+        total = 0
+        for folder, _, files in os.walk(self.directory):
+            for name in files:
+                try:
+                    total += os.path.getsize(os.path.join(folder, name))
+                except OSError:
+                    pass
+        return total
 
 
 SampleStore = DiskcacheStore

@@ -2,7 +2,9 @@
 
 Everything lives in this process's memory and is gone when the object is. Samples are kept
 pickled, so a sample that cannot be serialised fails its commit exactly as on disk, and what a
-read returns is a fresh copy. A commit is all or nothing and becomes visible at once.
+read returns is a fresh copy. A commit is all or nothing and becomes visible at once. It implements
+:class:`~cachesaver.store.protocol.InspectableStore` too: each key keeps its canonical request
+and each sample the time it was stored.
 
 Two locks, as diskcache has: a *write lock* one commit holds from before its hook's ``before``
 to after its ``finish`` (commits run one at a time; another commit waits for it at most
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import pickle
 import threading
-from typing import Any, Mapping, Sequence
+import time
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import CorruptStoreError, StoreError, StoreLockedError
 from .protocol import (  # noqa: F401 - RecordId is used by the doctest
@@ -31,21 +34,27 @@ from .protocol import (  # noqa: F401 - RecordId is used by the doctest
     EMPTY_VIEW,
     Append,
     CommitHook,
+    KeyEntry,
     KeyView,
     RecordWrite,
     StoredSample,
+    import_token_prefix,
+    namespace_digest,
+    namespace_prefix,
 )
 
 __all__ = ["MemoryStore"]
 
 
 class _Entry:
-    __slots__ = ("samples", "records", "damaged")
+    __slots__ = ("samples", "records", "damaged", "request", "stamps")
 
     def __init__(self) -> None:
         self.samples: list[bytes] = []
         self.records: dict[str, tuple[int, ...]] = {}  # insertion order = first written
         self.damaged = False  # set by MemoryStore.damage: the key's entry no longer decodes
+        self.request: str | None = None
+        self.stamps: list[float] = []  # when each sample was stored
 
 
 class MemoryStore:
@@ -59,6 +68,7 @@ class MemoryStore:
         self._write_lock = threading.Lock()  # held by one commit, hook calls included
         self._entries: dict[str, _Entry] = {}
         self._tokens: set[str] = set()
+        self._namespaces: dict[str, str] = {}  # digest -> name
         self._closed = False
         self.writable = True
 
@@ -127,17 +137,7 @@ class MemoryStore:
             encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
         except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
             raise StoreError(f"a sample cannot be serialised for {self.location}: {exc}") from exc
-        if wait_s is None:
-            acquired = self._write_lock.acquire()
-        elif wait_s > 0:
-            acquired = self._write_lock.acquire(timeout=wait_s)
-        else:
-            acquired = self._write_lock.acquire(blocking=False)
-        if not acquired:
-            raise StoreLockedError(
-                f"another commit to {self.location} held its write lock for over {wait_s:g} s "
-                "(wait_s); nothing was written. Try again once it has finished"
-            )
+        self._acquire_write(wait_s)
         try:
             with self._lock:
                 self._check_open()
@@ -157,6 +157,20 @@ class MemoryStore:
                     hook.finish()
         finally:
             self._write_lock.release()
+
+    def _acquire_write(self, wait_s: float | None) -> None:
+        """Take the write lock, waiting at most ``wait_s`` (None: as long as it takes)."""
+        if wait_s is None:
+            acquired = self._write_lock.acquire()
+        elif wait_s > 0:
+            acquired = self._write_lock.acquire(timeout=wait_s)
+        else:
+            acquired = self._write_lock.acquire(blocking=False)
+        if not acquired:
+            raise StoreLockedError(
+                f"another commit to {self.location} held its write lock for over {wait_s:g} s "
+                "(wait_s); nothing was written. Try again once it has finished"
+            )
 
     def _apply(
         self,
@@ -180,10 +194,17 @@ class MemoryStore:
             counts[append.key] = base + len(append.samples)
         sizes = [len(append.samples) for append in appends]
         resolved = [(write.key, write.record.tag, write.resolve(starts, sizes)) for write in records]
-        for append, blobs in zip(appends, encoded):
-            self._entries.setdefault(append.key, _Entry()).samples.extend(blobs)
+        now = time.time()
+        for append, blobs, start in zip(appends, encoded, starts):
+            entry = self._entries.setdefault(append.key, _Entry())
+            if start == 0 and blobs and append.request is not None:
+                entry.request = append.request
+            entry.samples.extend(blobs)
+            entry.stamps.extend([now if append.stored_at is None else append.stored_at] * len(blobs))
         for key, tag, indices in resolved:
             self._entries.setdefault(key, _Entry()).records[tag] = indices
+        for write in records:
+            self._namespaces.setdefault(namespace_digest(write.record.namespace), write.record.namespace)
         if token is not None:
             self._tokens.add(token)
         return starts
@@ -199,6 +220,65 @@ class MemoryStore:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+    # -- inspection (InspectableStore) ------------------------------------------------------
+
+    def iter_keys(self) -> Iterator[str]:
+        with self._lock:
+            self._check_open()
+            keys = [key for key, entry in self._entries.items() if entry.samples or entry.records]
+        return iter(keys)
+
+    def describe(self, keys: Sequence[str]) -> Mapping[str, KeyEntry | StoreError]:
+        with self._lock:
+            self._check_open()
+            out: dict[str, KeyEntry | StoreError] = {}
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is None:
+                    out[key] = KeyEntry(key, 0)
+                elif entry.damaged:
+                    out[key] = CorruptStoreError(f"the entry of key {key} in {self.location} cannot be decoded")
+                else:
+                    out[key] = KeyEntry(key, len(entry.samples), entry.request, tuple(entry.stamps), dict(entry.records))
+            return out
+
+    def namespace_names(self) -> Mapping[str, str]:
+        with self._lock:
+            self._check_open()
+            return dict(self._namespaces)
+
+    def forget(self, key: str, namespaces: Sequence[str] | None = None, *, wait_s: float | None = None) -> int:
+        self._acquire_write(wait_s)
+        try:
+            with self._lock:
+                self._check_open()
+                if not self.writable:
+                    raise StoreError(f"the store {self.location} is read-only; nothing can be forgotten")
+                entry = self._entries.get(key)
+                if namespaces is None:
+                    prefix = import_token_prefix(key)
+                    self._tokens = {t for t in self._tokens if not t.startswith(prefix)}
+                    if entry is None:
+                        return 0
+                    del self._entries[key]
+                    return len(entry.samples)
+                if entry is None:
+                    return 0
+                prefixes = tuple(namespace_prefix(ns) for ns in namespaces)
+                gone = [tag for tag in entry.records if tag.startswith(prefixes)]
+                for tag in gone:
+                    del entry.records[tag]
+                return len(gone)
+        finally:
+            self._write_lock.release()
+
+    def size_bytes(self) -> int:
+        with self._lock:
+            self._check_open()
+            return sum(
+                sum(map(len, entry.samples)) + len(entry.request or "") for entry in self._entries.values()
+            )
 
     # -- for tests of the contract ----------------------------------------------------------
 

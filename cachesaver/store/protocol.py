@@ -49,6 +49,21 @@ What an engine guarantees:
 
 Record identity is the canonical tag string of :func:`record_tag`, the same for every engine.
 
+**Readable entries** (for people, the cache CLI and bundles; the pipeline never reads them):
+
+* An :class:`Append` may carry the key's canonical **request** (the JSON text of
+  :func:`cachesaver.keys.canonical_request`: prompt, every keyed field and the model identity).
+  The engine stores it when that append holds the key's first samples (they start at index
+  0), in the same atomic commit, and ignores it otherwise: a key's request costs one write in
+  its life, none on a lookup. Keys whose first samples came without one (written before
+  requests were kept) have none: "request unknown".
+* Every sample keeps **when it was stored** (seconds since the epoch: the append's
+  ``stored_at``, else the commit's clock), beside its usage, without another write per append.
+* An engine that also implements :class:`InspectableStore` lists its keys, describes each
+  (request, count, per-sample times, every record), knows the names of the namespaces its
+  records belong to (registered by the commits that write them), and forgets records or whole
+  keys. These calls are for tools, not the request path: they may be slow on a large store.
+
 >>> from cachesaver.store.memory import MemoryStore
 >>> store = MemoryStore()
 >>> store.commit([Append("k", (("a", None), ("b", None)))])
@@ -63,20 +78,26 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 from ..errors import StoreError
 
 __all__ = [
     "CONSULTED_RECORDS",
+    "IMPORT_TOKEN_PREFIX",
     "Append",
     "CommitHook",
+    "InspectableStore",
+    "KeyEntry",
     "KeyView",
     "RecordId",
     "RecordWrite",
     "SampleStore",
     "StoredSample",
+    "import_token_prefix",
+    "namespace_digest",
     "namespace_prefix",
+    "parse_record_tag",
     "record_tag",
 ]
 
@@ -102,10 +123,46 @@ def namespace_prefix(namespace: str) -> str:
     return f"{digest}/2/"
 
 
+def namespace_digest(namespace: str) -> str:
+    """The 32 hex digits that stand for ``namespace`` in record tags (its names are kept apart:
+    :meth:`InspectableStore.namespace_names`)."""
+    return namespace_prefix(namespace)[:32]
+
+
 def record_tag(namespace: str, request_id: Any, n: int, use: int) -> str:
     """The canonical identity of a record. The prefix has a fixed length and ``n`` and ``use``
     are ints at the end, so the tag is unambiguous whatever characters the request id holds."""
     return f"{namespace_prefix(namespace)}{type(request_id).__name__}:{request_id}/{n}/{use}"
+
+
+def parse_record_tag(tag: str) -> tuple[str, Any, int, int] | None:
+    """``(namespace digest, request_id, n, use)`` of a :func:`record_tag`, or None for a string
+    that is not one. A request id is a str or an int (what a Request allows)."""
+    if len(tag) < 36 or tag[32:35] != "/2/":
+        return None
+    head, _, rest = tag[35:].partition(":")
+    parts = rest.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    value: Any = parts[0]
+    if head == "int":
+        try:
+            value = int(value)
+        except ValueError:
+            return None
+    elif head != "str":
+        return None
+    return tag[:32], value, int(parts[1]), int(parts[2])
+
+
+IMPORT_TOKEN_PREFIX = "import/"
+"""Commit tokens that start with this and then ``<key>/`` belong to an import of that key
+(:func:`import_token_prefix`); forgetting the key forgets them, so a later import applies."""
+
+
+def import_token_prefix(key: str) -> str:
+    """The start of every import token of ``key``."""
+    return f"{IMPORT_TOKEN_PREFIX}{key}/"
 
 
 @dataclass(frozen=True)
@@ -125,10 +182,16 @@ class RecordId:
 
 @dataclass(frozen=True)
 class Append:
-    """Samples to append to ``key``'s list, in order."""
+    """Samples to append to ``key``'s list, in order.
+
+    ``request``: the key's canonical request (JSON text, see the module docstring), stored
+    only if these are the key's first samples. ``stored_at``: when the samples were stored
+    (seconds since the epoch), for an import that keeps the original times; None is now."""
 
     key: str
     samples: Tuple[StoredSample, ...]
+    request: str | None = None
+    stored_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,4 +324,57 @@ class SampleStore(Protocol):
     def close(self) -> None:
         """Release what the engine opened (and the calling thread's resources); later calls
         raise StoreError."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """Everything an engine holds for one key but the samples themselves (read those with
+    :meth:`SampleStore.read`).
+
+    ``request`` is the canonical request's JSON text, None when unknown; ``stored_at`` has
+    one time per sample (seconds since the epoch; None when the engine cannot tell);
+    ``records`` maps the tag of every record of the key (in any namespace, those beyond the
+    first :data:`CONSULTED_RECORDS` included) to its indices."""
+
+    key: str
+    count: int
+    request: str | None = None
+    stored_at: Tuple[float | None, ...] = ()
+    records: Mapping[str, Tuple[int, ...]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class InspectableStore(SampleStore, Protocol):
+    """A :class:`SampleStore` that tools can list, describe and prune (the cache CLI,
+    bundles, miss explanations). Same thread and error rules as :class:`SampleStore`."""
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every key that holds samples or records, each once, in no given order. A key
+        committed while the iteration runs may or may not be listed."""
+        ...
+
+    def describe(self, keys: Sequence[str]) -> Mapping[str, KeyEntry | StoreError]:
+        """The :class:`KeyEntry` of each of ``keys`` (count 0 and nothing else for a key with
+        nothing stored); a damaged key maps to its error."""
+        ...
+
+    def namespace_names(self) -> Mapping[str, str]:
+        """The name of each namespace whose records were written with this protocol:
+        :func:`namespace_digest` -> name. Namespaces of records written before names were
+        kept are missing."""
+        ...
+
+    def forget(self, key: str, namespaces: Sequence[str] | None = None, *, wait_s: float | None = None) -> int:
+        """Forget, atomically: with ``namespaces`` (names), the key's records in those
+        namespaces, returning how many; with None, the whole key (samples, records, request
+        and its import tokens, :func:`import_token_prefix`), returning how many samples it
+        held. The key's other records stay consultable as before (an engine that keeps the
+        first records apart moves later ones up). ``wait_s`` bounds the wait for the write
+        lock as in :meth:`SampleStore.commit`; a read-only or closed store raises StoreError."""
+        ...
+
+    def size_bytes(self) -> int:
+        """How many bytes the store occupies, as the engine measures it (a directory's files,
+        a server's memory for its keys)."""
         ...
