@@ -60,7 +60,7 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence, cast
+from typing import Any, Callable, Sequence, cast
 
 import anyio
 
@@ -117,12 +117,18 @@ class Write:
     """New samples of one key, waiting to be stored or stored at ``indices``.
 
     The first ``own`` of them belong to ``owner`` (the request they were fetched for), which
-    claims them when they are committed, if it is still live; the rest are spare."""
+    claims them when they are committed, if it is still live; the rest are spare. ``request``
+    is the key's canonical request (JSON text, or a function building it), which the store
+    keeps if these are the key's first samples."""
 
-    __slots__ = ("key", "samples", "owner", "own", "indices", "claimed")
+    __slots__ = ("key", "samples", "owner", "own", "indices", "claimed", "request")
 
-    def __init__(self, key: str, samples: Sequence[StoredSample], owner: Found | None = None, own: int = 0) -> None:
+    def __init__(
+        self, key: str, samples: Sequence[StoredSample], owner: Found | None = None, own: int = 0,
+        request: str | Callable[[], str] | None = None,
+    ) -> None:
         self.key = key
+        self.request = request
         self.samples = list(samples)
         self.owner = owner
         self.own = own if owner is not None else 0
@@ -400,6 +406,14 @@ class SampleBroker:
             [(w, w.own) for w in found.writes],
         )
         self._records.append(found.record)
+
+    def claimed(self, namespace: str, key: str, below: int) -> int:
+        """How many of the indices below ``below`` of (namespace, key) this run has handed out.
+        Blocks for the claims lock (a lookup round or a commit's claiming): call it off the
+        event loop. For explanations, not the request path."""
+        with self._mutex:
+            entry = self.claims.claims(namespace, key)
+            return sum(1 for i in range(below) if entry.is_claimed(i))
 
     def deliver(self, found: Found) -> None:
         """The request of ``found`` reached its caller: its use counts, its record is written."""
@@ -874,7 +888,7 @@ class SampleBroker:
     def _commit(self, writes: list[Write], records: list[_Record], wait_s: float | None = None) -> None:
         """Append ``writes`` and store ``records`` in one commit, claiming what is owned."""
         positions = {id(w): i for i, w in enumerate(writes)}
-        appends = [Append(w.key, tuple(w.samples)) for w in writes]
+        appends = [Append(w.key, tuple(w.samples), w.request) for w in writes]
         record_writes = [r.to_write(positions) for r in records]
         if len(record_writes) > 1:  # a record and its later replacement: only the last one
             last = {(w.key, w.record.tag): w for w in record_writes}

@@ -964,7 +964,7 @@ class DiskcacheStore:
                 entry.samples = entry.samples + tuple(pairs[:room])
                 entry.times = _add_stamps(entry.times, had, stamp, len(entry.samples) - had)
             if start == 0 and pairs and append.request is not None and entry.request is None:
-                entry.request = append.request  # the key's first samples: its request
+                entry.request = append.request_text()  # the key's first samples: its request
             for offset in range(max(room, 0), len(pairs)):
                 entry.puts.append((f"{_SAMPLE}{append.key}/{start + offset}", pairs[offset], stamp))
             entry.count = start + len(pairs)

@@ -198,7 +198,7 @@ class MemoryStore:
         for append, blobs, start in zip(appends, encoded, starts):
             entry = self._entries.setdefault(append.key, _Entry())
             if start == 0 and blobs and append.request is not None:
-                entry.request = append.request
+                entry.request = append.request_text()
             entry.samples.extend(blobs)
             entry.stamps.extend([now if append.stored_at is None else append.stored_at] * len(blobs))
         for key, tag, indices in resolved:

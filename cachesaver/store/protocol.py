@@ -55,7 +55,7 @@ Record identity is the canonical tag string of :func:`record_tag`, the same for 
   :func:`cachesaver.keys.canonical_request`: prompt, every keyed field and the model identity).
   The engine stores it when that append holds the key's first samples (they start at index
   0), in the same atomic commit, and ignores it otherwise: a key's request costs one write in
-  its life, none on a lookup. Keys whose first samples came without one (written before
+  its life (and, passed as a function, is built only then), none on a lookup. Keys whose first samples came without one (written before
   requests were kept) have none: "request unknown".
 * Every sample keeps **when it was stored** (seconds since the epoch: the append's
   ``stored_at``, else the commit's clock), beside its usage, without another write per append.
@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 from ..errors import StoreError
 
@@ -184,14 +184,32 @@ class RecordId:
 class Append:
     """Samples to append to ``key``'s list, in order.
 
-    ``request``: the key's canonical request (JSON text, see the module docstring), stored
-    only if these are the key's first samples. ``stored_at``: when the samples were stored
-    (seconds since the epoch), for an import that keeps the original times; None is now."""
+    ``request``: the key's canonical request (JSON text, see the module docstring), or a
+    function of no arguments returning it, stored only if these are the key's first samples:
+    the engine calls :meth:`request_text` then and only then, so a cache stage pays for
+    building the text once per key. ``stored_at``: when the samples were stored (seconds since
+    the epoch), for an import that keeps the original times; None is now."""
 
     key: str
     samples: Tuple[StoredSample, ...]
-    request: str | None = None
+    request: Union[str, Callable[[], str], None] = None
     stored_at: float | None = None
+
+    def request_text(self) -> str | None:
+        """``request`` as text (calling it if it is a function); None when there is none or
+        the function fails, so the samples are stored without it rather than not at all."""
+        return request_text(self.request)
+
+
+def request_text(request: Union[str, Callable[[], str], None]) -> str | None:
+    """What :meth:`Append.request_text` returns for ``request``."""
+    if request is None or isinstance(request, str):
+        return request
+    try:
+        text = request()
+    except Exception:  # noqa: BLE001 - a readable request is never worth losing samples
+        return None
+    return text if isinstance(text, str) else None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ committed.
 
 Format: a pickle (the samples are whatever the model returned) of a dict with ``format``
 (``"cachesaver-recovery/2"``), ``location``, ``appends`` (a list of ``(key, ((data, usage),
-...))``) and ``records`` (a list of ``(key, (namespace, request_id, n, use), parts)``, where
+...))``), ``requests`` (key -> canonical request text, for keys whose request is known; files
+without it load too) and ``records`` (a list of ``(key, (namespace, request_id, n, use), parts)``, where
 ``parts`` are those of :class:`~cachesaver.store.protocol.RecordWrite`: stored indices, and
 ``(position, count)`` pairs naming the first samples of an append of the same file).
 """
@@ -31,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import CorruptStoreError
-from .protocol import Append, RecordId, RecordWrite, SampleStore
+from .protocol import Append, RecordId, RecordWrite, SampleStore, request_text
 
 if TYPE_CHECKING:
     from .allocation import Write, _Record
@@ -69,6 +70,7 @@ def save(location: str, writes: Sequence["Write"], records: Sequence["_Record"])
             "format": FORMAT,
             "location": location,
             "appends": [(w.key, tuple(w.samples)) for w in writes],
+            "requests": {w.key: text for w in writes if (text := request_text(w.request)) is not None},
             "records": saved_records,
         },
         protocol=pickle.HIGHEST_PROTOCOL,
@@ -122,7 +124,8 @@ def load_into(store: SampleStore) -> tuple[int, int] | None:
                     raise CorruptStoreError(f"recovery file {path} cannot be read: {exc}") from exc
             if not isinstance(content, dict) or content.get("format") != FORMAT:
                 raise CorruptStoreError(f"{path} is not a cachesaver recovery file of this version")
-            appends = [Append(key, tuple(stored)) for key, stored in content["appends"]]
+            requests = content.get("requests") or {}
+            appends = [Append(key, tuple(stored), requests.get(key)) for key, stored in content["appends"]]
             writes = [RecordWrite(key, RecordId(*rid), tuple(parts)) for key, rid, parts in content["records"]]
             if store.commit(appends, writes, token=f"recovery/{name}") is not None:
                 samples += sum(len(a.samples) for a in appends)
