@@ -17,17 +17,19 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   ``__all__`` must be added here (an SDK backend is added once, in
   :mod:`cachesaver.models.registry`, and appears here and in :mod:`cachesaver.models`).
 * From the plumbing modules, only what a user configures a pipeline or backend with:
-  the store protocol ``SampleStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
+  the store protocols ``SampleStore`` and ``InspectableStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
   ``open_store`` with ``CacheSpec``, the type of what ``cache=`` accepts
-  (:mod:`cachesaver.store`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
+  (:mod:`cachesaver.store`), ``Mode`` and ``MODES`` (what ``mode=`` accepts,
+  :mod:`~cachesaver.modes`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
   those of the store's internals (:mod:`cachesaver.store`), the drop-in clients
   (:mod:`cachesaver.dropin`) and the command line (:mod:`cachesaver.cli`), are for use from
   their module; :mod:`cachesaver._runtime` (background jobs, the one-pass collector, the loop
   thread) is private.
-* The simulated KV-cache cluster and the experiment runner are public subpackages that keep
-  their own namespace (``from cachesaver.tasks import Task``, ``from cachesaver.kvcache
-  import Cluster``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous
+* The simulated KV-cache cluster, the experiment runner and the cache as an artifact (listing,
+  miss explanations, bundles) are public subpackages that keep their own namespace (``from
+  cachesaver.tasks import Task``, ``from cachesaver.kvcache import Cluster``, ``from
+  cachesaver.artifacts import export_bundle``): their names (``Server``, ``Session``, ``Turn``, ...) would be ambiguous
   here, and neither is needed to use a pipeline.
 * Old module paths (``cachesaver.caching``, ``cachesaver.stage``, ``cachesaver.metering``,
   ``cachesaver.clients``, ...) are one-line re-exports of where their names moved, kept so
@@ -65,15 +67,26 @@ from .errors import (
     UnserializableParameterError,
     UnstoredSamplesError,
 )
-from .keys import KEY_SCHEMA, NON_KEY_FIELDS, canonical_value, model_identity, request_key, store_key
+from .keys import (
+    KEY_SCHEMA,
+    NON_KEY_FIELDS,
+    canonical_request,
+    canonical_request_text,
+    canonical_value,
+    key_of_canonical_request,
+    model_identity,
+    request_key,
+    store_key,
+)
 from .ledger import Ledger, LedgerEntry, LedgerHooks, Price, PriceTable
 from .models.registry import PROVIDERS
+from .modes import MODES, Mode
 from .models.scripted import RecordedCall, ScriptedModel
 from .stages.base import Settled, Stage, call_model
 from .store import CacheSpec, open_store
 from .store.diskcache import DiskcacheStore
 from .store.memory import MemoryStore
-from .store.protocol import SampleStore
+from .store.protocol import InspectableStore, SampleStore
 from .typedefs import (
     Batch,
     BatchMethodModel,
@@ -140,6 +153,7 @@ __all__ = [
     "CorruptStoreError",
     "DiskcacheStore",
     "IncompleteResponseError",
+    "InspectableStore",
     "InvalidRequestError",
     "KEY_SCHEMA",
     "Ledger",
@@ -147,8 +161,10 @@ __all__ = [
     "LedgerHooks",
     "LedgerTap",
     "LocalAPI",
+    "MODES",
     "MemoryStore",
     "Message",
+    "Mode",
     "Model",
     "NON_KEY_FIELDS",
     "OnlineAPI",
@@ -180,7 +196,10 @@ __all__ = [
     "UnserializableParameterError",
     "UnstoredSamplesError",
     "call_model",
+    "canonical_request",
+    "canonical_request_text",
     "canonical_value",
+    "key_of_canonical_request",
     "model_identity",
     "open_store",
     "request_key",

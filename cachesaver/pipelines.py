@@ -23,6 +23,12 @@ Closing (``aclose()``, ``cleanup()``, or leaving ``async with``) lets requests i
 and stores their samples; later requests raise :class:`~cachesaver.errors.PipelineClosedError`.
 The user's model is not closed.
 
+``mode=`` (default ``$CACHESAVER_MODE``, else ``"record"``) is the cache stage's mode:
+``"record"``, ``"replay"`` (no model call; a miss raises
+:class:`~cachesaver.errors.CacheMissError` explaining it), ``"refresh"`` or ``"bypass"``
+(see :mod:`cachesaver.modes`). ``await pipeline.explain_miss(request)`` says why a request is
+not served from the cache.
+
 The cache keys include the model's identity: ``model_id="name"`` sets it, ``model_id=None``
 adds none, and by default it is the model's ``cache_identity``, else its ``model`` or
 ``model_name`` string (see :func:`~cachesaver.keys.model_identity`); ``model_identity`` reads it.
@@ -42,9 +48,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .artifacts.explain import MissExplanation
 from .errors import ConfigurationError
 from .keys import DERIVE
 from .ledger import Ledger
+from .modes import Mode
 from .stages.base import Settled, Stage, _check_model
 from .stages.batching import AsyncBatcher
 from .stages.caching import AsyncCacher
@@ -69,6 +77,7 @@ class _Pipeline(Stage):
         max_refetch: int = 2,
         model_id: Any = DERIVE,
         store_timeout_s: float = 30.0,
+        mode: str | None = None,
     ) -> None:
         _check_model(model, type(self).__name__)
         self.ledger: Ledger = ledger if ledger is not None else Ledger()
@@ -78,7 +87,8 @@ class _Pipeline(Stage):
         self.deduplicator = AsyncDeduplicator(self.batcher)
         self.deduplicator._whole_passes = True  # the cacher hands it one call per pass
         self.cacher = AsyncCacher(
-            self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id, store_timeout_s=store_timeout_s
+            self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id, store_timeout_s=store_timeout_s,
+            mode=mode,
         )
         super().__init__(self.cacher)
 
@@ -97,6 +107,17 @@ class _Pipeline(Stage):
     def model_identity(self) -> str | None:
         """The model identity in the cache keys (see :func:`~cachesaver.keys.model_identity`)."""
         return self.cacher.model_identity
+
+    @property
+    def mode(self) -> Mode:
+        """The cache mode: ``"record"``, ``"replay"``, ``"refresh"`` or ``"bypass"``."""
+        return self.cacher.mode
+
+    async def explain_miss(self, request: Request) -> MissExplanation:
+        """Why ``request`` would not be served from the cache now (``str()`` is a sentence; the
+        message of every replay-mode CacheMissError); see
+        :meth:`~cachesaver.stages.caching.AsyncCacher.explain_miss`."""
+        return await self.cacher.explain_miss(request)
 
     async def request(self, request: Request) -> Response:
         """Samples for one request; raises its error if it failed."""

@@ -21,6 +21,13 @@ from fake_chat_server import FakeChatServer
 from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
 
 
+@pytest.fixture(autouse=True)
+def no_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite sets its cache modes itself: a CACHESAVER_MODE of the shell running it (say,
+    replay in a user's CI) must not change what the tests see."""
+    monkeypatch.delenv("CACHESAVER_MODE", raising=False)
+
+
 @pytest.fixture
 def server():
     """A FakeChatServer on 127.0.0.1 (a free port), stopped after the test."""

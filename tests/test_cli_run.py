@@ -89,6 +89,42 @@ def test_a_replay_only_miss_exits_1_and_points_at_error_jsonl(tmp_path, capsys):
     assert error["index"] == 2 and "CacheMissError" in error["error"] and '["game24", 2, 0]' in error["error"]
 
 
+@pytest.mark.parametrize("how", ["--mode replay", "CACHESAVER_MODE=replay"])
+def test_mode_replay_is_replay_only_and_explains_each_miss(tmp_path, capsys, monkeypatch, how):
+    assert run(tmp_path, "first", "--task-option", "puzzles=2") == 0
+    capsys.readouterr()
+    extra = ["--mode", "replay"] if how.startswith("--") else []
+    if not extra:
+        monkeypatch.setenv("CACHESAVER_MODE", "replay")
+    assert run(tmp_path, "again", "--task-option", "puzzles=3", *extra) == 1
+    out = capsys.readouterr().out
+    assert row(out, "backend") == "replay-only (no model)" and row(out, "cache misses").startswith("1 ")
+    assert row(out, "total").split()[0] == "0"  # no upstream call
+    error = only_error(tmp_path / "again" / "game24" / "error.jsonl")
+    assert error["index"] == 2 and "nothing is stored under this request's key" in error["error"]
+    assert "nearest stored: " in error["error"]
+
+
+def test_mode_bypass_calls_the_model_and_stores_nothing(tmp_path, capsys):
+    assert run(tmp_path, "first", "--task-option", "puzzles=1", "--mode", "bypass") == 0
+    assert row(capsys.readouterr().out, "mode") == "bypass"
+    assert run(tmp_path, "again", "--task-option", "puzzles=1", "--mode", "replay") == 1
+
+
+def test_replay_only_with_another_mode_is_a_command_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        run(tmp_path, "out", "--replay-only", "--mode", "refresh")
+    assert caught.value.code == 2
+    assert "--replay-only means --mode replay" in capsys.readouterr().err
+
+
+def test_a_bad_mode_in_the_environment_exits_2_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CACHESAVER_MODE", "strict")
+    assert run(tmp_path, "out", "--task-option", "puzzles=1") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CACHESAVER_MODE" in err
+
+
 def test_rerunning_into_the_same_directory_resumes(tmp_path, capsys):
     assert run(tmp_path, "out", "--task-option", "puzzles=2") == 0
     capsys.readouterr()

@@ -18,6 +18,7 @@ from _support import Sleeps
 from fake_chat_server import Fault, FakeChatServer
 
 from cachesaver.errors import (
+    CacheMissError,
     ConfigurationError,
     InvalidRequestError,
     PermanentBackendError,
@@ -454,3 +455,33 @@ print([c.message.content for c in completion.choices], [c.cached for c in comple
     output = "".join(o.get("text", "") for o in notebook.cells[0].outputs)
     assert output.strip() == "['hi#0', 'hi#1'] [False, False]"
     assert server.calls == 1
+
+
+async def test_a_replay_mode_client_needs_no_key_and_never_reaches_the_server(
+    sdk: Sdk, server: FakeChatServer, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with sdk.make(server, tmp_path) as first:
+        original = texts(await first.chat.completions.create(model="m", messages=USER, n=2, request_id="q"))
+    calls = server.calls
+    for name in ("TOGETHER_API_KEY", "OPENAI_API_KEY", "OPENAI_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    async with sdk.async_client(base_url=sdk.base_url(server), cache=tmp_path, mode="replay") as client:
+        assert client.pipeline.mode == "replay"
+        replayed = await client.chat.completions.create(model="m", messages=USER, n=2, request_id="q")
+        with pytest.raises(CacheMissError, match="nearest stored: .*message 1 \\(user\\) differs"):
+            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "other"}])
+    assert texts(replayed) == original and [c.cached for c in replayed.choices] == [True, True]
+    assert server.calls == calls
+
+
+def test_the_mode_of_a_blocking_client_comes_from_the_environment(
+    sdk: Sdk, server: FakeChatServer, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHESAVER_MODE", "bypass")
+    with sdk.make_sync(server, tmp_path) as client:
+        assert client.pipeline.mode == "bypass"
+        client.chat.completions.create(model="m", messages=USER)
+        client.chat.completions.create(model="m", messages=USER)
+    assert server.calls == 2  # nothing stored, so nothing replayed
+    with pytest.raises(ConfigurationError, match="mode must be one of"):
+        sdk.make(server, tmp_path, mode="strict")

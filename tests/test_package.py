@@ -35,7 +35,8 @@ CHOSEN_FROM_PLUMBING = {
     "ratelimit": ("RateLimiter", "RateLimits"),
     "retry": ("RetryPolicy",),
     "store": ("CacheSpec", "open_store"),
-    "store.protocol": ("SampleStore",),
+    "store.protocol": ("InspectableStore", "SampleStore"),
+    "modes": ("MODES", "Mode"),
     "store.diskcache": ("DiskcacheStore",),
     "store.memory": ("MemoryStore",),
 }
@@ -53,7 +54,7 @@ SHIM_MODULES = {
     "stage": ("stages.base",),
     "storage": ("store.diskcache",),
 }
-OWN_NAMESPACE_SUBPACKAGES = {"kvcache", "tasks"}
+OWN_NAMESPACE_SUBPACKAGES = {"artifacts", "kvcache", "tasks"}
 # Subpackages whose modules are classified one by one (each stage module is public).
 CLASSIFIED_SUBPACKAGES = {"cli", "dropin", "stages"}
 

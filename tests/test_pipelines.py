@@ -1525,6 +1525,14 @@ async def test_a_request_is_hashed_once_on_its_way_through_the_pipeline(tmp_path
     request = Extra("hi", n=2, request_id="a", extra=CountingList(["x", "y"]))
     async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
         await pipeline.request(request)
+        # Once for the key, once more for the readable request stored with the key's first
+        # samples (a key's request is built once in its life).
+        assert CountingList.walks == 2
+        await pipeline.request(request)  # a miss on a key that has samples: nothing more
+        assert CountingList.walks == 2
+    CountingList.walks = 0
+    async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=1) as pipeline:
+        await pipeline.request(Extra("hi", n=2, request_id="a", extra=CountingList(["x", "y"])))  # a hit
     assert CountingList.walks == 1
 
 

@@ -17,6 +17,7 @@ from cachesaver.stages.deduplication import AsyncDeduplicator
 from cachesaver.errors import (
     BackendError,
     BatchRequestError,
+    CacheMissError,
     ConfigurationError,
     IncompleteResponseError,
     PipelineClosedError,
@@ -24,9 +25,10 @@ from cachesaver.errors import (
     UnserializableParameterError,
 )
 from cachesaver.keys import request_key
-from cachesaver.models import ScriptedModel
+from cachesaver.models import ReplayOnlyModel, ScriptedModel
 from cachesaver.pipelines import OnlineAPI
 from cachesaver.store.diskcache import DiskcacheStore
+from cachesaver.store.memory import MemoryStore
 from cachesaver.typedefs import Batch, Request, Response
 
 
@@ -407,3 +409,152 @@ async def test_a_request_asking_more_than_the_fetch_in_flight_does_not_wait_for_
             with anyio.fail_after(10):
                 await pipeline.request(Request("q", n=3, namespace="two"))  # more than 1: its own call
     assert model.calls == 2
+
+
+# == modes ====================================================================================
+
+
+async def record(cache: Any, *requests: Request) -> list[Response]:
+    return await run_once(cache, ScriptedModel(), *requests)
+
+
+@pytest.mark.parametrize("how", ["mode", "environment"])
+async def test_replay_serves_what_is_stored_and_never_calls_the_model(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = [Request("kept", n=2, request_id="a", namespace="exp"), Request("other", request_id="b", namespace="exp")]
+    first = await record(tmp_path, *stored)
+    model = ScriptedModel()
+    options: dict[str, Any] = {"mode": "replay"} if how == "mode" else {}
+    if how == "environment":
+        monkeypatch.setenv("CACHESAVER_MODE", "replay")
+    async with AsyncCacher(model, tmp_path, **options) as cacher:
+        assert cacher.mode == "replay"
+        again = await cacher.batch_request(Batch(list(reversed(stored))))
+        with pytest.raises(CacheMissError) as missed:
+            await cacher.request(Request("never stored", request_id="c", namespace="exp"))
+        with pytest.raises(CacheMissError) as short:
+            await cacher.request(Request("kept", n=2, request_id="d", namespace="exp"))
+        with pytest.raises(CacheMissError) as more:
+            await cacher.request(Request("kept", n=3, request_id="e", namespace="other"))
+    assert [r.data for r in reversed(again)] == [r.data for r in first]
+    assert model.calls == 0
+    assert "request_id 'c' in namespace 'exp'" in str(missed.value) and "nothing is stored under" in str(missed.value)
+    # "kept" has 2 samples, both handed out in this run already.
+    assert "all 2 samples stored under key" in str(short.value) and "already handed out in this run" in str(short.value)
+    assert "holds 2 samples and the request asks 3" in str(more.value)
+    assert stored_count(tmp_path, Request("never stored")) == 0  # replay stores nothing
+
+
+async def test_a_replay_miss_names_the_nearest_stored_request_and_what_differs(tmp_path: Path) -> None:
+    await record(tmp_path, Extra("Is 91 prime?", extra={"temperature": 0.5}))
+    async with AsyncCacher(ScriptedModel(), tmp_path, mode="replay") as cacher:
+        with pytest.raises(CacheMissError) as caught:
+            await cacher.request(Extra("Is 91 prime?", extra={"temperature": 0.7}, request_id="q"))
+    message = str(caught.value)
+    assert "nearest stored: " + request_key(Extra("Is 91 prime?", extra={"temperature": 0.5}))[:12] in message
+    assert "extra {\"temperature\":0.7} vs {\"temperature\":0.5}" in message
+
+
+async def test_replay_works_on_a_read_only_store_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = MemoryStore()
+    first = await record(store, Request("q", n=2, request_id="a", namespace="one"))
+    store.writable = False  # a read-only cache, as a read-only directory opens
+    model = ScriptedModel()
+    async with AsyncCacher(model, store, mode="replay") as cacher:
+        # Another namespace with a request id: its replay record cannot be written, and is not
+        # kept for later either (no UnstoredSamplesError at close, no recovery file).
+        served = await cacher.request(Request("q", n=2, request_id="a", namespace="two"))
+        with pytest.raises(CacheMissError):
+            await cacher.request(Request("never", request_id="z"))
+        assert cacher.unstored_samples == 0
+    assert served.data == first[0].data and served.cached == [True, True] and model.calls == 0
+
+
+async def test_refresh_ignores_stored_samples_and_a_later_replay_gets_the_new_ones(tmp_path: Path) -> None:
+    request = Request("q", n=2, request_id="a", namespace="ns")
+    (old,) = await record(tmp_path, request)
+    model = ScriptedModel(sample=lambda r, k: f"new-{k}")
+    async with AsyncCacher(model, tmp_path, mode="refresh") as cacher:
+        fresh = await cacher.request(request)
+    assert fresh.data == ["new-0", "new-1"] and fresh.cached == [False, False] and model.calls == 1
+    assert stored_count(tmp_path, request) == 4  # stored after the old ones
+    replay = ScriptedModel()
+    (replayed,) = await run_once(tmp_path, replay, request, mode="replay")
+    assert replayed.data == fresh.data and replay.calls == 0
+    assert old.data != fresh.data
+
+
+async def test_bypass_calls_the_model_and_stores_nothing(tmp_path: Path) -> None:
+    request = Request("q", n=2, request_id="a", namespace="ns")
+    await record(tmp_path, request)
+    model = ScriptedModel()
+    async with AsyncCacher(model, tmp_path, mode="bypass") as cacher:
+        single = await cacher.request(request)
+        batch = await cacher.batch_request(Batch([Request("new", request_id="b"), request]))
+    assert single.cached == [False, False] and all(not any(r.cached) for r in batch)
+    assert model.batch_sizes == [1, 2]
+    assert stored_count(tmp_path, request) == 2 and stored_count(tmp_path, Request("new")) == 0
+
+
+async def test_bypass_serves_a_read_only_store_from_the_model(tmp_path: Path) -> None:
+    store = MemoryStore()
+    store.writable = False
+    model = ScriptedModel()
+    (response,) = await run_once(store, model, Request("q", n=2), mode="bypass")
+    assert response.data == ["q#0", "q#1"] and model.calls == 1
+
+
+async def test_a_replay_only_model_replays_and_refuses_modes_that_need_a_model(tmp_path: Path) -> None:
+    assert AsyncCacher(ReplayOnlyModel(), MemoryStore()).mode == "replay"
+    assert AsyncCacher(ReplayOnlyModel(), MemoryStore(), mode="record").mode == "replay"
+    for mode in ("refresh", "bypass"):
+        with pytest.raises(ConfigurationError, match="ReplayOnlyModel only replays"):
+            AsyncCacher(ReplayOnlyModel(), MemoryStore(), mode=mode)
+
+
+async def test_a_replay_only_models_misses_are_explained_too(tmp_path: Path) -> None:
+    await record(tmp_path, Request("kept", n=1, request_id="a"))
+    replay = ReplayOnlyModel()
+    async with AsyncCacher(replay, tmp_path) as cacher:
+        with pytest.raises(CacheMissError) as caught:
+            await cacher.request(Request("kept", n=3, request_id="b"))
+    assert "2 more needed" in str(caught.value)  # the model's own message
+    assert "holds 1 sample and the request asks 3" in str(caught.value)  # and why
+    assert [r.request_id for r in replay.misses] == ["b"]
+
+
+# == explain_miss =============================================================================
+
+
+async def test_explain_miss_says_a_stored_request_would_be_served(tmp_path: Path) -> None:
+    await record(tmp_path, Request("kept", n=2, request_id="a"))
+    async with AsyncCacher(ScriptedModel(), tmp_path) as cacher:
+        why = await cacher.explain_miss(Request("kept", n=2, request_id="a"))
+        assert why.hit and why.stored == 2 and "would be served" in str(why)
+        await cacher.request(Request("kept", n=1, request_id="a"))  # hands one out
+        why = await cacher.explain_miss(Request("kept", n=2, request_id="a"))
+    assert not why.hit and (why.stored, why.handed_out, why.free) == (2, 1, 1)
+    assert "1 of the 2 samples stored under key" in str(why)
+
+
+async def test_explain_miss_finds_a_hit_in_another_namespace(tmp_path: Path) -> None:
+    await record(tmp_path, Request("kept", n=3, request_id="q1", namespace="run-1"))
+    async with AsyncCacher(ScriptedModel(), tmp_path) as cacher:
+        why = await cacher.explain_miss(Request("kept", n=4, request_id="q1", namespace="run-2"))
+    assert why.elsewhere == (("run-1", 3),)
+    assert "it is a hit in another namespace: request_id 'q1' has a replay record in 'run-1' with 3 samples" in str(why)
+
+
+async def test_explain_miss_names_a_different_model_identity(tmp_path: Path) -> None:
+    await run_once(tmp_path, ScriptedModel(), Request("q"), model_id="model-a")
+    async with AsyncCacher(ScriptedModel(), tmp_path, model_id="model-b") as cacher:
+        why = await cacher.explain_miss(Request("q"))
+    assert [n.differences for n in why.nearest] == [("model identity differs: 'model-b' vs 'model-a'",)]
+
+
+async def test_explain_miss_after_close_is_a_store_error(tmp_path: Path) -> None:
+    cacher = AsyncCacher(ScriptedModel(), tmp_path)
+    await cacher.aclose()
+    with pytest.raises(StoreError):
+        await cacher.explain_miss(Request("q"))

@@ -4,9 +4,12 @@
 pipeline and writes ``DIR/<task name>/{runs.jsonl, error.jsonl, overall.json}``; TASK is
 ``package.module:Class`` or ``path/to/file.py:Class``. Running it again into the same DIR
 resumes; running it into a new DIR with the same ``--cache``, namespace, backend and model
-replays the earlier run from the cache, and ``--replay-only`` guarantees no model is called
-(a sample that needs an uncached answer fails, naming the request). ``python -m cachesaver``
-is the same command.
+replays the earlier run from the cache, and ``--mode replay`` (or its older spelling
+``--replay-only``, or ``CACHESAVER_MODE=replay``) guarantees no model is called (a sample that
+needs an uncached answer fails, its error explaining the miss). ``--mode refresh`` asks the model
+again for every request and ``--mode bypass`` stores nothing (see :mod:`cachesaver.modes`).
+``python -m cachesaver`` is the same command; ``cachesaver cache ...`` inspects and ships caches
+(:mod:`cachesaver.cli.cache`).
 
 Exit status: 0 when every sample finished, 1 when some failed (see error.jsonl) or the task's
 ``calculate_overall`` failed (overall.json is still written, its ``custom`` holding the error),
@@ -32,6 +35,7 @@ from typing import Any, Optional, Sequence
 import anyio
 
 from ..errors import CacheSaverError, ConfigurationError
+from ..modes import MODE_ENV, MODES, resolve_mode
 from ..models.registry import DEFAULT_PROVIDER, PROVIDERS
 from ..tasks.backends import backend_names, default_backend, default_model, make_model, request_factory
 from ..tasks.loading import load_task, parse_task_options
@@ -78,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", metavar="M", help="model name (default depends on the backend)")
     run.add_argument("--concurrency", type=int, metavar="K", help="samples at once (default: the task's)")
     run.add_argument(
+        "--mode", choices=MODES, default=None,
+        help="the cache mode: record (default), replay (call no model: a miss fails that sample), "
+        f"refresh (new samples for every request), bypass (store nothing); default ${MODE_ENV}, else record",
+    )
+    run.add_argument(
         "--replay-only", action="store_true",
-        help="call no model: serve every request from the cache; a miss fails that sample",
+        help="the same as --mode replay",
     )
     run.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help=f"cache directory (default {DEFAULT_CACHE})")
     run.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per upstream batch (default 8)")
@@ -115,15 +124,16 @@ async def _run(args: argparse.Namespace) -> RunSummary:
     from ..tasks.runner import run_task
 
     task = load_task(args.task, **parse_task_options(args.task_option))
+    replay = args.mode == "replay"
     backend = args.backend or default_backend()
     model_name = args.model or default_model(backend)
     cache = Path(args.cache)
     runner_started = False
     try:
         async with contextlib.AsyncExitStack() as stack:
-            if args.replay_only and not cache.is_dir():
+            if replay and not cache.is_dir():
                 raise ConfigurationError(
-                    f"--replay-only needs the cache of an earlier run, and {str(cache)!r} does not exist; "
+                    f"--mode replay needs the cache of an earlier run, and {str(cache)!r} does not exist; "
                     "pass the --cache directory that run used"
                 )
             compose = getattr(task, "simulated_compose", None)
@@ -131,13 +141,15 @@ async def _run(args: argparse.Namespace) -> RunSummary:
             # backend and base URL), so they key exactly like the run being replayed.
             backend_model = make_model(
                 backend, model_name, seed=args.seed, time_scale=args.time_scale,
-                compose=compose if callable(compose) else None, requests_only=args.replay_only,
+                compose=compose if callable(compose) else None, requests_only=replay,
             )
             if callable(getattr(backend_model, "aclose", None)):
                 stack.push_async_callback(backend_model.aclose)
-            model: Any = ReplayOnlyModel() if args.replay_only else backend_model
+            model: Any = ReplayOnlyModel() if replay else backend_model
             started_modeled = _modeled_seconds(model)
-            pipeline = await stack.enter_async_context(OnlineAPI(model, str(cache), batch_size=args.batch_size))
+            pipeline = await stack.enter_async_context(
+                OnlineAPI(model, str(cache), batch_size=args.batch_size, mode=args.mode)
+            )
             agent = PipelineAgent(
                 pipeline,
                 namespace=args.namespace,
@@ -160,8 +172,10 @@ async def _run(args: argparse.Namespace) -> RunSummary:
     finally:
         if not runner_started:
             task.release()  # run_task releases the task itself once it has started
-    notes = [("backend", "replay-only (no model)" if args.replay_only else f"{backend} ({model_name})")]
-    if args.replay_only:
+    notes = [("backend", "replay-only (no model)" if replay else f"{backend} ({model_name})")]
+    if args.mode in ("refresh", "bypass"):
+        notes.append(("mode", args.mode))
+    if replay:
         notes.append(("cache misses", f"{len(model.misses)} (no request reached any model)"))
     modeled = _modeled_seconds(model)
     if modeled is not None and started_modeled is not None:
@@ -207,7 +221,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.error("--concurrency must be at least 1")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.replay_only:
+        if args.mode not in (None, "replay"):
+            parser.error(f"--replay-only means --mode replay; it cannot be combined with --mode {args.mode}")
+        args.mode = "replay"
     try:
+        if args.mode is None:
+            args.mode = resolve_mode()  # CACHESAVER_MODE, else record
         summary = anyio.run(_run, args, backend="asyncio")
     except ConfigurationError as exc:
         print(f"cachesaver: error: {exc}", file=sys.stderr)

@@ -9,6 +9,10 @@ the SDK's constructor arguments plus these (all keyword-only):
 * ``cache``: a directory path or a ``diskcache.Cache`` (default: ``$CACHESAVER_CACHE_DIR``, else
   ``.cachesaver`` in the working directory).
 * ``batch_size`` (default 32) and ``batch_timeout_s`` (default 0.01): the pipeline's batching.
+* ``mode`` (default ``$CACHESAVER_MODE``, else ``"record"``): the cache mode
+  (:mod:`cachesaver.modes`). With ``"replay"`` no call reaches the provider, a call the cache
+  cannot serve raises :class:`~cachesaver.errors.CacheMissError`, and no API key is needed
+  (a placeholder is used when none is given or set in the environment).
 * ``retry`` (a :class:`~cachesaver.retry.RetryPolicy`; by default the SDK's ``max_retries``
   plus one attempts), ``limits`` (:class:`~cachesaver.ratelimit.RateLimits`),
   ``max_n_per_call``, ``prices`` (a price table for the ledger) or ``ledger``.
@@ -68,6 +72,7 @@ from .._runtime.checks import MAX_WAIT_S, check_seconds
 from .._runtime.loop_thread import LoopThread
 from ..errors import ConfigurationError
 from ..ledger import Ledger, PriceTable
+from ..modes import Mode, resolve_mode
 from ..models.chat_backend import ChatCompletionsModel
 from ..models.registry import PROVIDERS
 from ..pipelines import OnlineAPI
@@ -78,6 +83,8 @@ from .completions import AsyncReplayStream, ReplayStream, chat_request, completi
 __all__ = ["CachedAsyncClient", "CachedSyncClient", "ClientOptions"]
 
 DEFAULT_CACHE_DIR = ".cachesaver"
+REPLAY_API_KEY = "unused-in-replay-mode"
+"""The API key a replay-mode client is built with when none is given: it never calls out."""
 
 
 def _blocking_clients() -> list[str]:
@@ -94,6 +101,7 @@ class ClientOptions:
 
     namespace: str = "default"
     cache: Any = None
+    mode: Mode = "record"
     batch_size: int = 32
     batch_timeout_s: float = 0.01
     retry: RetryPolicy | None = None
@@ -106,16 +114,23 @@ class ClientOptions:
     sdk_kwargs: dict[str, Any] = field(default_factory=dict)
 
     OWN: ClassVar[frozenset[str]] = frozenset(
-        {"namespace", "cache", "batch_size", "batch_timeout_s", "retry", "limits", "max_n_per_call",
+        {"namespace", "cache", "mode", "batch_size", "batch_timeout_s", "retry", "limits", "max_n_per_call",
          "prices", "ledger", "sleep", "async_http_client"}
     )
 
     @classmethod
-    def split(cls, kwargs: Mapping[str, Any]) -> ClientOptions:
+    def split(cls, kwargs: Mapping[str, Any], kind: str | None = None) -> ClientOptions:
+        """cachesaver's arguments and the SDK's (``sdk_kwargs``), checked; ``kind`` is the
+        provider's, whose API key environment variable a replay-mode client does without."""
         own = {k: v for k, v in kwargs.items() if k in cls.OWN}
         sdk = {k: v for k, v in kwargs.items() if k not in cls.OWN}
         if own.get("cache") is None:
             own["cache"] = _default_cache()
+        own["mode"] = resolve_mode(own.get("mode"))
+        provider = PROVIDERS.get(kind) if kind is not None else None
+        if own["mode"] == "replay" and sdk.get("api_key") is None and provider is not None:
+            if not os.environ.get(provider.api_key_env):
+                sdk["api_key"] = REPLAY_API_KEY
         if not isinstance(own.get("namespace", "default"), str):
             raise ConfigurationError(f"namespace must be a str, got {type(own['namespace']).__name__}")
         if "batch_timeout_s" in own:
@@ -165,7 +180,7 @@ class CachedAsyncClient:
         Raises :class:`~cachesaver.errors.ConfigurationError` when the SDK refuses its arguments
         (a missing API key, ...) or cachesaver's are invalid.
         """
-        options = ClientOptions.split(kwargs)
+        options = ClientOptions.split(kwargs, self.model_class.kind)
         if options.async_http_client is not None:
             raise ConfigurationError(
                 f"{type(self).__name__} takes its httpx.AsyncClient as http_client=; "
@@ -181,7 +196,9 @@ class CachedAsyncClient:
         self.backend = model
         self.namespace = options.namespace
         self.ledger = options.ledger if options.ledger is not None else Ledger(options.prices)
-        self.pipeline = OnlineAPI(model, options.cache, options.batch_size, options.batch_timeout_s, ledger=self.ledger)
+        self.pipeline = OnlineAPI(
+            model, options.cache, options.batch_size, options.batch_timeout_s, ledger=self.ledger, mode=options.mode
+        )
         self.chat = _Chat(_Completions(self), lambda: sdk.chat)
         self._closed = False
 
@@ -292,7 +309,7 @@ class CachedSyncClient:
         :class:`~cachesaver.errors.ConfigurationError` when either SDK client refuses them; if
         building the async client fails, the loop thread and the blocking SDK client are closed
         first."""
-        options = ClientOptions.split(kwargs)
+        options = ClientOptions.split(kwargs, self.async_client_class.model_class.kind)
         name = type(self).__name__
         if _is_async_http_client(options.sdk_kwargs.get("http_client")):
             raise ConfigurationError(

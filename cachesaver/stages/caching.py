@@ -25,6 +25,14 @@ construction to close):
   serves samples of one model to another. ``model_id=None`` adds no identity.
 * ``Response.cached[i]`` is True for samples taken from storage; ``duplicated`` flags come from
   the stage below (False when it sets none); ``usage`` is the stored usage of each sample.
+* **Readable entries**: a key's first samples are stored with its canonical request
+  (:func:`~cachesaver.keys.canonical_request`), computed on a miss only.
+* **Modes** (``mode=``, default ``$CACHESAVER_MODE``, else ``"record"``; see
+  :mod:`cachesaver.modes`): ``"replay"`` never calls the model and fails a miss with
+  :class:`~cachesaver.errors.CacheMissError`, whose message is :meth:`AsyncCacher.explain_miss`'s;
+  ``"refresh"`` ignores stored samples and stores new ones after them; ``"bypass"`` calls the
+  model and stores nothing. A model with ``replay_only = True``
+  (:class:`~cachesaver.models.replay_only.ReplayOnlyModel`) makes the mode ``"replay"``.
 
 ``cache`` is a directory path (opened with eviction disabled and closed on ``aclose()``), a
 ``diskcache.Cache`` (or ``FanoutCache``), or any engine implementing
@@ -35,18 +43,22 @@ wait for the store's lock held by another process.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 
 from .._runtime.collector import PassCollector
-from ..errors import ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
-from ..keys import DERIVE, model_identity, store_key, with_n
+from ..artifacts.explain import Catalog, MissExplanation, explain, load_catalog, miss_message
+from ..errors import CacheMissError, ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
+from ..keys import DERIVE, canonical_request, canonical_request_text, model_identity, store_key, with_n
+from ..modes import Mode, resolve_mode
 from ..store import CacheSpec, open_store
 from ..store.allocation import Found, SampleBroker, Write
 from ..store.protocol import SampleStore, StoredSample
+from ..store.threads import StoreThread
 from ..typedefs import Model, Request, Response
 from .base import Settled, Stage, call_model
 
@@ -95,7 +107,8 @@ class AsyncCacher(Stage):
     """Serves requests from a sample store, fetching only missing samples from ``model``."""
 
     def __init__(
-        self, model: Model, cache: CacheSpec, *, max_refetch: int = 2, model_id: Any = DERIVE, store_timeout_s: float | None = None
+        self, model: Model, cache: CacheSpec, *, max_refetch: int = 2, model_id: Any = DERIVE,
+        store_timeout_s: float | None = None, mode: str | None = None,
     ) -> None:
         super().__init__(model)
         self._identity = model_identity(model, model_id)
@@ -105,13 +118,23 @@ class AsyncCacher(Stage):
             )
         if type(max_refetch) is not int or max_refetch < 0:
             raise ConfigurationError(f"max_refetch must be an int >= 0, got {max_refetch!r}")
-        self.store: SampleStore
-        self.store, self._owns_store = open_store(cache, store_timeout_s=store_timeout_s)
-        self.max_refetch = max_refetch
         inner: Any = model
         while isinstance(inner, Stage):
             inner = inner.model
         self._replay_only = bool(getattr(inner, "replay_only", False))
+        self.mode: Mode = _mode_for(mode, self._replay_only, type(inner).__name__)
+        """What this stage does with stored samples and the model (see :mod:`cachesaver.modes`)."""
+        self.store: SampleStore
+        self.store, self._owns_store = open_store(cache, store_timeout_s=store_timeout_s)
+        self.max_refetch = max_refetch
+        # Replay records are written unless the store cannot take them (a read-only cache
+        # replays without leaving any behind).
+        self._records = self.store.writable
+        self._catalog: Catalog | None = None  # stored requests, loaded on the first replay miss
+        self._searched_misses = 0
+        # Explanations read the store on a thread of their own (never holding up lookups),
+        # released at close like the broker's.
+        self._explain_thread = StoreThread("cachesaver-explain", finish=self.store.release_thread)
         self._broker = SampleBroker(self.store, self._background)
         self._fetches: PassCollector[_Pending] = PassCollector(self, self._fetch)
         # key -> the fetch in flight for it: its namespaces and an event set once it has ended
@@ -139,6 +162,77 @@ class AsyncCacher(Stage):
         """The store key of ``request``: every key this cacher uses comes from here."""
         return store_key(request, self._identity)
 
+    def _request_text(self, pending: _Pending) -> Callable[[], str] | None:
+        """The canonical request to store with new samples when they may be the key's first
+        (the lookup gave the request none stored), as a function: the store calls it only if
+        they are, on its write thread, so a key's request is built once in its life."""
+        if pending.found.samples or pending.found.writes:
+            return None
+        return functools.partial(canonical_request_text, pending.request, self._identity)
+
+    async def explain_miss(self, request: Request) -> MissExplanation:
+        """Why ``request`` would not be served from the cache now (or that it would be): what
+        is stored under its key, how much of it this run already handed out in its namespace,
+        whether another namespace has a replay record of its request_id, or, when nothing is
+        stored under the key, the nearest stored requests and the fields that differ. ``str()``
+        of the result is a sentence; it reads the store on a thread of this stage and changes
+        nothing. Raises InvalidRequestError for a request with no key, StoreError once the
+        stage is closed."""
+        key = self._key(request)
+        doc = canonical_request(request, self._identity)
+
+        def run() -> MissExplanation:
+            count = self.store.view([key])[key]
+            stored = count.count if not isinstance(count, BaseException) else 0
+            handed = self._broker.claimed(request.namespace, key, stored) if stored else 0
+            return explain(
+                self.store, doc, namespace=request.namespace, request_id=request.request_id, n=request.n,
+                handed_out=handed, key=key,
+            )
+
+        return await self._explain_thread.run(run)
+
+    async def _explain_misses(self, pending: Sequence[_Pending]) -> list[MissExplanation | None]:
+        """The explanation of each replay miss of ``pending`` (None where the store could not
+        say): the stored requests are loaded once per run, searched for the first
+        :data:`SEARCHED_MISSES` misses whose key holds nothing."""
+
+        def run() -> list[MissExplanation | None]:
+            out: list[MissExplanation | None] = []
+            for entry in pending:
+                request, found = entry.request, entry.found
+                try:
+                    view = self.store.view([found.key])[found.key]
+                    stored = 0 if isinstance(view, BaseException) else view.count
+                    handed = self._broker.claimed(request.namespace, found.key, stored) - len(found.samples) if stored else 0
+                    search = stored == 0 and self._searched_misses < SEARCHED_MISSES
+                    if search:
+                        self._searched_misses += 1
+                        if self._catalog is None:
+                            self._catalog = load_catalog(self.store)
+                    out.append(
+                        explain(
+                            self.store, canonical_request(request, self._identity), namespace=request.namespace,
+                            request_id=request.request_id, n=request.n, handed_out=handed, key=found.key,
+                            catalog=self._catalog, search=search,
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - the miss is reported without it
+                    logger.warning("cachesaver could not explain a cache miss: %s", exc)
+                    out.append(None)
+            return out
+
+        return await self._explain_thread.run(run)
+
+    async def _replay_misses(self, pending: list[_Pending]) -> list[Settled]:
+        """Replay mode: each request of ``pending`` fails with a CacheMissError that explains
+        it; the model is not called."""
+        why = await self._explain_misses(pending)
+        return [
+            CacheMissError(miss_message(p.request, p.found.key, p.needed, reason))
+            for p, reason in zip(pending, why)
+        ]
+
     async def settle_one(self, request: Request) -> Settled:
         """The Response (or exception) for one request: :meth:`settle` without the list.
 
@@ -146,12 +240,17 @@ class AsyncCacher(Stage):
         it asks, first waits for that fetch to end (its samples are then stored, and free in
         this namespace), so identical prompts of concurrent agents in different namespaces cost
         one model call."""
+        if self.mode == "bypass":
+            return (await self._bypass([request]))[0]
         try:
             key = self._key(request)
         except InvalidRequestError as exc:
             return exc
         flight = self._in_flight.get(key)
-        if flight is not None and request.namespace not in flight.namespaces and request.n <= flight.samples:
+        if (
+            flight is not None and request.namespace not in flight.namespaces and request.n <= flight.samples
+            and self.mode == "record"  # refresh reuses nothing: no reason to wait
+        ):
             await flight.ended.wait()
         broker = self._broker
         op = broker.lookup(request, key)
@@ -162,8 +261,11 @@ class AsyncCacher(Stage):
                 found = await op.get()
             except Exception as exc:  # noqa: BLE001 - that request's own failure
                 return exc
+            if self.mode == "refresh":
+                _ignore_stored(found)
             if found.missing == 0:
-                broker.deliver(found)
+                if self._records:
+                    broker.deliver(found)
                 return _response(found)
             (fetched,) = await self._fetches.submit([_Pending(request, found)])
             result = await fetched.get()
@@ -179,6 +281,8 @@ class AsyncCacher(Stage):
             self._exit()
 
     async def _settle(self, requests: Sequence[Request]) -> list[Settled]:
+        if self.mode == "bypass":
+            return await self._bypass(requests)
         results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
         waiting: list[tuple[int, Request, Any]] = []
         broker = self._broker
@@ -200,6 +304,8 @@ class AsyncCacher(Stage):
                 except Exception as exc:  # noqa: BLE001 - that request's own failure
                     results[i] = exc
                     continue
+                if self.mode == "refresh":
+                    _ignore_stored(found)
                 if found.missing == 0:
                     results[i] = _response(found)
                 else:
@@ -213,7 +319,7 @@ class AsyncCacher(Stage):
                 broker.abandon(op)  # cancelled: no attempt of this batch counts as a use
             raise
         for i, _, op in waiting:
-            if isinstance(results[i], Response):
+            if isinstance(results[i], Response) and self._records:
                 broker.deliver(op.found)
             else:
                 broker.abandon(op)
@@ -227,7 +333,10 @@ class AsyncCacher(Stage):
         A request the model answers short is asked for the rest, up to ``max_refetch`` more
         times; an empty or short answer counts as an attempt like any other."""
         broker = self._broker
-        if not self.store.writable and not self._replay_only:
+        storing = self.mode != "bypass"
+        if self.mode == "replay" and not self._replay_only:
+            return await self._replay_misses(pending)
+        if storing and not self.store.writable and not self._replay_only:
             return [
                 StoreError(
                     f"the cache at {self.store.location} is read-only and holds "
@@ -238,10 +347,11 @@ class AsyncCacher(Stage):
                 for p in pending
             ]
         try:
-            broker.check_room()
+            if storing:
+                broker.check_room()
         except StoreError as exc:
             return [exc for _ in pending]
-        flights = self._fly(pending)
+        flights = self._fly(pending) if storing else []  # bypass stores nothing to wait for
         try:
             return await self._fetch_all(pending)
         finally:
@@ -266,6 +376,7 @@ class AsyncCacher(Stage):
     async def _fetch_all(self, pending: list[_Pending]) -> list[Settled]:
         outcomes: list[Settled | None] = [None] * len(pending)
         broker = self._broker
+        storing = self.mode != "bypass"
         todo = list(range(len(pending)))
         attempts = 0
         for attempt in range(self.max_refetch + 1):
@@ -291,9 +402,10 @@ class AsyncCacher(Stage):
                 take = min(entry.needed, len(new))
                 entry.samples.extend(new[:take])
                 entry.duplicated.extend(bool(f) for f in flags[:take])
-                write = Write(entry.found.key, new, entry.found, take)
-                entry.found.writes.append(write)
-                writes.append(write)
+                if storing:
+                    write = Write(entry.found.key, new, entry.found, take, self._request_text(entry))
+                    entry.found.writes.append(write)
+                    writes.append(write)
                 entry.needed -= take
                 if entry.needed == 0:
                     broker.record_complete(entry.found)  # committed with these samples
@@ -303,6 +415,12 @@ class AsyncCacher(Stage):
             todo = [j for j in todo if outcomes[j] is None and pending[j].needed > 0]
             if not todo:
                 break
+        if self._replay_only:
+            misses = [j for j, outcome in enumerate(outcomes) if isinstance(outcome, CacheMissError)]
+            if misses:
+                why = await self._explain_misses([pending[j] for j in misses])
+                for j, reason in zip(misses, why):
+                    outcomes[j] = CacheMissError(f"{outcomes[j]}; {reason}" if reason is not None else str(outcomes[j]))
         for j, entry in enumerate(pending):
             if outcomes[j] is not None:
                 continue
@@ -336,6 +454,8 @@ class AsyncCacher(Stage):
         have ended). If the broker has already stopped, this logs at ERROR and raises
         :class:`~cachesaver.errors.StoreError`: those samples are not stored.
         """
+        if self.mode == "bypass":
+            return  # bypass stores nothing
         writes: list[Write] = []
         for request, answer in zip(requests, answers):
             response = getattr(answer, "response", None) if isinstance(answer, IncompleteResponseError) else answer
@@ -347,7 +467,7 @@ class AsyncCacher(Stage):
                 continue
             usage = response.usage
             samples = list(zip(response.data, usage)) if usage else [(d, None) for d in response.data]
-            writes.append(Write(key, samples))
+            writes.append(Write(key, samples, request=functools.partial(canonical_request_text, request, self._identity)))
         if not writes:
             return
         if not self._broker.accepts_writes:
@@ -362,6 +482,29 @@ class AsyncCacher(Stage):
             )
         self._broker.store_writes(writes)
 
+    async def _bypass(self, requests: Sequence[Request]) -> list[Settled]:
+        """Bypass mode: every request goes to the model (through the stages below), nothing
+        is looked up or stored."""
+        results: list[Settled] = [None] * len(requests)  # type: ignore[list-item]
+        pending: list[tuple[int, _Pending]] = []
+        for i, request in enumerate(requests):
+            try:
+                key = self._key(request)
+            except InvalidRequestError as exc:
+                results[i] = exc
+                continue
+            found = Found(key, None, [], [], request.n, request.namespace, request.request_id, request.n)
+            pending.append((i, _Pending(request, found)))
+        if pending:
+            self._enter()
+            try:
+                outcomes = await self._fetches.submit([p for _, p in pending])
+                for (i, _), outcome in zip(pending, outcomes):
+                    results[i] = await outcome.get()
+            finally:
+                self._exit()
+        return results
+
     async def _shutdown(self) -> None:
         """Store everything fetched so far, stop, and close the store if the cacher opened it.
 
@@ -371,5 +514,36 @@ class AsyncCacher(Stage):
             await self._broker.aclose()
         finally:
             await super()._shutdown()
+            if self._explain_thread.started:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._explain_thread.close)
+            self._explain_thread.close()  # never started: later explanations raise StoreError
             if self._owns_store:
                 self.store.close()
+
+
+SEARCHED_MISSES = 50
+"""How many replay misses of one run (whose key holds nothing) get the nearest stored requests
+searched for their message; later ones say to call ``explain_miss`` for them."""
+
+
+def _ignore_stored(found: Found) -> None:
+    """Refresh mode: the request gets none of the stored samples its lookup picked (they stay
+    claimed in this run, so no other request of it gets them either); all ``n`` come from the
+    model, and its replay record is written for the new ones."""
+    found.indices = []
+    found.samples = []
+    found.missing = found.n
+
+
+def _mode_for(mode: str | None, replay_only: bool, model_name: str) -> Mode:
+    """The cacher's mode: ``mode`` or the environment's default; always ``"replay"`` over a
+    replay-only model, which refuses ``"refresh"`` and ``"bypass"`` when asked for."""
+    if replay_only:
+        if mode is not None and resolve_mode(mode) not in ("record", "replay"):
+            raise ConfigurationError(
+                f"mode={mode!r} needs a model to call, and {model_name} only replays; use mode='replay' "
+                "(or pass the real model)"
+            )
+        return "replay"
+    return resolve_mode(mode)
