@@ -278,9 +278,8 @@ class ReadOnlyCache:
         return self._con().execute(statement, *args)
 
     def get(self, name: str, default: Any = None, retry: bool = False, tag: bool = False) -> Any:
-        row = self._sql(
-            "SELECT mode, filename, value, tag FROM Cache WHERE raw = 1 AND key = ?", (name,)
-        ).fetchone()
+        columns = "mode, filename, value, tag" if tag else "mode, filename, value, NULL"
+        row = self._sql(f"SELECT {columns} FROM Cache WHERE raw = 1 AND key = ?", (name,)).fetchone()
         if row is None:
             return (default, None) if tag else default
         mode, filename, value, row_tag = row
@@ -838,7 +837,8 @@ class DiskcacheStore:
                         starts = None
                     else:
                         starts = self._write_commit(appends, records)
-                        named = self._name_namespaces(write.record.namespace for write in records)
+                        if records:
+                            named = self._name_namespaces(write.record.namespace for write in records)
                         if token is not None:
                             self.cache.set(_TOKEN + token, True)
                 except (sqlite3.Error, OSError) as exc:
