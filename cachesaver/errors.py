@@ -14,7 +14,8 @@ The hierarchy, rooted at :class:`CacheSaverError`::
     |   +-- TransientBackendError     worth retrying (429, 5xx, timeouts); may carry retry_after_s
     |   +-- PermanentBackendError     retrying cannot help (400, 401, 404, ...)
     |       +-- ContextLengthError    the prompt does not fit the model's context window
-    +-- CacheMissError                replay-only mode met a request the cache cannot serve
+    +-- CacheMissError                replay mode met a request the cache cannot serve
+    +-- BundleError                   a cache bundle cannot be written or read
     +-- StoreError                    the sample store could not be read or written
         +-- CorruptStoreError         the store holds something cachesaver did not write
         +-- StoreLockedError          another process held the store's write lock too long
@@ -34,6 +35,7 @@ __all__ = [
     "BackendError",
     "BackgroundJobError",
     "BatchRequestError",
+    "BundleError",
     "CacheMissError",
     "CacheSaverError",
     "ConfigurationError",
@@ -150,7 +152,15 @@ class ContextLengthError(PermanentBackendError):
 
 
 class CacheMissError(CacheSaverError):
-    """Raised in replay-only mode when a request needs samples the cache does not hold."""
+    """Raised in replay mode (``mode="replay"``, or a ReplayOnlyModel) when a request needs
+    samples the cache does not hold; the message explains the miss."""
+
+
+class BundleError(CacheSaverError):
+    """Raised when a cache bundle cannot be written or read: a sample that is not JSON exported
+    without ``allow_pickle``, a file that is not a bundle of this format, one whose content does
+    not match its checksum, or pickled samples imported without ``allow_pickle``. Nothing was
+    written to the store."""
 
 
 class StoreError(CacheSaverError):
