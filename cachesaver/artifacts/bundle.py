@@ -27,7 +27,9 @@ file.
   never sees half a bundle. The same store content gives the same entry lines (and checksum)
   on every engine: only ``created_at`` (and the version) of the manifest differ.
 * With ``namespaces``, only the keys with replay records in those namespaces are exported, with
-  every sample they hold (indices stay valid) and only those namespaces' records. Without it,
+  every sample they hold (indices stay valid) and only those namespaces' records. Requests
+  without a request_id leave no record, so keys only they used are not among them: export
+  the whole store to keep those. Without it,
   every key and every record whose namespace name the store knows; records of namespaces whose
   name was never stored (written before names were kept) are left out and counted
   (``ExportReport.unnamed_records``): export them by naming their namespace.

@@ -116,7 +116,7 @@ class MissExplanation:
         if self.hit:
             text = (
                 f"it would be served from the cache: key {short} holds {self.stored} sample(s), "
-                f"{self.free} not handed out yet in namespace {self.namespace!r} of this run"
+                f"{self.free} not handed out yet in namespace {self.namespace!r}"
             )
         elif self.stored == 0:
             text = f"nothing is stored under this request's key {short}"

@@ -13,7 +13,8 @@ again for every request and ``--mode bypass`` stores nothing (see :mod:`cachesav
 
 Exit status: 0 when every sample finished, 1 when some failed (see error.jsonl) or the task's
 ``calculate_overall`` failed (overall.json is still written, its ``custom`` holding the error),
-2 for a bad command line or configuration (one line on stderr, no traceback), and 141 (128 +
+2 for a bad command line or configuration (one line on stderr, no traceback, as for every
+command of the console script), and 141 (128 +
 SIGPIPE, what a shell reports for a command that a closed pipe stopped) when standard output
 was closed before everything was printed, as ``cachesaver run ... | head -1`` does: the run
 itself has finished and written its files by then, only the summary was cut short, and that
@@ -40,6 +41,9 @@ from ..models.registry import DEFAULT_PROVIDER, PROVIDERS
 from ..tasks.backends import backend_names, default_backend, default_model, make_model, request_factory
 from ..tasks.loading import load_task, parse_task_options
 from ..tasks.summary import RunSummary
+from .cache import OneLineParser
+from .cache import add_parser as add_cache_commands
+from .cache import run as run_cache
 
 __all__ = ["build_parser", "main"]
 
@@ -59,7 +63,7 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cachesaver",
         description="Cheaper, faster, reproducible LLM experiments.",
     )
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keyword argument for the task class (VALUE read as JSON when it parses); repeatable",
     )
     run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_cache_commands(commands)
     return parser
 
 
@@ -217,6 +222,8 @@ def _discard_stdout() -> None:
 def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command == "cache":
+        return run_cache(args)
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if args.batch_size < 1:

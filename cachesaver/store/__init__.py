@@ -20,12 +20,13 @@ module here plus one branch in :func:`open_store` (and one parameter of the cont
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Protocol, Union
 
 from ..errors import ConfigurationError
 from .protocol import SampleStore
 
-__all__ = ["CacheSpec", "DiskcacheLike", "RedisClientLike", "open_store"]
+__all__ = ["CacheSpec", "DiskcacheLike", "RedisClientLike", "open_store", "store_url_scheme"]
 
 
 class DiskcacheLike(Protocol):
@@ -65,6 +66,8 @@ def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tup
       with the default prefix, closed by cachesaver, the client never;
     * a directory path (``str`` or ``os.PathLike``): a diskcache there, opened (and later
       closed) by cachesaver;
+    * any other store URL (a string ``scheme://...``): a ConfigurationError saying no engine
+      opens that scheme, never a directory of that name;
     * a ``diskcache.Cache`` or ``FanoutCache``: used as is, never closed by cachesaver;
     * any object implementing :class:`~cachesaver.store.protocol.SampleStore` (a
       :class:`~cachesaver.store.memory.MemoryStore`, your own engine): used as is, never closed.
@@ -79,6 +82,14 @@ def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tup
     timeout = STORE_TIMEOUT_S if store_timeout_s is None else store_timeout_s
     if is_redis_url(cache) or is_redis_client(cache):
         return RedisStore(cache, store_timeout_s=timeout), True
+    scheme = store_url_scheme(cache)
+    if scheme is not None:
+        # A URL none of the engines above opens (they claim their schemes first).
+        raise ConfigurationError(
+            f"no storage engine of this cachesaver opens {scheme}:// store URLs (got "
+            f"{re.sub(r'//[^/@]*@', '//***@', str(cache))!r}); pass a "
+            "directory path, or install the cachesaver version whose engine opens them"
+        )
     if isinstance(cache, (str, os.PathLike)):
         return DiskcacheStore(cache, store_timeout_s=timeout), True
     if isinstance(cache, SampleStore) and not _is_diskcache(cache):
@@ -90,6 +101,17 @@ def open_store(cache: CacheSpec, *, store_timeout_s: float | None = None) -> tup
         f"redis+cluster://), a diskcache.Cache (or FanoutCache), a redis-py client or a store "
         f"implementing cachesaver.store.protocol.SampleStore, got {type(cache).__name__}"
     )
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def store_url_scheme(cache: Any) -> str | None:
+    """The scheme of ``cache`` when it is a store URL (a string ``scheme://...``), else None."""
+    if not isinstance(cache, str):
+        return None
+    match = _URL.match(cache)
+    return match.group(1).lower() if match else None
 
 
 def _is_diskcache(cache: Any) -> bool:
