@@ -1,4 +1,4 @@
-"""The quick-start example and the core notebook run, and show what they promise."""
+"""The quick-start example and the notebooks (core, artifacts) run, and show what they promise."""
 
 from __future__ import annotations
 
@@ -48,3 +48,24 @@ def test_core_notebook_executes(tmp_path):
     )
     assert "model calls during replay: 0" in text
     assert "cached=[True, True]" in text
+
+
+def test_artifacts_notebook_executes(tmp_path):
+    notebook = nbformat.read(ROOT / "notebooks" / "cachesaver_artifacts.ipynb", as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs"), "notebooks are stored without outputs"
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "\n".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+    assert "keys        3" in text and "k3:1 k5:1" in text  # stats and ls
+    assert '"format": "cachesaver-bundle/1"' in text  # the export's manifest
+    assert "second import: ImportReport(keys=3, keys_changed=0, samples_added=0" in text
+    assert "same samples per request_id: True" in text
+    assert "model calls during replay: 0" in text
+    assert "CacheMissError: replay mode" in text and "temperature 0.2 vs 0.7" in text
+    assert "exit status: 1" in text
