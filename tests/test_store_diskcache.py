@@ -239,6 +239,20 @@ def test_something_that_is_not_a_cache_is_a_configuration_error() -> None:
         DiskcacheStore({"a": "dict"})
 
 
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://user:secret@host/1", "S3+x://bucket"])
+def test_a_store_url_no_engine_opens_is_a_configuration_error_never_a_directory(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cachesaver.store import open_store, store_url_scheme
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match=f"opens {url.split(':')[0].lower()}:// store URLs") as caught:
+        open_store(url)
+    assert "secret" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # no directory named after the URL
+    assert store_url_scheme(str(tmp_path)) is None and store_url_scheme(tmp_path) is None
+
+
 def test_samples_survive_reopening(tmp_path: Path) -> None:
     first = DiskcacheStore(tmp_path / "c")
     first.append("k", ["a", "b"])
