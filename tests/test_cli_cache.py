@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
 
 def one_line_error(done: subprocess.CompletedProcess[str], said: str) -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("cachesaver: error: "), done.stderr
+    assert done.stderr.count("\n") == 1 and re.match(r"cachesaver( \w+)*: error: ", done.stderr), done.stderr
     assert said in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 

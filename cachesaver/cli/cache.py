@@ -56,7 +56,7 @@ class OneLineParser(argparse.ArgumentParser):
     script's parser and all its commands')."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"cachesaver: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)  # argparse's own line, without the usage
         raise SystemExit(EXIT_ERROR)
 
 
