@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from _engines import ENGINES, EngineFactory
+from _engines import ENGINES, DiskcacheDirectoryEngine, EngineFactory, make
 
 from cachesaver.artifacts.bundle import FORMAT, export_bundle, import_bundle, read_manifest
 from cachesaver.artifacts.catalog import entries, inspectable, read_samples
@@ -46,24 +46,25 @@ async def run_sweep(cache: Any, model: Any, namespace: str, **options: Any) -> l
         return await pipeline.batch_request(Batch(requests_of(namespace)))
 
 
-@pytest.fixture(params=list(ENGINES))
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
-    factory = ENGINES[request.param](tmp_path / "source")
-    (tmp_path / "source").mkdir(exist_ok=True)
+def _factory(request: pytest.FixtureRequest, folder: Path) -> Iterator[EngineFactory]:
+    folder.mkdir(exist_ok=True)
+    factory = make(ENGINES[request.param], folder, request)
     try:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(params=list(ENGINES))
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
+    """A store of each engine to export from."""
+    yield from _factory(request, tmp_path / "source")
 
 
 @pytest.fixture(params=list(ENGINES))
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
-    (tmp_path / "target").mkdir(exist_ok=True)
-    factory = ENGINES[request.param](tmp_path / "target")
-    try:
-        yield factory
-    finally:
-        factory.close()
+    """An empty store of each engine to import into."""
+    yield from _factory(request, tmp_path / "target")
 
 
 def entry_lines(path: Path) -> list[str]:
@@ -78,8 +79,6 @@ async def filled(engine: EngineFactory) -> tuple[SampleStore, dict[str, list[Res
 
 
 async def test_a_diskcache_export_imported_into_memory_exports_the_same_entries(tmp_path: Path) -> None:
-    from _engines import DiskcacheDirectoryEngine
-
     source = DiskcacheDirectoryEngine(tmp_path, tmp_path / "disk")
     try:
         store, first = await filled(source)
@@ -100,15 +99,38 @@ async def test_a_diskcache_export_imported_into_memory_exports_the_same_entries(
         assert [r.usage for r in replayed] == [r.usage for r in responses]
 
 
-async def test_a_round_trip_between_any_two_engines(engine: EngineFactory, target: EngineFactory, tmp_path: Path) -> None:
+async def test_a_diskcache_export_imported_into_every_engine_replays_and_exports_the_same(
+    target: EngineFactory, tmp_path: Path
+) -> None:
+    source = DiskcacheDirectoryEngine(tmp_path, tmp_path / "disk")
+    try:
+        store, first = await filled(source)
+        export_bundle(store, tmp_path / "a.csbundle")
+    finally:
+        source.close()
+    imported = target.open()
+    report = import_bundle(imported, tmp_path / "a.csbundle")
+    assert (report.samples_added, report.records_added) == (27, 5)
+    export_bundle(imported, tmp_path / "b.csbundle")
+    assert entry_lines(tmp_path / "a.csbundle") == entry_lines(tmp_path / "b.csbundle")  # times included
+    for namespace, responses in first.items():
+        model = ScriptedModel()
+        replayed = await run_sweep(target.pipeline_cache(), model, namespace, mode="replay")
+        assert [r.data for r in replayed] == [r.data for r in responses] and model.calls == 0
+
+
+async def test_every_engine_exports_what_it_holds(engine: EngineFactory, tmp_path: Path) -> None:
     store, first = await filled(engine)
     export_bundle(store, tmp_path / "a.csbundle")
-    imported = target.open()
-    import_bundle(imported, tmp_path / "a.csbundle")
-    export_bundle(imported, tmp_path / "b.csbundle")
+    memory = MemoryStore()
+    import_bundle(memory, tmp_path / "a.csbundle")
+    export_bundle(memory, tmp_path / "b.csbundle")
     assert entry_lines(tmp_path / "a.csbundle") == entry_lines(tmp_path / "b.csbundle")
+    lines = [json.loads(line) for line in entry_lines(tmp_path / "a.csbundle")]
+    assert all(line["request"]["model_identity"] == "m" for line in lines)
+    assert all(isinstance(s["stored_at"], float) for line in lines for s in line["samples"])
     model = ScriptedModel()
-    replayed = await run_sweep(target.pipeline_cache(), model, "run-1")
+    replayed = await run_sweep(memory, model, "run-1", mode="replay")
     assert [r.data for r in replayed] == [r.data for r in first["run-1"]] and model.calls == 0
 
 

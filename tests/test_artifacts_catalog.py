@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from _engines import ENGINES, EngineFactory
+from _engines import ENGINES, EngineFactory, make
 
 from cachesaver.artifacts.catalog import entries, find_key, inspectable, read_samples
 from cachesaver.errors import ConfigurationError
@@ -16,7 +16,7 @@ from cachesaver.store.protocol import Append, RecordId, RecordWrite, SampleStore
 
 @pytest.fixture(params=list(ENGINES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SampleStore]:
-    factory: EngineFactory = ENGINES[request.param](tmp_path)
+    factory: EngineFactory = make(ENGINES[request.param], tmp_path, request)
     try:
         yield factory.open()
     finally:

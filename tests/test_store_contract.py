@@ -572,7 +572,7 @@ def inspectable(store: SampleStore) -> InspectableStore:
 
 
 def entry(store: SampleStore, key: str) -> KeyEntry:
-    return ok(inspectable(store).describe([key])[key])
+    return ok(inspectable(store).inspect([key])[key])
 
 
 def test_an_engine_implements_the_inspection_protocol(store: SampleStore) -> None:
@@ -685,7 +685,7 @@ def test_forgetting_a_key_forgets_everything_of_it_and_its_import_tokens(store: 
 def test_the_inspection_of_a_damaged_key_fails_only_that_key(engine: EngineFactory, store: SampleStore) -> None:
     store.commit([Append("damaged", samples("d0"), request="{}"), Append("fine", samples("f0"), request="{}")])
     engine.damage(store, "damaged")
-    described = inspectable(store).describe(["damaged", "fine"])
+    described = inspectable(store).inspect(["damaged", "fine"])
     assert isinstance(described["damaged"], CorruptStoreError)
     assert ok(described["fine"]).count == 1
 
@@ -712,7 +712,7 @@ def test_the_inspection_of_a_closed_store_raises_store_error(store: SampleStore)
     store.close()
     for call in (
         lambda: list(inspectable(store).iter_keys()),
-        lambda: inspectable(store).describe(["k"]),
+        lambda: inspectable(store).inspect(["k"]),
         lambda: inspectable(store).namespace_names(),
         lambda: inspectable(store).forget("k"),
         lambda: inspectable(store).size_bytes(),

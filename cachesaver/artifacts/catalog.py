@@ -153,7 +153,7 @@ def entries(
     wanted = sorted(browsable.iter_keys()) if keys is None else list(keys)
     for start in range(0, len(wanted), chunk):
         part = wanted[start : start + chunk]
-        described = browsable.describe(part)
+        described = browsable.inspect(part)
         for key in part:
             value = described[key]
             if isinstance(value, StoreError):

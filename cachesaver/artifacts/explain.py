@@ -196,7 +196,7 @@ def load_catalog(store: SampleStore, limit: int = MAX_CATALOG) -> Catalog:
             skipped += len(keys) - start
             break
         part = keys[start : start + 256]
-        for key, value in store.describe(part).items():
+        for key, value in store.inspect(part).items():
             if isinstance(value, StoreError) or value.count == 0:
                 continue
             doc = decode_request(value.request)
@@ -251,7 +251,7 @@ def explain(
 
 
 def _elsewhere(store: InspectableStore, key: str, namespace: str, request_id: Any) -> list[tuple[str, int]]:
-    described = store.describe([key])[key]
+    described = store.inspect([key])[key]
     if isinstance(described, StoreError):
         return []
     names = store.namespace_names()

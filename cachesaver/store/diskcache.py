@@ -875,6 +875,7 @@ class DiskcacheStore:
             raise self._write_failed(exc) from exc
         cache._txn_id = threading.get_ident()
         started = False
+        named: list[str] = []
         try:
             try:
                 if hook is not None:
@@ -884,6 +885,8 @@ class DiskcacheStore:
                     starts = None
                 else:
                     starts = self._write_commit(appends, records)
+                    if records:
+                        named = self._name_namespaces(write.record.namespace for write in records)
                     if token is not None:
                         self._put_all([(_TOKEN + token, True, None)])
                 con.execute("COMMIT")
@@ -899,6 +902,8 @@ class DiskcacheStore:
                 raise
             finally:
                 cache._txn_id = None
+            if named:
+                self._named.update(named)
             if hook is not None and starts is not None:
                 hook.after(starts)
         finally:
@@ -1041,7 +1046,7 @@ class DiskcacheStore:
                 continue
             name = _NAMESPACE + namespace_digest(namespace)
             if self._get(name, None) != namespace:
-                self.cache.set(name, namespace)
+                self._put_all([(name, namespace, None)])
             new.append(namespace)
         return new
 
@@ -1090,8 +1095,8 @@ class DiskcacheStore:
         start = len(_HEAD)
         return iter([name[start:] for name, _, _ in self._scan(_HEAD)])
 
-    def describe(self, keys: Sequence[str]) -> dict[str, KeyEntry | StoreError]:
-        """See :meth:`cachesaver.store.protocol.InspectableStore.describe`."""
+    def inspect(self, keys: Sequence[str]) -> dict[str, KeyEntry | StoreError]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.inspect`."""
         self._check_open()
         out: dict[str, KeyEntry | StoreError] = {}
         for key, head in self.heads(keys).items():
@@ -1099,12 +1104,12 @@ class DiskcacheStore:
                 out[key] = head
                 continue
             try:
-                out[key] = self._describe(key, head)
+                out[key] = self._inspect(key, head)
             except StoreError as exc:
                 out[key] = exc
         return out
 
-    def _describe(self, key: str, head: Head) -> KeyEntry:
+    def _inspect(self, key: str, head: Head) -> KeyEntry:
         if not head.samples and not head.records:
             return KeyEntry(key, 0)
         count = self.count(key, head)

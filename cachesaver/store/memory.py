@@ -229,7 +229,7 @@ class MemoryStore:
             keys = [key for key, entry in self._entries.items() if entry.samples or entry.records]
         return iter(keys)
 
-    def describe(self, keys: Sequence[str]) -> Mapping[str, KeyEntry | StoreError]:
+    def inspect(self, keys: Sequence[str]) -> Mapping[str, KeyEntry | StoreError]:
         with self._lock:
             self._check_open()
             out: dict[str, KeyEntry | StoreError] = {}

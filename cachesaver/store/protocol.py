@@ -372,7 +372,7 @@ class InspectableStore(SampleStore, Protocol):
         committed while the iteration runs may or may not be listed."""
         ...
 
-    def describe(self, keys: Sequence[str]) -> Mapping[str, KeyEntry | StoreError]:
+    def inspect(self, keys: Sequence[str]) -> Mapping[str, KeyEntry | StoreError]:
         """The :class:`KeyEntry` of each of ``keys`` (count 0 and nothing else for a key with
         nothing stored); a damaged key maps to its error."""
         ...

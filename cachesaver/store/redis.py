@@ -1,6 +1,7 @@
 """The Redis engine: samples and replay records on a Redis server or a Redis Cluster.
 
-Implements :class:`~cachesaver.store.protocol.SampleStore` over redis-py (``pip install
+Implements :class:`~cachesaver.store.protocol.SampleStore` and
+:class:`~cachesaver.store.protocol.InspectableStore` over redis-py (``pip install
 'cachesaver[redis]'``; redis-py is imported only when a Redis store is opened). ``cache=``
 takes a URL, read by redis-py's ``from_url``:
 
@@ -20,8 +21,13 @@ FLUSHDB / FLUSHALL), so stores with other prefixes, and other data, can share th
 keys of one cache key share a hash tag ``{<16 hex digits>}`` (a digest of the cache key), so they
 live in one cluster slot: a LIST of its samples (index i = position i: dense, append-only), a
 HASH of its sample count and first :data:`~cachesaver.store.protocol.CONSULTED_RECORDS`
-records (each with its first-written position) and a HASH of its later records (see
-:mod:`~cachesaver.store.redis_script`). A sample is a pickle of its
+records (each with its first-written position), a HASH of its later records and a HASH of what
+lookups never read: its canonical request and when its samples were stored, written by the
+same commit script (see :mod:`~cachesaver.store.redis_script`). Namespace names are one more
+HASH, written by the script of the commit that first records a namespace through this store
+object (on a cluster, where that hash has a slot of its own, by one call after that commit:
+a name it could not write is tried again with a later commit, and a namespace without a name
+shows by its digest). A sample is a pickle of its
 ``(data, usage)`` pair, as in the diskcache engine: point cachesaver only at a server you
 trust, since whoever can write to it can run code in every process that reads from it.
 
@@ -93,7 +99,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import quote
 
 from ..errors import (
@@ -104,7 +110,7 @@ from ..errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
-from .redis_script import COMMIT_SCRIPT, COMMIT_SHA
+from .redis_script import COMMIT_SCRIPT, COMMIT_SHA, FORGET_SCRIPT, FORGET_SHA
 from .redis_urls import (
     CONNECT_TIMEOUT_S,
     SOCKET_TIMEOUT_S,
@@ -119,9 +125,13 @@ from .protocol import (
     EMPTY_VIEW,
     Append,
     CommitHook,
+    KeyEntry,
     KeyView,
     RecordWrite,
     StoredSample,
+    import_token_prefix,
+    namespace_digest,
+    namespace_prefix,
 )
 
 __all__ = [
@@ -228,7 +238,7 @@ class _Group:
     """The part of a commit one script writes: cache keys of one slot, their appends and records."""
 
     keys: list[str]
-    appends: list[tuple[int, int, int]]  # (position in the commit, key number from 1, size)
+    appends: list[tuple[int, int, int, str, bytes]]  # (position in the commit, key number from 1, size, time, request)
     records: list[tuple[int, bytes, list[tuple[str, int, int]]]]  # (key number, tag, parts)
     blobs: list[bytes]
 
@@ -269,6 +279,7 @@ class RedisStore:
         self.store_timeout_s = _check_seconds("store_timeout_s", store_timeout_s, zero_ok=False)
         self._write_lock = threading.Lock()
         self._closed = False
+        self._named: set[str] = set()  # namespaces whose names this object has stored
         if isinstance(target, str):
             parsed = parse_url(target)
             chosen_prefix = prefix if prefix is not None else parsed.prefix
@@ -378,6 +389,13 @@ class RedisStore:
         middle = b"{" + _slot_tag(key) + b"}:"
         raw = _utf8(key)
         return (self._base + middle + b"s:" + raw, self._base + middle + b"h:" + raw, self._base + middle + b"r:" + raw)
+
+    def _info_name(self, key: str) -> bytes:
+        """The info hash of ``key`` (its request and its samples' times), in its hash slot."""
+        return self._base + b"{" + _slot_tag(key) + b"}:i:" + _utf8(key)
+
+    def _namespaces_name(self) -> bytes:
+        return self._base + b"{" + _slot_tag("namespaces") + b"}:namespaces"
 
     def _token_key(self, token: str) -> bytes:
         return self._base + b"{" + _slot_tag("token:" + token) + b"}:token:" + _utf8(token)
@@ -598,7 +616,13 @@ class RedisStore:
             if hook is not None:
                 hook.before()
             try:
-                starts = self._write(self._groups(appends, records, blobs), len(appends), token)
+                new_names = sorted({w.record.namespace for w in records} - self._named) if records else []
+                starts = self._write(self._groups(appends, records, blobs), len(appends), token, new_names)
+                if starts is not None and new_names:
+                    if self.cluster:  # the names' hash is in a slot of its own: one more call
+                        self._name_namespaces(new_names)
+                    else:  # written by the commit's script
+                        self._named.update(new_names)
                 if hook is not None and starts is not None:
                     hook.after(starts)
                 return starts
@@ -636,9 +660,12 @@ class RedisStore:
                 numbers[key] = len(group.keys)
             return group, numbers[key]
 
+        now = time.time()
         for position, append in enumerate(appends):
             group, number = group_of(append.key)
-            group.appends.append((position, number, len(append.samples)))
+            text = append.request_text() if append.request is not None and append.samples else None
+            when = now if append.stored_at is None else append.stored_at
+            group.appends.append((position, number, len(append.samples), repr(float(when)), _utf8(text or "")))
             group.blobs.extend(blobs[position])
             where.append((slot_of(append.key), len(group.appends)))
         for write in records:
@@ -660,9 +687,11 @@ class RedisStore:
             group.records.append((number, _utf8(write.record.tag), parts))
         return list(groups.values())
 
-    def _write(self, groups: list[_Group], appends: int, token: str | None) -> list[int] | None:
+    def _write(
+        self, groups: list[_Group], appends: int, token: str | None, names: Sequence[str] = ()
+    ) -> list[int] | None:
         """Run the commit's scripts; the first index of each append, or None when ``token``
-        was applied before."""
+        was applied before. On one server the script also keeps the namespace ``names``."""
         nonce = uuid.uuid4().hex
         starts: list[int] = [0] * appends
         if not self.cluster:
@@ -673,10 +702,10 @@ class RedisStore:
                 memo, ttl = self._token_key(token), 0
             else:
                 memo, ttl = self._base + b"{" + _slot_tag(group.keys[0]) + b"}:commit:" + nonce.encode(), _COMMIT_MEMO_S
-            got = self._run_script(group, memo, nonce, ttl)
+            got = self._run_script(group, memo, nonce, ttl, names=names)
             if got is None:
                 return None
-            for (position, _, _), start in zip(group.appends, got):
+            for (position, *_), start in zip(group.appends, got):
                 starts[position] = start
             return starts
         done = self._token_key(token) if token is not None else None
@@ -704,26 +733,34 @@ class RedisStore:
                 continue
             if got[0] == "fresh":
                 fresh = True
-            for (position, _, _), start in zip(group.appends, got[1]):
+            for (position, *_), start in zip(group.appends, got[1]):
                 starts[position] = start
         if done is not None:
             self._call("write to", lambda: self.client.set(done, nonce))
         return starts if fresh else None
 
-    def _run_script(self, group: _Group, memo: bytes, nonce: str, ttl: int, stored: bool = False) -> Any:
+    def _run_script(
+        self, group: _Group, memo: bytes, nonce: str, ttl: int, stored: bool = False, names: Sequence[str] = ()
+    ) -> Any:
         """Run the commit script for ``group``; its starts (on a cluster, ``stored=True``:
         ``("fresh" | "earlier", starts)``), or None when ``memo`` was set by another commit."""
         keys: list[bytes] = [memo]
         for key in group.keys:
             keys.extend(self._names(key))
+            keys.append(self._info_name(key))
         args: list[Any] = [nonce, ttl, CONSULTED_RECORDS, len(group.keys), len(group.appends)]
-        for _, number, size in group.appends:
-            args += [number, size]
+        for _, number, size, when, request in group.appends:
+            args += [number, size, when, request]
         args.append(len(group.records))
         for number, tag, parts in group.records:
             args += [number, tag, len(parts)]
             for part in parts:
                 args.extend(part)
+        args.append(len(names))
+        for name in names:
+            args += [namespace_digest(name), _utf8(name)]
+        if names:
+            keys.append(self._namespaces_name())
         args.extend(group.blobs)
         client = self.client
         no_script = self._errors.no_script
@@ -750,6 +787,157 @@ class RedisStore:
             return ("earlier", _starts(earlier))
         return None
 
+    def _name_namespaces(self, new: Sequence[str]) -> None:
+        """On a cluster: store the namespace names ``new``, after the commit that recorded them;
+        never raises (the commit is done; a name is tried again with a later commit)."""
+        name = self._namespaces_name()
+        try:
+            self._call("write to", lambda: self.client.hset(name, mapping={namespace_digest(ns): _utf8(ns) for ns in new}))
+        except StoreError as exc:
+            logger.warning("cachesaver could not store namespace names in %s (tried again later): %s", self._location, exc)
+            return
+        self._named.update(new)
+
+    # -- inspection (InspectableStore) ---------------------------------------------------------
+
+    def _scan(self, pattern: bytes) -> list[bytes]:
+        """Every Redis key matching ``pattern`` (on every node of a cluster)."""
+        return self._call("read from", lambda: [bytes(k) for k in self.client.scan_iter(match=pattern, count=1000)])
+
+    def _pattern(self, after_tag: bytes) -> bytes:
+        """A SCAN pattern for this store's keys of any hash slot whose name goes on with ``after_tag``."""
+        return _glob_escape(self._base) + b"{*}:" + after_tag
+
+    def iter_keys(self) -> Iterator[str]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.iter_keys`: a SCAN for head hashes
+        (every cache key with anything stored has one)."""
+        self._check_open()
+        skip = len(self._base) + 1 + 16 + 2 + 2  # "{" + tag + "}:" + "h:"
+        keys = []
+        for name in self._scan(self._pattern(b"h:*")):
+            if name.startswith(self._base) and name[skip - 2 : skip] == b"h:":
+                keys.append(name[skip:].decode("utf-8", "surrogatepass"))
+        return iter(sorted(set(keys)))
+
+    def inspect(self, keys: Sequence[str]) -> dict[str, KeyEntry | StoreError]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.inspect`: one pipelined round
+        trip, three hashes per key."""
+        self._check_open()
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+
+        def build(pipe: Any) -> None:
+            for key in unique:
+                _, head, later = self._names(key)
+                pipe.hgetall(head)
+                pipe.hgetall(later)
+                pipe.hgetall(self._info_name(key))
+
+        replies = iter(self._call("read from", lambda: self._pipeline(build)))
+        out: dict[str, KeyEntry | StoreError] = {}
+        for key in unique:
+            head, later, info = next(replies), next(replies), next(replies)
+            try:
+                out[key] = self._key_entry(key, head, later, info)
+            except CorruptStoreError as exc:
+                out[key] = exc
+        return out
+
+    def _key_entry(self, key: str, head: Any, later: Any, info: Any) -> KeyEntry:
+        for reply in (head, later, info):
+            if isinstance(reply, BaseException):
+                raise self._corrupt(key, f"it holds an entry cachesaver did not write ({reply})")
+        if not head:
+            return KeyEntry(key, 0)
+        try:
+            count = int(head.get(b"#n", b"0"))
+            placed = []
+            for raw_tag, value in head.items():
+                if raw_tag != b"#n":
+                    position, _, indices = bytes(value).partition(b";")
+                    placed.append((int(position), bytes(raw_tag).decode("utf-8", "surrogatepass"), _indices(indices)))
+            placed.sort()
+            records = {tag: indices for _, tag, indices in placed}
+            for raw_tag, value in sorted(later.items()):
+                records[bytes(raw_tag).decode("utf-8", "surrogatepass")] = _indices(bytes(value))
+            stamps: list[float | None] = []
+            for part in bytes(info.get(b"t", b"")).decode().split(","):
+                if part:
+                    when, _, run = part.partition("*")
+                    stamps.extend([float(when)] * int(run))
+            request = info.get(b"r")
+            text = bytes(request).decode("utf-8", "surrogatepass") if request is not None else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._corrupt(key, f"its entries cannot be decoded ({exc})") from exc
+        missing = count - len(stamps)
+        times = tuple(([None] * missing + stamps) if missing > 0 else stamps[-count:] if count else ())
+        return KeyEntry(key, count, text, times, records)
+
+    def namespace_names(self) -> dict[str, str]:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.namespace_names`."""
+        self._check_open()
+        name = self._namespaces_name()
+        raw = self._call("read from", lambda: self.client.hgetall(name))
+        return {bytes(k).decode(): bytes(v).decode("utf-8", "surrogatepass") for k, v in raw.items()}
+
+    def forget(self, key: str, namespaces: Sequence[str] | None = None, *, wait_s: float | None = None) -> int:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.forget`. Records: one script on
+        the key's hash slot. A whole key: its import tokens first (wherever they live), then its
+        four entries in one DEL, so a crash in between leaves the key as it was, not a key
+        whose later import is taken for done."""
+        self._check_open()
+        bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
+        if not (self._write_lock.acquire(timeout=bound) if bound > 0 else self._write_lock.acquire(blocking=False)):
+            raise StoreLockedError(
+                f"another commit through this store ({self._location}) held it for over {bound:g} s; "
+                "nothing was forgotten. Try again once it has finished"
+            )
+        try:
+            self._check_open()
+            samples, head, later = self._names(key)
+            if namespaces is not None:
+                prefixes = [_utf8(namespace_prefix(ns)) for ns in namespaces]
+                client = self.client
+
+                def run() -> Any:
+                    try:
+                        return client.evalsha(FORGET_SHA, 2, head, later, CONSULTED_RECORDS, *prefixes)
+                    except self._errors.no_script:
+                        client.script_load(FORGET_SCRIPT)
+                        return client.evalsha(FORGET_SHA, 2, head, later, CONSULTED_RECORDS, *prefixes)
+
+                removed = int(self._call("write to", run))
+                if removed < 0:
+                    raise self._corrupt(key, "a replay record cannot be decoded; nothing was forgotten")
+                return removed
+            count = int(self._call("read from", lambda: self.client.hget(head, b"#n")) or 0)
+            escaped = _glob_escape(_utf8(import_token_prefix(key)))
+            stale = self._scan(self._pattern(b"token:" + escaped + b"*")) + self._scan(self._pattern(b"part:" + escaped + b"*"))
+            if stale:
+                # One key per DEL: on a cluster the tokens live in other hash slots.
+                self._call("write to", lambda: [self.client.delete(name) for name in stale])
+            entries = [samples, head, later, self._info_name(key)]
+            self._call("write to", lambda: self.client.delete(*entries))
+            return count
+        finally:
+            self._write_lock.release()
+
+    def size_bytes(self) -> int:
+        """See :meth:`cachesaver.store.protocol.InspectableStore.size_bytes`: the server's
+        MEMORY USAGE of every key of this store's prefix."""
+        self._check_open()
+        names = self._scan(_glob_escape(self._base) + b"*")
+        if not names:
+            return 0
+
+        def build(pipe: Any) -> None:
+            for name in names:
+                pipe.memory_usage(name)
+
+        replies = self._call("read from", lambda: self._pipeline(build))
+        return sum(int(r) for r in replies if isinstance(r, int))
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def release_thread(self) -> None:
@@ -761,6 +949,13 @@ class RedisStore:
         self._closed = True
         if self._owned and getattr(self, "client", None) is not None:
             try:
+                if self.cluster:
+                    # RedisCluster.close() closes each node's client but not the connection
+                    # pool it was given, so its sockets would wait for the garbage collector.
+                    for node in self.client.get_nodes():
+                        pool = getattr(getattr(node, "redis_connection", None), "connection_pool", None)
+                        if pool is not None:
+                            pool.disconnect()
                 self.client.close()
             except Exception:  # noqa: BLE001 - closing sockets of a gone server
                 pass
@@ -784,6 +979,16 @@ def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bo
 def _busy(exc: BaseException, base: type[BaseException]) -> bool:
     """A server busy running a long script answers BUSY: worth retrying."""
     return isinstance(exc, base) and str(exc).startswith("BUSY")
+
+
+def _glob_escape(text: bytes) -> bytes:
+    """``text`` with the characters special to a SCAN pattern escaped."""
+    out = bytearray()
+    for byte in text:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
