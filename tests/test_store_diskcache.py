@@ -439,6 +439,14 @@ async def test_a_read_only_cache_directory_replays_and_refuses_misses_clearly(tm
         async with OnlineAPI(ReplayOnlyModel(), directory, batch_size=2) as pipeline:
             with pytest.raises(CacheMissError):
                 await pipeline.request(Request("not stored"))
+        # Replay mode on the read-only cache, in a namespace with no records: served, and no
+        # replay record is kept for a write that cannot happen (no UnstoredSamplesError at close).
+        async with OnlineAPI(model, directory, batch_size=2, mode="replay") as pipeline:
+            elsewhere = [(await pipeline.request(Request(f"q{i}", n=2, request_id=i, namespace="other"))).data for i in range(3)]
+            with pytest.raises(CacheMissError, match="nearest stored"):
+                await pipeline.request(Request("q0?", request_id="x"))
+            assert pipeline.unstored_samples == 0
+        assert elsewhere == first and model.calls == 0
         store = DiskcacheStore(directory)
         with pytest.raises(StoreError, match="read-only"):
             store.commit([Append("k", (("x", None),))])
