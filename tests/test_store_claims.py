@@ -266,3 +266,26 @@ def test_a_distinct_request_costs_two_compact_entries() -> None:
     assert not isinstance(claims._keys[RunClaims._key_ident("ns", key_of[0])], int)
     claims.claim("ns", key_of[0], [1, 2, 3, 4])
     assert claims._keys[RunClaims._key_ident("ns", key_of[0])] == 6
+
+
+def test_int_ids_whose_hashes_collide_keep_their_own_use_counts() -> None:
+    # hash(-1) == hash(-2) and hash(0) == hash(2**61 - 1) in CPython: the compact identities
+    # must still tell these ids apart, or a replay in another order finds the wrong records.
+    claims = RunClaims()
+    key = hashlib.sha256(b"prompt").hexdigest()
+    for first, second in ((-1, -2), (0, 2**61 - 1)):
+        assert claims.next_use("ns", key, first, 1) == 0
+        assert claims.next_use("ns", key, second, 1) == 0
+        assert claims.next_use("ns", key, second, 1) == 1
+
+
+def test_keys_of_64_characters_that_are_not_hex_digests_keep_their_own_claims() -> None:
+    claims = RunClaims()
+    first, second = "a" * 32 + "z" * 32, "a" * 32 + "y" * 32
+    assert claims.choose("ns", first, n=1, stored=5) == [0]
+    assert claims.choose("ns", second, n=1, stored=5) == [0]
+    assert claims.next_use("ns", first, "q", 1) == 0
+    assert claims.next_use("ns", second, "q", 1) == 0
+    upper = "A" * 64  # hex digits, but not a digest this package makes: never confused with "a" * 64
+    assert claims.choose("ns", upper, n=1, stored=5) == [0]
+    assert claims.choose("ns", "a" * 64, n=1, stored=5) == [0]

@@ -145,13 +145,15 @@ _MASK64 = (1 << 64) - 1
 Ident = Any  # an int (compact) or a tuple (a key that is not a hex digest)
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def _key_bits(key: str) -> int | None:
-    """128 bits of a hex-digest key (every cache key is a SHA-256 hex digest), or None."""
-    if len(key) == 64:
-        try:
-            return int(key[:32], 16)
-        except ValueError:
-            return None
+    """128 bits of a hex-digest key (every cache key is a SHA-256 hex digest), or None for any
+    other key (64 characters that are not all lowercase hex digits included: such keys differ
+    in characters these bits would not see)."""
+    if len(key) == 64 and _HEX.issuperset(key):
+        return int(key[:32], 16)
     return None
 
 
@@ -196,7 +198,10 @@ class RunClaims:
         bits = _key_bits(key)
         if bits is None:
             return (namespace, key, type(request_id).__name__, request_id, n)
-        return (bits << 64) | (hash((namespace, type(request_id).__name__, request_id, n)) & _MASK64)
+        # An int id is hashed as its text: hash() of ints collides by construction (-1 and -2,
+        # 0 and 2**61 - 1), which would make two ids share their use counts.
+        rid = str(request_id) if type(request_id) is int else request_id
+        return (bits << 64) | (hash((namespace, type(request_id).__name__, rid, n)) & _MASK64)
 
     # -- claims of one key --------------------------------------------------------------------
 
