@@ -409,6 +409,24 @@ async def test_a_cache_hit_does_not_wait_for_the_batch_window(cache: Any) -> Non
     assert model.calls == 1
 
 
+async def test_a_cache_hit_in_another_namespace_does_not_wait_for_a_fetch_in_its_batch_window(cache: Any) -> None:
+    # The key is being fetched for namespace "a" (its third sample, in a 30 s window); a request
+    # of namespace "b" whose samples are stored and free there is a hit and must not wait for it.
+    await run_sequentially(cache, ScriptedModel(), [Request("stored", n=2)])
+    model = ScriptedModel()
+    pipeline = OnlineAPI(model, cache, batch_size=100, timeout=30)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pipeline.request, Request("stored", n=3, namespace="a"))
+        await wait_until(lambda: bool(pipeline.batcher._pending))
+        with anyio.fail_after(1):  # deadlock guard: the hit must not wait 30 s
+            hit = await pipeline.request(Request("stored", n=1, namespace="b"))
+        assert model.calls == 0
+        with anyio.fail_after(2):
+            await pipeline.aclose()
+    assert hit.cached == [True] and hit.data == ["stored#0"]
+    assert model.calls == 1
+
+
 async def test_several_batches_are_in_flight_at_once(cache: Any) -> None:
     model = GateModel(open_at=3)  # holds every call until three run together
     with anyio.fail_after(5):

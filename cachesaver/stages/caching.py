@@ -236,22 +236,16 @@ class AsyncCacher(Stage):
     async def settle_one(self, request: Request) -> Settled:
         """The Response (or exception) for one request: :meth:`settle` without the list.
 
-        A request whose key is being fetched for another namespace, at least as many samples as
-        it asks, first waits for that fetch to end (its samples are then stored, and free in
-        this namespace), so identical prompts of concurrent agents in different namespaces cost
-        one model call."""
+        A request that misses while its key is being fetched for another namespace, at least as
+        many samples as it asks, waits for that fetch to end and is looked up again (its samples
+        are then stored, and free in this namespace), so identical prompts of concurrent agents
+        in different namespaces cost one model call. A cache hit never waits."""
         if self.mode == "bypass":
             return (await self._bypass([request]))[0]
         try:
             key = self._key(request)
         except InvalidRequestError as exc:
             return exc
-        flight = self._in_flight.get(key)
-        if (
-            flight is not None and request.namespace not in flight.namespaces and request.n <= flight.samples
-            and self.mode == "record"  # refresh reuses nothing: no reason to wait
-        ):
-            await flight.ended.wait()
         broker = self._broker
         op = broker.lookup(request, key)
         self._enter()
@@ -263,6 +257,17 @@ class AsyncCacher(Stage):
                 return exc
             if self.mode == "refresh":
                 _ignore_stored(found)
+            flight = self._in_flight.get(key) if found.missing and self.mode == "record" else None
+            if flight is not None and request.namespace not in flight.namespaces and request.n <= flight.samples:
+                # A miss (a hit never waits): give back what the lookup took, wait for that
+                # fetch to end, and look up again, now with its samples stored.
+                broker.abandon(op)
+                await flight.ended.wait()
+                op = broker.lookup(request, key)
+                try:
+                    found = await op.get()
+                except Exception as exc:  # noqa: BLE001 - that request's own failure
+                    return exc
             if found.missing == 0:
                 if self._records:
                     broker.deliver(found)
