@@ -407,3 +407,37 @@ async def test_misses_are_delivered_soon_while_a_lock_is_held_and_land_once_it_i
     await pipeline.aclose()
     replayed, model = await _replay(tmp_path, requests)
     assert replayed == [r.data for r in first] and model.calls == 0
+
+
+class RefusesSamplesOf(MemoryStore):
+    """A memory engine that refuses every commit appending to ``key`` while ``refusing``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.refusing = True
+
+    def commit(self, appends: Any, records: Any = (), **options: Any) -> Any:
+        if self.refusing and any(a.key == self.key for a in appends):
+            raise StoreError("scripted: no room for these samples")
+        return super().commit(appends, records, **options)
+
+
+def test_a_record_held_back_with_its_samples_keeps_its_replacement_behind_it() -> None:
+    """The record of an abandoned request waits for its samples; the empty record replacing it
+    must not be written first, or the stale one would win once the samples land."""
+    from cachesaver._runtime.jobs import BackgroundTasks
+    from cachesaver.store.allocation import Found, SampleBroker, Write, _Record
+
+    store = RefusesSamplesOf("k")
+    broker = SampleBroker(store, BackgroundTasks("test"))
+    found = Found("k", 0, [], [], 0, "ns", "x", 1)
+    write = Write("k", [("s", None)], found, 1)
+    stale = _Record("ns", "k", "x", 1, 0, (), [(write, 1)])  # went out with its samples
+    empty = _Record("ns", "k", "x", 1, 0, ())  # its caller left: the replacement
+    left, left_records, error = broker._write_round([write], [stale, empty])
+    assert error is not None and left == [write] and left_records == [stale, empty]
+    store.refusing = False
+    assert broker._write_round(left, left_records)[2] is None
+    tag = record_tag("ns", "x", 1, 0)
+    assert store.view(["k"], [("k", tag)])["k"].found == {tag: ()}  # type: ignore[union-attr]

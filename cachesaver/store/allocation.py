@@ -165,6 +165,12 @@ class _Record:
     def ready(self) -> bool:
         return all(write.indices is not None for write, _ in self.parts)
 
+    @property
+    def ident(self) -> tuple[Any, ...]:
+        """Which record this is (a later one with the same ident replaces it)."""
+        rid = self.request_id
+        return (self.key, self.namespace, type(rid).__name__, rid, self.n, self.use)
+
     def to_write(self, positions: dict[int, int]) -> RecordWrite:
         """The record for a commit whose appends are at ``positions`` (by id of the Write)."""
         parts: list[int | tuple[int, int]] = list(self.prior)
@@ -869,15 +875,19 @@ class SampleBroker:
                 error = exc
                 left.append(write)
         left_records: list[_Record] = []
+        held: set[tuple[Any, ...]] = set()  # records held back: later ones of theirs wait too
         for record in records:
-            if not record.ready():
+            ident = record.ident
+            if not record.ready() or ident in held:
                 left_records.append(record)
+                held.add(ident)
                 continue
             try:
                 self._commit([], [record], wait_s)
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 left_records.append(record)
+                held.add(ident)
         return left, left_records, (error if left or left_records else None)
 
     @staticmethod
