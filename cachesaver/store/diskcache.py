@@ -930,7 +930,7 @@ class DiskcacheStore:
                         raise
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise self._locked(self.store_timeout_s) from exc
+                        raise self._locked(bound) from exc
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, 0.05)
         finally:
