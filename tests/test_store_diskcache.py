@@ -537,3 +537,32 @@ def test_the_store_bounds_the_page_cache_of_every_connection_it_uses(tmp_path: P
         assert seen == [(-2048, 0)]
     finally:
         store.close()
+
+
+def test_commits_and_cache_transactions_of_other_threads_interleave_safely(tmp_path: Path) -> None:
+    """The store's own transactions mark the Cache as diskcache's do, and unmark it before the
+    lock goes: a Cache.transact of another thread right after never finds the mark wrong."""
+    store = DiskcacheStore(tmp_path)
+    cache = store.cache
+    failures: list[BaseException] = []
+
+    def theirs() -> None:
+        try:
+            for i in range(300):
+                with cache.transact():
+                    cache.set(f"other/{i}", i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            cache.close()
+
+    thread = threading.Thread(target=theirs)
+    thread.start()
+    try:
+        for i in range(300):
+            store.commit([Append(f"k{i}", (("s", None),))])
+    finally:
+        thread.join()
+        store.close()
+    assert failures == []
+    assert DiskcacheStore(tmp_path).view([f"k{i}" for i in range(300)])["k299"].count == 1  # type: ignore[union-attr]

@@ -889,8 +889,12 @@ class DiskcacheStore:
                         named = self._name_namespaces(write.record.namespace for write in records)
                     if token is not None:
                         self._put_all([(_TOKEN + token, True, None)])
+                # Cleared before the lock goes, as Cache.transact does: a thread that takes
+                # the lock next marks the Cache as its own.
+                cache._txn_id = None
                 con.execute("COMMIT")
             except BaseException as exc:
+                cache._txn_id = None
                 try:
                     con.execute("ROLLBACK")
                 except sqlite3.Error:
@@ -900,8 +904,6 @@ class DiskcacheStore:
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                     raise StoreError(f"could not store a sample in {self.directory}: {exc}") from exc
                 raise
-            finally:
-                cache._txn_id = None
             if named:
                 self._named.update(named)
             if hook is not None and starts is not None:
