@@ -1057,6 +1057,12 @@ class DiskcacheStore:
         self._check_open()
         return self._get(_TOKEN + token, None) is not None
 
+    def shared_runs(self) -> Any:
+        """Shared runs among the processes of this host (see :mod:`cachesaver.store.shared_local`)."""
+        from .shared_local import DiskcacheSharedRuns
+
+        return DiskcacheSharedRuns(self)
+
     # -- inspection (InspectableStore) ----------------------------------------------------
 
     def _tables(self) -> list[Any] | None:

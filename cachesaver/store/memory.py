@@ -217,6 +217,13 @@ class MemoryStore:
     def release_thread(self) -> None:
         """Nothing is held per thread."""
 
+    def shared_runs(self) -> Any:
+        """Shared runs among the pipelines of this process that use this object (see
+        :mod:`cachesaver.store.shared_local`)."""
+        from .shared_local import MemorySharedRuns
+
+        return MemorySharedRuns(self)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -46,6 +46,15 @@ What an engine guarantees:
   event loop for a lone lookup or commit. One that crosses a network sets a class attribute
   ``inline_io = False`` (the Redis engine does), and the cache stage then runs every call on
   its store threads.
+* **Shared runs** (optional). An engine whose method ``shared_runs()`` returns a
+  :class:`SharedRunStore` lets pipelines of several processes or hosts form one run
+  (``run_id=``): the run's claims, use counts and membership live in the store, each
+  :meth:`SharedRunStore.claim` applies the choice rules of :mod:`cachesaver.store.claims`
+  atomically per cache key, and :meth:`SharedRunStore.commit` claims new samples atomically
+  with their commit. It also holds the per-key leases of single-flight. The memory engine
+  (within one process), diskcache (the processes of one host) and Redis (any hosts) offer it;
+  :mod:`cachesaver.store.shared_runs` says what a shared run guarantees.
+
 
 Record identity is the canonical tag string of :func:`record_tag`, the same for every engine.
 
@@ -86,19 +95,31 @@ __all__ = [
     "CONSULTED_RECORDS",
     "IMPORT_TOKEN_PREFIX",
     "Append",
+    "ClaimAsk",
+    "ClaimNew",
+    "ClaimRelease",
+    "ClaimSettle",
+    "ClaimTopUp",
     "CommitHook",
+    "Grant",
     "InspectableStore",
+    "KeyClaimOps",
     "KeyEntry",
     "KeyView",
+    "Lease",
     "RecordId",
     "RecordWrite",
+    "RunRef",
+    "RunStatus",
     "SampleStore",
+    "SharedRunStore",
     "StoredSample",
     "import_token_prefix",
     "namespace_digest",
     "namespace_prefix",
     "parse_record_tag",
     "record_tag",
+    "use_ident",
 ]
 
 StoredSample = Tuple[Any, Any]
@@ -163,6 +184,12 @@ IMPORT_TOKEN_PREFIX = "import/"
 def import_token_prefix(key: str) -> str:
     """The start of every import token of ``key``."""
     return f"{IMPORT_TOKEN_PREFIX}{key}/"
+
+
+def use_ident(namespace: str, request_id: Any, n: int) -> str:
+    """What the record tags of every use of (``namespace``, ``request_id``, ``n``) share: the
+    tag of use ``k`` is ``f"{use_ident(...)}/{k}"``."""
+    return record_tag(namespace, request_id, n, 0)[:-2]
 
 
 @dataclass(frozen=True)
@@ -395,4 +422,197 @@ class InspectableStore(SampleStore, Protocol):
     def size_bytes(self) -> int:
         """How many bytes the store occupies, as the engine measures it (a directory's files,
         a server's memory for its keys)."""
+        ...
+
+
+# -- shared runs (optional) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One worker's view of the shared run it belongs to, passed with every claim.
+
+    ``generation`` names this life of the run (a new one starts when the run record is gone:
+    ended, or expired after its workers stopped); ``worker`` is the worker's incarnation id;
+    ``dead`` lists, in the order they were declared dead, the workers that left or stopped
+    renewing: their pending claims give their uses back the next time a claim touches the key.
+    """
+
+    run_id: str
+    generation: str
+    worker: str
+    dead: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A shared run's record: its generation, live workers and dead workers (in the order they
+    were declared dead); ``lost`` is True when the asking worker had been declared dead."""
+
+    generation: str
+    workers: Tuple[str, ...]
+    dead: Tuple[str, ...]
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimAsk:
+    """A lookup: claim up to ``n`` stored samples for a request, by the choice rules (its
+    recorded indices first if none is claimed in the run, else the lowest unclaimed ones
+    avoiding those other ids recorded), and take the next use of ``ident`` (None: the request
+    has no id). The claim stays *pending* under ``ticket`` until settled or released."""
+
+    ticket: str
+    namespace: str
+    ident: str | None
+    n: int
+
+
+@dataclass(frozen=True)
+class ClaimTopUp:
+    """Pending ``ticket``, known to hold ``have`` samples, wants ``want`` more: claim stored
+    ones (the lowest unclaimed, avoiding indices other ids recorded) until it holds ``have +
+    want`` (or its ``n``), and grant those it holds beyond ``have`` (so a retried top-up gets
+    the same ones). When the ticket then holds its ``n``, its record is written."""
+
+    ticket: str
+    have: int
+    want: int
+
+
+@dataclass(frozen=True)
+class ClaimRelease:
+    """Pending ``ticket`` was abandoned: free its samples, give its use back and, if
+    ``clear_record``, write an empty record for its use (it had written one). A ticket no
+    longer pending (settled, or released when its worker was declared dead) is left alone."""
+
+    ticket: str
+    clear_record: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimSettle:
+    """Pending ``ticket`` was delivered: its samples stay claimed and its use counts."""
+
+    ticket: str
+
+
+@dataclass(frozen=True)
+class KeyClaimOps:
+    """What one :meth:`SharedRunStore.claim` does on one cache key, in this order: releases,
+    settles, asks (those whose recorded samples are all free first, then the others, each
+    group in order), top-ups."""
+
+    releases: Tuple[ClaimRelease, ...] = ()
+    settles: Tuple[ClaimSettle, ...] = ()
+    asks: Tuple[ClaimAsk, ...] = ()
+    top_ups: Tuple[ClaimTopUp, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an ask or a top-up got: the ``use`` taken (None without an id), the ``indices``
+    claimed now, in order, and their ``samples``; ``wrote_record`` when the ticket is complete
+    and its record was written (or rewritten) by this claim."""
+
+    ticket: str
+    use: int | None
+    indices: Tuple[int, ...]
+    samples: Mapping[int, StoredSample]
+    wrote_record: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimNew:
+    """In a commit: claim the first ``count`` samples of the commit's ``position``-th append for
+    pending ``ticket`` (nothing if the ticket is no longer pending: they stay spare)."""
+
+    ticket: str
+    position: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A live single-flight lease on a cache key: who holds it, the claim scopes its upstream
+    call serves (a waiter in one of them could not take its samples), how long until it expires
+    unless renewed, and how many acquires by others it has turned away."""
+
+    holder: str
+    scopes: Tuple[str, ...]
+    expires_in_s: float
+    waiting: int = 0
+
+
+@runtime_checkable
+class SharedRunStore(Protocol):
+    """Shared runs and single-flight leases on one store (``engine.shared_runs()``).
+
+    Every method blocks, may be called from any thread, and raises only StoreError subclasses.
+    Times are the store's: the server's clock for Redis, the host's for diskcache. A *claim
+    state* is per (run generation, cache key); it expires ``keep_s`` after the last claim that
+    touched it, which only matters for a run live that long.
+    """
+
+    def join(self, run_id: str, worker: str, ttl_s: float, generation: str) -> RunStatus:
+        """Add (or renew) ``worker`` as a live worker of ``run_id`` until ``ttl_s`` from now,
+        starting the run with ``generation`` if it has no record. Workers whose time passed are
+        declared dead; so is a live worker with the same name (the part after the first
+        ``:``) and another incarnation. The record lives ``ttl_s`` after the last join.
+        A worker that had been declared dead is not added back: the status says ``lost``."""
+        ...
+
+    def leave(self, run_id: str, worker: str) -> None:
+        """``worker`` leaves (it counts as dead from now); with no live worker left, the run
+        ends and a later join starts a new generation."""
+        ...
+
+    def status(self, run_id: str) -> RunStatus | None:
+        """The run's record (workers whose time passed listed as dead), or None: no live run."""
+        ...
+
+    def end(self, run_id: str) -> None:
+        """End the run now, whoever is still in it (its claims are dropped)."""
+        ...
+
+    def claim(
+        self, run: RunRef, ops: Mapping[str, KeyClaimOps], keep_s: float
+    ) -> Mapping[str, list[Grant] | StoreError]:
+        """Apply ``ops`` atomically per cache key (one grant per ask, then per top-up, in
+        order); a damaged key maps to its error, other keys are unaffected."""
+        ...
+
+    def commit(
+        self,
+        run: RunRef,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite],
+        claims: Sequence[ClaimNew],
+        keep_s: float,
+        *,
+        hook: CommitHook | None = None,
+        wait_s: float | None = None,
+    ) -> list[int]:
+        """:meth:`SampleStore.commit` (without a token) that also applies ``claims``, in the
+        same atomic step as the appends of their keys."""
+        ...
+
+    def acquire_leases(
+        self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float
+    ) -> Mapping[str, Lease | None]:
+        """Take the lease of each key for ``holder`` for ``ttl_s`` (None: taken, or already
+        held by ``holder``), or the live lease of another holder."""
+        ...
+
+    def renew_leases(self, keys: Sequence[str], holder: str, ttl_s: float) -> list[str]:
+        """Extend ``holder``'s leases on ``keys`` to ``ttl_s`` from now; the keys it no longer
+        holds."""
+        ...
+
+    def release_leases(self, keys: Sequence[str], holder: str) -> None:
+        """Drop ``holder``'s leases on ``keys`` (another's lease is left alone)."""
+        ...
+
+    def leases(self, keys: Sequence[str]) -> Mapping[str, Lease | None]:
+        """The live lease of each key, or None."""
         ...

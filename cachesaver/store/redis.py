@@ -27,7 +27,9 @@ same commit script (see :mod:`~cachesaver.store.redis_script`). Namespace names 
 HASH, written by the script of the commit that first records a namespace through this store
 object (on a cluster, where that hash has a slot of its own, by one call after that commit:
 a name it could not write is tried again with a later commit, and a namespace without a name
-shows by its digest). A sample is a pickle of its
+shows by its digest). The keys of shared runs (run records, claim states, leases: see
+:mod:`cachesaver.store.redis_shared`) are the exception to "never deletes": they expire, or are
+removed when their run or lease ends. A sample is a pickle of its
 ``(data, usage)`` pair, as in the diskcache engine: point cachesaver only at a server you
 trust, since whoever can write to it can run code in every process that reads from it.
 
@@ -97,7 +99,7 @@ import pickle
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import quote
@@ -124,6 +126,7 @@ from .protocol import (
     CONSULTED_RECORDS,
     EMPTY_VIEW,
     Append,
+    ClaimNew,
     CommitHook,
     KeyEntry,
     KeyView,
@@ -241,6 +244,8 @@ class _Group:
     appends: list[tuple[int, int, int, str, bytes]]  # (position in the commit, key number from 1, size, time, request)
     records: list[tuple[int, bytes, list[tuple[str, int, int]]]]  # (key number, tag, parts)
     blobs: list[bytes]
+    claims: list[tuple[bytes, bytes, int, int, bytes]] = field(default_factory=list)
+    """A shared run's claims: (claims hash, pending hash, append number, count, ticket)."""
 
 
 class RedisStore:
@@ -396,6 +401,28 @@ class RedisStore:
 
     def _namespaces_name(self) -> bytes:
         return self._base + b"{" + _slot_tag("namespaces") + b"}:namespaces"
+
+    def claim_keys(self, generation: str, key: str) -> tuple[bytes, bytes]:
+        """The claims hash and pending hash of a shared run's ``generation`` on cache key
+        ``key``, in the key's hash slot (see :mod:`cachesaver.store.redis_shared`)."""
+        middle = b"{" + _slot_tag(key) + b"}:"
+        tail = _utf8(generation) + b":" + _utf8(key)
+        return self._base + middle + b"c:" + tail, self._base + middle + b"p:" + tail
+
+    def lease_key(self, key: str) -> bytes:
+        """The single-flight lease of cache key ``key``, in the key's hash slot."""
+        return self._base + b"{" + _slot_tag(key) + b"}:l:" + _utf8(key)
+
+    def run_key(self, run_id: str) -> bytes:
+        """The record of shared run ``run_id`` (a hash slot of its own)."""
+        return self._base + b"{" + _slot_tag("run:" + run_id) + b"}:run:" + _utf8(run_id)
+
+    def shared_runs(self) -> Any:
+        """This store's :class:`~cachesaver.store.protocol.SharedRunStore` (see
+        :mod:`cachesaver.store.redis_shared`)."""
+        from .redis_shared import RedisSharedRuns
+
+        return RedisSharedRuns(self)
 
     def _token_key(self, token: str) -> bytes:
         return self._base + b"{" + _slot_tag("token:" + token) + b"}:token:" + _utf8(token)
@@ -599,6 +626,21 @@ class RedisStore:
         """See :meth:`cachesaver.store.protocol.SampleStore.commit` and the module docstring
         (what is atomic on one server and on a cluster). Samples are pickled first; records are
         checked after ``hook.before``, just before the first script is sent."""
+        return self._commit(appends, records, token, hook, wait_s)
+
+    def _commit(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite],
+        token: str | None,
+        hook: CommitHook | None,
+        wait_s: float | None,
+        claims: Sequence[ClaimNew] = (),
+        generation: str = "",
+        keep_s: float = 0.0,
+    ) -> list[int] | None:
+        """:meth:`commit`, also applying a shared run's ``claims`` (of run ``generation``, their
+        claim states kept ``keep_s``) in the script of their append's slot."""
         self._check_open()
         try:
             blobs = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
@@ -617,7 +659,8 @@ class RedisStore:
                 hook.before()
             try:
                 new_names = sorted({w.record.namespace for w in records} - self._named) if records else []
-                starts = self._write(self._groups(appends, records, blobs), len(appends), token, new_names)
+                groups = self._groups(appends, records, blobs, claims, generation)
+                starts = self._write(groups, len(appends), token, new_names, int(keep_s * 1000))
                 if starts is not None and new_names:
                     if self.cluster:  # the names' hash is in a slot of its own: one more call
                         self._name_namespaces(new_names)
@@ -632,7 +675,14 @@ class RedisStore:
         finally:
             self._write_lock.release()
 
-    def _groups(self, appends: Sequence[Append], records: Sequence[RecordWrite], blobs: list[list[bytes]]) -> list[_Group]:
+    def _groups(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite],
+        blobs: list[list[bytes]],
+        claims: Sequence[ClaimNew] = (),
+        generation: str = "",
+    ) -> list[_Group]:
         """The commit split into what one script writes (everything on one server; one group
         per hash slot on a cluster), or StoreError before anything is written."""
         sizes = [len(append.samples) for append in appends]
@@ -685,10 +735,14 @@ class RedisStore:
                     )
                 parts.append(("p", at, count))
             group.records.append((number, _utf8(write.record.tag), parts))
+        for claim in claims:
+            slot, at = where[claim.position]
+            claims_key, pending_key = self.claim_keys(generation, appends[claim.position].key)
+            groups[slot].claims.append((claims_key, pending_key, at, claim.count, _utf8(claim.ticket)))
         return list(groups.values())
 
     def _write(
-        self, groups: list[_Group], appends: int, token: str | None, names: Sequence[str] = ()
+        self, groups: list[_Group], appends: int, token: str | None, names: Sequence[str] = (), keep_ms: int = 0
     ) -> list[int] | None:
         """Run the commit's scripts; the first index of each append, or None when ``token``
         was applied before. On one server the script also keeps the namespace ``names``."""
@@ -702,7 +756,7 @@ class RedisStore:
                 memo, ttl = self._token_key(token), 0
             else:
                 memo, ttl = self._base + b"{" + _slot_tag(group.keys[0]) + b"}:commit:" + nonce.encode(), _COMMIT_MEMO_S
-            got = self._run_script(group, memo, nonce, ttl, names=names)
+            got = self._run_script(group, memo, nonce, ttl, names=names, keep_ms=keep_ms)
             if got is None:
                 return None
             for (position, *_), start in zip(group.appends, got):
@@ -719,7 +773,7 @@ class RedisStore:
             else:
                 memo, ttl = self._base + tag + b"commit:" + nonce.encode(), _COMMIT_MEMO_S
             try:
-                got = self._run_script(group, memo, nonce, ttl, stored=True)
+                got = self._run_script(group, memo, nonce, ttl, stored=True, keep_ms=keep_ms)
             except StoreError as exc:
                 if number == 0:
                     raise
@@ -740,7 +794,14 @@ class RedisStore:
         return starts if fresh else None
 
     def _run_script(
-        self, group: _Group, memo: bytes, nonce: str, ttl: int, stored: bool = False, names: Sequence[str] = ()
+        self,
+        group: _Group,
+        memo: bytes,
+        nonce: str,
+        ttl: int,
+        stored: bool = False,
+        names: Sequence[str] = (),
+        keep_ms: int = 0,
     ) -> Any:
         """Run the commit script for ``group``; its starts (on a cluster, ``stored=True``:
         ``("fresh" | "earlier", starts)``), or None when ``memo`` was set by another commit."""
@@ -761,6 +822,16 @@ class RedisStore:
             args += [namespace_digest(name), _utf8(name)]
         if names:
             keys.append(self._namespaces_name())
+        args.append(len(group.claims))
+        if group.claims:
+            args.append(keep_ms)
+            positions: dict[bytes, int] = {}
+            for claims_key, pending_key, at, count, ticket in group.claims:
+                for redis_key in (claims_key, pending_key):
+                    if redis_key not in positions:
+                        keys.append(redis_key)
+                        positions[redis_key] = len(keys)
+                args += [positions[claims_key], positions[pending_key], at, count, ticket]
         args.extend(group.blobs)
         client = self.client
         no_script = self._errors.no_script

@@ -18,8 +18,14 @@ good), the head size, the number of cache keys; the appends (their number, then 
 number, size, time stored and canonical request, ``""`` for none); the records (their number,
 then each one's key number, tag, number of parts and parts, each part ``i, <index>, 0`` or
 ``p, <append number>, <count>``); the namespace names to keep (their number, then digest and
-name of each; only on one server, where ``KEYS[4 * nkeys + 2]`` is the hash of names); then
-every sample's bytes, in append order.
+name of each; only on one server, where ``KEYS[4 * nkeys + 2]`` is the hash of names); the
+claims of a shared run (their number, then, if any, the claim states' time to live in ms, then
+each claim's claims-hash key number and pending-hash key number (positions in ``KEYS``, after
+the others), append number, count and ticket); then every sample's bytes, in append order. A
+claim adds the first ``count`` samples of its append to its pending ticket and to the
+namespace's claimed set, in the same step as the append (see
+:mod:`cachesaver.store.redis_shared` for the claim state's layout); a ticket no longer pending
+claims nothing.
 
 A cache key's head hash holds its sample count (field ``#n``) and its first ``head size``
 records (``<tag> -> "<position>;<i>,<j>,..."``, position = the order first written); later
@@ -37,12 +43,96 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["COMMIT_SCRIPT", "COMMIT_SHA", "FORGET_SCRIPT", "FORGET_SHA", "RPUSH_CHUNK_SIZE"]
+__all__ = ["CLAIM_FUNCTIONS", "COMMIT_SCRIPT", "COMMIT_SHA", "FORGET_SCRIPT", "FORGET_SHA", "RPUSH_CHUNK_SIZE"]
 
 RPUSH_CHUNK_SIZE = 512
 """Samples pushed per RPUSH inside the script (Lua's ``unpack`` takes at most a few thousand)."""
 
-COMMIT_SCRIPT = """
+CLAIM_FUNCTIONS = r"""
+local function split(text, sep)
+  local out = {}
+  if text == nil or text == false or text == '' then return out end
+  local start = 1
+  while true do
+    local at = string.find(text, sep, start, true)
+    if not at then out[#out + 1] = string.sub(text, start); return out end
+    out[#out + 1] = string.sub(text, start, at - 1)
+    start = at + 1
+  end
+end
+local function num(x) return string.format('%.0f', x) end
+local function cs_load(text)
+  local cs = {floor = 0, above = {}}
+  if not text then return cs end
+  local colon = string.find(text, ':', 1, true)
+  if colon then
+    cs.floor = tonumber(string.sub(text, 1, colon - 1))
+    for _, v in ipairs(split(string.sub(text, colon + 1), ',')) do cs.above[tonumber(v)] = true end
+  else
+    cs.floor = tonumber(text)
+  end
+  return cs
+end
+local function cs_dump(cs)
+  local parts = {}
+  for i, _ in pairs(cs.above) do parts[#parts + 1] = i end
+  if #parts == 0 then return num(cs.floor) end
+  table.sort(parts)
+  for q = 1, #parts do parts[q] = num(parts[q]) end
+  return num(cs.floor) .. ':' .. table.concat(parts, ',')
+end
+local function cs_has(cs, i) return i < cs.floor or cs.above[i] == true end
+local function cs_claim(cs, i)
+  if i == cs.floor then
+    cs.floor = cs.floor + 1
+    while cs.above[cs.floor] do cs.above[cs.floor] = nil; cs.floor = cs.floor + 1 end
+  elseif i > cs.floor then
+    cs.above[i] = true
+  end
+end
+local function cs_release(cs, i)
+  if i >= cs.floor then cs.above[i] = nil; return end
+  for j = i + 1, cs.floor - 1 do cs.above[j] = true end
+  cs.floor = i
+end
+local function cs_lowest(cs, limit, want, exclude)
+  local out = {}
+  local i = cs.floor
+  while #out < want and i < limit do
+    if not cs.above[i] and not exclude[i] then out[#out + 1] = i end
+    i = i + 1
+  end
+  return out
+end
+local function tk_load(text)
+  local f = {}
+  local start = 1
+  for q = 1, 5 do
+    local at = string.find(text, '|', start, true)
+    f[q] = string.sub(text, start, at - 1)
+    start = at + 1
+  end
+  local ident = string.sub(text, start)
+  local indices = {}
+  for _, v in ipairs(split(f[5], ',')) do indices[#indices + 1] = tonumber(v) end
+  local use = nil
+  if f[3] ~= '' then use = tonumber(f[3]) end
+  if ident == '' then ident = nil end
+  return {worker = f[1], prefix = f[2], use = use, n = tonumber(f[4]), indices = indices, ident = ident}
+end
+local function joined(list)
+  local parts = {}
+  for q = 1, #list do parts[q] = num(list[q]) end
+  return table.concat(parts, ',')
+end
+local function tk_dump(tk)
+  local use = ''
+  if tk.use then use = num(tk.use) end
+  return tk.worker .. '|' .. tk.prefix .. '|' .. use .. '|' .. num(tk.n) .. '|' .. joined(tk.indices) .. '|' .. (tk.ident or '')
+end
+"""
+
+COMMIT_SCRIPT = CLAIM_FUNCTIONS + """
 local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
 local head_size = tonumber(ARGV[3])
@@ -108,6 +198,13 @@ end
 local nnames = tonumber(ARGV[pos]); pos = pos + 1
 local names = pos
 pos = pos + 2 * nnames
+local nclaims = tonumber(ARGV[pos]); pos = pos + 1
+local claims, keep = {}, 0
+if nclaims > 0 then keep = ARGV[pos]; pos = pos + 1 end
+for c = 1, nclaims do
+  claims[c] = {tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3]), ARGV[pos + 4]}
+  pos = pos + 5
+end
 local blob = pos
 for a = 1, nappends do
   local c = asize[a]
@@ -129,6 +226,19 @@ for j = 1, nkeys do
   if times[j] then redis.call('HSET', K(j, 4), 't', times[j]) end
 end
 for q = 0, nnames - 1 do redis.call('HSET', KEYS[4 * nkeys + 2], ARGV[names + 2 * q], ARGV[names + 2 * q + 1]) end
+for c = 1, nclaims do
+  local ckey, pkey, a, count, ticket = KEYS[claims[c][1]], KEYS[claims[c][2]], claims[c][3], claims[c][4], claims[c][5]
+  local text = redis.call('HGET', pkey, ticket)
+  if text then
+    local tk = tk_load(text)
+    local cs = cs_load(redis.call('HGET', ckey, 'c:' .. tk.prefix))
+    for i = starts[a], starts[a] + count - 1 do cs_claim(cs, i); tk.indices[#tk.indices + 1] = i end
+    redis.call('HSET', ckey, 'c:' .. tk.prefix, cs_dump(cs))
+    redis.call('HSET', pkey, ticket, tk_dump(tk))
+    redis.call('PEXPIRE', ckey, keep)
+    redis.call('PEXPIRE', pkey, keep)
+  end
+end
 local result = table.concat(starts, ',')
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1] .. '|' .. result, 'EX', ttl)
