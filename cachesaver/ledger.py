@@ -10,7 +10,10 @@ A pipeline feeds its :class:`Ledger` through two hooks (the :class:`LedgerHooks`
   flagged ``cached`` came from storage with no upstream call: their stored token usage is
   *saved*. Samples flagged ``duplicated`` rode on an identical request's upstream call: they are
   counted as *merged*, but they were generated (and their tokens spent) by that call, so they
-  save calls, not tokens.
+  save calls, not tokens. A sample flagged both came from storage right after another worker's
+  identical call stored it (single-flight across the workers of a store, see
+  :mod:`cachesaver.stages.single_flight`): it is merged and cached, its tokens saved once (that
+  call was paid by the other worker's ledger).
 
 Because a cached sample carries the usage recorded when it was generated, "saved" is exactly
 what those samples cost the first time, and no token is ever counted as both spent and saved.
@@ -87,7 +90,8 @@ class LedgerEntry:
     * ``samples_generated``: samples the model produced for them.
     * ``requests_served`` / ``samples_served``: answered to callers; of those samples,
       ``samples_cached`` came from storage and ``samples_duplicated`` were merged onto an
-      identical request's call.
+      identical request's call (those another worker's call stored while this request waited
+      for it count in both).
     * ``prompt_tokens`` / ``completion_tokens``: tokens spent upstream.
     * ``prompt_tokens_saved`` / ``completion_tokens_saved``: the stored usage of the cached
       samples served.
@@ -211,10 +215,10 @@ class Ledger:
             if usage is None:  # no tokens to account: count flags only
                 counts["samples_cached"] += cached.count(True)
                 if True in duplicated:
-                    counts["samples_duplicated"] += sum(1 for c, d in zip(cached, duplicated) if d and not c)
+                    counts["samples_duplicated"] += sum(1 for d in duplicated if d)
                 return
             for was_cached, was_duplicated, sample_usage in zip(cached, duplicated, usage):
-                if was_duplicated and not was_cached:
+                if was_duplicated:
                     counts["samples_duplicated"] += 1
                 if not was_cached:
                     continue

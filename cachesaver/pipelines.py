@@ -29,6 +29,10 @@ The user's model is not closed.
 (see :mod:`cachesaver.modes`). ``await pipeline.explain_miss(request)`` says why a request is
 not served from the cache.
 
+``run_id="name"`` makes the pipeline a worker of shared run ``name``: every pipeline on the
+store with that run id, in any process or host, is one run (see
+:mod:`cachesaver.store.shared_runs`); without it the pipeline is its own run.
+
 The cache keys include the model's identity: ``model_id="name"`` sets it, ``model_id=None``
 adds none, and by default it is the model's ``cache_identity``, else its ``model`` or
 ``model_name`` string (see :func:`~cachesaver.keys.model_identity`); ``model_identity`` reads it.
@@ -78,6 +82,7 @@ class _Pipeline(Stage):
         model_id: Any = DERIVE,
         store_timeout_s: float = 30.0,
         mode: str | None = None,
+        run_id: Any = None,
     ) -> None:
         _check_model(model, type(self).__name__)
         self.ledger: Ledger = ledger if ledger is not None else Ledger()
@@ -89,6 +94,7 @@ class _Pipeline(Stage):
         self.cacher = AsyncCacher(
             self.deduplicator, cache, max_refetch=max_refetch, model_id=model_id, store_timeout_s=store_timeout_s,
             mode=mode,
+            run_id=run_id,
         )
         super().__init__(self.cacher)
 

@@ -107,12 +107,14 @@ def test_a_short_answer_counts_what_it_returned() -> None:
     assert (entry.upstream_calls, entry.failed_calls, entry.samples_generated, entry.tokens_spent) == (1, 0, 1, 5)
 
 
-def test_a_sample_both_cached_and_merged_is_saved_once() -> None:
+def test_a_sample_both_cached_and_merged_counts_as_both_and_is_saved_once() -> None:
+    # What single-flight across workers serves: stored by another worker's identical call.
     ledger = Ledger(prices=PRICES)
     usage = [{"prompt_tokens": 10, "completion_tokens": 10}]
     ledger.record_served(PricedRequest("q"), Response(["a"], cached=[True], duplicated=[True], usage=usage))
+    ledger.record_served(PricedRequest("q"), Response(["b"], cached=[True], duplicated=[True]))
     entry = ledger.total()
-    assert (entry.samples_cached, entry.samples_duplicated, entry.tokens_saved) == (1, 0, 20)
+    assert (entry.samples_cached, entry.samples_duplicated, entry.tokens_saved) == (2, 2, 20)
 
 
 def test_models_without_a_price_are_counted_but_not_priced() -> None:

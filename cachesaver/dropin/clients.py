@@ -13,6 +13,9 @@ the SDK's constructor arguments plus these (all keyword-only):
   (:mod:`cachesaver.modes`). With ``"replay"`` no call reaches the provider, a call the cache
   cannot serve raises :class:`~cachesaver.errors.CacheMissError`, and no API key is needed
   (a placeholder is used when none is given or set in the environment).
+* ``run_id`` (default None: the client is its own run): make the client a worker of that shared
+  run (see :mod:`cachesaver.store.shared_runs`), with every pipeline and client on the cache
+  that names it.
 * ``retry`` (a :class:`~cachesaver.retry.RetryPolicy`; by default the SDK's ``max_retries``
   plus one attempts), ``limits`` (:class:`~cachesaver.ratelimit.RateLimits`),
   ``max_n_per_call``, ``prices`` (a price table for the ledger) or ``ledger``.
@@ -111,11 +114,12 @@ class ClientOptions:
     ledger: Ledger | None = None
     sleep: Callable[[float], Any] = anyio.sleep
     async_http_client: Any = None
+    run_id: Any = None
     sdk_kwargs: dict[str, Any] = field(default_factory=dict)
 
     OWN: ClassVar[frozenset[str]] = frozenset(
         {"namespace", "cache", "mode", "batch_size", "batch_timeout_s", "retry", "limits", "max_n_per_call",
-         "prices", "ledger", "sleep", "async_http_client"}
+         "prices", "ledger", "sleep", "async_http_client", "run_id"}
     )
 
     @classmethod
@@ -197,7 +201,8 @@ class CachedAsyncClient:
         self.namespace = options.namespace
         self.ledger = options.ledger if options.ledger is not None else Ledger(options.prices)
         self.pipeline = OnlineAPI(
-            model, options.cache, options.batch_size, options.batch_timeout_s, ledger=self.ledger, mode=options.mode
+            model, options.cache, options.batch_size, options.batch_timeout_s, ledger=self.ledger, mode=options.mode,
+            run_id=options.run_id,
         )
         self.chat = _Chat(_Completions(self), lambda: sdk.chat)
         self._closed = False

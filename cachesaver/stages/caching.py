@@ -34,6 +34,12 @@ construction to close):
   model and stores nothing. A model with ``replay_only = True``
   (:class:`~cachesaver.models.replay_only.ReplayOnlyModel`) makes the mode ``"replay"``.
 
+``run_id`` (a str or a :class:`~cachesaver.store.shared_runs.SharedRun`) makes the cacher a
+worker of that shared run: every cacher on the store with the same run id is one run, in one
+process or many, and identical misses in flight in two workers cost one upstream call (see
+:mod:`cachesaver.store.shared_runs` and :mod:`cachesaver.stages.single_flight`). None (the
+default): the cacher is its own run.
+
 ``cache`` is a directory path (opened with eviction disabled and closed on ``aclose()``), a
 ``diskcache.Cache`` (or ``FanoutCache``), or any engine implementing
 :class:`~cachesaver.store.protocol.SampleStore`; see :func:`~cachesaver.store.open_store`.
@@ -46,7 +52,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -61,6 +67,9 @@ from ..store.protocol import SampleStore, StoredSample
 from ..store.threads import StoreThread
 from ..typedefs import Model, Request, Response
 from .base import Settled, Stage, call_model
+
+if TYPE_CHECKING:
+    from ..store.shared_runs import SharedRun
 
 __all__ = ["AsyncCacher"]
 
@@ -108,7 +117,7 @@ class AsyncCacher(Stage):
 
     def __init__(
         self, model: Model, cache: CacheSpec, *, max_refetch: int = 2, model_id: Any = DERIVE,
-        store_timeout_s: float | None = None, mode: str | None = None,
+        store_timeout_s: float | None = None, mode: str | None = None, run_id: "str | SharedRun | None" = None,
     ) -> None:
         super().__init__(model)
         self._identity = model_identity(model, model_id)
@@ -135,8 +144,23 @@ class AsyncCacher(Stage):
         # Explanations read the store on a thread of their own (never holding up lookups),
         # released at close like the broker's.
         self._explain_thread = StoreThread("cachesaver-explain", finish=self.store.release_thread)
-        self._broker = SampleBroker(self.store, self._background)
-        self._fetches: PassCollector[_Pending] = PassCollector(self, self._fetch)
+        self.single_flight: Any = None
+        """With ``run_id``: this worker's :class:`~cachesaver.stages.single_flight.SingleFlight`."""
+        if run_id is None:
+            self._broker = SampleBroker(self.store, self._background)
+            fetch = self._fetch
+        else:  # a worker of a shared run: claims in the store, single-flight leases
+            from .single_flight import SingleFlight
+
+            try:
+                self.single_flight = SingleFlight.for_cacher(self, run_id)
+            except BaseException:
+                if self._owns_store:
+                    self.store.close()
+                raise
+            self._broker = self.single_flight.broker
+            fetch = self.single_flight.fetch
+        self._fetches: PassCollector[_Pending] = PassCollector(self, fetch)
         # key -> the fetch in flight for it: its namespaces and an event set once it has ended
         self._in_flight: dict[str, _InFlight] = {}
         # Answers a sync model returns after their call was cancelled (a close's deadline) are
@@ -157,6 +181,12 @@ class AsyncCacher(Stage):
     def model_identity(self) -> str | None:
         """The model identity in this cacher's keys (None: keys are the requests' own)."""
         return self._identity
+
+    @property
+    def run(self) -> "SharedRun | None":
+        """The :class:`~cachesaver.store.shared_runs.SharedRun` this cacher is a worker of, or
+        None (its own run)."""
+        return None if self.single_flight is None else self.single_flight.broker.run
 
     def _key(self, request: Request) -> str:
         """The store key of ``request``: every key this cacher uses comes from here."""

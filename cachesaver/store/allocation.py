@@ -509,7 +509,7 @@ class SampleBroker:
                 await self._load_recovery()
             lane.ready = True
             while True:
-                if not self._lookups and not self._abandoned and not self.claims.over_budget:
+                if not self._has_lookup_work():
                     if self._stopping:
                         return
                     lane.wake = anyio.Event()
@@ -535,6 +535,10 @@ class SampleBroker:
             self._lookups = []
             if lane.stopped is not None:
                 lane.stopped.set()
+
+    def _has_lookup_work(self) -> bool:
+        """Whether the lookup lane has a round to run (a shared run's broker adds its own)."""
+        return bool(self._lookups or self._abandoned or self.claims.over_budget)
 
     async def _run_lookups(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> None:
         self._lookup_lane.busy = True
