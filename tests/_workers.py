@@ -39,27 +39,37 @@ class LoggedModel:
     upstream call to ``calls_file`` before answering; with ``hold``, each call then waits until
     ``hold`` (a path) exists, or until the process is killed."""
 
-    def __init__(self, tag: str, calls_file: Path, hold: Path | None = None) -> None:
+    def __init__(self, tag: str, calls_file: Path, hold: Path | None = None, answered: Any = None, hold_after: int = 0) -> None:
         self.inner = ScriptedModel(sample=lambda request, k: f"{tag}:{request.prompt}#{k}")
         self.calls_file = calls_file
         self.hold = hold
+        self.answered = answered  # how many requests the worker has answered so far
+        self.hold_after = hold_after
+        self.held = calls_file.with_name(f"held-{tag}")
 
     async def _log(self, requests: list[Request]) -> None:
         with open(self.calls_file, "a") as handle:
-            for request in requests:
-                handle.write(json.dumps([request.prompt, request.namespace, request.n]) + "\n")
-        if self.hold is not None:
+            handle.write(json.dumps([[r.prompt, r.namespace, r.n] for r in requests]) + "\n")
+        if self.hold is not None and self.answered() >= self.hold_after:
+            self.held.touch()
             while not self.hold.exists():
                 await anyio.sleep(0.005)
 
+    latency_s = 0.0
+    cache_identity = None  # the requests are the whole key, as the tests read them back
+
     async def batch_request(self, batch: Batch) -> list[Response]:
         await self._log(list(batch.requests))
+        await anyio.sleep(self.latency_s)
         return await self.inner.batch_request(batch)
 
 
 def main(argv: list[str]) -> None:
     """``json-spec``: {"cache", "sync", "tag", "out", "run": {...SharedRun...} | null,
-    "requests": [[prompt, n, request_id, namespace], ...], "chunk": int, "hold": path | null}."""
+    "requests": [[prompt, n, request_id, namespace], ...], "chunk": int (requests issued
+    together), "hold": path | null (once the worker has answered ``hold_after`` requests, each
+    model call creates ``held-<tag>`` and waits for ``hold``, or until the worker is killed), "latency_s": each call's duration, "go": the go-file's name
+    (default "go"), "linger": a file name (stay open in the run until it exists)}."""
     spec = json.loads(argv[0])
     anyio.run(_serve, spec)
 
@@ -67,12 +77,15 @@ def main(argv: list[str]) -> None:
 async def _serve(spec: dict[str, Any]) -> None:
     sync = Path(spec["sync"])
     tag = spec["tag"]
-    model = LoggedModel(tag, sync / f"calls-{tag}", Path(spec["hold"]) if spec.get("hold") else None)
+    answered = [0]
+    hold = Path(spec["hold"]) if spec.get("hold") else None
+    model = LoggedModel(tag, sync / f"calls-{tag}", hold, lambda: answered[0], spec.get("hold_after", 0))
+    model.latency_s = spec.get("latency_s", 0.0)
     run = SharedRun(**spec["run"]) if spec.get("run") else None
     requests = [Request(p, n=n, request_id=rid, namespace=ns) for p, n, rid, ns in spec["requests"]]
     chunk = spec.get("chunk", 8)
     (sync / f"ready-{tag}").touch()
-    _wait_for(sync / "go")
+    _wait_for(sync / spec.get("go", "go"))
     with open(spec["out"], "a") as out:
         async with OnlineAPI(model, spec["cache"], batch_size=4, timeout=0.002, run_id=run) as pipeline:
             for start in range(0, len(requests), chunk):
@@ -84,6 +97,7 @@ async def _serve(spec: dict[str, Any]) -> None:
                     r, a = part[i], answers[i]
                     out.write(json.dumps([r.prompt, r.n, r.request_id, r.namespace, a.data, a.cached, a.duplicated]) + "\n")
                     out.flush()
+                    answered[0] += 1
 
                 async with anyio.create_task_group() as group:
                     for i in range(len(part)):
@@ -92,6 +106,7 @@ async def _serve(spec: dict[str, Any]) -> None:
                 while not (sync / spec["linger"]).exists():
                     await anyio.sleep(0.005)
             ledger = pipeline.ledger.total()
+
     with open(sync / f"ledger-{tag}", "w") as handle:
         json.dump({"calls": ledger.upstream_calls, "duplicated": ledger.samples_duplicated, "cached": ledger.samples_cached}, handle)
 

@@ -106,6 +106,16 @@ async def test_a_new_client_on_the_same_cache_replays(sdk: Sdk, server: FakeChat
     assert len({t for pair in original for t in pair}) == 6  # every request got fresh samples
 
 
+async def test_clients_with_one_run_id_are_one_run(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
+    async with sdk.make(server, tmp_path, run_id="team") as first, sdk.make(server, tmp_path, run_id="team") as second:
+        a = await first.chat.completions.create(model="m", messages=USER, n=2)
+        b = await second.chat.completions.create(model="m", messages=USER, n=2)
+        assert set(texts(a)).isdisjoint(texts(b))  # fresh samples across the two clients
+        assert first.pipeline.cacher.run.run_id == "team"
+    async with sdk.make(server, tmp_path) as alone:  # its own run: the stored ones again
+        assert texts(await alone.chat.completions.create(model="m", messages=USER, n=2)) == texts(a)
+
+
 async def test_namespaces_per_client_and_per_call(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
     async with sdk.make(server, tmp_path, namespace="run-a") as client:
         first = await client.chat.completions.create(model="m", messages=USER, n=2)
