@@ -16,8 +16,10 @@ plus two query parameters of cachesaver's own: ``prefix=`` (default ``cachesaver
 client can be passed instead (``RedisStore(client, prefix=...)``); it is used as is and never
 closed.
 
-Layout. Every key starts with ``<prefix>:1:``; the engine never deletes a key (nor runs
-FLUSHDB / FLUSHALL), so stores with other prefixes, and other data, can share the server. The
+Layout. Every key starts with ``<prefix>:1:``; the engine never deletes a sample or a record
+(nor runs FLUSHDB / FLUSHALL), so stores with other prefixes, and other data, can share the
+server; the keys of shared runs (run records, claim states, leases: see
+:mod:`cachesaver.store.redis_shared`) expire, or are removed when their run or lease ends. The
 keys of one cache key share a hash tag ``{<16 hex digits>}`` (a digest of the cache key), so they
 live in one cluster slot: a LIST of its samples (index i = position i: dense, append-only), a
 HASH of its sample count and first :data:`~cachesaver.store.protocol.CONSULTED_RECORDS`
