@@ -20,12 +20,14 @@ What is public, and so exported here (``tests/test_package.py`` checks it):
   the store protocols ``SampleStore`` and ``InspectableStore``, its engines ``DiskcacheStore`` and ``MemoryStore`` and
   ``open_store`` with ``CacheSpec``, the type of what ``cache=`` accepts
   (:mod:`cachesaver.store`), ``Mode`` and ``MODES`` (what ``mode=`` accepts,
-  :mod:`~cachesaver.modes`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
+  :mod:`~cachesaver.modes`), ``SharedRun``, the settings of ``run_id=``
+  (:mod:`cachesaver.store.shared_runs`), ``RetryPolicy`` (:mod:`~cachesaver.retry`),
   ``RateLimiter`` and ``RateLimits`` (:mod:`~cachesaver.ratelimit`). Their other names, and
-  those of the store's internals (:mod:`cachesaver.store`), the drop-in clients
-  (:mod:`cachesaver.dropin`) and the command line (:mod:`cachesaver.cli`), are for use from
-  their module; :mod:`cachesaver._runtime` (background jobs, the one-pass collector, the loop
-  thread) is private.
+  those of the store's internals (:mod:`cachesaver.store`), the cache stage's single-flight
+  (:mod:`cachesaver.stages.single_flight`), the drop-in clients (:mod:`cachesaver.dropin`) and
+  the command line (:mod:`cachesaver.cli`), are for use from their module;
+  :mod:`cachesaver._runtime` (background jobs, the one-pass collector, the loop thread) is
+  private.
 * The simulated KV-cache cluster, the experiment runner and the cache as an artifact (listing,
   miss explanations, bundles) are public subpackages that keep their own namespace (``from
   cachesaver.tasks import Task``, ``from cachesaver.kvcache import Cluster``, ``from
@@ -110,6 +112,7 @@ if TYPE_CHECKING:
     from .ratelimit import RateLimiter, RateLimits
     from .retry import RetryPolicy
     from .stages.batching import AsyncBatcher
+    from .store.shared_runs import SharedRun
     from .stages.caching import AsyncCacher
     from .stages.deduplication import AsyncDeduplicator
     from .stages.ledger_tap import LedgerTap
@@ -130,6 +133,7 @@ _LAZY = {
     "ReplayOnlyModel": "cachesaver.models.replay_only",
     "RequestReorderer": "cachesaver.stages.reordering",
     "RetryPolicy": "cachesaver.retry",
+    "SharedRun": "cachesaver.store.shared_runs",
     "SimulatedLLM": "cachesaver.models.simulated",
     **{p.backend_class_name: p.backend_module for p in PROVIDERS.values()},
 }
@@ -187,6 +191,7 @@ __all__ = [
     "SampleStore",
     "ScriptedModel",
     "Settled",
+    "SharedRun",
     "SimulatedLLM",
     "SingleRequestModel",
     "Stage",

@@ -50,7 +50,7 @@ Response(data=['hi#0', 'hi#1'], cached=[False, False], duplicated=[False, False]
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .artifacts.explain import MissExplanation
 from .errors import ConfigurationError
@@ -65,6 +65,9 @@ from .stages.ledger_tap import LedgerTap
 from .stages.reordering import RequestReorderer
 from .store import CacheSpec
 from .typedefs import Model, Request, Response
+
+if TYPE_CHECKING:
+    from .store.shared_runs import SharedRun
 
 __all__ = ["LocalAPI", "OnlineAPI"]
 
@@ -82,7 +85,7 @@ class _Pipeline(Stage):
         model_id: Any = DERIVE,
         store_timeout_s: float = 30.0,
         mode: str | None = None,
-        run_id: Any = None,
+        run_id: "str | SharedRun | None" = None,
     ) -> None:
         _check_model(model, type(self).__name__)
         self.ledger: Ledger = ledger if ledger is not None else Ledger()

@@ -39,8 +39,9 @@ CHOSEN_FROM_PLUMBING = {
     "modes": ("MODES", "Mode"),
     "store.diskcache": ("DiskcacheStore",),
     "store.memory": ("MemoryStore",),
+    "store.shared_runs": ("SharedRun",),
 }
-PLUMBING_MODULES = {"cli.cache", "cli.run", "dropin.clients", "dropin.completions"}
+PLUMBING_MODULES = {"cli.cache", "cli.run", "dropin.clients", "dropin.completions", "stages.single_flight"}
 # Old module paths, each a re-export of where its names moved (so old imports work).
 SHIM_MODULES = {
     "batching": ("stages.batching",),

@@ -219,3 +219,34 @@ def test_two_processes_asking_one_prompt_at_once_pay_one_call(process_cache: str
     else:
         assert calls == {"A": 1, "B": 1} and not read_lines(sync / "out-A")  # B took the work over
         assert answer_b[4] == ["B:p#0", "B:p#1"] and answer_b[5] == [False, False]
+
+
+async def test_a_lease_step_the_store_fails_is_skipped_not_fatal() -> None:
+    from cachesaver.errors import StoreUnavailableError
+    from cachesaver.store.memory import MemoryStore
+    from cachesaver.store.shared_local import MemorySharedRuns
+
+    class Refusing(MemorySharedRuns):
+        def acquire_leases(self, *args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailableError("the lease server is down")
+
+    class Store(MemoryStore):
+        def shared_runs(self) -> Any:
+            return Refusing(self)
+
+    model = ScriptedModel()
+    async with OnlineAPI(model, Store(), 4, 0.001, run_id="r") as pipeline:
+        got = await pipeline.request(Request("p", n=2))
+    assert got.data == ["p#0", "p#1"] and model.calls == 1
+
+
+def test_shared_runs_work_under_trio(tmp_path: Path) -> None:
+    import trio
+
+    async def main() -> tuple[list[str], list[str]]:
+        model = ScriptedModel()
+        async with OnlineAPI(model, tmp_path, 4, 0.001, run_id="r") as a, OnlineAPI(model, tmp_path, 4, 0.001, run_id="r") as b:
+            first, second = await a.request(Request("p")), await b.request(Request("p"))
+        return first.data, second.data
+
+    assert trio.run(main) == (["p#0"], ["p#1"])

@@ -23,7 +23,8 @@ A cache stage that is a worker of a shared run (``run_id=``, see
   flight. The saving is for the other runs and namespaces on the store: a sweep whose
   configurations (namespaces) run in parallel workers pays each prompt once.
 * Waits are bounded: after ``lease_wait_s`` in all a request asks the model whatever leases
-  exist. They are cancelled by a forced close, like any upstream call.
+  exist. They are cancelled by a forced close, like any upstream call. A lease step the store
+  fails (a lost connection) is logged and skipped: the request asks the model.
 
 Without a run id nothing of this runs: the cache stage fetches as it always did.
 """
@@ -33,8 +34,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import logging
+
 import anyio
 
+from ..errors import StoreError
 from ..typedefs import Response
 from .base import Settled
 
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
     from .caching import _Pending
 
 __all__ = ["SingleFlight"]
+
+logger = logging.getLogger(__name__)
 
 
 class SingleFlight:
@@ -78,7 +84,11 @@ class SingleFlight:
         scopes: dict[str, set[str]] = {}
         for i in todo:
             scopes.setdefault(pending[i].found.key, set()).add(broker.scope(pending[i].request.namespace))
-        leases = await broker.acquire({key: sorted(wanted) for key, wanted in scopes.items()}, holder)
+        try:
+            leases = await broker.acquire({key: sorted(wanted) for key, wanted in scopes.items()}, holder)
+        except StoreError as exc:  # single-flight is a saving, never a failure: ask the model
+            logger.warning("cachesaver could not take single-flight leases on %s: %s", broker.store.location, exc)
+            leases = {}
         go: list[int] = []
         waits: dict[str, tuple[str, list[int]]] = {}
         late = anyio.current_time() >= deadline
@@ -110,18 +120,18 @@ class SingleFlight:
         self, pending: list["_Pending"], key: str, other: str, indices: list[int], outcomes: list[Any], deadline: float
     ) -> None:
         broker = self._broker
-        await broker.wait_for(key, other, deadline)
         entries = [pending[i] for i in indices]
         try:
-            grants = await broker.top_up([p.found for p in entries], [p.needed for p in entries])  # type: ignore[misc]
-        except Exception as exc:  # noqa: BLE001 - the store failed: these requests fail with it
-            for i in indices:
-                outcomes[i] = exc
-            return
+            await broker.wait_for(key, other, deadline)
+            grants: list[Any] = await broker.top_up([p.found for p in entries], [p.needed for p in entries])  # type: ignore[misc]
+        except StoreError as exc:  # the store failed: ask the model (what it stores may fail too)
+            logger.warning("cachesaver stopped waiting for a single-flight lease on %s: %s", broker.store.location, exc)
+            deadline = anyio.current_time()  # no more waiting for these
+            grants = [None] * len(entries)
         remaining = []
         for i, entry, grant in zip(indices, entries, grants):
-            if isinstance(grant, BaseException):
-                outcomes[i] = grant
+            if grant is None or isinstance(grant, BaseException):
+                remaining.append(i)
                 continue
             found: SharedFound = entry.found  # type: ignore[assignment]
             if grant.indices:
