@@ -250,3 +250,18 @@ def test_shared_runs_work_under_trio(tmp_path: Path) -> None:
         return first.data, second.data
 
     assert trio.run(main) == (["p#0"], ["p#1"])
+
+
+async def test_a_replay_mode_worker_never_waits_for_a_lease(cache: Any) -> None:
+    from cachesaver.errors import CacheMissError
+
+    model = HeldModel()
+    async with OnlineAPI(model, cache, 4, 0.001, run_id="r") as a, \
+            OnlineAPI(ScriptedModel(), cache, 4, 0.001, run_id="r", mode="replay") as b:
+        async with anyio.create_task_group() as group:
+            group.start_soon(a.request, Request("p", namespace="ns1"))
+            await wait_until(lambda: model.started == 1)
+            with pytest.raises(CacheMissError):  # at once: the leased call is still held
+                await b.request(Request("p", namespace="ns2"))
+            assert b.cacher.single_flight.waited == 0
+            model.release.set()

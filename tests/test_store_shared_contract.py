@@ -292,3 +292,20 @@ def test_a_lease_not_renewed_expires(shared: SharedRunStore) -> None:
         time.sleep(0.01)
     assert shared.renew_leases(["k"], "h1", 30) == ["k"]
     assert shared.acquire_leases({"k": ["s"]}, "h2", 30) == {"k": None}
+
+
+def test_claimed_counts_what_the_run_holds_below_an_index(store: SampleStore, shared: SharedRunStore) -> None:
+    stored(store, "k", 5)
+    claim(shared, "k", asks=[ask("t1", 2), ask("t2", 1, namespace="ns2")])
+    claim(shared, "k", releases=[ClaimRelease("t1")], asks=[ask("t3", 1), ask("t4", 1)])  # 0, 1 again
+    claim(shared, "k", releases=[ClaimRelease("t3")])  # 0 free again: claimed {1}
+    assert shared.claimed(RUN, "ns", "k", 5) == 1
+    assert shared.claimed(RUN, "ns2", "k", 5) == 1 and shared.claimed(RUN, "ns2", "k", 0) == 0
+    assert shared.claimed(RunRef("run", "other", "w1:"), "ns", "k", 5) == 0
+
+
+def test_a_record_a_claim_writes_names_its_namespace(store: SampleStore, shared: SharedRunStore) -> None:
+    stored(store, "k", 2)
+    claim(shared, "k", asks=[ask("t1", 1, "q", namespace="a fresh namespace")])
+    names = store.namespace_names()  # type: ignore[attr-defined]
+    assert "a fresh namespace" in names.values()

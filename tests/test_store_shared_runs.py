@@ -237,3 +237,11 @@ def test_a_crashed_runs_claims_expire_after_its_ttl(process_cache: str, tmp_path
         assert time.monotonic() < deadline, "the crashed run never expired"
         time.sleep(0.02)
     assert anyio.run(ask, SharedRun(**short)) == ["p#0"]  # a new run: the claims are gone
+
+
+async def test_explain_miss_in_a_shared_run_counts_what_other_workers_hold(cache: Any) -> None:
+    await seed(cache, "p", 1)
+    async with OnlineAPI(ScriptedModel(), cache, 4, 0.001, run_id="r") as a, OnlineAPI(ScriptedModel(), cache, 4, 0.001, run_id="r") as b:
+        await a.request(Request("p", request_id=1))
+        why = str(await b.explain_miss(Request("p")))
+    assert "already handed out in this run" in why

@@ -26,7 +26,9 @@ A cache stage that is a worker of a shared run (``run_id=``, see
   exist. They are cancelled by a forced close, like any upstream call. A lease step the store
   fails (a lost connection) is logged and skipped: the request asks the model.
 
-Without a run id nothing of this runs: the cache stage fetches as it always did.
+Only in the ``"record"`` mode (:mod:`cachesaver.modes`): a replay never calls the model, and
+refresh and bypass reuse nothing. Without a run id nothing of this runs: the cache stage
+fetches as it always did.
 """
 
 from __future__ import annotations
@@ -55,10 +57,14 @@ class SingleFlight:
     """The fetch of a shared-run cache stage: ``fetch`` wraps the stage's own fetch (which asks
     the model and stores what it returns) with leases; see the module docstring."""
 
-    def __init__(self, broker: "SharedBroker", fetch: Callable[[list["_Pending"]], Awaitable[list[Settled]]]) -> None:
+    def __init__(
+        self, broker: "SharedBroker", fetch: Callable[[list["_Pending"]], Awaitable[list[Settled]]],
+        mode: Callable[[], str] = lambda: "record",
+    ) -> None:
         self.broker = broker
         self._broker = broker
         self._fetch = fetch
+        self._mode = mode
         self.waited = 0
         """Requests that waited for another call's lease (for tests and benchmarks)."""
 
@@ -70,9 +76,11 @@ class SingleFlight:
 
         run = shared_run(run_id)
         broker = SharedBroker(cacher.store, cacher._background, run, shared_store(cacher.store))
-        return cls(broker, cacher._fetch)
+        return cls(broker, cacher._fetch, lambda: cacher.mode)
 
     async def fetch(self, pending: list["_Pending"]) -> list[Settled]:
+        if self._mode() != "record":  # replay calls no model, refresh and bypass reuse nothing
+            return await self._fetch(pending)
         outcomes: list[Settled | None] = [None] * len(pending)
         deadline = anyio.current_time() + self._broker.run.lease_wait_s
         await self._round(pending, list(range(len(pending))), outcomes, deadline)

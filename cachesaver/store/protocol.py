@@ -582,6 +582,11 @@ class SharedRunStore(Protocol):
         order); a damaged key maps to its error, other keys are unaffected."""
         ...
 
+    def claimed(self, run: RunRef, namespace: str, key: str, below: int) -> int:
+        """How many of the indices below ``below`` of ``key`` are claimed in ``namespace`` of
+        the run (for miss explanations; changes nothing)."""
+        ...
+
     def commit(
         self,
         run: RunRef,

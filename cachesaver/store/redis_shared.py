@@ -522,12 +522,31 @@ class RedisSharedRuns:
             plans.append((key, [a.ticket for a in key_ops.asks] + [t.ticket for t in key_ops.top_ups]))
         replies = self._scripts(calls)
         out: dict[str, list[Grant] | StoreError] = {}
-        for (key, tickets), reply in zip(plans, replies):
+        wrote: set[str] = set()
+        for (key, tickets), reply, key_ops in zip(plans, replies, ops.values()):
             try:
-                out[key] = self._grants(key, tickets, reply)
+                grants = out[key] = self._grants(key, tickets, reply)
             except CorruptStoreError as exc:
                 out[key] = exc
+                continue
+            if any(g.wrote_record for g in grants):
+                wrote.update(a.namespace for a in key_ops.asks)
+        new = sorted(wrote - store._named)
+        if new:  # the names of the namespaces records are kept for (a slot of their own)
+            store._name_namespaces(new)
         return out
+
+    def claimed(self, run: RunRef, namespace: str, key: str, below: int) -> int:
+        store = self._store
+        store._check_open()
+        claims_key, _ = store.claim_keys(run.generation, key)
+        field = b"c:" + namespace_prefix(namespace).encode()
+        text = store._call("read from", lambda: store.client.hget(claims_key, field))
+        if not text:
+            return 0
+        floor, _, above = _text(text).partition(":")
+        extra = {int(i) for i in above.split(",")} if above else set()
+        return min(int(floor), below) + sum(1 for i in extra if int(floor) <= i < below)
 
     def _grants(self, key: str, tickets: list[str], reply: Any) -> list[Grant]:
         from .redis import _decode

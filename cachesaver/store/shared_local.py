@@ -41,6 +41,8 @@ from .protocol import (
     RunRef,
     RunStatus,
     StoredSample,
+    namespace_digest,
+    namespace_prefix,
 )
 from .shared_rules import KeyRunState, apply_new, apply_ops
 
@@ -151,6 +153,11 @@ class _TaggedRecord(RecordId):
         return self.raw_tag
 
 
+def _count_claimed(state: KeyRunState, namespace: str, below: int) -> int:
+    entry = state.claimed.get(namespace_prefix(namespace))
+    return 0 if entry is None else sum(1 for i in range(below) if entry.is_claimed(i))
+
+
 def _grants(granted: Sequence[tuple[str, Any, tuple[int, ...], bool]], samples: Mapping[int, StoredSample]) -> list[Grant]:
     return [Grant(t, use, indices, {i: samples[i] for i in indices}, wrote) for t, use, indices, wrote in granted]
 
@@ -249,6 +256,8 @@ class MemorySharedRuns:
                     target = store._entries.setdefault(key, live)
                     for tag, indices in view.written.items():
                         target.records[tag] = indices
+                    for ask in key_ops.asks:  # the names of the namespaces records are kept for
+                        store._namespaces.setdefault(namespace_digest(ask.namespace), ask.namespace)
                 self._data.states[(run.generation, key)] = (state, now + keep_s)
                 try:
                     samples = {i: _decode(live.samples[i], key) for g in granted for i in g[2]}
@@ -257,6 +266,11 @@ class MemorySharedRuns:
                     continue
                 out[key] = _grants(granted, samples)
         return out
+
+    def claimed(self, run: RunRef, namespace: str, key: str, below: int) -> int:
+        with self._store._lock:
+            state = self._state(run.generation, key, self._now())
+            return _count_claimed(state, namespace, below)
 
     def commit(
         self,
@@ -543,9 +557,17 @@ class DiskcacheSharedRuns:
                 out[key] = _grants(granted, samples)
             if writes:
                 store._write_commit([], writes)
+                named.extend(store._name_namespaces(a.namespace for o in ops.values() for a in o.asks))
             return out
 
-        return self._write(step)
+        named: list[str] = []
+        out: dict[str, list[Grant] | StoreError] = self._write(step)
+        store._named.update(named)  # the transaction committed: these names are stored
+        return out
+
+    def claimed(self, run: RunRef, namespace: str, key: str, below: int) -> int:
+        self._store._check_open()
+        return _count_claimed(self._load_state(run.generation, key), namespace, below)
 
     def commit(
         self,

@@ -465,6 +465,17 @@ class SharedBroker(SampleBroker):
             )
         return results  # type: ignore[return-value]
 
+    def claimed(self, namespace: str, key: str, below: int) -> int:
+        """How many of the indices below ``below`` of (namespace, key) the run (every worker)
+        has handed out; reads the store. For explanations, not the request path."""
+        ref = self.ref
+        if ref is None:  # not joined yet: the run as it stands, if it is live
+            status = self.backend.status(self.run.run_id)
+            if status is None:
+                return 0
+            ref = RunRef(self.run.run_id, status.generation, self.worker, status.dead)
+        return self.backend.claimed(ref, namespace, key, below)
+
     def deliver(self, found: Found) -> None:
         """The request reached its caller: settle its claim with the next round."""
         if isinstance(found, SharedFound) and found.ticket and found.live:
