@@ -25,7 +25,8 @@ Membership and time limits (:class:`SharedRun` sets them):
 * A worker joins the run at its first request and renews its membership every ``ttl_s / 3``
   (default :data:`RUN_TTL_S`, 10 minutes) while the pipeline is open; closing it leaves the
   run. When the last live worker leaves, the run ends: a later pipeline with the same run id
-  starts a new run (and so replays). A worker that stops renewing (killed, or its host lost)
+  starts a new run (and so replays); so does a worker that starts only after every other has
+  left (start the workers of one run so that they overlap). A worker that stops renewing (killed, or its host lost)
   is declared dead ``ttl_s`` after its last renewal; a run none of whose workers renews
   expires ``ttl_s`` after the last renewal, so a crashed run does not hold samples forever.
 * A dead worker's requests that were not delivered give their use back (a request re-issued
