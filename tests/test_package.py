@@ -39,7 +39,7 @@ CHOSEN_FROM_PLUMBING = {
     "store.diskcache": ("DiskcacheStore",),
     "store.memory": ("MemoryStore",),
 }
-PLUMBING_MODULES = {"cli.run", "dropin.clients", "dropin.completions"}
+PLUMBING_MODULES = {"cli.merge", "cli.run", "dropin.clients", "dropin.completions"}
 # Old module paths, each a re-export of where its names moved (so old imports work).
 SHIM_MODULES = {
     "batching": ("stages.batching",),
