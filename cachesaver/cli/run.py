@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-only", action="store_true",
         help="call no model: serve every request from the cache; a miss fails that sample",
     )
-    run.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help=f"cache directory (default {DEFAULT_CACHE})")
+    run.add_argument(
+        "--cache", default=DEFAULT_CACHE, metavar="DIR|URL",
+        help=f"cache directory, or a Redis URL (redis://, unix://, redis+cluster://; default {DEFAULT_CACHE})",
+    )
     run.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per upstream batch (default 8)")
     run.add_argument("--temperature", type=float, help="sampling temperature (part of the cache key)")
     run.add_argument("--max-tokens", type=int, metavar="N", help="completion token limit (part of the cache key)")
