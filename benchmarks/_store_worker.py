@@ -16,12 +16,15 @@ given to ``OnlineAPI`` as is. Modes:
   ``floor``: the same work with nothing but ``request_key`` and the bare engine
   (:func:`run_floor`). ``run_id`` says whether ``OnlineAPI`` takes ``run_id=`` (shared runs).
 * ``{"mode": "part", "worker": w, "workers": W, "cache": C, "requests": R, "copies": K,
-  "phases": [{"name": "miss" | "hit" | "dup", "run_id": ID or null}, ...], ...}``: one of W
-  worker processes. It prints ``ready`` once set up, then for each phase waits for a ``go``
-  line on stdin, runs its share (request i of R when ``i % W == w``) through a new pipeline
-  (with ``run_id=ID`` when ID is given: the one place it is passed) and prints one JSON line.
-  ``miss``: prompts ``t<i>`` on a fresh store; ``hit``: the same requests again; ``dup``:
-  prompt ``d<i // K>``, so each prompt is asked K times, once in each of K workers when W = K.
+  "phases": [{"name": "miss" | "hit" | "dup" | "dup-spread", "run_id": ID or null}, ...],
+  ...}``: one of W worker processes. It prints ``ready``; for each phase it opens a new
+  pipeline (with ``run_id=ID`` when ID is given: the one place it is passed), waits for a
+  ``go`` line on stdin, sends its share (request i of R when ``i % W == w``) gathered at once,
+  prints ``answered``, waits for ``close`` (so the workers of a phase are alive together: one
+  shared run), closes the pipeline and prints one JSON line. ``miss``: prompts ``t<i>`` on a
+  fresh store; ``hit``: the same requests again; ``dup``: prompt ``d<i // K>`` in one namespace,
+  so each prompt is asked K times, once in each of K workers when W = K; ``dup-spread``: the
+  same with prompts ``e<i // K>``, copy ``i % K`` in a namespace of its own.
 
 The model answers at once (never awaits) with distinct samples everywhere:
 ``"<prompt>#<worker tag>.<k>"``, the tag unique to the process.
@@ -283,11 +286,23 @@ def run_floor(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _share(spec: Dict[str, Any], phase: str) -> List[Request]:
+    """This worker's requests of the phase: request i of R when ``i % W == w``."""
     count, workers, worker = int(spec["requests"]), int(spec["workers"]), int(spec["worker"])
     copies = int(spec.get("copies", 1))
     mine = [i for i in range(count) if i % workers == worker]
-    prompt = (lambda i: f"d{i // copies}") if phase == "dup" else (lambda i: f"t{i}")
-    return _requests([prompt(i) for i in mine], [f"r{i}" for i in mine])
+    if phase == "miss" or phase == "hit":
+        prompts, namespaces = [f"t{i}" for i in mine], [NAMESPACE] * len(mine)
+    else:  # prompt d<i // K>: copy i % K of it; "dup-spread" puts copy c in a namespace of its own
+        letter = "d" if phase == "dup" else "e"  # other prompts: the phases may share a store
+        prompts = [f"{letter}{i // copies}" for i in mine]
+        namespaces = [NAMESPACE if phase == "dup" else f"{NAMESPACE}-c{i % copies}" for i in mine]
+    return [Request(p, n=1, request_id=f"r{i}", namespace=ns) for p, i, ns in zip(prompts, mine, namespaces)]
+
+
+def _wait_for(word: str, phase: str) -> None:
+    line = sys.stdin.readline()
+    if line.strip() != word:
+        raise SystemExit(f"expected {word!r} on stdin in phase {phase!r}, got {line!r}")
 
 
 async def _part_phase(spec: Dict[str, Any], phase: Dict[str, Any]) -> Dict[str, Any]:
@@ -295,8 +310,15 @@ async def _part_phase(spec: Dict[str, Any], phase: Dict[str, Any]) -> Dict[str, 
     requests = _share(spec, phase["name"])
     pipeline = make_pipeline(model, spec["cache"], int(spec["batch_size"]), float(spec["timeout_s"]), phase.get("run_id"))
     gc.collect()
+    await asyncio.to_thread(_wait_for, "go", phase["name"])
     started = time.time()
     responses = await asyncio.gather(*(pipeline.request(r) for r in requests))
+    answered = time.time()
+    # Every worker keeps its pipeline open until all have their answers: the workers of a pass
+    # are alive together, so they are one shared run (a run ends when its last worker leaves).
+    print("answered", flush=True)
+    await asyncio.to_thread(_wait_for, "close", phase["name"])
+    waited = time.time()
     await pipeline.aclose()
     ended = time.time()
     tally = _workload._tally(responses)
@@ -304,7 +326,9 @@ async def _part_phase(spec: Dict[str, Any], phase: Dict[str, Any]) -> Dict[str, 
     return {
         "phase": phase["name"],
         "started": started,
+        "answered": answered,
         "ended": ended,
+        "close_s": ended - waited,
         "requests": len(requests),
         **_counts(model),
         **tally,
@@ -313,12 +337,10 @@ async def _part_phase(spec: Dict[str, Any], phase: Dict[str, Any]) -> Dict[str, 
 
 
 def run_part(spec: Dict[str, Any]) -> None:
-    """Print ``ready``, then per phase wait for ``go`` and print the phase's JSON line."""
+    """Print ``ready``; per phase, after ``go`` on stdin send the requests, print ``answered``,
+    and after ``close`` close the pipeline and print the phase's JSON line."""
     print("ready", flush=True)
     for phase in spec["phases"]:
-        line = sys.stdin.readline()
-        if line.strip() != "go":
-            raise SystemExit(f"expected 'go' on stdin before phase {phase['name']!r}, got {line!r}")
         result = asyncio.run(_part_phase(spec, phase))
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()

@@ -59,6 +59,7 @@ WORK_ROOT = BENCH_DIR / ".work"
 WORKER = BENCH_DIR / "_store_worker.py"
 ENGINES = ("diskcache", "redis", "cluster")
 WORKLOADS = ("concurrent-miss", "concurrent-hit", "sequential-hit")
+DUP_WORKLOADS = ("dup", "dup-spread")  # the copies of a prompt in one namespace, or one namespace per copy
 FLOOR_FIELDS = {"concurrent-miss": "concurrent_miss_us", "concurrent-hit": "concurrent_hit_us",
                 "sequential-hit": "sequential_hit_us"}
 
@@ -278,9 +279,14 @@ def _run_parts(engine: Engine, workers: int, phases: List[Dict[str, Any]], spec:
                 raise BenchmarkError("a worker process did not say it was ready")
         results = []
         for _ in phases:
+            deadline = time.monotonic() + args.worker_timeout_s
             for part in parts:
                 part.send("go\n")
-            deadline = time.monotonic() + args.worker_timeout_s
+            for part in parts:
+                if part.read_line(deadline) != "answered":
+                    raise BenchmarkError("a worker process did not say it had its answers")
+            for part in parts:  # all answered: they were alive together, one shared run
+                part.send("close\n")
             results.append([json.loads(part.read_line(deadline)) for part in parts])
         return results
     finally:
@@ -360,11 +366,14 @@ def _measure(engine: Engine, args: argparse.Namespace, work: Path, run_ids: Opti
         total = args.dup_prompts * args.dup_copies
         for workers in (1, args.dup_copies):
             _progress(f"  {engine.name}: duplicates in {workers} process(es), run {attempt + 1} of {args.repeat}")
-            (dup,) = _run_parts(engine, workers, [{"name": "dup", "run_id": run_id("dup")}],
-                                {"label": "dup", "requests": total, "copies": args.dup_copies, **common}, work, args)
-            combined = _combine(dup, total)
-            del combined["_samples"]
-            out["dup"][workers] = _best(out["dup"].get(workers), combined, "upstream_requests")
+            phases = [{"name": name, "run_id": run_id(name)} for name in DUP_WORKLOADS]
+            passes = _run_parts(engine, workers, phases, {"label": "dup", "requests": total, "copies": args.dup_copies,
+                                                          **common}, work, args)
+            for name, results in zip(DUP_WORKLOADS, passes):
+                combined = _combine(results, total)
+                del combined["_samples"]
+                held = out["dup"].setdefault(name, {})
+                held[workers] = _best(held.get(workers), combined, "upstream_requests")
     return out
 
 
@@ -415,7 +424,7 @@ def _parts_problems(phase: str, result: Dict[str, Any], requests: int, shared: b
         problems.append(f"{result['short_responses']} responses without exactly one sample")
     if result["samples_served"] != requests:
         problems.append(f"{result['samples_served']} samples served for {requests} requests")
-    if shared and result["distinct_samples"] != result["samples_served"]:
+    if shared and phase != "dup-spread" and result["distinct_samples"] != result["samples_served"]:
         problems.append(f"{result['samples_served'] - result['distinct_samples']} samples handed out twice in "
                         "the shared run")
     if phase == "miss" and result["cached_samples"]:
@@ -492,27 +501,33 @@ def _report(args: argparse.Namespace, engines: Dict[str, Engine], results: Dict[
     print()
     total = args.dup_prompts * args.dup_copies
     copies = args.dup_copies
-    print(f"duplicates: {args.dup_prompts:,} prompts x {copies} = {total:,} requests in one namespace (each prompt "
-          f"{copies} times, distinct request ids), gathered at once; in {copies} processes copy c of every prompt is "
-          f"in process c; upstream = requests that reached the model, all processes together")
-    header = (f"{'engine':9}  {'1 proc upstream':>15}  {f'{copies} proc upstream':>15}  {f'{copies} / 1':>7}  "
-              f"{'samples (1 / ' + str(copies) + ')':>17}  {'target':14}  met")
+    print(f"duplicates: {args.dup_prompts:,} prompts x {copies} = {total:,} requests (each prompt {copies} times, "
+          f"distinct request ids) gathered at once, in one process, or in {copies} processes with copy c of every prompt "
+          f"in process c; dup: one namespace (each request needs a fresh sample), dup-spread: copy c in namespace "
+          f"c (one sample may serve them all); upstream = requests that reached the model, all processes together")
+    header = (f"{'engine':9}  {'workload':10}  {'1 proc upstream':>15}  {f'{copies} proc upstream':>15}  "
+              f"{f'{copies} / 1':>7}  {'samples (1 / ' + str(copies) + ')':>17}  {'target':14}  met")
     print(header)
     print("-" * len(header))
     for name, result in results.items():
-        one, many = result["dup"][1], result["dup"][copies]
-        ratio = many["upstream_requests"] / one["upstream_requests"] if one["upstream_requests"] else None
-        if run_ids:
-            met = tally.target(ratio is not None and ratio <= DUP_TARGET)
-        else:  # separate runs may hand each other's samples out again: not the workload of the target
-            tally.target(False)
-            met = "n/a"
-        samples = f"{one['samples_generated']:,} / {many['samples_generated']:,}"
-        print(f"{name:9}  {one['upstream_requests']:>15,}  {many['upstream_requests']:>15,}  "
-              f"{_fmt(ratio, '.3f') + 'x':>7}  {samples:>17}  {'<= ' + format(DUP_TARGET, '.2f') + 'x':14}  {met}")
-        for workers, combined in ((1, one), (copies, many)):
-            tally.problems += [f"{name} duplicates in {workers} process(es): {p}"
-                               for p in _parts_problems("dup", combined, total, run_ids or workers == 1)]
+        for workload in DUP_WORKLOADS:
+            one, many = result["dup"][workload][1], result["dup"][workload][copies]
+            ratio = many["upstream_requests"] / one["upstream_requests"] if one["upstream_requests"] else None
+            target, met = "-", "-"
+            if workload == "dup":
+                target = f"<= {DUP_TARGET:.2f}x"
+                if run_ids:
+                    met = tally.target(ratio is not None and ratio <= DUP_TARGET)
+                else:  # separate runs may hand each other's samples out again: not the target's workload
+                    tally.target(False)
+                    met = "n/a"
+            samples = f"{one['samples_generated']:,} / {many['samples_generated']:,}"
+            print(f"{name:9}  {workload:10}  {one['upstream_requests']:>15,}  {many['upstream_requests']:>15,}  "
+                  f"{_fmt(ratio, '.3f') + 'x':>7}  {samples:>17}  {target:14}  {met}")
+            for workers, combined in ((1, one), (copies, many)):
+                shared = run_ids or workers == 1
+                tally.problems += [f"{name} {workload} in {workers} process(es): {p}"
+                                   for p in _parts_problems(workload, combined, total, shared)]
     if not run_ids:
         print(f"  n/a: without shared runs each process is a run of its own, free to reuse the samples another "
               f"process stored (fewer samples than requests above), so the target, for {copies} processes in one "

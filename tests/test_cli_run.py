@@ -390,7 +390,10 @@ def test_an_empty_run_id_is_a_configuration_error(tmp_path, capsys):
 
 SHARED_PROMPTS_TASK = '''
 import itertools
+import pathlib
 import uuid
+
+import anyio
 
 from cachesaver.tasks import Task, TaskSampleExecutionResult
 
@@ -400,16 +403,24 @@ _PROCESS = uuid.uuid4().hex[:8]
 
 class Shared(Task):
     """Nine samples over three prompts, q<index // 3>: with three shards, each prompt is asked
-    once in every shard."""
+    once in every shard. With ``rendezvous`` (a directory), a sample that got its reply waits
+    until all nine have theirs, so no shard closes its pipeline, leaving the shared run, before
+    every shard has joined it."""
 
-    def __init__(self):
+    def __init__(self, rendezvous=None):
         super().__init__(name="shared", concurrency=3)
+        self.rendezvous = None if rendezvous is None else pathlib.Path(rendezvous)
 
     def get_indices(self):
         return list(range(9))
 
     async def start_sample(self, index, session):
         reply = await session.action({"role": "user", "content": f"q{index // 3}"})
+        if self.rendezvous is not None:
+            (self.rendezvous / str(index)).touch()
+            with anyio.fail_after(15):  # a deadlock guard, not a timing
+                while len(list(self.rendezvous.iterdir())) < 9:
+                    await anyio.sleep(0.01)
         return TaskSampleExecutionResult(result=reply.content)
 
     def calculate_overall(self, results):
@@ -428,7 +439,9 @@ def shared_task(tmp_path):
 
 def test_shards_of_one_run_id_never_hand_out_a_sample_twice_and_replay_with_any_n(tmp_path):
     task = shared_task(tmp_path)
-    shards = run_all_at_once(tmp_path, shard_commands(tmp_path, "team", 3, "--run-id", "team-1", task=task, options=()))
+    (tmp_path / "rendezvous").mkdir()
+    shards = run_all_at_once(tmp_path, shard_commands(tmp_path, "team", 3, "--run-id", "team-1", task=task,
+                                                      options=(f"rendezvous={tmp_path / 'rendezvous'}",)))
     assert [d.returncode for d in shards] == [0, 0, 0], [d.stderr for d in shards]
     assert all("note" not in d.stderr for d in shards)
     runs, overall = merged_files(tmp_path / "team" / "shared")

@@ -241,8 +241,12 @@ async def test_shards_of_one_shared_run_get_fresh_samples_for_prompts_they_share
     def shared(index):
         return f"q{index // 3}"  # q0 is asked by samples 0, 1, 2: one in each of 3 shards
 
-    for number in (1, 2, 3):
-        async with OnlineAPI(model, cache, batch_size=4, run_id="team-run") as pipeline:
+    # A shared run lasts while one of its workers is open: the three shard pipelines stay open
+    # until the last shard is done (shards run one after another, as on a queue of one host).
+    async with OnlineAPI(model, cache, batch_size=4, run_id="team-run") as first, \
+            OnlineAPI(model, cache, batch_size=4, run_id="team-run") as second, \
+            OnlineAPI(model, cache, batch_size=4, run_id="team-run") as third:
+        for number, pipeline in ((1, first), (2, second), (3, third)):
             summary = await run_task(Tasked(count=6, prompt=shared), PipelineAgent(pipeline, namespace="exp"),
                                      tmp_path / "out", shard=Shard(number, 3))
     assert summary.merge.complete
