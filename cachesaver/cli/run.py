@@ -20,7 +20,8 @@ Sharded runs (:mod:`cachesaver.tasks.shards`): ``cachesaver run ... --shard K/N`
 samples at the positions p of ``get_indices()`` with ``p % N == K - 1`` (K from 1 to N) into
 ``DIR/<task name>/shard-K-of-N/``; the last shard to finish writes the merged ``runs.jsonl``,
 ``error.jsonl`` and ``overall.json`` into ``DIR/<task name>/``, the same as one unsharded run's.
-``--run-id ID`` makes the pipeline part of the shared run ID (give every shard the same one).
+``--run-id ID`` makes the pipeline a worker of the shared run ID (give every shard the same one:
+shards that run at once are then one run).
 ``cachesaver merge TASK --out DIR`` merges the finished shards by hand: exit status 0 when it
 merged and every sample finished, 1 when shards are still missing (nothing written) or some
 sample failed or ``calculate_overall`` failed, 2 for a bad command line or configuration.
@@ -117,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--run-id", metavar="ID",
-        help="join the shared run ID: every pipeline with this run id on this cache is one run "
-        "(give every shard the same one)",
+        help="join the shared run ID: the pipelines with this run id on this cache are one run while "
+        "any of them is open (give every shard that runs at once the same one)",
     )
     run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_merge_parser(commands)

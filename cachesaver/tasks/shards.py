@@ -40,7 +40,8 @@ Guarantees:
   out and left alone) and writes only the merged files, each through a temporary file of its own.
 * Without a shared run (``--run-id``), each shard's pipeline is a run of its own: samples of a
   prompt that several shards ask in one namespace may repeat across shards. Replaying, or giving
-  every shard the same ``run_id``, keeps the promises of one run.
+  the shards that run at once the same ``run_id`` (a shared run lasts while one of its
+  pipelines is open), keeps the promises of one run.
 """
 
 from __future__ import annotations
