@@ -277,3 +277,107 @@ def test_bench_memory_reports_rss_at_each_checkpoint_and_the_target(
     memory = json.loads(raw.read_text())["results"]["ours"]["memory"]
     assert list(memory["rss_bytes"]) == ["0", "100", "200", "400"]
     assert memory["model"] == "ScriptedModel(keep_log=False)" and memory["short_responses"] == 0
+
+
+# -- bench_store.py: the engines, their floors, worker processes and duplicates -------------------------
+# Tiny sizes, real servers (started by the script itself), no timed assertion: only the shape of the
+# report, the counts that do not depend on timing, the sanity checks and the target logic.
+
+
+@pytest.fixture
+def bench_store(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import bench_store
+
+    return bench_store
+
+
+TINY_STORE = ["--requests", "16", "--sequential-requests", "4", "--worker-requests", "16", "--dup-prompts", "4",
+              "--dup-copies", "2", "--workers", "2"]
+
+
+@pytest.mark.parametrize("engines", ["diskcache,redis", "cluster"])
+def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(
+    bench_store, engines: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw, profiles = tmp_path / "raw.json", tmp_path / "prof"
+    assert bench_store.main([*TINY_STORE, "--engines", engines, "--json", str(raw), "--profile", str(profiles)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = engines.split(",")
+    rows = [line.split() for line in lines if line.split()[:1] and line.split()[0] in names]
+    per_request = [r for r in rows if r[1] in ("concurrent-miss", "concurrent-hit", "sequential-hit")]
+    assert [(r[0], r[1]) for r in per_request] == [
+        (name, workload) for name in names for workload in ("concurrent-miss", "concurrent-hit", "sequential-hit")]
+    for row in per_request:  # engine, workload, ours, floor, ours/floor, target..., met
+        assert re.fullmatch(NUMBER, row[2]) and re.fullmatch(NUMBER, row[3]) and row[4].endswith("x"), row
+        targeted = row[0] in ("redis", "cluster") and row[1] == "concurrent-hit"
+        assert row[5:] == (["ours/floor", "<=", "3x", row[-1]] if targeted else ["-", "-"]), row
+        assert not targeted or row[-1] in ("yes", "NO")
+    workers = [r for r in rows if r[1] == "2"]  # engine, workers, miss req/s, x, hit req/s, x, upstream
+    assert [r[0] for r in workers] == names and all(r[-1] == "16" for r in workers)  # every distinct prompt once
+    duplicates = [r for r in rows if r[1] in ("dup", "dup-spread")]
+    assert [(r[0], r[1]) for r in duplicates] == [(name, w) for name in names for w in ("dup", "dup-spread")]
+    for row in duplicates:  # engine, workload, 1 proc, 2 proc, 2 / 1, samples (1 / 2), target, met
+        assert 4 <= int(row[2]) <= 8 and 4 <= int(row[3]) <= 8 and row[4].endswith("x"), row
+        assert row[5:8] == ["8", "/", row[7]], row  # one process: a fresh sample for every request
+        if row[1] == "dup":  # one namespace: one process merges each prompt's copies into one request
+            assert row[2] == "4" and row[8:10] == ["<=", "1.02x"] and row[-1] in ("yes", "NO", "n/a"), row
+        else:
+            assert row[8:] == ["-", "-"], row
+    assert "sanity checks (samples, flags, replay): all passed" in lines
+    assert re.fullmatch(r"targets met: \d of \d \(Redis and Redis Cluster concurrent hits <= 3x the floor; .*\)",
+                        lines[-1])
+    results = json.loads(raw.read_text())["results"]
+    for name in names:
+        single = results[name]["single"]
+        assert single["concurrent-miss"]["upstream_requests"] == 16 and single["concurrent-miss"]["cached_samples"] == 0
+        assert single["concurrent-hit"]["cached_samples"] == 16 and single["concurrent-hit"]["replay_exact"]
+        assert single["sequential-hit"]["upstream_requests"] == 0 and single["sequential-hit"]["replay_exact"]
+        assert results[name]["dup"]["dup"]["1"]["samples_generated"] == 8  # fresh samples for every request
+        hit = results[name]["workers"]["2"]["hit"]
+        assert hit["upstream_requests"] == 0 and hit["replay_exact"]
+        for workload in ("concurrent-miss", "concurrent-hit", "sequential-hit"):
+            assert "top 30 by cumulative" in (profiles / f"{name}-{workload}.txt").read_text()
+
+
+def test_bench_store_targets_are_judged_on_the_figures_it_is_given(bench_store, capsys) -> None:
+    args = bench_store._parse_args(["--engines", "redis", *TINY_STORE])
+    engine = bench_store.Engine("redis", "one redis-server", "unix:///x.sock")
+
+    def per_request(us: float, requests: int, **extra) -> dict:
+        return {"us_per_request": us, "median_us": us, "short_responses": 0, "samples_served": requests,
+                "distinct_samples": requests, "cached_samples": requests, "upstream_requests": 0,
+                "replay_exact": True, **extra}
+
+    def combined(upstream: int, requests: int = 16, cached: int = 0) -> dict:
+        return {"requests_per_s": 100.0, "upstream_requests": upstream, "samples_generated": requests,
+                "short_responses": 0, "samples_served": requests, "distinct_samples": requests,
+                "cached_samples": cached, "replay_exact": True}
+
+    def results(hit_us: float, dup_upstream: int) -> dict:
+        return {"redis": {
+            "library": {"version": "0", "location": "/x", "python": "3", "redis_py": "5", "hiredis": "2"},
+            "single": {"concurrent-miss": per_request(50.0, 16, cached_samples=0, upstream_requests=16),
+                       "concurrent-hit": per_request(hit_us, 16), "sequential-hit": per_request(30.0, 4)},
+            "floor": {"concurrent_miss_us": 10.0, "concurrent_hit_us": 10.0, "sequential_hit_us": 20.0},
+            "workers": {2: {"miss": combined(16), "hit": dict(combined(0), cached_samples=16)}},
+            "dup": {"dup": {1: combined(100, 8), 2: combined(dup_upstream, 8)},
+                    "dup-spread": {1: combined(400, 8), 2: combined(100, 8)}},
+        }}
+
+    assert bench_store._report(args, {"redis": engine}, results(29.0, 102), True, "7") is True
+    lines = capsys.readouterr().out.splitlines()
+    assert any(re.fullmatch(r"redis +concurrent-hit +29\.0 +10\.0 +2\.9x +ours/floor <= 3x +yes", l) for l in lines)
+    assert any(re.fullmatch(r"redis +dup +100 +102 +1\.020x +8 / 8 +<= 1\.02x +yes", l) for l in lines)
+    assert any(re.fullmatch(r"redis +dup-spread +400 +100 +0\.250x +8 / 8 +- +-", l) for l in lines)  # no target
+    assert lines[-1].startswith("targets met: 2 of 2")
+    assert bench_store._report(args, {"redis": engine}, results(31.0, 103), True, "7") is False
+    lines = capsys.readouterr().out.splitlines()
+    assert any(re.fullmatch(r"redis +concurrent-hit +31\.0 +10\.0 +3\.1x +ours/floor <= 3x +NO", l) for l in lines)
+    assert any(re.fullmatch(r"redis +dup +100 +103 +1\.030x +8 / 8 +<= 1\.02x +NO", l) for l in lines)
+    assert lines[-1].startswith("targets met: 0 of 2")
+    # Without shared runs the duplicate target is not measured, and counts as missed.
+    assert bench_store._report(args, {"redis": engine}, results(29.0, 100), False, "7") is False
+    lines = capsys.readouterr().out.splitlines()
+    assert any(re.fullmatch(r"redis +dup +100 +100 +1\.000x +8 / 8 +<= 1\.02x +n/a", l) for l in lines)
+    assert lines[-1].startswith("targets met: 1 of 2")

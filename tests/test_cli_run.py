@@ -338,3 +338,166 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     assert done.returncode == 141
     assert done.stderr == b""  # no BrokenPipeError traceback, no "Exception ignored" line
     assert (tmp_path / "out" / "game24" / "overall.json").exists()  # the run finished; only its summary was cut
+
+
+# -- sharded runs: --shard K/N, --run-id, the merge --------------------------------------------------
+
+
+def shard_commands(tmp_path, out, count, *extra, task=GAME24, cache="cache", options=("puzzles=7",)):
+    """One console-script command per shard K/count of ``task`` into ``out``."""
+    base = [console_script(), "run", task, "--out", out, "--namespace", "g24", "--cache", cache, "--no-progress",
+            *[arg for option in options for arg in ("--task-option", option)], *extra]
+    return [base + ["--shard", f"{number}/{count}"] for number in range(1, count + 1)]
+
+
+def run_all_at_once(tmp_path, commands):
+    """Start every command, then wait for all: the shards of one run on one host."""
+    processes = [subprocess.Popen(c, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=50)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done
+
+
+def run_one_after_another(tmp_path, commands):
+    return [subprocess.run(c, cwd=tmp_path, capture_output=True, text=True, timeout=50) for c in commands]
+
+
+def merged_files(directory):
+    return lines_without_time(directory / "runs.jsonl"), (directory / "overall.json").read_text()
+
+
+def test_one_run_three_shards_and_a_two_shard_replay_write_the_same_files(tmp_path):
+    whole = subprocess.run(shard_commands(tmp_path, "one", 1)[0][:-2], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=50)
+    assert whole.returncode == 0, whole.stderr
+    three = run_all_at_once(tmp_path, shard_commands(tmp_path, "three", 3))
+    assert [d.returncode for d in three] == [0, 0, 0], [d.stderr for d in three]
+    assert sorted(row(d.stdout, "samples") for d in three) == ["2 (0 already done, 2 run now)"] * 2 + [
+        "3 (0 already done, 3 run now)"]
+    assert row(three[1].stdout, "shard") == "2/3: 2 of 7 samples (positions p of get_indices() with p % 3 == 1)"
+    merges = [row(d.stdout, "merged") for d in three]
+    assert any(m.startswith("7 finished, 0 failed of 7 into three/game24/runs.jsonl") for m in merges), merges
+    two = run_one_after_another(tmp_path, shard_commands(tmp_path, "two", 2, "--replay-only"))
+    assert [d.returncode for d in two] == [0, 0], [d.stderr for d in two]
+    assert [row(d.stdout, "cache misses").split()[0] for d in two] == ["0", "0"]
+    assert row(two[0].stdout, "merged").startswith("not yet: shard 2/2 has not finished")
+    assert all("--run-id" not in d.stderr for d in two)  # a replay needs no shared run: no note
+
+    expected = merged_files(tmp_path / "one" / "game24")
+    assert [r["index"] for r in expected[0]] == list(range(7))
+    for out in ("three", "two"):
+        assert merged_files(tmp_path / out / "game24") == expected, out  # runs.jsonl line for line; overall.json byte for byte
+    assert sorted(p.name for p in (tmp_path / "three" / "game24").iterdir()) == [
+        "overall.json", "runs.jsonl", "shard-1-of-3", "shard-2-of-3", "shard-3-of-3"]
+
+
+def test_shards_on_one_redis_server_replay_on_one_host_unsharded(tmp_path, redis_server):
+    url = redis_server.url + "?prefix=cli-shards"
+    shards = run_all_at_once(tmp_path, shard_commands(tmp_path, "sharded", 2, cache=url))
+    assert [d.returncode for d in shards] == [0, 0], [d.stderr for d in shards]
+    assert not (tmp_path / url.split("://")[0]).exists()  # the URL named no directory
+    replay = subprocess.run(shard_commands(tmp_path, "replay", 1, "--replay-only", cache=url)[0][:-2],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert replay.returncode == 0, replay.stderr
+    assert row(replay.stdout, "cache misses").startswith("0 ")
+    assert merged_files(tmp_path / "replay" / "game24") == merged_files(tmp_path / "sharded" / "game24")
+
+
+def test_a_shard_that_does_not_exist_is_one_line_on_stderr_and_exit_2(tmp_path):
+    for shard, reason in [("0/3", "K counts from 1, so give 1/3 to 3/3"), ("4/3", "K counts from 1"),
+                          ("2", "--shard takes K/N"), ("1/0", "N must be at least 1")]:
+        command = [console_script(), "run", GAME24, "--out", "out", "--namespace", "ns", "--cache", "cache",
+                   "--no-progress", "--shard", shard]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=50)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("cachesaver: error: --shard"), done.stderr
+        assert reason in done.stderr and done.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_run_id_is_a_configuration_error(tmp_path, capsys):
+    assert run(tmp_path, "out", "--run-id", " ") == 2
+    assert capsys.readouterr().err == (
+        "cachesaver: error: --run-id must not be empty; give every shard of the run the same name\n")
+
+
+SHARED_PROMPTS_TASK = '''
+import itertools
+import pathlib
+import uuid
+
+import anyio
+
+from cachesaver.tasks import Task, TaskSampleExecutionResult
+
+_DRAWS = itertools.count()
+_PROCESS = uuid.uuid4().hex[:8]
+
+
+class Shared(Task):
+    """Nine samples over three prompts, q<index // 3>: with three shards, each prompt is asked
+    once in every shard. With ``rendezvous`` (a directory), a sample that got its reply waits
+    until all nine have theirs, so no shard closes its pipeline, leaving the shared run, before
+    every shard has joined it."""
+
+    def __init__(self, rendezvous=None):
+        super().__init__(name="shared", concurrency=3)
+        self.rendezvous = None if rendezvous is None else pathlib.Path(rendezvous)
+
+    def get_indices(self):
+        return list(range(9))
+
+    async def start_sample(self, index, session):
+        reply = await session.action({"role": "user", "content": f"q{index // 3}"})
+        if self.rendezvous is not None:
+            (self.rendezvous / str(index)).touch()
+            with anyio.fail_after(15):  # a deadlock guard, not a timing
+                while len(list(self.rendezvous.iterdir())) < 9:
+                    await anyio.sleep(0.01)
+        return TaskSampleExecutionResult(result=reply.content)
+
+    def calculate_overall(self, results):
+        return {"distinct answers": len({r.result for r in results})}
+
+    @staticmethod
+    def simulated_compose(prompt, rank, rng):
+        return f"{prompt}: answer {_PROCESS}-{next(_DRAWS)}"  # every sample drawn anywhere is distinct
+'''
+
+
+def shared_task(tmp_path):
+    (tmp_path / "shared_task.py").write_text(SHARED_PROMPTS_TASK)
+    return "shared_task.py:Shared"
+
+
+def test_shards_of_one_run_id_never_hand_out_a_sample_twice_and_replay_with_any_n(tmp_path):
+    task = shared_task(tmp_path)
+    (tmp_path / "rendezvous").mkdir()
+    shards = run_all_at_once(tmp_path, shard_commands(tmp_path, "team", 3, "--run-id", "team-1", task=task,
+                                                      options=(f"rendezvous={tmp_path / 'rendezvous'}",)))
+    assert [d.returncode for d in shards] == [0, 0, 0], [d.stderr for d in shards]
+    assert all("note" not in d.stderr for d in shards)
+    runs, overall = merged_files(tmp_path / "team" / "shared")
+    answers = [r["output"]["result"] for r in runs]
+    assert len(set(answers)) == 9, answers  # i.i.d. across shards: one run, fresh samples per request
+    assert json.loads(overall)["custom"] == {"distinct answers": 9}
+    for out, count in (("replay-1", 1), ("replay-2", 2)):
+        replay = run_one_after_another(tmp_path, shard_commands(tmp_path, out, count, "--replay-only", task=task,
+                                                                options=()))
+        assert [d.returncode for d in replay] == [0] * count, [d.stderr for d in replay]
+        assert merged_files(tmp_path / out / "shared") == (runs, overall), out
+
+
+def test_shards_without_a_run_id_are_runs_of_their_own_and_say_so(tmp_path):
+    task = shared_task(tmp_path)
+    shards = run_one_after_another(tmp_path, shard_commands(tmp_path, "apart", 3, task=task, options=()))
+    assert [d.returncode for d in shards] == [0, 0, 0], [d.stderr for d in shards]
+    for number, done in enumerate(shards, start=1):
+        assert done.stderr.startswith(f"cachesaver: note: shard {number}/3 without --run-id is a run of its own")
+    runs, _ = merged_files(tmp_path / "apart" / "shared")
+    # Shards 2 and 3 were served the samples shard 1 stored: q0's three requests got one sample.
+    assert len({r["output"]["result"] for r in runs}) == 3
+    assert [row(d.stdout, "cache hits") for d in shards[1:]] == ["3/3 samples (100.0%)"] * 2

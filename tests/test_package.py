@@ -41,7 +41,7 @@ CHOSEN_FROM_PLUMBING = {
     "store.memory": ("MemoryStore",),
     "store.shared_runs": ("SharedRun",),
 }
-PLUMBING_MODULES = {"cli.cache", "cli.run", "dropin.clients", "dropin.completions", "stages.single_flight"}
+PLUMBING_MODULES = {"cli.cache", "cli.merge", "cli.run", "dropin.clients", "dropin.completions", "stages.single_flight"}
 # Old module paths, each a re-export of where its names moved (so old imports work).
 SHIM_MODULES = {
     "batching": ("stages.batching",),

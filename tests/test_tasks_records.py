@@ -99,3 +99,26 @@ def test_overall_is_replaced_whole(tmp_path):
 def test_output_of_takes_the_record_index():
     output = output_of({"index": "b", "output": {"status": "unknown", "history": [{"role": "user", "content": "x"}]}})
     assert (output.index, output.status.value, output.history[0].content) == ("b", "unknown", "x")
+
+
+def test_read_records_skips_a_torn_last_line_without_truncating_it(tmp_path):
+    from cachesaver.tasks.records import read_records
+
+    directory = RunDirectory(tmp_path)
+    torn = line(0) + b'{"index": 1, "outp'  # another process is appending this line right now
+    directory.runs_path.write_bytes(torn)
+    assert [r["index"] for r in read_records(directory.runs_path)] == [0]
+    assert directory.runs_path.read_bytes() == torn
+    assert read_records(tmp_path / "missing.jsonl") == []
+
+
+def test_rewrites_leave_no_temporary_file_and_keep_the_default_file_mode(tmp_path):
+    directory = RunDirectory(tmp_path)
+    directory.append_error(line(5))
+    appended_mode = directory.errors_path.stat().st_mode
+    directory.rewrite_runs([line(0)])
+    directory.rewrite_errors([line(1)])
+    directory.write_overall({"total": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["error.jsonl", "overall.json", "runs.jsonl"]
+    assert {p.stat().st_mode for p in tmp_path.iterdir()} == {appended_mode}  # not mkstemp's 0600
+    assert directory.errors_path.read_bytes() == line(1)

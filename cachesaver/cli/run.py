@@ -20,6 +20,16 @@ was closed before everything was printed, as ``cachesaver run ... | head -1`` do
 itself has finished and written its files by then, only the summary was cut short, and that
 ends quietly, without a traceback.
 
+Sharded runs (:mod:`cachesaver.tasks.shards`): ``cachesaver run ... --shard K/N`` runs the
+samples at the positions p of ``get_indices()`` with ``p % N == K - 1`` (K from 1 to N) into
+``DIR/<task name>/shard-K-of-N/``; the last shard to finish writes the merged ``runs.jsonl``,
+``error.jsonl`` and ``overall.json`` into ``DIR/<task name>/``, the same as one unsharded run's.
+``--run-id ID`` makes the pipeline a worker of the shared run ID (give every shard the same one:
+shards that run at once are then one run).
+``cachesaver merge TASK --out DIR`` merges the finished shards by hand: exit status 0 when it
+merged and every sample finished, 1 when shards are still missing (nothing written) or some
+sample failed or ``calculate_overall`` failed, 2 for a bad command line or configuration.
+
 ``cachesaver --version`` prints ``cachesaver <version>`` and exits 0.
 """
 
@@ -40,10 +50,12 @@ from ..modes import MODE_ENV, MODES, resolve_mode
 from ..models.registry import DEFAULT_PROVIDER, PROVIDERS
 from ..tasks.backends import backend_names, default_backend, default_model, make_model, request_factory
 from ..tasks.loading import load_task, parse_task_options
+from ..tasks.shards import Shard
 from ..tasks.summary import RunSummary
 from .cache import OneLineParser
 from .cache import add_parser as add_cache_commands
 from .cache import run as run_cache
+from .merge import add_merge_parser, main_merge
 
 __all__ = ["build_parser", "main"]
 
@@ -94,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-only", action="store_true",
         help="the same as --mode replay",
     )
-    run.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help=f"cache directory (default {DEFAULT_CACHE})")
+    run.add_argument(
+        "--cache", default=DEFAULT_CACHE, metavar="DIR|URL",
+        help=f"cache directory, or a Redis URL (redis://, unix://, redis+cluster://; default {DEFAULT_CACHE})",
+    )
     run.add_argument("--batch-size", type=int, default=8, metavar="B", help="requests per upstream batch (default 8)")
     run.add_argument("--temperature", type=float, help="sampling temperature (part of the cache key)")
     run.add_argument("--max-tokens", type=int, metavar="N", help="completion token limit (part of the cache key)")
@@ -109,9 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-option", action="append", default=[], metavar="KEY=VALUE",
         help="keyword argument for the task class (VALUE read as JSON when it parses); repeatable",
     )
+    run.add_argument(
+        "--shard", metavar="K/N",
+        help="run only the K-th of N slices of the samples (positions p of get_indices() with "
+        "p %% N == K-1, K from 1); the last shard to finish merges the slices into OUT",
+    )
+    run.add_argument(
+        "--run-id", metavar="ID",
+        help="join the shared run ID: the pipelines with this run id on this cache are one run while "
+        "any of them is open (give every shard that runs at once the same one)",
+    )
     run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_cache_commands(commands)
+    add_merge_parser(commands)
     return parser
+
+
+def _is_url(cache: str) -> bool:
+    """Whether ``--cache`` names a store by URL (``redis://``, ``unix://``, ...) rather than a directory."""
+    return "://" in cache
+
+
+def _pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's keyword arguments besides model and cache: the one place ``--run-id``
+    reaches the pipeline (it is passed only when given)."""
+    options: dict[str, Any] = {"batch_size": args.batch_size, "mode": args.mode}
+    if args.run_id is not None:
+        options["run_id"] = args.run_id
+    return options
 
 
 def _modeled_seconds(model: Any) -> Optional[float]:
@@ -132,13 +172,14 @@ async def _run(args: argparse.Namespace) -> RunSummary:
     replay = args.mode == "replay"
     backend = args.backend or default_backend()
     model_name = args.model or default_model(backend)
-    cache = Path(args.cache)
+    # A URL is passed as typed (a Path would fold its "//"); a directory as a path.
+    cache = args.cache if _is_url(args.cache) else str(Path(args.cache))
     runner_started = False
     try:
         async with contextlib.AsyncExitStack() as stack:
-            if replay and not cache.is_dir():
+            if replay and not _is_url(cache) and not Path(cache).is_dir():
                 raise ConfigurationError(
-                    f"--mode replay needs the cache of an earlier run, and {str(cache)!r} does not exist; "
+                    f"--mode replay needs the cache of an earlier run, and {cache!r} does not exist; "
                     "pass the --cache directory that run used"
                 )
             compose = getattr(task, "simulated_compose", None)
@@ -152,9 +193,7 @@ async def _run(args: argparse.Namespace) -> RunSummary:
                 stack.push_async_callback(backend_model.aclose)
             model: Any = ReplayOnlyModel() if replay else backend_model
             started_modeled = _modeled_seconds(model)
-            pipeline = await stack.enter_async_context(
-                OnlineAPI(model, str(cache), batch_size=args.batch_size, mode=args.mode)
-            )
+            pipeline = await stack.enter_async_context(OnlineAPI(model, cache, **_pipeline_options(args)))
             agent = PipelineAgent(
                 pipeline,
                 namespace=args.namespace,
@@ -173,6 +212,7 @@ async def _run(args: argparse.Namespace) -> RunSummary:
                 sample_timeout_s=args.sample_timeout,
                 progress=not args.no_progress,
                 ledger=pipeline.ledger,
+                shard=args.shard,
             )
     finally:
         if not runner_started:
@@ -219,11 +259,33 @@ def _discard_stdout() -> None:
         os.close(devnull)
 
 
+def _check_run_arguments(args: argparse.Namespace) -> None:
+    """Turn ``--shard`` into a Shard and check ``--run-id`` (ConfigurationError, one line)."""
+    if args.shard is not None:
+        args.shard = Shard.parse(args.shard)
+    if args.run_id is not None and not args.run_id.strip():
+        raise ConfigurationError("--run-id must not be empty; give every shard of the run the same name")
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.command == "cache":
         return run_cache(args)
+    if args.command == "merge":
+        return main_merge(args)
+    try:
+        _check_run_arguments(args)
+    except ConfigurationError as exc:
+        print(f"cachesaver: error: {exc}", file=sys.stderr)
+        return 2
+    if args.shard is not None and args.run_id is None and not args.replay_only and args.mode != "replay":
+        print(
+            f"cachesaver: note: shard {args.shard} without --run-id is a run of its own: a prompt that "
+            "several shards ask in one namespace may get the same stored sample in each (give every "
+            "shard the same --run-id)",
+            file=sys.stderr,
+        )
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     if args.batch_size < 1:
@@ -248,10 +310,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(f"\n{summary.failed} sample(s) failed; see {summary.directory}/error.jsonl", file=sys.stderr)
         status = 1
     if summary.overall_error is not None:
+        again = (
+            "merge again (cachesaver merge TASK --out DIR)" if summary.shard is not None
+            else "run the same command again: finished samples are not run again"
+        )
         print(
             f"\ncachesaver: the task's calculate_overall failed ({summary.overall_error}); every sample "
             f"is saved in {summary.directory}/runs.jsonl and overall.json holds the error under 'custom'. "
-            "Fix calculate_overall and run the same command again: finished samples are not run again.",
+            f"Fix calculate_overall and {again}.",
             file=sys.stderr,
         )
         status = 1

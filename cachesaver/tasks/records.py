@@ -16,6 +16,12 @@ Guarantees:
 * A sample counts as finished when its index has a line in runs.jsonl, and as failed when it
   has a line in error.jsonl but none in runs.jsonl (error.jsonl keeps every failed attempt).
 * ``overall.json`` is replaced atomically.
+* Every file is replaced through a temporary file of a name unique to the writer (in the same
+  directory), so processes that replace the same file at once (the shards of one run merging,
+  :mod:`cachesaver.tasks.shards`) never write into each other's temporary file: the last
+  rename wins, whole.
+* :func:`read_records` reads a file another process may be appending to: a torn last line is
+  skipped, never truncated.
 
 Record layout (``time`` is the only part that differs between identical runs)::
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
@@ -36,7 +43,7 @@ from typing import Any, Dict, Iterable, Optional
 from ..errors import CorruptStoreError
 from .types import SampleIndex, TaskDefinitionError, TaskOutput
 
-__all__ = ["RunDirectory", "RunState", "index_key", "time_record"]
+__all__ = ["RunDirectory", "RunState", "index_key", "read_records", "time_record"]
 
 RUNS_FILE = "runs.jsonl"
 ERRORS_FILE = "error.jsonl"
@@ -70,14 +77,16 @@ class RunState:
         return self.finished.get(key) or self.failed.get(key)
 
 
-def _read_jsonl(path: Path) -> list[Dict[str, Any]]:
-    if not path.exists():
+def _read_jsonl(path: Path, *, repair: bool = True) -> list[Dict[str, Any]]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return []
-    raw = path.read_bytes()
     complete = raw.rfind(b"\n") + 1
-    if complete < len(raw):  # a line cut short by a crash: drop it
-        with open(path, "r+b") as handle:
-            handle.truncate(complete)
+    if complete < len(raw):  # a line cut short by a crash (or still being written): drop it
+        if repair:
+            with open(path, "r+b") as handle:
+                handle.truncate(complete)
         raw = raw[:complete]
     records = []
     for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
@@ -96,6 +105,35 @@ def _read_jsonl(path: Path) -> list[Dict[str, Any]]:
             )
         records.append(record)
     return records
+
+
+def read_records(path: os.PathLike[str] | str) -> list[Dict[str, Any]]:
+    """The records of a runs.jsonl or error.jsonl file, in file order, without changing it.
+
+    A last line without its newline (torn by a crash, or being appended by another process
+    right now) is left out, not truncated; a missing file has no records. Any other unreadable
+    line raises :class:`~cachesaver.errors.CorruptStoreError` naming the file and line.
+    """
+    return _read_jsonl(Path(path), repair=False)
+
+
+def _replace(path: Path, chunks: Iterable[bytes], *, sync: bool) -> None:
+    """Write ``chunks`` to a temporary file of this writer's own next to ``path``, then rename
+    it over ``path`` (atomic): readers see the old file or the new one, never a mix."""
+    # Named by hand, not by mkstemp: mkstemp's files are private (0600), and the file keeps the
+    # mode it is created with, which must be what open() gives runs.jsonl (umask applies).
+    temporary = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.flush()
+            if sync:
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class RunDirectory:
@@ -148,23 +186,22 @@ class RunDirectory:
 
     def rewrite_runs(self, lines: Iterable[bytes]) -> None:
         """Replace runs.jsonl atomically with ``lines`` (each from :meth:`encode`), in order."""
-        temporary = self.runs_path.with_name(RUNS_FILE + ".tmp")
-        try:
-            with open(temporary, "wb") as handle:
-                for line in lines:
-                    handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.runs_path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        _replace(self.runs_path, lines, sync=True)
+
+    def rewrite_errors(self, lines: Iterable[bytes]) -> None:
+        """Replace error.jsonl atomically with ``lines`` (each from :meth:`encode`), in order
+        (a merge of shards writes their attempts so; a run only appends)."""
+        _replace(self.errors_path, lines, sync=True)
 
     def write_overall(self, overall: Dict[str, Any]) -> None:
+        """Replace overall.json atomically (indented JSON)."""
         text = json.dumps(overall, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
-        temporary = self.overall_path.with_suffix(".json.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.overall_path)
+        _replace(self.overall_path, [text.encode("utf-8")], sync=False)
+
+    def write_json(self, name: str, value: Dict[str, Any]) -> None:
+        """Replace the file ``name`` of this directory atomically with ``value`` as indented JSON."""
+        text = json.dumps(value, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+        _replace(self.path / name, [text.encode("utf-8")], sync=False)
 
 
 def output_of(record: Dict[str, Any]) -> TaskOutput:

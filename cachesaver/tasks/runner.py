@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -29,11 +28,12 @@ import anyio.to_thread
 
 from ..errors import ConfigurationError
 from .agents import Agent, CacheCounts
-from .overall import validation
+from .overall import overall_of, statuses_of
 from .progress import SampleProgress
-from .records import RunDirectory, RunState, index_key, output_of, time_record
+from .records import RunDirectory, RunState, index_key, time_record
+from .shards import MergeOutcome, Shard, merge_shards, write_shard_file
 from .summary import RunSummary, ledger_text
-from .task import Session, Task
+from .task import Session, Task, checked_indices, checked_name
 from .types import (
     JSONSerializable,
     SampleIndex,
@@ -44,34 +44,6 @@ from .types import (
 )
 
 __all__ = ["run_task"]
-
-
-def _check_indices(task: Task) -> List[SampleIndex]:
-    indices = list(task.get_indices())
-    seen: Dict[str, SampleIndex] = {}
-    for index in indices:
-        if isinstance(index, bool) or not isinstance(index, (int, str)):
-            raise TaskDefinitionError(
-                f"task {task.name!r}: sample index {index!r} is a {type(index).__name__}; "
-                "get_indices() must return ints or strs"
-            )
-        key = index_key(index)
-        if key in seen:
-            raise TaskDefinitionError(
-                f"task {task.name!r}: get_indices() lists sample {index!r} twice; indices must be unique"
-            )
-        seen[key] = index
-    return indices
-
-
-def _check_name(task: Task) -> str:
-    name = getattr(task, "name", None)
-    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
-        raise ConfigurationError(
-            f"task name {name!r} cannot name an output directory; give the task a non-empty name "
-            "without path separators"
-        )
-    return name
 
 
 def _check_positive(name: str, value: Optional[float], *, integer: bool = False) -> None:
@@ -225,54 +197,6 @@ def _ordered_runs(directory: RunDirectory, indices: List[SampleIndex], state: Ru
     return [directory.encode(state.finished[key]) for key in keys]
 
 
-def _custom(task: Task, finished: List[TaskOutput]) -> Tuple[Any, Optional[str]]:
-    """``calculate_overall(finished)`` and None, or an error description and the error."""
-    try:
-        custom = task.calculate_overall(finished)
-    except Exception as exc:  # the task's scoring failed: every sample is still saved
-        error = f"{type(exc).__name__}: {exc}"
-        return {"error": error, "traceback": traceback.format_exc()}, error
-    try:
-        json.dumps(custom, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        error = (
-            f"TaskDefinitionError: calculate_overall returned a value that is not JSON ({exc}); "
-            "return dicts, lists, str, int, float, bool and None"
-        )
-        return {"error": error}, error
-    return custom, None
-
-
-def _overall(
-    task: Task, indices: List[SampleIndex], state: RunState
-) -> Tuple[Dict[str, Any], Dict[str, int], Optional[str]]:
-    finished: List[TaskOutput] = []
-    failed = 0
-    missing = 0
-    lengths: List[int] = []
-    statuses: Dict[str, int] = {}
-    for index in indices:
-        key = index_key(index)
-        if key in state.finished:
-            output = output_of(state.finished[key])
-            finished.append(output)
-        elif key in state.failed:
-            output = output_of(state.failed[key])
-            failed += 1
-        else:
-            missing += 1
-            continue
-        lengths.append(len(output.history or ()))
-        statuses[output.status.value] = statuses.get(output.status.value, 0) + 1
-    custom, error = _custom(task, finished)
-    overall = {
-        "total": len(indices),
-        "validation": validation(finished, failed=failed, missing=missing, history_lengths=lengths),
-        "custom": custom,
-    }
-    return overall, statuses, error
-
-
 async def run_task(
     task: Task,
     agent: Agent,
@@ -284,6 +208,7 @@ async def run_task(
     progress: bool = False,
     progress_file: Optional[IO[str]] = None,
     ledger: Any = None,
+    shard: Optional[Shard] = None,
 ) -> RunSummary:
     """Run every sample of ``task`` not yet finished in ``{out_dir}/{task.name}``.
 
@@ -313,21 +238,33 @@ async def run_task(
     * Cancelling the call cancels the samples in flight promptly and re-raises.
 
     ``ledger`` (normally ``pipeline.ledger``) is only read, for the summary.
+
+    With ``shard`` (a :class:`~cachesaver.tasks.shards.Shard`), only that slice of the samples
+    runs, in ``{out_dir}/{task.name}/shard-K-of-N`` (runs.jsonl and error.jsonl as above, over
+    the slice; no overall.json there). When its samples are done it writes its ``shard.json``
+    and merges the finished shards (:func:`~cachesaver.tasks.shards.merge_shards`): once they
+    cover every sample, ``{out_dir}/{task.name}`` gets the runs.jsonl and overall.json one
+    unsharded run would write. The summary counts the slice; ``summary.merge`` says whether the
+    merge was written, and ``summary.overall`` is the merged overall.json (empty until then).
     """
     started = time.monotonic()
     progress_bar: Optional[SampleProgress] = None
     try:
-        name = _check_name(task)
+        name = checked_name(task)
         _check_positive("concurrency", concurrency, integer=True)
         _check_positive("sample_timeout_s", sample_timeout_s)
         _check_positive("cancel_grace_s", cancel_grace_s)
         width = task.concurrency if concurrency is None else concurrency
         _check_positive("task.concurrency", width, integer=True)
-        indices = _check_indices(task)
-        directory = RunDirectory(Path(out_dir) / name)
+        if shard is not None and not isinstance(shard, Shard):
+            raise ConfigurationError(f"shard must be a cachesaver.tasks.shards.Shard, got {type(shard).__name__}")
+        indices = checked_indices(task)
+        selected = indices if shard is None else shard.select(indices)
+        base = Path(out_dir) / name
+        directory = RunDirectory(base if shard is None else base / shard.directory_name)
         state = await anyio.to_thread.run_sync(directory.load)
-        todo = [i for i in indices if index_key(i) not in state.finished]
-        skipped = len(indices) - len(todo)
+        todo = [i for i in selected if index_key(i) not in state.finished]
+        skipped = len(selected) - len(todo)
 
         counts = agent if isinstance(agent, CacheCounts) else None
         served_before = counts.samples_served if counts else 0
@@ -352,19 +289,30 @@ async def run_task(
                 group.start_soon(worker)
 
         await anyio.to_thread.run_sync(
-            lambda: directory.rewrite_runs(_ordered_runs(directory, indices, state))
+            lambda: directory.rewrite_runs(_ordered_runs(directory, selected, state))
         )
-        overall, statuses, overall_error = _overall(task, indices, state)
-        await anyio.to_thread.run_sync(directory.write_overall, overall)
-        finished = sum(1 for i in indices if index_key(i) in state.finished)
+        merge: Optional[MergeOutcome] = None
+        if shard is None:
+            overall, statuses, overall_error = overall_of(task, indices, state)
+            await anyio.to_thread.run_sync(directory.write_overall, overall)
+        else:
+            statuses = statuses_of(selected, state)
+
+            def finish_shard() -> MergeOutcome:
+                write_shard_file(directory, shard, indices, state)
+                return merge_shards(task, out_dir)
+
+            merge = await anyio.to_thread.run_sync(finish_shard)
+            overall, overall_error = merge.overall, merge.overall_error
+        finished = sum(1 for i in selected if index_key(i) in state.finished)
         return RunSummary(
             task=name,
             directory=str(directory.path),
-            total=len(indices),
+            total=len(selected),
             skipped=skipped,
             attempted=len(todo),
             finished=finished,
-            failed=sum(1 for i in indices if index_key(i) in state.failed),
+            failed=sum(1 for i in selected if index_key(i) in state.failed),
             statuses=statuses,
             wall_time_s=time.monotonic() - started,
             agent_turns=run.agent_turns,
@@ -374,6 +322,8 @@ async def run_task(
             ledger=ledger.snapshot() if callable(getattr(ledger, "snapshot", None)) else None,
             ledger_table=ledger_text(ledger),
             overall_error=overall_error,
+            shard=None if shard is None else f"{shard}: {len(selected)} of {len(indices)} samples ({shard.describe()})",
+            merge=merge,
         )
     finally:
         if progress_bar is not None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:
+    from .shards import MergeOutcome
 
 __all__ = ["RunSummary", "ledger_text"]
 
@@ -43,6 +46,9 @@ class RunSummary:
     * ``notes``: extra rows for the table, such as a simulated backend's modeled time.
     * ``overall_error``: ``"<Type>: message"`` when ``calculate_overall`` failed (overall.json
       then holds it under ``custom``), else None.
+    * ``shard``: for a sharded run, which slice ran (the counts above are over that slice), and
+      ``merge`` what merging the finished shards gave (``overall`` is the merged one, empty
+      until every shard has finished); both None for an unsharded run.
     """
 
     task: str
@@ -62,6 +68,8 @@ class RunSummary:
     ledger_table: Optional[str] = None
     notes: Tuple[Tuple[str, str], ...] = ()
     overall_error: Optional[str] = None
+    shard: Optional[str] = None
+    merge: Optional["MergeOutcome"] = None
 
     def with_notes(self, *rows: Tuple[str, str]) -> "RunSummary":
         """A copy with extra ``(name, value)`` rows (e.g. the backend's modeled time)."""
@@ -77,6 +85,10 @@ class RunSummary:
         rows = [
             ("task", self.task),
             ("output", self.directory),
+        ]
+        if self.shard is not None:
+            rows.append(("shard", self.shard))
+        rows += [
             ("samples", f"{self.total} ({self.skipped} already done, {self.attempted} run now)"),
             ("finished", str(self.finished)),
             ("failed", str(self.failed)),
@@ -85,6 +97,8 @@ class RunSummary:
             rows.append((f"  {status}", str(count)))
         if self.overall_error is not None:
             rows.append(("overall", f"calculate_overall failed: {self.overall_error}"))
+        if self.merge is not None:
+            rows.append(("merged", self.merge.describe()))
         rows.append(("agent turns", str(self.agent_turns)))
         if self.samples_served is not None:
             rate = self.cache_hit_rate

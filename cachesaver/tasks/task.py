@@ -8,13 +8,15 @@ the conversation with ``await session.action(...)``. The runner
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Dict, List, Optional, Union
 
 import anyio
 
-from ..errors import CacheMissError, ContextLengthError
+from ..errors import CacheMissError, ConfigurationError, ContextLengthError
 from .agents import Agent, Turn
+from .records import index_key
 from .types import (
     AgentOutput,
     AgentOutputStatus,
@@ -25,7 +27,7 @@ from .types import (
     TaskSampleExecutionResult,
 )
 
-__all__ = ["HistoryInput", "Session", "Task"]
+__all__ = ["HistoryInput", "Session", "Task", "checked_indices", "checked_name"]
 
 HistoryInput = Union[ChatHistoryItem, Mapping[str, Any], List[Union[ChatHistoryItem, Mapping[str, Any]]]]
 
@@ -52,6 +54,37 @@ class Task:
 
     def release(self) -> None:
         pass
+
+
+def checked_indices(task: Task) -> List[SampleIndex]:
+    """``task.get_indices()`` as a list, after checking that every index is an int or a str
+    and none is listed twice (TaskDefinitionError otherwise)."""
+    indices = list(task.get_indices())
+    seen: Dict[str, SampleIndex] = {}
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, (int, str)):
+            raise TaskDefinitionError(
+                f"task {task.name!r}: sample index {index!r} is a {type(index).__name__}; "
+                "get_indices() must return ints or strs"
+            )
+        key = index_key(index)
+        if key in seen:
+            raise TaskDefinitionError(
+                f"task {task.name!r}: get_indices() lists sample {index!r} twice; indices must be unique"
+            )
+        seen[key] = index
+    return indices
+
+
+def checked_name(task: Task) -> str:
+    """``task.name``, after checking that it can name an output directory (ConfigurationError)."""
+    name = getattr(task, "name", None)
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ConfigurationError(
+            f"task name {name!r} cannot name an output directory; give the task a non-empty name "
+            "without path separators"
+        )
+    return name
 
 
 class Session:
