@@ -480,7 +480,8 @@ class RedisSharedRuns:
     def join(self, run_id: str, worker: str, ttl_s: float, generation: str) -> RunStatus:
         self._store._check_open()
         status = self._status(self._one(RUN_SCRIPT, [self._store.run_key(run_id)], ["join", worker, _ms(ttl_s), generation]))
-        assert status is not None  # a join always leaves a record
+        if status is None:  # a join always leaves a record
+            raise StoreError("cachesaver: an internal invariant failed (a join always leaves a record); please report this bug")
         return status
 
     def leave(self, run_id: str, worker: str) -> None:
@@ -580,7 +581,8 @@ class RedisSharedRuns:
         wait_s: float | None = None,
     ) -> list[int]:
         starts = self._store._commit(appends, records, None, hook, wait_s, claims, run.generation, keep_s)
-        assert starts is not None  # no token: always applied
+        if starts is None:  # no token: always applied
+            raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
         return starts
 
     # -- leases --------------------------------------------------------------------------------

@@ -299,7 +299,8 @@ class MemorySharedRuns:
                 with store._lock:
                     store._check_open()
                     starts = store._apply(appends, records, encoded, None)
-                    assert starts is not None  # no token: always applied
+                    if starts is None:  # no token: always applied
+                        raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
                     now = self._now()
                     for claim in claims:
                         key = appends[claim.position].key
@@ -583,7 +584,8 @@ class DiskcacheSharedRuns:
         """:meth:`DiskcacheStore.commit`, its transaction also claiming (see the module doc)."""
         wrapped = _ClaimsInCommit(self, run, appends, claims, keep_s, hook) if claims else hook
         starts = self._store.commit(appends, records, hook=wrapped, wait_s=wait_s)
-        assert starts is not None  # no token: always applied
+        if starts is None:  # no token: always applied
+            raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
         return starts
 
     def acquire_leases(self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float) -> dict[str, Lease | None]:

@@ -431,7 +431,8 @@ class SharedBroker(SampleBroker):
         claim_ops = {
             key: KeyClaimOps(tuple(o["releases"]), tuple(o["settles"]), tuple(o["asks"])) for key, o in ops.items()
         }
-        assert self.ref is not None  # joined by ensure_running before any lookup
+        if self.ref is None:  # joined by ensure_running before any lookup
+            raise StoreError("cachesaver: an internal invariant failed (joined by ensure_running before any lookup); please report this bug")
         try:
             granted = self.backend.claim(self.ref, claim_ops, self.run.keep_s)
         except BaseException:
@@ -515,7 +516,8 @@ class SharedBroker(SampleBroker):
             for i, w in enumerate(writes)
             if isinstance(w.owner, SharedFound) and w.owner.live and w.own and w.owner.ticket
         ]
-        assert self.ref is not None
+        if self.ref is None:  # joined by ensure_running before any lookup
+            raise StoreError("cachesaver: an internal invariant failed (a shared run used before it was joined); please report this bug")
         self.backend.commit(
             self.ref, appends, record_writes, claims, self.run.keep_s, hook=_Bookkeeping(writes, records), wait_s=wait_s
         )
@@ -525,7 +527,8 @@ class SharedBroker(SampleBroker):
     def scope(self, namespace: str) -> str:
         """The claim scope of ``namespace`` in this run: a waiter in the same scope as a lease's
         call could not take its samples."""
-        assert self.ref is not None
+        if self.ref is None:  # joined by ensure_running before any lookup
+            raise StoreError("cachesaver: an internal invariant failed (a shared run used before it was joined); please report this bug")
         return f"{self.ref.generation}:{namespace_prefix(namespace)}"
 
     def new_holder(self) -> str:
@@ -566,7 +569,8 @@ class SharedBroker(SampleBroker):
         ops: dict[str, list[ClaimTopUp]] = {}
         for found, want in zip(founds, wants):
             ops.setdefault(found.key, []).append(ClaimTopUp(found.ticket, len(found.indices), want))
-        assert self.ref is not None
+        if self.ref is None:  # joined by ensure_running before any lookup
+            raise StoreError("cachesaver: an internal invariant failed (a shared run used before it was joined); please report this bug")
         granted = await self.housekeeping.run(
             self.backend.claim, self.ref, {k: KeyClaimOps(top_ups=tuple(v)) for k, v in ops.items()}, self.run.keep_s
         )
