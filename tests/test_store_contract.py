@@ -730,7 +730,13 @@ def test_forget_waits_at_most_wait_s_for_a_commit_in_progress(store: SampleStore
             entered.set()
             release.wait(10)
 
-    thread = threading.Thread(target=store.commit, args=([Append("k", samples("k1"))],), kwargs={"hook": Holding()})
+    def commit_holding() -> None:
+        try:
+            store.commit([Append("k", samples("k1"))], hook=Holding())
+        finally:
+            store.release_thread()  # the thread's last call (the protocol's rule)
+
+    thread = threading.Thread(target=commit_holding)
     thread.start()
     try:
         assert entered.wait(10)
