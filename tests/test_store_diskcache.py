@@ -565,4 +565,8 @@ def test_commits_and_cache_transactions_of_other_threads_interleave_safely(tmp_p
         thread.join()
         store.close()
     assert failures == []
-    assert DiskcacheStore(tmp_path).view([f"k{i}" for i in range(300)])["k299"].count == 1  # type: ignore[union-attr]
+    reopened = DiskcacheStore(tmp_path)
+    try:
+        assert reopened.view(["k299"])["k299"].count == 1  # type: ignore[union-attr]
+    finally:
+        reopened.close()
