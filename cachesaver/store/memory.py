@@ -25,7 +25,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import CorruptStoreError, StoreError, StoreLockedError
 from .protocol import (  # noqa: F401 - RecordId is used by the doctest
@@ -133,6 +133,19 @@ class MemoryStore:
         hook: CommitHook | None = None,
         wait_s: float | None = None,
     ) -> list[int] | None:
+        return self._commit(appends, records, token, hook, wait_s)
+
+    def _commit(
+        self,
+        appends: Sequence[Append],
+        records: Sequence[RecordWrite],
+        token: str | None,
+        hook: CommitHook | None,
+        wait_s: float | None,
+        then: Callable[[list[int]], None] | None = None,
+    ) -> list[int] | None:
+        """:meth:`commit`; ``then(starts)`` runs under the same locks once the appends are
+        applied (a shared run's claims of them), before the hook's ``after``."""
         try:
             encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
         except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
@@ -149,6 +162,8 @@ class MemoryStore:
                 with self._lock:
                     self._check_open()
                     starts = self._apply(appends, records, encoded, token)
+                    if then is not None and starts is not None:
+                        then(starts)
                 if hook is not None and starts is not None:
                     hook.after(starts)
                 return starts

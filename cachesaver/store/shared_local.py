@@ -22,7 +22,6 @@ memory store's locks, or inside the commit's SQLite transaction (in the commit h
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -284,38 +283,20 @@ class MemorySharedRuns:
         wait_s: float | None = None,
     ) -> list[int]:
         """As :meth:`MemoryStore.commit`, with ``claims`` applied under the same locks."""
-        store = self._store
-        try:
-            encoded = [[pickle.dumps(tuple(s), protocol=pickle.HIGHEST_PROTOCOL) for s in a.samples] for a in appends]
-        except Exception as exc:  # noqa: BLE001 - a sample that cannot be serialised
-            raise StoreError(f"a sample cannot be serialised for {store.location}: {exc}") from exc
-        store._acquire_write(wait_s)
-        try:
-            with store._lock:
-                store._check_open()
-            if hook is not None:
-                hook.before()
-            try:
-                with store._lock:
-                    store._check_open()
-                    starts = store._apply(appends, records, encoded, None)
-                    if starts is None:  # no token: always applied
-                        raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
-                    now = self._now()
-                    for claim in claims:
-                        key = appends[claim.position].key
-                        state = self._state(run.generation, key, now)
-                        start = starts[claim.position]
-                        apply_new(state, claim.ticket, range(start, start + claim.count))
-                        self._data.states[(run.generation, key)] = (state, now + keep_s)
-                if hook is not None:
-                    hook.after(starts)
-                return starts
-            finally:
-                if hook is not None:
-                    hook.finish()
-        finally:
-            store._write_lock.release()
+
+        def apply_claims(starts: list[int]) -> None:
+            now = self._now()
+            for claim in claims:
+                key = appends[claim.position].key
+                state = self._state(run.generation, key, now)
+                start = starts[claim.position]
+                apply_new(state, claim.ticket, range(start, start + claim.count))
+                self._data.states[(run.generation, key)] = (state, now + keep_s)
+
+        starts = self._store._commit(appends, records, None, hook, wait_s, then=apply_claims)
+        if starts is None:  # no token: always applied
+            raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
+        return starts
 
     def acquire_leases(self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float) -> dict[str, Lease | None]:
         out: dict[str, Lease | None] = {}
