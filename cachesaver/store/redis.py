@@ -229,6 +229,15 @@ def _slot_tag(key: str) -> bytes:
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest().encode()
 
 
+def _take_connection(pool: Any) -> Any:
+    """A connection of redis-py's ``pool`` (which checks it is connected and has no stray
+    data); redis-py before 5.1 wants a command name."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("EVALSHA")
+
+
 @lru_cache(maxsize=1)
 def _pack_command() -> Callable[[tuple[Any, ...]], bytes] | None:
     """hiredis's command packer (a C function over every argument at once), or None without
@@ -587,12 +596,15 @@ class RedisStore:
         ``declared`` (one server, or one hash slot), else in ``ARGV`` (one cluster node)."""
         names: list[bytes] = []
         tail: list[Any] = []
-        for key in keys:
-            names.extend(self._names(key))
+        base = self._base
+        for key in keys:  # self._names(key), inlined: this runs for every key of every round
+            raw = key.encode("utf-8", "surrogatepass")
+            stem = base + b"{" + _slot_tag(key) + b"}:"
+            names += (stem + b"s:" + raw, stem + b"h:" + raw, stem + b"r:" + raw)
             wanted = asked.get(key)
             if wanted:
                 tail.append(len(wanted))
-                tail.extend([_utf8(tag) for tag in wanted])
+                tail += [tag.encode("utf-8", "surrogatepass") for tag in wanted]
             else:
                 tail.append(0)
         head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS)
@@ -613,7 +625,7 @@ class RedisStore:
         try:
             for client, commands in batches:
                 pool = client.connection_pool
-                connection = pool.get_connection()
+                connection = _take_connection(pool)
                 held.append((pool, connection))
                 if pack is None:
                     packed = b"".join(connection.pack_commands(commands))
