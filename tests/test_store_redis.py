@@ -61,6 +61,15 @@ def fill(operator: redis.Redis) -> list[str]:
     return ["filler"]
 
 
+def close_cluster(client: redis.cluster.RedisCluster) -> None:
+    """Close a cluster client of the test's own and every node's sockets (RedisCluster.close
+    leaves the pools of nodes it was given open until the garbage collector runs)."""
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+    client.close()
+
+
 def with_query(url: str, **params: Any) -> str:
     return url + ("&" if "?" in url else "?") + "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
 
@@ -266,7 +275,10 @@ def test_views_reads_and_commits_of_many_keys_cost_one_round_trip_each(redis_ser
                  [RecordWrite(key, RecordId("ns", key, 1, 0), (3,)) for key in keys])
     assert recorder.round_trips == 1
     recorder.clear()
-    views = store.view(keys, [(key, RecordId("ns", key, 1, 0).tag) for key in keys])
+    with admin(redis_server.url) as operator:
+        scripts = operator.info("commandstats")["cmdstat_evalsha"]["calls"]
+        views = store.view(keys, [(key, RecordId("ns", key, 1, 0).tag) for key in keys])
+        assert operator.info("commandstats")["cmdstat_evalsha"]["calls"] - scripts == 2  # at most 512 keys each
     assert recorder.round_trips == 1 and all(ok(views[key]).count == 20 for key in keys)
     recorder.clear()
     got = store.read({key: [19, 3, 10, 11, 12] for key in keys})
@@ -287,7 +299,7 @@ def test_a_cluster_view_costs_one_round_trip_per_node(redis_cluster, redis_key_p
     assert recorder.round_trips == 3 and len(set(recorder.servers)) == 3
     assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
     store.close()
-    client.close()
+    close_cluster(client)
 
 
 async def test_a_pipeline_never_calls_redis_on_the_event_loop(redis_server) -> None:
@@ -380,6 +392,41 @@ def test_keys_a_stale_slot_map_sends_to_the_wrong_node_are_read_by_their_slot(re
         slot = key_slot(store.entry_keys(key)[0])
         assert manager.slots_cache[slot][0].name == store.client.get_node_from_key(store.entry_keys(key)[0]).name
     store.close()
+
+
+class RefusesOnce(redis.Connection):
+    """A cluster node connection whose first send fails while ``armed`` is set, as when a node
+    is lost mid-run."""
+
+    armed = False
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if RefusesOnce.armed:
+            RefusesOnce.armed = False
+            self.disconnect()
+            raise redis.ConnectionError("Error 111 connecting to the node. Connection refused.")
+        super().send_packed_command(command, check_health)
+
+
+def test_a_cluster_view_that_loses_a_node_asks_for_the_layout_again_and_answers(redis_cluster, redis_key_prefix) -> None:
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url, connection_class=RefusesOnce)
+    store = RedisStore(client, prefix=redis_key_prefix, retry_s=2)
+    keys = [f"k{i}" for i in range(30)]
+    store.commit([Append(key, samples(f"{key}-0")) for key in keys])
+    asked_layout: list[int] = []
+    initialize = client.nodes_manager.initialize
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        asked_layout.append(1)
+        return initialize(*args, **kwargs)
+
+    client.nodes_manager.initialize = counted  # type: ignore[method-assign]
+    RefusesOnce.armed = True
+    views = store.view(keys)
+    assert not RefusesOnce.armed and asked_layout == [1]  # the retry asked the cluster first
+    assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
+    store.close()
+    close_cluster(client)
 
 
 # == a lost reply, and a cluster commit cut between slots =======================================
