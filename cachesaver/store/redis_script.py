@@ -351,7 +351,8 @@ end
 local function view(j, first, m)
   local h = call('HGETALL', names[3 * j - 1])
   if h.err then return alien(h.err) end
-  local count, nrec, placed = 0, 0, nil
+  local count, nrec = 0, 0
+  local one_tag, one_rest, placed = nil, nil, nil  -- the only record, or all of them (placed)
   local base = n
   n = n + 2
   for i = 1, #h, 2 do
@@ -361,31 +362,37 @@ local function view(j, first, m)
       if count == nil then return 'its sample count cannot be decoded' end
     else
       local cut = find(value, ';', 1, true)
-      local at = cut and tonumber(sub(value, 1, cut - 1))
-      if at == nil then return 'a replay record cannot be decoded' end
+      if cut == nil or cut == 1 then return 'a replay record cannot be decoded' end
       nrec = nrec + 1
       if nrec == 1 then
-        placed = {at, field, sub(value, cut + 1)}
+        one_tag, one_rest, placed = field, sub(value, cut + 1), value
       else
-        if nrec == 2 then placed = {placed} end
+        if nrec == 2 then
+          local cut1 = find(placed, ';', 1, true)
+          placed = {{tonumber(sub(placed, 1, cut1 - 1)), one_tag, one_rest}}
+        end
+        local at = tonumber(sub(value, 1, cut - 1))
+        if at == nil then return 'a replay record cannot be decoded' end
         placed[nrec] = {at, field, sub(value, cut + 1)}
       end
     end
   end
   local shown = nrec
   if nrec > 1 then
+    if placed[1][1] == nil then return 'a replay record cannot be decoded' end
     table.sort(placed, first_written)
     if shown > head_size then shown = head_size end
     for q = 1, shown do out[n + 1] = named(placed[q][2], first, m); out[n + 2] = placed[q][3]; n = n + 2 end
   elseif nrec == 1 then
-    out[n + 1] = named(placed[2], first, m); out[n + 2] = placed[3]; n = n + 2
+    if tonumber(sub(placed, 1, find(placed, ';', 1, true) - 1)) == nil then return 'a replay record cannot be decoded' end
+    out[n + 1] = named(one_tag, first, m); out[n + 2] = one_rest; n = n + 2
   end
   local found = n
   local every, any = true, false
   for q = 1, m do
     local tag, value = ARGV[first + q - 1], false
     if nrec == 1 then
-      if placed[2] == tag then value = placed[3] end
+      if one_tag == tag then value = one_rest end
     else
       for r = 1, nrec do if placed[r][2] == tag then value = placed[r][3]; break end end
     end
@@ -403,35 +410,40 @@ local function view(j, first, m)
   n = n + 1
   local taken = 0
   if m > 0 and every then
-    local picked, low, high = {}, nil, nil
-    for q = 1, m do
-      local text = out[found + q]
-      local start = 1
-      while #picked < most do
-        local stop = find(text, ',', start, true)
-        local i = tonumber(sub(text, start, (stop or 0) - 1))
-        if i == nil or i < 0 then break end
-        if i < count then
-          picked[#picked + 1] = i
-          if low == nil or i < low then low = i end
-          if high == nil or i > high then high = i end
+    local single = m == 1 and tonumber(out[found + 1])
+    if single then  -- one record of one sample: the usual replay
+      if single >= 0 and single < count then taken = push_samples(names[3 * j - 2], single, single, count) end
+    else
+      local picked, low, high = {}, nil, nil
+      for q = 1, m do
+        local text = out[found + q]
+        local start = 1
+        while #picked < most do
+          local stop = find(text, ',', start, true)
+          local i = tonumber(sub(text, start, (stop or 0) - 1))
+          if i == nil or i < 0 then break end
+          if i < count then
+            picked[#picked + 1] = i
+            if low == nil or i < low then low = i end
+            if high == nil or i > high then high = i end
+          end
+          if stop == nil then break end
+          start = stop + 1
         end
-        if stop == nil then break end
-        start = stop + 1
       end
-    end
-    if low ~= nil then
-      if high - low < 2 * #picked then
-        taken = push_samples(names[3 * j - 2], low, high, count)
-      else
-        local seen = {}
-        for q = 1, #picked do
-          local i = picked[q]
-          if not seen[i] then
-            seen[i] = true
-            local blob = call('LINDEX', names[3 * j - 2], i)
-            if type(blob) == 'table' then return alien(blob.err) end
-            if blob then out[n + 1] = i; out[n + 2] = blob; n = n + 2; taken = taken + 1 end
+      if low ~= nil then
+        if high - low < 2 * #picked then
+          taken = push_samples(names[3 * j - 2], low, high, count)
+        else
+          local seen = {}
+          for q = 1, #picked do
+            local i = picked[q]
+            if not seen[i] then
+              seen[i] = true
+              local blob = call('LINDEX', names[3 * j - 2], i)
+              if type(blob) == 'table' then return alien(blob.err) end
+              if blob then out[n + 1] = i; out[n + 2] = blob; n = n + 2; taken = taken + 1 end
+            end
           end
         end
       end
