@@ -321,10 +321,14 @@ async def test_a_pipeline_never_calls_redis_on_the_event_loop(redis_server) -> N
 def test_a_replay_view_carries_the_recorded_samples_and_a_fresh_one_the_first(redis_server) -> None:
     store = RedisStore(redis_server.url)
     names = [f"s{j}" for j in range(40)]
-    store.commit([Append("k", samples(*names))], [RecordWrite("k", RecordId("ns", "r", 2, 0), (30, 20))])
+    store.commit([Append("k", samples(*names))], [RecordWrite("k", RecordId("ns", "r", 2, 0), (30, 20)),
+                                                   RecordWrite("k", RecordId("ns", "q", 3, 0), (13, 11, 12))])
     replay = ok(store.view(["k"], [("k", RecordId("ns", "r", 2, 0).tag)])["k"])
     assert replay.found == {RecordId("ns", "r", 2, 0).tag: (30, 20)}
     assert {20, 30} <= set(replay.samples) and replay.samples[30] == ("s30", None)  # no read needed
+    both = ok(store.view(["k"], [("k", RecordId("ns", "r", 2, 0).tag), ("k", RecordId("ns", "q", 3, 0).tag)])["k"])
+    assert {11, 12, 13, 20, 30} <= set(both.samples) and both.samples[12] == ("s12", None)
+    assert list(both.records) == [RecordId("ns", "r", 2, 0).tag, RecordId("ns", "q", 3, 0).tag]  # as first written
     fresh = ok(store.view(["k"], [("k", RecordId("ns", "other", 2, 0).tag)])["k"])
     assert fresh.found == {} and sorted(fresh.samples) == list(range(READ_ALONG_SAMPLES))
     store.close()
