@@ -398,6 +398,39 @@ def test_keys_a_stale_slot_map_sends_to_the_wrong_node_are_read_by_their_slot(re
     store.close()
 
 
+class StrictNodeStore(RedisStore):
+    """A store whose cluster nodes answer a view script over several hash slots as a strict
+    server or proxy does (an error reply from the server itself); counts those scripts."""
+
+    node_scripts = 0
+
+    def _view_command(self, keys: Any, asked: Any, *, declared: bool) -> tuple[Any, ...]:
+        if declared:
+            return super()._view_command(keys, asked, declared=True)
+        self.node_scripts += 1
+        return ("EVAL", "return redis.error_reply('ERR Script attempted to access keys that do not hash to the same slot')", 0)
+
+
+def test_a_cluster_that_refuses_node_wide_view_scripts_is_read_by_slot_from_then_on(
+    redis_cluster, redis_key_prefix, caplog
+) -> None:
+    store = StrictNodeStore(with_query(redis_cluster.cluster_url, prefix=redis_key_prefix))
+    keys = [f"k{i}" for i in range(40)]
+    store.commit([Append(key, samples(f"{key}-0")) for key in keys],
+                 [RecordWrite(key, RecordId("ns", key, 1, 0), ((i, 1),)) for i, key in enumerate(keys)])
+    tags = [(key, RecordId("ns", key, 1, 0).tag) for key in keys]
+    with caplog.at_level(logging.WARNING, logger="cachesaver.store.redis"):
+        first = store.view(keys, tags)
+    refused = store.node_scripts
+    assert refused >= 1 and "reads one hash slot per script" in caplog.text
+    second = store.view(keys, tags)
+    assert store.node_scripts == refused  # by slot from then on
+    for views in (first, second):
+        assert all(ok(views[key]).found == {RecordId("ns", key, 1, 0).tag: (0,)} for key in keys)
+        assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
+    store.close()
+
+
 class RefusesOnce(redis.Connection):
     """A cluster node connection whose first send fails while ``armed`` is set, as when a node
     is lost mid-run."""

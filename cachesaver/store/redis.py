@@ -336,6 +336,7 @@ class RedisStore:
         self._closed = False
         self._named: set[str] = set()  # namespaces whose names this object has stored
         self._stale_layout = False  # a cluster view met connection trouble: ask for the layout again
+        self._views_by_slot = False  # a cluster node refused a view script spanning its slots
         if isinstance(target, str):
             parsed = parse_url(target)
             chosen_prefix = prefix if prefix is not None else parsed.prefix
@@ -567,7 +568,9 @@ class RedisStore:
         On a cluster one script reads the keys of every hash slot of its node; keys whose slot
         the client placed on the wrong node (moved, or migrating) are read again by their slot
         through redis-py's cluster client, which follows the redirection, and connection
-        trouble makes the next attempt ask the cluster for its layout again."""
+        trouble makes the next attempt ask the cluster for its layout again. (Redis runs such a
+        script, whose keys it is not told in advance; a server or proxy that refuses it makes
+        this store read one hash slot per script from then on, with a warning.)"""
         self._check_open()
         unique = list(dict.fromkeys(keys))
         if not unique:
@@ -673,6 +676,10 @@ class RedisStore:
                     if self._retryable(reply) or isinstance(reply, no_script):
                         retry.append(reply)
                         return
+                    if moved is not None:  # a node refused a script over several of its slots
+                        self._refuse_node_views(reply)
+                        moved.extend(todo[number][1][position])
+                        return
                 self._decode_views(todo[number][1][position], reply, asked, out, moved)
 
             self._exchange([(client, commands) for client, _, commands in todo], on_reply)
@@ -696,6 +703,9 @@ class RedisStore:
             if self._stale_layout:
                 client.nodes_manager.initialize()
                 self._stale_layout = False
+            if self._views_by_slot:
+                self._view_by_slot(unique, asked, out)
+                return {key: out[key] for key in unique}
             by_node: dict[str, tuple[Any, list[str]]] = {}
             for key in unique:
                 node = client.nodes_manager.get_node_from_slot(_slot_of(key))
@@ -717,6 +727,17 @@ class RedisStore:
             self._stale_layout = True
             raise
         return {key: out[key] for key in unique}  # in the order asked
+
+    def _refuse_node_views(self, reply: BaseException) -> None:
+        """A cluster node answered a view script over several of its hash slots with an error
+        (a server or proxy that only runs scripts on declared keys of one slot): this store
+        reads by slot from now on (one script per hash slot: slower, never wrong)."""
+        if not self._views_by_slot:
+            self._views_by_slot = True
+            logger.warning(
+                "Redis Cluster at %s refused a view script over several hash slots (%s); cachesaver "
+                "reads one hash slot per script from now on", self._location, reply,
+            )
 
     def _view_by_slot(self, keys: list[str], asked: Mapping[str, list[str]], out: dict[str, KeyView | StoreError]) -> None:
         """Read ``keys`` on a cluster with one script per hash slot through the cluster client
