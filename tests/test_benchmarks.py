@@ -51,9 +51,15 @@ def _parse(line: str) -> tuple[str, dict[str, tuple[float, ...]]]:
     return name, values
 
 
-def test_bench_simulated_reports_every_workload_and_the_pipeline_saves() -> None:
-    bench = _load()
-    rows = dict(_parse(line) for line in anyio.run(bench.bench, 0))
+@pytest.fixture(scope="module")
+def our_lines() -> list[str]:
+    """``bench(0)``'s report lines without a reference: one run (4 s) shared by the tests that
+    read them."""
+    return anyio.run(_load().bench, 0)
+
+
+def test_bench_simulated_reports_every_workload_and_the_pipeline_saves(our_lines: list[str]) -> None:
+    rows = dict(_parse(line) for line in our_lines)
     assert list(rows) == ["sweep", "sweep rerun", "sweep, both runs", "sweep largest-first", "one config"]
     for name, values in rows.items():
         assert tuple(values) == MEASURES + (WALL,), name
@@ -101,13 +107,21 @@ def test_bench_simulated_compares_with_the_reference_results_it_is_given() -> No
 
 
 def test_bench_simulated_prints_our_lines_and_why_when_the_reference_is_missing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    our_lines: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bench = _load()
+    asked = []
+
+    async def measured(seed: int, reference: object = None) -> list[str]:  # bench() is tested above
+        asked.append((seed, reference))
+        return list(our_lines)
+
+    monkeypatch.setattr(bench, "bench", measured)
     missing = tmp_path / "no-such-python"
     assert bench.main(["--ref-python", str(missing)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("reference: cachesaver==0.0.6 not measured: could not start")
+    assert out[3:] == our_lines and asked == [(0, None)]  # the seed, and no reference to compare with
     assert [_parse(line)[0] for line in out[3:]] == [
         "sweep", "sweep rerun", "sweep, both runs", "sweep largest-first", "one config"
     ]
@@ -296,9 +310,36 @@ TINY_STORE = ["--requests", "16", "--sequential-requests", "4", "--worker-reques
               "--dup-copies", "2", "--workers", "2"]
 
 
+class _Borrowed:
+    """Stands in for a RedisCluster the script would create: hands it the session's cluster,
+    which outlives the script's ``with`` block."""
+
+    def __init__(self, cluster: object) -> None:
+        self.cluster = cluster
+
+    def __enter__(self) -> object:
+        return self.cluster
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+@pytest.fixture
+def session_cluster_for_the_script(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script's Redis Cluster is the session's (``redis_cluster``; creating one takes about
+    3 s): its stores are fresh key prefixes, and it never flushes, so sharing it is safe. Its
+    own one-server engine still starts a redis-server of its own."""
+    import redis_servers
+
+    if "cluster" not in request.node.callspec.params["engines"]:
+        return
+    cluster = request.getfixturevalue("redis_cluster")
+    monkeypatch.setattr(redis_servers, "RedisCluster", lambda directory, **options: _Borrowed(cluster))
+
+
 @pytest.mark.parametrize("engines", ["diskcache,redis", "cluster"])
 def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(
-    bench_store, engines: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bench_store, engines: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], session_cluster_for_the_script: None
 ) -> None:
     raw, profiles = tmp_path / "raw.json", tmp_path / "prof"
     assert bench_store.main([*TINY_STORE, "--engines", engines, "--json", str(raw), "--profile", str(profiles)]) == 0
