@@ -10,8 +10,10 @@ and ``redis-cli`` on PATH they fail (never skip), saying how to install them
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis_servers
@@ -19,6 +21,45 @@ from _engines import PIPELINE_ENGINES, make
 from _support import Sleeps
 from fake_chat_server import FakeChatServer
 from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
+
+
+RAM_DISK = Path("/dev/shm")
+_TEMPROOT = "PYTEST_DEBUG_TEMPROOT"  # where pytest makes its pytest-of-<user>/pytest-<N> directories
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``tmp_path`` lives on the RAM disk when the machine has one (Linux: ``/dev/shm``).
+
+    A test's caches are SQLite databases: creating, syncing and deleting their files on a real
+    disk costs about 10 ms per store opened, and the suite opens hundreds. Nothing a test checks
+    depends on the disk (a full disk is a small tmpfs mounted by the test itself). A
+    ``--basetemp`` or a ``PYTEST_DEBUG_TEMPROOT`` given by the caller wins; pytest's retention
+    (the last three sessions) applies as on the default root."""
+    if config.option.basetemp is not None or _TEMPROOT in os.environ:
+        return
+    if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK | os.X_OK):
+        os.environ[_TEMPROOT] = str(RAM_DISK)
+        config.stash[_ram_temproot] = True
+
+
+_ram_temproot = pytest.StashKey[bool]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_ram_temproot, False):
+        os.environ.pop(_TEMPROOT, None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_certificates_to_load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every SDK client builds an SSL context, and loading the system's CA bundle into it takes
+    about 50 ms; the tests only ever speak plain HTTP to 127.0.0.1, so the trust store is an
+    empty directory (``SSL_CERT_DIR``, which httpx honours; ``SSL_CERT_FILE`` unset) for the
+    session. A test that reached for an HTTPS server would fail verification, never trust it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SSL_CERT_FILE", raising=False)
+        patch.setenv("SSL_CERT_DIR", str(tmp_path_factory.mktemp("no-certificates")))
+        yield
 
 
 @pytest.fixture(autouse=True)
