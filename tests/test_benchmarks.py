@@ -52,10 +52,25 @@ def _parse(line: str) -> tuple[str, dict[str, tuple[float, ...]]]:
 
 
 @pytest.fixture(scope="module")
-def our_lines() -> list[str]:
-    """``bench(0)``'s report lines without a reference: one run (4 s) shared by the tests that
-    read them."""
-    return anyio.run(_load().bench, 0)
+def our_run() -> tuple[list[str], list[object]]:
+    """One real ``bench(0)`` (4 s), shared by the tests that read it: its report lines without
+    a reference, and the Cost of every run it measured, in the order it measured them."""
+    bench = _load()
+    costs: list[object] = []
+
+    def recording(measure):
+        async def run(*args):
+            costs.append(await measure(*args))
+            return costs[-1]
+        return run
+
+    bench.run_piped, bench.run_direct = recording(bench.run_piped), recording(bench.run_direct)
+    return anyio.run(bench.bench, 0), costs
+
+
+@pytest.fixture(scope="module")
+def our_lines(our_run: tuple[list[str], list[object]]) -> list[str]:
+    return our_run[0]
 
 
 def test_bench_simulated_reports_every_workload_and_the_pipeline_saves(our_lines: list[str]) -> None:
@@ -78,8 +93,19 @@ def test_bench_simulated_reports_every_workload_and_the_pipeline_saves(our_lines
     assert one["calls"][1] < one["calls"][0]
 
 
-def test_bench_simulated_compares_with_the_reference_results_it_is_given() -> None:
+def test_bench_simulated_compares_with_the_reference_results_it_is_given(
+    our_run: tuple[list[str], list[object]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     bench = _load()
+    # Our runs are the ones measured above (measuring is tested there), handed out in the order
+    # bench() asks for them: this test is about the comparison with what 0.0.6 measured.
+    measured = iter(our_run[1])
+
+    async def replayed(*args: object) -> object:
+        return next(measured)
+
+    monkeypatch.setattr(bench, "run_piped", replayed)
+    monkeypatch.setattr(bench, "run_direct", replayed)
     Cost, ReferenceRun = bench.Cost, bench.ReferenceRun
     reference = bench.Reference(
         {
@@ -91,7 +117,11 @@ def test_bench_simulated_compares_with_the_reference_results_it_is_given() -> No
         {"version": "0.0.6"},
     )
     lines = anyio.run(bench.bench, 0, reference)
+    assert next(measured, None) is None  # as many runs as measured, none left over
     rows = dict(_parse(line) for line in lines)
+    ours = dict(_parse(line) for line in our_run[0])
+    for name, values in rows.items():  # a reference adds a column, never changes ours
+        assert {m: v[:2] for m, v in values.items()} == ours[name], name
     sweep, both = rows["sweep"], rows["sweep, both runs"]
     assert sweep["requests"][2] == 700 and sweep["tokens"][2] == 93_000 and sweep[WALL][2] == 1.5
     assert f"vs 0.0.6 700 ({700 / sweep['requests'][1]:.1f}x)" in lines[0]  # 0.0.6 / ours
