@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -141,11 +142,11 @@ def test_unknown_attribute_raises():
         raise AssertionError("expected AttributeError")
 
 
-@pytest.mark.parametrize("module", ["cachesaver.models", "cachesaver.models.together", "cachesaver.models.openai"])
-def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(module: str) -> None:
-    """models/ never imports the pipeline: a backend (and the package) stays light until a
-    pipeline or a drop-in client is asked for; then the drop-in name resolves."""
-    code = (
+BACKEND_MODULES = ["cachesaver.models", "cachesaver.models.together", "cachesaver.models.openai"]
+
+
+def _import_check(module: str) -> str:
+    return (
         "import sys\n"
         f"import {module}\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(('cachesaver.pipelines', 'cachesaver.dropin',"
@@ -155,5 +156,31 @@ def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients
         "from cachesaver.models.together import AsyncTogether, Together\n"
         "assert 'cachesaver.pipelines' in sys.modules and 'cachesaver.dropin' in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def import_checks() -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """One fresh interpreter per backend module, all started at once (each imports both SDKs,
+    about 2 s): a test waits for its own."""
+    processes = {
+        module: subprocess.Popen([sys.executable, "-c", _import_check(module)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        for module in BACKEND_MODULES
+    }
+    try:
+        yield processes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+@pytest.mark.parametrize("module", BACKEND_MODULES)
+def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(
+    module: str, import_checks: dict[str, subprocess.Popen[str]]
+) -> None:
+    """models/ never imports the pipeline: a backend (and the package) stays light until a
+    pipeline or a drop-in client is asked for; then the drop-in name resolves."""
+    _, stderr = import_checks[module].communicate(timeout=60)
+    assert import_checks[module].returncode == 0, stderr
