@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from _cli import run_cli
@@ -411,8 +412,8 @@ def test_one_run_three_shards_and_a_two_shard_replay_write_the_same_files(tmp_pa
         "overall.json", "runs.jsonl", "shard-1-of-3", "shard-2-of-3", "shard-3-of-3"]
 
 
-def test_shards_on_one_redis_server_replay_on_one_host_unsharded(tmp_path, redis_server):
-    url = redis_server.url + "?prefix=cli-shards"
+def test_shards_on_one_redis_server_replay_on_one_host_unsharded(tmp_path, redis_shared_url, redis_key_prefix):
+    url = f"{redis_shared_url}?prefix={quote(redis_key_prefix + 'cli-shards', safe='')}"  # the session's server
     shards = run_all_at_once(tmp_path, shard_commands(tmp_path, "sharded", 2, cache=url))
     assert [d.returncode for d in shards] == [0, 0], [d.stderr for d in shards]
     assert not (tmp_path / url.split("://")[0]).exists()  # the URL named no directory
