@@ -11,6 +11,8 @@ and ``redis-cli`` on PATH they fail (never skip), saying how to install them
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,29 +27,45 @@ from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
 
 RAM_DISK = Path("/dev/shm")
 _TEMPROOT = "PYTEST_DEBUG_TEMPROOT"  # where pytest makes its pytest-of-<user>/pytest-<N> directories
+_set_here = pytest.StashKey[dict]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """``tmp_path`` lives on the RAM disk when the machine has one (Linux: ``/dev/shm``).
+    """Temporary files live on the RAM disk when the machine has one (Linux: ``/dev/shm``).
 
     A test's caches are SQLite databases: creating, syncing and deleting their files on a real
-    disk costs about 10 ms per store opened, and the suite opens hundreds. Nothing a test checks
-    depends on the disk (a full disk is a small tmpfs mounted by the test itself). A
-    ``--basetemp`` or a ``PYTEST_DEBUG_TEMPROOT`` given by the caller wins; pytest's retention
-    (the last three sessions) applies as on the default root."""
-    if config.option.basetemp is not None or _TEMPROOT in os.environ:
+    disk costs about 10 ms per store opened, and the suite opens hundreds; a long run's claims
+    spill to ``tempfile``'s directory. Nothing a test checks depends on the disk (a full disk is
+    a small tmpfs mounted by the test itself). So, unless the caller chose otherwise:
+
+    - ``tmp_path`` and ``tmp_path_factory`` directories go to ``/dev/shm/pytest-of-<user>/``
+      (``PYTEST_DEBUG_TEMPROOT``; a ``--basetemp`` or a ``PYTEST_DEBUG_TEMPROOT`` given wins), with
+      pytest's usual retention of the last three sessions;
+    - ``tempfile`` (this process, and ``TMPDIR`` for the processes tests start) uses a directory
+      of this session's own under ``/dev/shm``, removed when the session ends (a ``TMPDIR``
+      given wins).
+    """
+    if not (RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK | os.X_OK)):
         return
-    if RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK | os.X_OK):
-        os.environ[_TEMPROOT] = str(RAM_DISK)
-        config.stash[_ram_temproot] = True
-
-
-_ram_temproot = pytest.StashKey[bool]()
+    set_here: dict = {}
+    if config.option.basetemp is None and _TEMPROOT not in os.environ:
+        os.environ[_TEMPROOT] = set_here[_TEMPROOT] = str(RAM_DISK)
+    if "TMPDIR" not in os.environ:
+        session_tmp = tempfile.mkdtemp(prefix="cachesaver-tests-", dir=RAM_DISK)
+        os.environ["TMPDIR"] = set_here["TMPDIR"] = session_tmp
+        set_here["tempdir"] = tempfile.tempdir
+        tempfile.tempdir = session_tmp
+    config.stash[_set_here] = set_here
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if config.stash.get(_ram_temproot, False):
+    set_here = config.stash.get(_set_here, {})
+    if _TEMPROOT in set_here:
         os.environ.pop(_TEMPROOT, None)
+    if "TMPDIR" in set_here:
+        os.environ.pop("TMPDIR", None)
+        tempfile.tempdir = set_here["tempdir"]
+        shutil.rmtree(set_here["TMPDIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
