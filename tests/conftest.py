@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import _early
 import pytest
 import redis_servers
 from _engines import PIPELINE_ENGINES, make
@@ -212,6 +213,14 @@ def redis_key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}:"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the slow processes the selected tests only wait for (tests/_early.py)."""
+    if not session.config.option.collectonly:
+        _early.start_selected(session.items)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Last resort: stop any redis-server a test started and did not stop."""
+    """Last resort: stop any redis-server a test started and did not stop, and any early
+    process still running."""
     redis_servers.stop_all()
+    _early.stop_all()

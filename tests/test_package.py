@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
+from _early import early
 
 import cachesaver
 
@@ -158,29 +157,18 @@ def _import_check(module: str) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def import_checks() -> Iterator[dict[str, subprocess.Popen[str]]]:
-    """One fresh interpreter per backend module, all started at once (each imports both SDKs,
-    about 2 s): a test waits for its own."""
-    processes = {
-        module: subprocess.Popen([sys.executable, "-c", _import_check(module)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        for module in BACKEND_MODULES
-    }
-    try:
-        yield processes
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
+# One fresh interpreter per backend module (each imports both SDKs, about 2 s), started as soon
+# as the session knows the test is selected (tests/_early.py).
+IMPORT_CHECKS = {
+    module: early(__file__, ["test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients"],
+                  [sys.executable, "-c", _import_check(module)])
+    for module in BACKEND_MODULES
+}
 
 
 @pytest.mark.parametrize("module", BACKEND_MODULES)
-def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(
-    module: str, import_checks: dict[str, subprocess.Popen[str]]
-) -> None:
+def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(module: str) -> None:
     """models/ never imports the pipeline: a backend (and the package) stays light until a
     pipeline or a drop-in client is asked for; then the drop-in name resolves."""
-    _, stderr = import_checks[module].communicate(timeout=60)
-    assert import_checks[module].returncode == 0, stderr
+    result = IMPORT_CHECKS[module].wait(timeout_s=60)
+    assert result.returncode == 0, result.stderr
