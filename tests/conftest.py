@@ -213,6 +213,11 @@ def redis_key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}:"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that wait for an early process run last, in their order (tests/_early.py)."""
+    items.sort(key=_early.waits)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the slow processes the selected tests only wait for (tests/_early.py)."""
     if not session.config.option.collectonly:

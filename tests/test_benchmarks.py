@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _early import early
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_simulated.py"
 MEASURES = ("requests", "calls", "samples generated", "tokens", "modeled s")
@@ -338,42 +339,33 @@ def bench_store(monkeypatch: pytest.MonkeyPatch):
 
 TINY_STORE = ["--requests", "16", "--sequential-requests", "4", "--worker-requests", "16", "--dup-prompts", "4",
               "--dup-copies", "2", "--workers", "2"]
+STORE_ENGINES = ["diskcache,redis", "cluster"]
 
 
-class _Borrowed:
-    """Stands in for a RedisCluster the script would create: hands it the session's cluster,
-    which outlives the script's ``with`` block."""
-
-    def __init__(self, cluster: object) -> None:
-        self.cluster = cluster
-
-    def __enter__(self) -> object:
-        return self.cluster
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
+def _store_command(engines: str):
+    def command(directory: Path) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / "bench_store.py"), *TINY_STORE, "--engines", engines,
+                "--json", str(directory / "raw.json"), "--profile", str(directory / "prof")]
+    return command
 
 
-@pytest.fixture
-def session_cluster_for_the_script(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The script's Redis Cluster is the session's (``redis_cluster``; creating one takes about
-    3 s): its stores are fresh key prefixes, and it never flushes, so sharing it is safe. Its
-    own one-server engine still starts a redis-server of its own."""
-    import redis_servers
-
-    if "cluster" not in request.node.callspec.params["engines"]:
-        return
-    cluster = request.getfixturevalue("redis_cluster")
-    monkeypatch.setattr(redis_servers, "RedisCluster", lambda directory, **options: _Borrowed(cluster))
+# Each tiny run (servers, a cluster, a dozen worker processes: 5 to 10 s) runs as the script it is,
+# started as soon as the session knows its test is selected (tests/_early.py), beside the other tests.
+STORE_RUNS = {
+    engines: early(__file__, ["test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run"],
+                   _store_command(engines), cwd=BENCH_DIR.parent)
+    for engines in STORE_ENGINES
+}
 
 
-@pytest.mark.parametrize("engines", ["diskcache,redis", "cluster"])
-def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(
-    bench_store, engines: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], session_cluster_for_the_script: None
-) -> None:
-    raw, profiles = tmp_path / "raw.json", tmp_path / "prof"
-    assert bench_store.main([*TINY_STORE, "--engines", engines, "--json", str(raw), "--profile", str(profiles)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+@pytest.mark.parametrize("engines", STORE_ENGINES)
+def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(engines: str) -> None:
+    run = STORE_RUNS[engines]
+    done = run.wait(timeout_s=18)
+    assert done.returncode == 0, done.stderr
+    assert run.directory is not None
+    raw, profiles = run.directory / "raw.json", run.directory / "prof"
+    lines = done.stdout.splitlines()
     names = engines.split(",")
     rows = [line.split() for line in lines if line.split()[:1] and line.split()[0] in names]
     per_request = [r for r in rows if r[1] in ("concurrent-miss", "concurrent-hit", "sequential-hit")]
