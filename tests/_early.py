@@ -13,14 +13,16 @@ What is guaranteed: a process none of whose tests is selected never starts; at m
 in the background at a time (the machine has two cores: the session keeps one); ``wait``
 starts its process at once when the background thread has not yet (a test run some other
 way), so a test never depends on the hook; output goes to temporary files, never a pipe that
-could fill up; a command given as a function gets a new empty directory of its own
-(:attr:`EarlyProcess.directory`) for what it writes; when the session ends a process still
+could fill up; a process sees the session's environment without ``CACHESAVER_MODE`` (which
+conftest.py removes for every test); a command given as a function gets a new empty directory
+of its own (:attr:`EarlyProcess.directory`) for what it writes; when the session ends a process still
 running is killed, the thread joined and the directories removed (:func:`stop_all`, from
 ``pytest_sessionfinish``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +34,7 @@ from typing import IO, Any
 __all__ = ["EarlyProcess", "early", "start_selected", "stop_all", "waits"]
 
 Command = Sequence[str] | Callable[[Path], Sequence[str]]
+REMOVED_FROM_THE_ENVIRONMENT = ("CACHESAVER_MODE",)  # as conftest's no_mode_from_the_environment
 
 
 class EarlyProcess:
@@ -60,9 +63,12 @@ class EarlyProcess:
                     command = self.command(self.directory)
                 else:
                     command = self.command
+                options = dict(self.options)
+                env = {k: v for k, v in os.environ.items() if k not in REMOVED_FROM_THE_ENVIRONMENT}
+                env.update(options.pop("env", {}))
                 self._output = (tempfile.TemporaryFile(), tempfile.TemporaryFile())
                 self._process = subprocess.Popen(
-                    list(command), stdout=self._output[0], stderr=self._output[1], **self.options
+                    list(command), stdout=self._output[0], stderr=self._output[1], env=env, **options
                 )
             return self._process
 
@@ -101,8 +107,9 @@ _runner: list[threading.Thread] = []
 
 
 def early(module_file: str, test_names: Iterable[str], command: Command, **options: Any) -> EarlyProcess:
-    """Register ``command`` (``subprocess.Popen`` ``options`` such as ``cwd``) for the tests
-    ``test_names`` of the test module ``module_file`` (its ``__file__``)."""
+    """Register ``command`` (``subprocess.Popen`` ``options`` such as ``cwd``; ``env`` holds
+    variables added to the session's environment) for the tests ``test_names`` of the test
+    module ``module_file`` (its ``__file__``)."""
     name = Path(module_file).name
     process = EarlyProcess(command, frozenset(f"{name}::{test}" for test in test_names), dict(options))
     _REGISTERED.append(process)

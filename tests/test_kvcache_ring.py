@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections import Counter
 
 import pytest
+from _early import early
 
 from cachesaver.errors import ConfigurationError
 from cachesaver.kvcache import HashRing, ring_position
@@ -16,22 +15,23 @@ NODES = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
 KEYS = [f"chat-{i}" for i in range(2000)]
 
 
+POSITIONS = (
+    "from cachesaver.kvcache import HashRing, ring_position;"
+    "r = HashRing(['gpu-0','gpu-1','gpu-2','gpu-3']);"
+    "print(ring_position('chat-7'), [r.owner(f'chat-{i}') for i in range(50)])"
+)
+# Two interpreters with other hash seeds, run beside the session (tests/_early.py).
+POSITION_RUNS = [
+    early(__file__, ["test_positions_are_stable_across_processes"], [sys.executable, "-c", POSITIONS],
+          env={"PYTHONHASHSEED": seed})
+    for seed in ("1", "2")
+]
+
+
 def test_positions_are_stable_across_processes() -> None:
-    script = (
-        "from cachesaver.kvcache import HashRing, ring_position;"
-        "r = HashRing(['gpu-0','gpu-1','gpu-2','gpu-3']);"
-        "print(ring_position('chat-7'), [r.owner(f'chat-{i}') for i in range(50)])"
-    )
-    processes = [  # both at once: two interpreters with other hash seeds
-        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONHASHSEED": seed})
-        for seed in ("1", "2")
-    ]
-    env_runs = []
-    for process in processes:
-        out, err = process.communicate(timeout=20)
-        assert process.returncode == 0, err
-        env_runs.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    env_runs = [run.wait(timeout_s=18) for run in POSITION_RUNS]
+    for run in env_runs:
+        assert run.returncode == 0, run.stderr
     assert env_runs[0].stdout == env_runs[1].stdout
     ring = HashRing(NODES)
     expected = f"{ring_position('chat-7')} {[ring.owner(f'chat-{i}') for i in range(50)]}\n"
