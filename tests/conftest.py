@@ -5,7 +5,13 @@ The Redis fixtures never use the system redis service: each starts its own ``red
 with its config and data in the test's temporary directory, and stops it when the test (or,
 for the cluster, the session) ends, whether the test passed or not. Without ``redis-server``
 and ``redis-cli`` on PATH they fail (never skip), saying how to install them
-(``apt-get install -y redis-server``; ``.ci/run`` does it).
+(``apt-get install -y redis-server``; ``.ci/run`` does it). A test that does not restart,
+kill, fill or reconfigure its server takes the session's (``redis_shared_url``, or
+``redis_cluster``) with ``redis_key_prefix`` in front of every key.
+
+For the whole session (hooks below): temporary files are on the RAM disk when there is one;
+SDK clients load no CA bundle; the slow processes registered with ``tests/_early.py`` run in
+the background and the tests that wait for them run last.
 """
 
 from __future__ import annotations
