@@ -33,6 +33,7 @@ from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
 
 
 RAM_DISK = Path("/dev/shm")
+RAM_DISK_MIN_FREE = 1 << 30  # the suite writes a few hundred MB at most; Docker's default /dev/shm is 64 MB
 _TEMPROOT = "PYTEST_DEBUG_TEMPROOT"  # where pytest makes its pytest-of-<user>/pytest-<N> directories
 _set_here = pytest.StashKey[dict]()
 
@@ -43,7 +44,8 @@ def pytest_configure(config: pytest.Config) -> None:
     A test's caches are SQLite databases: creating, syncing and deleting their files on a real
     disk costs about 10 ms per store opened, and the suite opens hundreds; a long run's claims
     spill to ``tempfile``'s directory. Nothing a test checks depends on the disk (a full disk is
-    a small tmpfs mounted by the test itself). So, unless the caller chose otherwise:
+    a small tmpfs mounted by the test itself). So, unless the caller chose otherwise, and when the
+    RAM disk has at least ``RAM_DISK_MIN_FREE`` free (a container's 64 MB one does not):
 
     - ``tmp_path`` and ``tmp_path_factory`` directories go to ``/dev/shm/pytest-of-<user>/``
       (``PYTEST_DEBUG_TEMPROOT``; a ``--basetemp`` or a ``PYTEST_DEBUG_TEMPROOT`` given wins), with
@@ -53,6 +55,9 @@ def pytest_configure(config: pytest.Config) -> None:
       given wins).
     """
     if not (RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK | os.X_OK)):
+        return
+    stats = os.statvfs(RAM_DISK)
+    if stats.f_bavail * stats.f_frsize < RAM_DISK_MIN_FREE:  # a container's small /dev/shm: stay on disk
         return
     set_here: dict = {}
     if config.option.basetemp is None and _TEMPROOT not in os.environ:
