@@ -17,9 +17,10 @@ given to ``OnlineAPI`` as is. Modes:
   (:func:`run_floor`). ``run_id`` says whether ``OnlineAPI`` takes ``run_id=`` (shared runs).
 * ``{"mode": "part", "worker": w, "workers": W, "cache": C, "requests": R, "copies": K,
   "phases": [{"name": "miss" | "hit" | "dup" | "dup-spread", "run_id": ID or null}, ...],
-  ...}``: one of W worker processes. It prints ``ready``; for each phase it opens a new
-  pipeline (with ``run_id=ID`` when ID is given: the one place it is passed), waits for a
-  ``go`` line on stdin, sends its share (request i of R when ``i % W == w``) gathered at once,
+  ...}``: one of W worker processes. For each phase it builds its requests and opens a new
+  pipeline (with ``run_id=ID`` when ID is given: the one place it is passed; the pipeline then
+  joins that run at once, as it would at its first request), prints ``ready``, waits for a
+  ``go`` line on stdin (sent to every worker once all are ready), sends its share (request i of R when ``i % W == w``) gathered at once,
   prints ``answered``, waits for ``close`` (so the workers of a phase are alive together: one
   shared run), closes the pipeline and prints one JSON line. ``miss``: prompts ``t<i>`` on a
   fresh store; ``hit``: the same requests again; ``dup``: prompt ``d<i // K>`` in one namespace,
@@ -309,7 +310,12 @@ async def _part_phase(spec: Dict[str, Any], phase: Dict[str, Any]) -> Dict[str, 
     model = UniqueModel()
     requests = _share(spec, phase["name"])
     pipeline = make_pipeline(model, spec["cache"], int(spec["batch_size"]), float(spec["timeout_s"]), phase.get("run_id"))
+    if phase.get("run_id") and getattr(pipeline.cacher, "single_flight", None) is not None:
+        # Join the shared run now, as the pipeline would at its first request: every worker is
+        # in the run when the phase starts, so none takes itself to be alone in it.
+        await pipeline.cacher.single_flight.broker.ensure_running()
     gc.collect()
+    print("ready", flush=True)  # prepared: the phase starts in every worker at once, on "go"
     await asyncio.to_thread(_wait_for, "go", phase["name"])
     started = time.time()
     responses = await asyncio.gather(*(pipeline.request(r) for r in requests))
@@ -337,9 +343,9 @@ async def _part_phase(spec: Dict[str, Any], phase: Dict[str, Any]) -> Dict[str, 
 
 
 def run_part(spec: Dict[str, Any]) -> None:
-    """Print ``ready``; per phase, after ``go`` on stdin send the requests, print ``answered``,
-    and after ``close`` close the pipeline and print the phase's JSON line."""
-    print("ready", flush=True)
+    """Per phase: prepare (requests, pipeline), print ``ready``; after ``go`` on stdin send the
+    requests, print ``answered``, and after ``close`` close the pipeline and print the phase's
+    JSON line."""
     for phase in spec["phases"]:
         result = asyncio.run(_part_phase(spec, phase))
         sys.stdout.write(json.dumps(result) + "\n")

@@ -268,18 +268,18 @@ class _Part:
 def _run_parts(engine: Engine, workers: int, phases: List[Dict[str, Any]], spec: Dict[str, Any],
                work: Path, args: argparse.Namespace) -> List[List[Dict[str, Any]]]:
     """``workers`` processes on one fresh store; for each phase, every worker's result. Each
-    phase starts in all workers at once (after all are ready and the previous phase is done)."""
+    phase starts in all workers at once (after all have prepared it, its requests built and its
+    pipeline open, and the previous phase is done)."""
     cache = engine.fresh_cache(f"{spec['label']}-w{workers}")
     parts = [_Part({**spec, "mode": "part", "cache": cache, "worker": w, "workers": workers, "phases": phases}, work)
              for w in range(workers)]
     try:
-        deadline = time.monotonic() + args.worker_timeout_s
-        for part in parts:
-            if part.read_line(deadline) != "ready":
-                raise BenchmarkError("a worker process did not say it was ready")
         results = []
         for _ in phases:
             deadline = time.monotonic() + args.worker_timeout_s
+            for part in parts:  # each has its requests and pipeline: start them together
+                if part.read_line(deadline) != "ready":
+                    raise BenchmarkError("a worker process did not say it was ready")
             for part in parts:
                 part.send("go\n")
             for part in parts:

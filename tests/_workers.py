@@ -69,7 +69,9 @@ def main(argv: list[str]) -> None:
     "requests": [[prompt, n, request_id, namespace], ...], "chunk": int (requests issued
     together), "hold": path | null (once the worker has answered ``hold_after`` requests, each
     model call creates ``held-<tag>`` and waits for ``hold``, or until the worker is killed), "latency_s": each call's duration, "go": the go-file's name
-    (default "go"), "linger": a file name (stay open in the run until it exists)}."""
+    (default "go"), "waits": {"<index of a request>": a file name} (the chunk starting at that
+    request is issued once the file exists), "linger": a file name (stay open in the run until
+    it exists)}."""
     spec = json.loads(argv[0])
     anyio.run(_serve, spec)
 
@@ -89,6 +91,10 @@ async def _serve(spec: dict[str, Any]) -> None:
     with open(spec["out"], "a") as out:
         async with OnlineAPI(model, spec["cache"], batch_size=4, timeout=0.002, run_id=run) as pipeline:
             for start in range(0, len(requests), chunk):
+                gate = spec.get("waits", {}).get(str(start))
+                if gate:  # this chunk waits for a file of the test
+                    while not (sync / gate).exists():
+                        await anyio.sleep(0.005)
                 part = requests[start : start + chunk]
                 answers: list[Any] = [None] * len(part)
 

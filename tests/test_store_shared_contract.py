@@ -271,27 +271,125 @@ def test_a_damaged_key_fails_only_its_own_claims(engine: EngineFactory, store: S
 
 
 def test_a_lease_is_held_by_one_holder_who_renews_and_releases_it(shared: SharedRunStore) -> None:
-    assert shared.acquire_leases({"k": ["s1", "s2"], "j": ["s1"]}, "h1", 30) == {"k": None, "j": None}
-    taken = shared.acquire_leases({"k": ["s3"]}, "h2", 30)["k"]
+    assert shared.acquire_leases({"k": {"s1": 1, "s2": 1}, "j": {"s1": 1}}, "h1", 30).leases == {"k": None, "j": None}
+    taken = shared.acquire_leases({"k": {"s3": 1}}, "h2", 30).leases["k"]
     assert taken is not None and (taken.holder, taken.scopes, taken.waiting) == ("h1", ("s1", "s2"), 1)
-    assert 0 < taken.expires_in_s <= 30
+    assert 0 < taken.expires_in_s <= 30 and not taken.open
     assert shared.renew_leases(["k", "j"], "h1", 30) == []
     assert shared.renew_leases(["k"], "h2", 30) == ["k"]
     shared.release_leases(["k"], "h2")  # not its lease: left alone
     assert shared.leases(["k"])["k"].holder == "h1"  # type: ignore[union-attr]
     shared.release_leases(["k", "j"], "h1")
     assert shared.leases(["k", "j"]) == {"k": None, "j": None}
-    assert shared.acquire_leases({"k": ["s3"]}, "h2", 30) == {"k": None}
+    assert shared.acquire_leases({"k": {"s3": 1}}, "h2", 30).leases == {"k": None}
 
 
 def test_a_lease_not_renewed_expires(shared: SharedRunStore) -> None:
-    shared.acquire_leases({"k": ["s"]}, "h1", 0.05)
+    shared.acquire_leases({"k": {"s": 1}}, "h1", 0.05, joinable=True)
     deadline = time.monotonic() + 5
     while shared.leases(["k"])["k"] is not None:
         assert time.monotonic() < deadline, "the lease never expired"
         time.sleep(0.01)
     assert shared.renew_leases(["k"], "h1", 30) == ["k"]
-    assert shared.acquire_leases({"k": ["s"]}, "h2", 30) == {"k": None}
+    assert shared.seal_leases(["k"], "h1") == {"k": None}  # nothing to seal: the joins are gone with it
+    assert shared.acquire_leases({"k": {"s": 1}}, "h2", 30).leases == {"k": None}
+
+
+def test_an_open_lease_takes_joins_in_its_scopes_until_it_is_sealed(shared: SharedRunStore) -> None:
+    assert shared.acquire_leases({"k": {"s1": 1, "s2": 2}}, "h1", 30, joinable=True).leases == {"k": None}
+    first = shared.acquire_leases({"k": {"s1": 3, "s3": 5}}, "h2", 30).leases["k"]  # s3: not its call's scope
+    assert first is not None and first.open and (first.scopes, first.joined, first.waiting) == (("s1", "s2"), (3, 0), 1)
+    assert first.visitors == 1
+    shared.acquire_leases({"k": {"s2": 1}}, "h3", 30)
+    shared.acquire_leases({"k": {"s4": 1}}, "h5", 30)  # no scope of its call: it waits, it does not join
+    now = shared.leases(["k"])["k"]
+    assert now is not None and now.open and now.joined == (3, 1) and now.holder == "h1"
+    assert (now.visitors, now.waiting, now.late) == (3, 3, 0)  # h5 waits: a visitor, not a joiner
+    assert shared.seal_leases(["k"], "h2") == {"k": None}  # not its lease: left open
+    assert shared.seal_leases(["k"], "h1") == {"k": {"s1": 3, "s2": 1}}
+    late = shared.acquire_leases({"k": {"s1": 2}}, "h4", 30).leases["k"]
+    assert late is not None and not late.open and late.joined == (3, 1) and late.waiting == 4  # sealed: no join
+    assert (late.visitors, late.late) == (4, 1)
+    assert shared.seal_leases(["k"], "h1") == {"k": {"s1": 3, "s2": 1}}  # sealing twice is harmless
+
+
+def test_a_lease_taken_sealed_takes_no_joins_and_counts_those_it_turns_away(shared: SharedRunStore) -> None:
+    shared.acquire_leases({"k": {"s1": 1}}, "h1", 30)
+    other = shared.acquire_leases({"k": {"s1": 2}}, "h2", 30).leases["k"]
+    assert other is not None and not other.open and other.joined == (0,) and other.late == 1
+    shared.acquire_leases({"k": {"s2": 1}}, "h3", 30)  # another scope: it waits, it is not late
+    assert shared.seal_leases(["k"], "h1") == {"k": {"s1": 0}}
+    shared.acquire_leases({"k": {"s1": 1, "s2": 1}}, "h4", 30)
+    lease = shared.leases(["k"])["k"]
+    assert lease is not None and (lease.waiting, lease.late) == (3, 2)
+    assert shared.release_leases(["k"], "h2") == 0  # not its lease
+    assert shared.release_leases(["k"], "h1") == 2  # what the holder learns: two came too late
+    assert shared.leases(["k"]) == {"k": None}
+
+
+def test_a_worker_joining_a_lease_twice_counts_as_one_visitor(shared: SharedRunStore) -> None:
+    shared.acquire_leases({"k": {"s": 1}}, "h1", 30, joinable=True, run=RunRef("r", "g", "w1:"))
+    worker = RunRef("r", "g", "w2:")
+    shared.acquire_leases({"k": {"s": 1}}, "w2-pass-1", 30, run=worker)
+    shared.acquire_leases({"k": {"s": 2}}, "w2-pass-2", 30, run=worker)
+    lease = shared.leases(["k"])["k"]
+    assert lease is not None and (lease.joined, lease.visitors) == ((3,), 1)
+    shared.acquire_leases({"k": {"s": 1}}, "w1-pass-2", 30, run=RunRef("r", "g", "w1:"))  # the holder's worker
+    lease = shared.leases(["k"])["k"]
+    assert lease is not None and (lease.joined, lease.visitors) == ((4,), 1)  # joined, but not a visitor
+
+
+def test_a_released_lease_leaves_a_trace_of_who_came_by_for_the_next_lease(shared: SharedRunStore) -> None:
+    w1, w2, w3 = (RunRef("r", "g", f"w{i}:") for i in (1, 2, 3))
+    shared.acquire_leases({"k": {"s": 1}, "j": {"s": 1}}, "h1", 30, joinable=True, run=w1)
+    shared.acquire_leases({"k": {"s": 1}}, "h2", 30, run=w2)
+    shared.release_leases(["k"], "h1", trace_s=30)
+    shared.release_leases(["j"], "h1")  # no trace
+    shared.acquire_leases({"k": {"s": 1}, "j": {"s": 1}}, "h3", 30, run=w3)
+    taken = shared.leases(["k", "j"])
+    assert taken["k"].visitors == 2 and taken["j"].visitors == 0  # type: ignore[union-attr]
+    shared.release_leases(["k"], "h3", trace_s=30)  # trace: w3, w1, w2
+    shared.acquire_leases({"k": {"s": 1}}, "h4", 30, run=w2)
+    assert shared.leases(["k"])["k"].visitors == 2  # type: ignore[union-attr]  # w3 and w1, not itself
+    shared.release_leases(["k"], "h4", trace_s=0.05)
+    deadline = time.monotonic() + 5
+    while True:
+        time.sleep(0.06)
+        shared.acquire_leases({"k": {"s": 1}}, "h5", 30, run=w1)
+        lease = shared.leases(["k"])["k"]
+        if lease is not None and lease.visitors == 0:
+            break  # the trace was over
+        assert time.monotonic() < deadline, "the trace never ended"
+        shared.release_leases(["k"], "h5")
+
+
+def test_taking_ones_own_lease_again_keeps_its_joins(shared: SharedRunStore) -> None:
+    shared.acquire_leases({"k": {"s1": 1}}, "h1", 30, joinable=True)
+    shared.acquire_leases({"k": {"s1": 2}}, "h2", 30)
+    assert shared.acquire_leases({"k": {"s1": 1}}, "h1", 30, joinable=True).leases == {"k": None}  # a retried step
+    again = shared.leases(["k"])["k"]
+    assert again is not None and again.open and again.joined == (2,) and again.holder == "h1"
+
+
+def test_a_lease_taken_sealed_is_opened_by_its_holder_taking_it_again_joinable(shared: SharedRunStore) -> None:
+    shared.acquire_leases({"k": {"s1": 1}}, "h1", 30)
+    shared.acquire_leases({"k": {"s1": 2}}, "h2", 30)  # late: sealed
+    shared.acquire_leases({"k": {"s1": 1}}, "h1", 30, joinable=True)
+    shared.acquire_leases({"k": {"s1": 3}}, "h3", 30)  # joins now
+    assert shared.seal_leases(["k"], "h1") == {"k": {"s1": 3}}
+
+
+def test_the_lease_step_counts_the_other_live_workers_of_the_run(shared: SharedRunStore) -> None:
+    status = shared.join("r", "a1:", 30, "g1")
+    me = RunRef("r", status.generation, "a1:")
+    assert shared.acquire_leases({"k": {"s": 1}}, "h1", 30, run=me).peers == 0  # alone
+    shared.join("r", "b2:", 30, "g1")
+    shared.join("r", "c3:", 30, "g1")
+    assert shared.acquire_leases({"j": {"s": 1}}, "h1", 30, run=me).peers == 2
+    shared.leave("r", "c3:")
+    assert shared.acquire_leases({"j": {"s": 1}}, "h1", 30, run=me).peers == 1
+    assert shared.acquire_leases({"j": {"s": 1}}, "h1", 30).peers is None  # no run asked about
+    assert shared.acquire_leases({"i": {"s": 1}}, "h1", 30, run=RunRef("gone", "g0", "a1:")).peers == 0
 
 
 def test_claimed_counts_what_the_run_holds_below_an_index(store: SampleStore, shared: SharedRunStore) -> None:

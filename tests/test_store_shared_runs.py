@@ -194,11 +194,21 @@ def test_run_id_needs_a_store_that_can_hold_a_shared_run(tmp_path: Path) -> None
         ({"run_id": "r", "lease_ttl_s": float("nan")}, "lease_ttl_s must be"),
         ({"run_id": "r", "ttl_s": 100, "keep_s": 10}, "keep_s"),
         ({"run_id": "r", "worker": "a b"}, "worker must be"),
+        ({"run_id": "r", "join_window_s": -0.1}, r"join_window_s must be a finite number of seconds >= 0"),
+        ({"run_id": "r", "join_window_s": float("inf")}, "join_window_s must be"),
+        ({"run_id": "r", "join_window_s": "0.1"}, "join_window_s must be"),
     ],
 )
 def test_shared_run_settings_are_checked(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         SharedRun(**settings)
+
+
+def test_a_join_window_may_be_zero_unlike_the_other_times() -> None:
+    from cachesaver.store.shared_runs import JOIN_WINDOW_S
+
+    assert SharedRun("r", join_window_s=0).join_window_s == 0.0
+    assert SharedRun("r").join_window_s == JOIN_WINDOW_S == 0.5
 
 
 def test_a_read_only_cache_cannot_hold_a_shared_run(tmp_path: Path) -> None:

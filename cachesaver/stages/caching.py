@@ -77,9 +77,12 @@ logger = logging.getLogger(__name__)
 
 
 class _Pending:
-    """A request whose stored samples are known and whose missing ones are being fetched."""
+    """A request whose stored samples are known and whose missing ones are being fetched.
 
-    __slots__ = ("request", "found", "samples", "duplicated", "needed")
+    ``extra``: samples to ask the model for beyond ``needed``, stored unclaimed (set by
+    single-flight for the requests of other workers that joined this call)."""
+
+    __slots__ = ("request", "found", "samples", "duplicated", "needed", "extra")
 
     def __init__(self, request: Request, found: Found) -> None:
         self.request = request
@@ -87,6 +90,7 @@ class _Pending:
         self.samples: list[StoredSample] = []
         self.duplicated: list[bool] = []
         self.needed = found.missing
+        self.extra = 0
 
 
 def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequence[bool] = ()) -> Response:
@@ -432,7 +436,7 @@ class AsyncCacher(Stage):
         attempts = 0
         for attempt in range(self.max_refetch + 1):
             attempts = attempt + 1
-            asks = [with_n(pending[j].request, pending[j].needed) for j in todo]
+            asks = [with_n(pending[j].request, pending[j].needed + pending[j].extra) for j in todo]
             answers = await call_model(self.model, asks, late=self._late_answers)
             writes: list[Write] = []
             for j, answer in zip(todo, answers):
@@ -451,6 +455,7 @@ class AsyncCacher(Stage):
                 new = list(zip(response.data, usage)) if usage else [(d, None) for d in response.data]
                 flags = response.duplicated or [False] * len(new)
                 take = min(entry.needed, len(new))
+                entry.extra -= min(entry.extra, len(new) - take)  # the spare ones are stored below
                 entry.samples.extend(new[:take])
                 entry.duplicated.extend(bool(f) for f in flags[:take])
                 if storing:

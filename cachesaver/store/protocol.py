@@ -51,7 +51,9 @@ What an engine guarantees:
   (``run_id=``): the run's claims, use counts and membership live in the store, each
   :meth:`SharedRunStore.claim` applies the choice rules of :mod:`cachesaver.store.claims`
   atomically per cache key, and :meth:`SharedRunStore.commit` claims new samples atomically
-  with their commit. It also holds the per-key leases of single-flight. The memory engine
+  with their commit. It also holds the per-key leases of single-flight, which identical
+  requests of other workers may join while open (:meth:`SharedRunStore.acquire_leases`). The
+  memory engine
   (within one process), diskcache (the processes of one host) and Redis (any hosts) offer it;
   :mod:`cachesaver.store.shared_runs` says what a shared run guarantees.
 
@@ -107,6 +109,7 @@ __all__ = [
     "KeyEntry",
     "KeyView",
     "Lease",
+    "LeasesTaken",
     "RecordId",
     "RecordWrite",
     "RunRef",
@@ -536,12 +539,34 @@ class ClaimNew:
 class Lease:
     """A live single-flight lease on a cache key: who holds it, the claim scopes its upstream
     call serves (a waiter in one of them could not take its samples), how long until it expires
-    unless renewed, and how many acquires by others it has turned away."""
+    unless renewed, and how many acquires by others it has turned away.
+
+    ``open``: the holder has not sealed its call yet, so a request of another holder in one of
+    ``scopes`` may *join* it (:meth:`SharedRunStore.acquire_leases`); ``joined`` counts, per
+    scope (in ``scopes`` order), the samples joined so far; ``late``, the acquires by others in
+    one of ``scopes`` that found it sealed (they ask the model themselves); ``visitors``, the
+    distinct workers, other than the holder's, whose acquires found it (joined, waiting or
+    late)."""
 
     holder: str
     scopes: Tuple[str, ...]
     expires_in_s: float
     waiting: int = 0
+    open: bool = False
+    joined: Tuple[int, ...] = ()
+    late: int = 0
+    visitors: int = 0
+
+
+@dataclass(frozen=True)
+class LeasesTaken:
+    """What :meth:`SharedRunStore.acquire_leases` did: per key, None (the caller holds the lease
+    now) or the live lease of another holder, as it stands after the step; and ``peers``, the
+    live workers of the caller's run besides the caller, read in the same step (None: no run
+    given)."""
+
+    leases: Mapping[str, Lease | None]
+    peers: int | None = None
 
 
 @runtime_checkable
@@ -603,10 +628,45 @@ class SharedRunStore(Protocol):
         ...
 
     def acquire_leases(
-        self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float
-    ) -> Mapping[str, Lease | None]:
-        """Take the lease of each key for ``holder`` for ``ttl_s`` (None: taken, or already
-        held by ``holder``), or the live lease of another holder."""
+        self,
+        wants: Mapping[str, Mapping[str, int]],
+        holder: str,
+        ttl_s: float,
+        *,
+        joinable: bool = False,
+        run: RunRef | None = None,
+    ) -> LeasesTaken:
+        """One atomic step per key of ``wants`` (claim scope -> samples the caller's call needs
+        in that scope), the keys in one round trip:
+
+        * a key with no live lease (or with ``holder``'s own) gets ``holder``'s lease for
+          ``ttl_s``, serving ``wants[key]``'s scopes, *open* to joins when ``joinable`` (until
+          :meth:`seal_leases`), else sealed; its entry is None. Taking one's own lease again (a
+          retried step) renews it and keeps its joins, and with ``joinable`` opens it (a
+          holder does so only before it seals: one that took it sealed and then learned that
+          others are live). A lease taken while the trace of the
+          key's previous lease lasts (:meth:`release_leases`) starts with that lease's
+          workers among its ``visitors``: they have been by already;
+        * on a key with another holder's live lease, the step counts one more ``waiting`` and
+          adds the caller's worker (``run.worker``, else ``holder``) to its ``visitors``
+          unless it is the holder's own. If that lease is open and serves one of the wanted
+          scopes, it adds the wanted samples of each scope it serves to its ``joined``
+          counts: the caller has *joined* that call, whose holder asks the model for those
+          samples too and stores them unclaimed. If it is sealed and serves one of the wanted
+          scopes, it counts one more ``late``. The entry is that lease after the step
+          (``open`` as it was: the caller joined in the scopes it serves if and only if
+          ``open``).
+
+        With ``run``, ``peers`` counts the run's live workers other than ``run.worker`` (in the
+        same round trip; atomically with the leases on the local engines). A Redis step retried
+        after a lost reply may count its joins twice: that holder then asks a few samples more,
+        stored spare."""
+        ...
+
+    def seal_leases(self, keys: Sequence[str], holder: str) -> Mapping[str, Mapping[str, int] | None]:
+        """Close ``holder``'s leases on ``keys`` to joins, atomically per key; per key, the
+        samples joined in each scope (what the call must ask beyond its own), or None when
+        ``holder`` no longer holds it (expired, taken over). Sealing twice is harmless."""
         ...
 
     def renew_leases(self, keys: Sequence[str], holder: str, ttl_s: float) -> list[str]:
@@ -614,8 +674,10 @@ class SharedRunStore(Protocol):
         holds."""
         ...
 
-    def release_leases(self, keys: Sequence[str], holder: str) -> None:
-        """Drop ``holder``'s leases on ``keys`` (another's lease is left alone)."""
+    def release_leases(self, keys: Sequence[str], holder: str, *, trace_s: float = 0.0) -> int:
+        """Drop ``holder``'s leases on ``keys`` (another's lease is left alone); how many
+        ``late`` acquires the dropped leases had counted. With ``trace_s``, each dropped lease
+        leaves a trace of its workers (its holder's and its visitors) for that long."""
         ...
 
     def leases(self, keys: Sequence[str]) -> Mapping[str, Lease | None]:

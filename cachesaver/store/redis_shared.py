@@ -14,8 +14,14 @@ Layout (every key under the store's prefix, see :mod:`cachesaver.store.redis`):
   were processed here); and the **pending hash** (``p:``): ticket ->
   ``"<worker>|<prefix>|<use>|<n>|<indices>|<ident>"``. Both expire ``keep_s`` after the
   last claim that touched them;
-* per cache key, in its hash slot, the **lease** (``l:``): ``"<holder>\\n<waiting>\\n<scope>\\n..."``
-  with a time to live;
+* per cache key, in its hash slot, the **lease** (``l:``):
+  ``"<holder>\\n<waiting>\\n#<open>,<late>,<visitor>;<visitor>...\\n<scope>\\t<joined>\\n..."``
+  (open ``1`` while joinable, ``0`` once sealed; the holder's worker, then the others whose
+  acquires found it; per scope the samples joined) with a time to live (a value without the
+  ``#`` line, as written before leases could be joined, is sealed), and beside it
+  (``l:...~``) the **trace** a release leaves: its workers, ``;``-separated, for ``trace_s``.
+  Taking, joining, sealing, renewing and releasing are one script call per key
+  (:data:`LEASE_SCRIPT`); reading leases (what waiters poll) is a plain GET and PTTL;
 
 Atomicity: one Lua script per cache key and claim (:data:`CLAIM_SCRIPT`, the rules of
 :mod:`cachesaver.store.shared_rules` in Lua), reading the key's sample count and records from
@@ -43,6 +49,7 @@ from .protocol import (
     Grant,
     KeyClaimOps,
     Lease,
+    LeasesTaken,
     RecordWrite,
     RunRef,
     RunStatus,
@@ -383,34 +390,98 @@ return {gen, lost, table.concat(live, ','), table.concat(dead, ','), '0'}
 """
 
 LEASE_SCRIPT = r"""
-local K = KEYS[1]
+local K, T = KEYS[1], KEYS[2]
 local mode, holder = ARGV[1], ARGV[2]
+local function split(text, sep)
+  local out, at = {}, 1
+  while true do
+    local found = string.find(text, sep, at, true)
+    if not found then out[#out + 1] = string.sub(text, at); return out end
+    out[#out + 1] = string.sub(text, at, found - 1)
+    at = found + 1
+  end
+end
 local cur = redis.call('GET', K)
-local owner, waiting, scopes = nil, nil, ''
+local owner, waiting, open, late, visitors, scopes, joined = nil, 0, '0', 0, '', {}, {}
 if cur then
-  local a = string.find(cur, '\n', 1, true)
-  owner = string.sub(cur, 1, a - 1)
-  local b = string.find(cur, '\n', a + 1, true)
-  if b then waiting = string.sub(cur, a + 1, b - 1); scopes = string.sub(cur, b + 1)
-  else waiting = string.sub(cur, a + 1) end
+  local lines = split(cur, '\n')
+  owner, waiting = lines[1], tonumber(lines[2])
+  local first = 3
+  if string.sub(lines[3] or '', 1, 1) == '#' then
+    open = string.sub(lines[3], 2, 2)
+    local comma = string.find(lines[3], ',', 4, true)
+    late = tonumber(string.sub(lines[3], 4, comma - 1))
+    visitors = string.sub(lines[3], comma + 1)
+    first = 4
+  end
+  for q = first, #lines do
+    local tab = string.find(lines[q], '\t', 1, true)
+    if tab then
+      scopes[#scopes + 1] = string.sub(lines[q], 1, tab - 1)
+      joined[#joined + 1] = tonumber(string.sub(lines[q], tab + 1))
+    else
+      scopes[#scopes + 1] = lines[q]
+      joined[#joined + 1] = 0
+    end
+  end
+end
+local function dump()
+  local out = {owner, string.format('%d', waiting), '#' .. open .. ',' .. string.format('%d', late) .. ',' .. visitors}
+  for q = 1, #scopes do out[#out + 1] = scopes[q] .. '\t' .. string.format('%d', joined[q]) end
+  return table.concat(out, '\n')
 end
 if mode == 'acquire' then
   if cur and owner ~= holder then
-    local w = tonumber(waiting) + 1
-    redis.call('SET', K, owner .. '\n' .. w .. '\n' .. scopes, 'KEEPTTL')
-    return {0, owner, tostring(w), scopes, redis.call('PTTL', K)}
+    waiting = waiting + 1
+    local wanted = false
+    for q = 6, #ARGV, 2 do
+      for s = 1, #scopes do
+        if scopes[s] == ARGV[q] then
+          wanted = true
+          if open == '1' then joined[s] = joined[s] + tonumber(ARGV[q + 1]) end
+        end
+      end
+    end
+    if wanted and open ~= '1' then late = late + 1 end
+    if not string.find(';' .. visitors .. ';', ';' .. ARGV[5] .. ';', 1, true) then
+      if visitors == '' then visitors = ARGV[5] else visitors = visitors .. ';' .. ARGV[5] end
+    end
+    redis.call('SET', K, dump(), 'KEEPTTL')
+    return {0, dump(), redis.call('PTTL', K)}
   end
-  redis.call('SET', K, holder .. '\n0\n' .. ARGV[4], 'PX', ARGV[3])
+  if cur then
+    if ARGV[4] == '1' and open ~= '1' then open = '1'; redis.call('SET', K, dump(), 'PX', ARGV[3])
+    else redis.call('PEXPIRE', K, ARGV[3]) end
+    return {1}
+  end
+  owner, waiting, open, visitors = holder, 0, ARGV[4], ARGV[5]
+  local trace = redis.call('GET', T)
+  if trace then
+    for _, w in ipairs(split(trace, ';')) do
+      if w ~= ARGV[5] then visitors = visitors .. ';' .. w end
+    end
+    redis.call('DEL', T)
+  end
+  for q = 6, #ARGV, 2 do scopes[#scopes + 1] = ARGV[q]; joined[#joined + 1] = 0 end
+  redis.call('SET', K, dump(), 'PX', ARGV[3])
   return {1}
+elseif mode == 'seal' then
+  if not cur or owner ~= holder then return {0} end
+  open = '0'
+  redis.call('SET', K, dump(), 'KEEPTTL')
+  return {1, dump(), redis.call('PTTL', K)}
 elseif mode == 'renew' then
   if cur and owner == holder then redis.call('PEXPIRE', K, ARGV[3]); return {1} end
   return {0}
 elseif mode == 'release' then
-  if cur and owner == holder then redis.call('DEL', K) end
-  return {1}
+  if cur and owner == holder then
+    redis.call('DEL', K)
+    if tonumber(ARGV[3]) > 0 then redis.call('SET', T, visitors, 'PX', ARGV[3]) end
+    return {1, late}
+  end
+  return {1, 0}
 end
-if not cur then return {0} end
-return {1, owner, waiting, scopes, redis.call('PTTL', K)}
+return {0}
 """
 
 _SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (CLAIM_SCRIPT, RUN_SCRIPT, LEASE_SCRIPT)}
@@ -587,38 +658,103 @@ class RedisSharedRuns:
 
     # -- leases --------------------------------------------------------------------------------
 
-    def _lease(self, reply: Any) -> Lease:
-        scopes = _text(reply[3])
-        return Lease(_text(reply[1]), tuple(scopes.split("\n")) if scopes else (), max(int(reply[4]), 0) / 1000, int(reply[2]))
+    def _lease(self, value: Any, pttl: Any) -> Lease:
+        """The Lease a lease key holds (its value and time to live in ms); see the module
+        docstring for the value's layout."""
+        lines = _text(value).split("\n")
+        open_, late, visitors, first = False, 0, 0, 2
+        if len(lines) > 2 and lines[2].startswith("#"):
+            state, _, who = lines[2][1:].partition(",")[2].partition(",")
+            # The first visitor is the holder's own worker.
+            open_, late, visitors, first = lines[2][1] == "1", int(state), max(len(who.split(";")) - 1, 0), 3
+        scopes, joined = [], []
+        for line in lines[first:]:
+            scope, _, count = line.partition("\t")
+            scopes.append(scope)
+            joined.append(int(count) if count else 0)
+        return Lease(
+            lines[0], tuple(scopes), max(int(pttl), 0) / 1000, int(lines[1]), open_, tuple(joined), late, visitors
+        )
+
+    def _lease_keys(self, key: str) -> list[bytes]:
+        """The lease of ``key`` and its trace (after a release), in the key's hash slot."""
+        lease = self._store.lease_key(key)
+        return [lease, lease + b"~"]
 
     def _lease_calls(self, keys: Sequence[str], *args: Any) -> list[Any]:
         self._store._check_open()
-        replies = self._scripts([(LEASE_SCRIPT, [self._store.lease_key(key)], list(args)) for key in keys])
+        replies = self._scripts([(LEASE_SCRIPT, self._lease_keys(key), list(args)) for key in keys])
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise StoreError(f"Redis at {self._store.location} failed a lease step: {reply}") from reply
         return replies
 
-    def acquire_leases(self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float) -> dict[str, Lease | None]:
+    def acquire_leases(
+        self, wants: Mapping[str, Mapping[str, int]], holder: str, ttl_s: float, *,
+        joinable: bool = False, run: RunRef | None = None,
+    ) -> LeasesTaken:
         store = self._store
         store._check_open()
-        keys = list(scopes)
-        calls = [(LEASE_SCRIPT, [store.lease_key(k)], ["acquire", holder, _ms(ttl_s), "\n".join(scopes[k])]) for k in keys]
+        keys = list(wants)
+        calls: list[tuple[str, Sequence[bytes], Sequence[Any]]] = []
+        who = holder if run is None else run.worker
+        for key in keys:
+            args: list[Any] = ["acquire", holder, _ms(ttl_s), "1" if joinable else "0", who]
+            for scope, count in wants[key].items():
+                args += [scope, int(count)]
+            calls.append((LEASE_SCRIPT, self._lease_keys(key), args))
+        if run is not None:  # the run's live workers, in the same round trip
+            calls.append((RUN_SCRIPT, [store.run_key(run.run_id)], ["status", "", 0, ""]))
         replies = self._scripts(calls)
-        out: dict[str, Lease | None] = {}
-        for key, reply in zip(keys, replies):
+        for reply in replies:
             if isinstance(reply, BaseException):
                 raise StoreError(f"Redis at {store.location} failed a lease step: {reply}") from reply
-            out[key] = None if int(reply[0]) == 1 else self._lease(reply)
+        out: dict[str, Lease | None] = {}
+        for key, reply in zip(keys, replies):
+            out[key] = None if int(reply[0]) == 1 else self._lease(reply[1], reply[2])
+        peers = None
+        if run is not None:
+            status = self._status(replies[-1])
+            peers = 0 if status is None else sum(1 for worker in status.workers if worker != run.worker)
+        return LeasesTaken(out, peers)
+
+    def seal_leases(self, keys: Sequence[str], holder: str) -> dict[str, dict[str, int] | None]:
+        replies = self._lease_calls(keys, "seal", holder)
+        out: dict[str, dict[str, int] | None] = {}
+        for key, reply in zip(keys, replies):
+            if int(reply[0]) != 1:
+                out[key] = None
+                continue
+            lease = self._lease(reply[1], reply[2])
+            out[key] = dict(zip(lease.scopes, lease.joined))
         return out
 
     def renew_leases(self, keys: Sequence[str], holder: str, ttl_s: float) -> list[str]:
-        replies = self._lease_calls(keys, "renew", holder, _ms(ttl_s), "")
+        replies = self._lease_calls(keys, "renew", holder, _ms(ttl_s))
         return [key for key, reply in zip(keys, replies) if int(reply[0]) != 1]
 
-    def release_leases(self, keys: Sequence[str], holder: str) -> None:
-        self._lease_calls(keys, "release", holder, 0, "")
+    def release_leases(self, keys: Sequence[str], holder: str, *, trace_s: float = 0.0) -> int:
+        trace_ms = _ms(trace_s) if trace_s > 0 else 0
+        return sum(int(reply[1]) for reply in self._lease_calls(keys, "release", holder, trace_ms))
 
     def leases(self, keys: Sequence[str]) -> dict[str, Lease | None]:
-        replies = self._lease_calls(keys, "peek", "", 0, "")
-        return {key: self._lease(reply) if int(reply[0]) == 1 else None for key, reply in zip(keys, replies)}
+        """Plain reads (a GET and a PTTL per key, pipelined; no script): waiters poll this."""
+        store = self._store
+        store._check_open()
+        names = [store.lease_key(key) for key in keys]
+
+        def build(pipe: Any) -> None:
+            for name in names:
+                pipe.get(name)
+                pipe.pttl(name)
+
+        replies = store._call("read the leases from", lambda: store._pipeline(build))
+        out: dict[str, Lease | None] = {}
+        for position, key in enumerate(keys):
+            value, pttl = replies[2 * position], replies[2 * position + 1]
+            for reply in (value, pttl):
+                if isinstance(reply, BaseException):
+                    raise StoreError(f"Redis at {store.location} failed to read a lease: {reply}") from reply
+            # A lease read between its GET and PTTL as it expires is gone.
+            out[key] = None if value is None or int(pttl) < 0 else self._lease(value, pttl)
+        return out

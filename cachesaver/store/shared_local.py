@@ -3,17 +3,19 @@ protocol.SharedRunStore`).
 
 Both keep the same data: a *run record* per run id (its generation, live workers with their
 deadlines, dead workers in order), a *claim state* per (generation, cache key) (see
-:mod:`cachesaver.store.shared_rules`) and a *lease* per cache key. They differ in where it
-lives and what makes a step atomic:
+:mod:`cachesaver.store.shared_rules`) and a *lease* per cache key (holder, scopes, deadline,
+whether it is open to joins, the samples joined per scope, the late arrivals and the workers
+that came by). They differ in where it lives and what makes a step atomic:
 
 * :class:`MemorySharedRuns`: in the :class:`~cachesaver.store.memory.MemoryStore` object, under
   its state lock (so for the pipelines of one process sharing that object); times from the
   monotonic clock.
 * :class:`DiskcacheSharedRuns`: rows of the cache directory (under ``cachesaver/1/run/``,
-  ``cachesaver/1/claims/`` and ``cachesaver/1/lease/``), each step one SQLite write transaction
-  (the lock every commit takes), so for the processes of one host; times from the host's wall
-  clock, which they share. A claim state row expires ``keep_s`` after it was last written; run
-  records ``ttl_s`` after the last join; a run's claim rows are deleted when it ends.
+  ``cachesaver/1/claims/``, ``cachesaver/1/lease/`` and ``cachesaver/1/lease-trace/``), each
+  step one SQLite write transaction (the lock every commit takes), so for the processes of one
+  host; times from the host's wall clock, which they share. A claim state row expires
+  ``keep_s`` after it was last written; run records ``ttl_s`` after the last join; leases and
+  their traces when their time is up; a run's claim rows are deleted when it ends.
 
 A commit that claims new samples does so in the same atomic step as its appends: under the
 memory store's locks, or inside the commit's SQLite transaction (in the commit hook's
@@ -35,6 +37,7 @@ from .protocol import (
     Grant,
     KeyClaimOps,
     Lease,
+    LeasesTaken,
     RecordWrite,
     RecordId,
     RunRef,
@@ -161,6 +164,78 @@ def _grants(granted: Sequence[tuple[str, Any, tuple[int, ...], bool]], samples: 
     return [Grant(t, use, indices, {i: samples[i] for i in indices}, wrote) for t, use, indices, wrote in granted]
 
 
+class _LeaseState:
+    """A single-flight lease as the local engines keep it (see :class:`~cachesaver.store.
+    protocol.Lease`): holder, scopes, deadline (the engine's clock), turned-away acquires,
+    whether it is open to joins, the samples joined per scope, the late arrivals and the
+    workers that found it (the first one the holder's own)."""
+
+    __slots__ = ("holder", "scopes", "deadline", "waiting", "open", "joined", "late", "visitors")
+
+    def __init__(
+        self, holder: str, scopes: tuple[str, ...], deadline: float, open_: bool = False,
+        waiting: int = 0, joined: Sequence[int] = (), late: int = 0, visitors: Sequence[str] = (),
+    ) -> None:
+        self.holder, self.scopes, self.deadline, self.waiting, self.open = holder, scopes, deadline, waiting, open_
+        self.joined = list(joined) if joined else [0] * len(scopes)
+        self.late = late
+        self.visitors = list(visitors)
+
+    def join(self, wanted: Mapping[str, int], who: str) -> None:
+        """Another holder's acquire (of worker ``who``): one more turned away and a visitor; if
+        it wants one of the scopes, its samples joined while open, else one more late arrival."""
+        self.waiting += 1
+        if who not in self.visitors:
+            self.visitors.append(who)
+        if not any(scope in wanted for scope in self.scopes):
+            return
+        if not self.open:
+            self.late += 1
+            return
+        for position, scope in enumerate(self.scopes):
+            self.joined[position] += int(wanted.get(scope, 0))
+
+    def seal(self) -> dict[str, int]:
+        self.open = False
+        return dict(zip(self.scopes, self.joined))
+
+    def view(self, now: float) -> Lease:
+        return Lease(
+            self.holder, self.scopes, self.deadline - now, self.waiting, self.open, tuple(self.joined), self.late,
+            max(len(self.visitors) - 1, 0),  # the first is the holder's own worker
+        )
+
+    def to_data(self) -> tuple[Any, ...]:
+        return (
+            self.holder, self.scopes, self.deadline, self.waiting, self.open, tuple(self.joined), self.late,
+            tuple(self.visitors),
+        )
+
+    @classmethod
+    def from_data(cls, data: Any) -> "_LeaseState":
+        """A stored lease; one written before leases could be joined (four fields) is sealed."""
+        holder, scopes, deadline, waiting = data[:4]
+        if len(data) < 8:
+            return cls(holder, tuple(scopes), float(deadline), False, int(waiting))
+        return cls(holder, tuple(scopes), float(deadline), bool(data[4]), int(waiting), data[5], int(data[6]), data[7])
+
+
+def _worker(holder: str, run: RunRef | None) -> str:
+    """Who takes or visits a lease: the run's worker, else the holder itself."""
+    return holder if run is None else run.worker
+
+
+def _first(worker: str, been: Sequence[str]) -> tuple[str, ...]:
+    """The visitors a new lease of ``worker`` starts with: itself, then those of the key's
+    previous lease's trace (``been``)."""
+    return (worker, *(other for other in been if other != worker))
+
+
+def _peers(run: _Run, worker: str, now: float) -> int:
+    """The live workers of ``run`` other than ``worker``."""
+    return sum(1 for other, deadline in run.workers.items() if other != worker and deadline > now)
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 
@@ -170,7 +245,8 @@ class _MemoryShared:
     def __init__(self) -> None:
         self.runs: dict[str, _Run] = {}
         self.states: dict[tuple[str, str], tuple[KeyRunState, float]] = {}
-        self.leases: dict[str, list[Any]] = {}  # key -> [holder, scopes, deadline, waiting]
+        self.leases: dict[str, _LeaseState] = {}
+        self.traces: dict[str, tuple[tuple[str, ...], float]] = {}  # key -> (workers, until)
 
 
 class MemorySharedRuns:
@@ -298,18 +374,44 @@ class MemorySharedRuns:
             raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
         return starts
 
-    def acquire_leases(self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float) -> dict[str, Lease | None]:
+    def acquire_leases(
+        self, wants: Mapping[str, Mapping[str, int]], holder: str, ttl_s: float, *,
+        joinable: bool = False, run: RunRef | None = None,
+    ) -> LeasesTaken:
         out: dict[str, Lease | None] = {}
         with self._store._lock:
+            self._store._check_open()
             now = self._now()
-            for key, wanted in scopes.items():
+            for key, wanted in wants.items():
                 lease = self._data.leases.get(key)
-                if lease is not None and lease[2] > now and lease[0] != holder:
-                    lease[3] += 1
-                    out[key] = Lease(lease[0], tuple(lease[1]), lease[2] - now, lease[3])
-                else:
-                    self._data.leases[key] = [holder, tuple(wanted), now + ttl_s, 0]
+                live = lease is not None and lease.deadline > now
+                if lease is not None and live and lease.holder != holder:
+                    lease.join(wanted, _worker(holder, run))
+                    out[key] = lease.view(now)
+                elif lease is not None and live:  # its own: a retried step keeps its joins
+                    lease.deadline = now + ttl_s
+                    lease.open = lease.open or joinable
                     out[key] = None
+                else:
+                    trace = self._data.traces.pop(key, None)
+                    been = trace[0] if trace is not None and trace[1] > now else ()
+                    self._data.leases[key] = _LeaseState(
+                        holder, tuple(wanted), now + ttl_s, joinable, visitors=_first(_worker(holder, run), been)
+                    )
+                    out[key] = None
+            peers = None
+            if run is not None:
+                record = self._live_run(run.run_id, now)
+                peers = 0 if record is None else _peers(record, run.worker, now)
+        return LeasesTaken(out, peers)
+
+    def seal_leases(self, keys: Sequence[str], holder: str) -> dict[str, dict[str, int] | None]:
+        out: dict[str, dict[str, int] | None] = {}
+        with self._store._lock:
+            now = self._now()
+            for key in keys:
+                lease = self._data.leases.get(key)
+                out[key] = lease.seal() if lease is not None and lease.holder == holder and lease.deadline > now else None
         return out
 
     def renew_leases(self, keys: Sequence[str], holder: str, ttl_s: float) -> list[str]:
@@ -318,18 +420,26 @@ class MemorySharedRuns:
             now = self._now()
             for key in keys:
                 lease = self._data.leases.get(key)
-                if lease is not None and lease[0] == holder and lease[2] > now:
-                    lease[2] = now + ttl_s
+                if lease is not None and lease.holder == holder and lease.deadline > now:
+                    lease.deadline = now + ttl_s
                 else:
                     lost.append(key)
         return lost
 
-    def release_leases(self, keys: Sequence[str], holder: str) -> None:
+    def release_leases(self, keys: Sequence[str], holder: str, *, trace_s: float = 0.0) -> int:
+        late = 0
         with self._store._lock:
+            now = self._now()
             for key in keys:
                 lease = self._data.leases.get(key)
-                if lease is not None and lease[0] == holder:
+                if lease is not None and lease.holder == holder:
+                    late += lease.late
                     del self._data.leases[key]
+                    if trace_s > 0:
+                        self._data.traces[key] = (tuple(lease.visitors), now + trace_s)
+            if len(self._data.traces) > 4096:  # forget the traces that are over
+                self._data.traces = {k: t for k, t in self._data.traces.items() if t[1] > now}
+        return late
 
     def leases(self, keys: Sequence[str]) -> dict[str, Lease | None]:
         with self._store._lock:
@@ -337,8 +447,7 @@ class MemorySharedRuns:
             out: dict[str, Lease | None] = {}
             for key in keys:
                 lease = self._data.leases.get(key)
-                live = lease is not None and lease[2] > now
-                out[key] = Lease(lease[0], tuple(lease[1]), lease[2] - now, lease[3]) if live else None  # type: ignore[index]
+                out[key] = lease.view(now) if lease is not None and lease.deadline > now else None
             return out
 
 
@@ -347,6 +456,7 @@ class MemorySharedRuns:
 _RUN = "cachesaver/1/run/"
 _CLAIMS = "cachesaver/1/claims/"
 _LEASE = "cachesaver/1/lease/"
+_TRACE = "cachesaver/1/lease-trace/"
 _RECORD = "cachesaver/1/record/"
 
 
@@ -569,52 +679,104 @@ class DiskcacheSharedRuns:
             raise StoreError("cachesaver: an internal invariant failed (no token: always applied); please report this bug")
         return starts
 
-    def acquire_leases(self, scopes: Mapping[str, Sequence[str]], holder: str, ttl_s: float) -> dict[str, Lease | None]:
-        def step() -> dict[str, Lease | None]:
+    def _lease(self, key: str) -> _LeaseState | None:
+        data = self._store._get(_LEASE + key, None)
+        if data is None:
+            return None
+        try:
+            return _LeaseState.from_data(data)
+        except Exception as exc:  # noqa: BLE001 - not what cachesaver writes
+            raise CorruptStoreError(f"the single-flight lease of key {key} in {self._store.location} is damaged: {exc}") from exc
+
+    def _save_lease(self, key: str, lease: _LeaseState, now: float) -> None:
+        self._set(_LEASE + key, lease.to_data(), max(lease.deadline - now, 0.001))
+
+    def acquire_leases(
+        self, wants: Mapping[str, Mapping[str, int]], holder: str, ttl_s: float, *,
+        joinable: bool = False, run: RunRef | None = None,
+    ) -> LeasesTaken:
+        def step() -> LeasesTaken:
             now = self._now()
             out: dict[str, Lease | None] = {}
-            for key, wanted in scopes.items():
-                lease = self._store._get(_LEASE + key, None)
-                if lease is not None and lease[2] > now and lease[0] != holder:
-                    lease = (lease[0], lease[1], lease[2], lease[3] + 1)
-                    self._set(_LEASE + key, lease, lease[2] - now)
-                    out[key] = Lease(lease[0], tuple(lease[1]), lease[2] - now, lease[3])
+            for key, wanted in wants.items():
+                lease = self._lease(key)
+                live = lease is not None and lease.deadline > now
+                if lease is not None and live and lease.holder != holder:
+                    lease.join(wanted, _worker(holder, run))
+                    self._save_lease(key, lease, now)
+                    out[key] = lease.view(now)
+                    continue
+                if lease is not None and live:  # its own: a retried step keeps its joins
+                    lease.deadline = now + ttl_s
+                    lease.open = lease.open or joinable
                 else:
-                    self._set(_LEASE + key, (holder, tuple(wanted), now + ttl_s, 0), ttl_s)
+                    been = self._store._get(_TRACE + key, None) or ()
+                    if been:  # carried over into the new lease
+                        self._store.cache.delete(_TRACE + key)
+                    lease = _LeaseState(holder, tuple(wanted), now + ttl_s, joinable, visitors=_first(_worker(holder, run), been))
+                self._save_lease(key, lease, now)
+                out[key] = None
+            peers = None
+            if run is not None:
+                record = self._load_run(run.run_id)
+                peers = 0 if record is None or record.expires <= now else _peers(record, run.worker, now)
+            return LeasesTaken(out, peers)
+
+        taken: LeasesTaken = self._write(step)
+        return taken
+
+    def seal_leases(self, keys: Sequence[str], holder: str) -> dict[str, dict[str, int] | None]:
+        def step() -> dict[str, dict[str, int] | None]:
+            now = self._now()
+            out: dict[str, dict[str, int] | None] = {}
+            for key in keys:
+                lease = self._lease(key)
+                if lease is None or lease.holder != holder or lease.deadline <= now:
                     out[key] = None
+                    continue
+                out[key] = lease.seal()
+                self._save_lease(key, lease, now)
             return out
 
-        return self._write(step)
+        sealed: dict[str, dict[str, int] | None] = self._write(step)
+        return sealed
 
     def renew_leases(self, keys: Sequence[str], holder: str, ttl_s: float) -> list[str]:
         def step() -> list[str]:
             now = self._now()
             lost = []
             for key in keys:
-                lease = self._store._get(_LEASE + key, None)
-                if lease is not None and lease[0] == holder and lease[2] > now:
-                    self._set(_LEASE + key, (lease[0], lease[1], now + ttl_s, lease[3]), ttl_s)
+                lease = self._lease(key)
+                if lease is not None and lease.holder == holder and lease.deadline > now:
+                    lease.deadline = now + ttl_s
+                    self._save_lease(key, lease, now)
                 else:
                     lost.append(key)
             return lost
 
-        return self._write(step)
+        lost: list[str] = self._write(step)
+        return lost
 
-    def release_leases(self, keys: Sequence[str], holder: str) -> None:
-        def step() -> None:
+    def release_leases(self, keys: Sequence[str], holder: str, *, trace_s: float = 0.0) -> int:
+        def step() -> int:
+            late = 0
             for key in keys:
-                lease = self._store._get(_LEASE + key, None)
-                if lease is not None and lease[0] == holder:
+                lease = self._lease(key)
+                if lease is not None and lease.holder == holder:
+                    late += lease.late
                     self._store.cache.delete(_LEASE + key)
+                    if trace_s > 0:
+                        self._set(_TRACE + key, tuple(lease.visitors), trace_s)
+            return late
 
-        self._write(step)
+        late: int = self._write(step)
+        return late
 
     def leases(self, keys: Sequence[str]) -> dict[str, Lease | None]:
         self._store._check_open()
         now = self._now()
         out: dict[str, Lease | None] = {}
         for key in keys:
-            lease = self._store._get(_LEASE + key, None)
-            live = lease is not None and lease[2] > now
-            out[key] = Lease(lease[0], tuple(lease[1]), lease[2] - now, lease[3]) if live else None
+            lease = self._lease(key)
+            out[key] = lease.view(now) if lease is not None and lease.deadline > now else None
         return out

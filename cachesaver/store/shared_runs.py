@@ -45,7 +45,9 @@ between delivering a request and settling it (milliseconds) gives that use back 
 later request with the same (namespace, key, request_id, n) in the same run can notice.
 
 Single-flight across workers (:mod:`cachesaver.stages.single_flight`) uses the same capability:
-leases per key, each renewed every ``lease_ttl_s / 3`` while its upstream call runs.
+leases per key, each renewed every ``lease_ttl_s / 3`` while its upstream call runs, and kept
+open up to ``join_window_s`` for identical requests of other workers in the same namespace to
+join (their ``n`` added to the call).
 
 >>> import anyio
 >>> from cachesaver.models import ScriptedModel
@@ -66,14 +68,15 @@ leases per key, each renewed every ``lease_ttl_s / 3`` while its upstream call r
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import re
 import uuid
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import anyio
 
@@ -90,6 +93,7 @@ from .protocol import (
     Grant,
     KeyClaimOps,
     Lease,
+    LeasesTaken,
     RecordWrite,
     RunRef,
     RunStatus,
@@ -103,6 +107,7 @@ from .threads import StoreThread
 __all__ = [
     "CLAIMS_KEEP_S",
     "LEASE_TTL_S",
+    "JOIN_WINDOW_S",
     "LEASE_WAIT_S",
     "RUN_TTL_S",
     "SharedBroker",
@@ -124,13 +129,19 @@ LEASE_WAIT_S = 600.0
 """The longest a request waits for other workers' leases before it asks the model itself."""
 CLAIMS_KEEP_S = 86400.0
 """How long a key's claim state outlives the last claim on it."""
+JOIN_WINDOW_S = 0.5
+"""The longest a single-flight lease stays open for other workers' identical requests to join
+its call, when the run has other live workers (see :mod:`cachesaver.stages.single_flight`).
+Measured: 4 processes on a loaded 2-core host, released together, ask the same prompt 0.1 to
+0.5 s apart on Redis and up to seconds apart on diskcache (its write lock serialises them)."""
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
-def _seconds(name: str, value: Any) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"SharedRun.{name} must be a finite number of seconds > 0, got {value!r}")
+def _seconds(name: str, value: Any, zero: bool = False) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigurationError(f"SharedRun.{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
 
 
@@ -143,6 +154,11 @@ class SharedRun:
     * ``lease_ttl_s``: a single-flight lease not renewed for this long passes to a waiter.
     * ``lease_wait_s``: the longest a request waits for leases before it calls the model.
     * ``keep_s``: a key's claim state is dropped this long after the last claim on it.
+    * ``join_window_s``: the longest a worker holding a lease keeps its call open for
+      identical requests of other workers in the same namespace to join it (n summed) before
+      it asks the model; only while the run has other live workers, ended early once all of
+      them have come by (see :mod:`cachesaver.stages.single_flight`). 0: never (each asks
+      for itself). Finite, >= 0.
     * ``worker``: a name for this worker (letters, digits, ``._-``); a worker joining with the
       name of a live one replaces it (a restart). None: a fresh anonymous worker.
     """
@@ -153,12 +169,14 @@ class SharedRun:
     lease_wait_s: float = LEASE_WAIT_S
     keep_s: float = CLAIMS_KEEP_S
     worker: str | None = None
+    join_window_s: float = JOIN_WINDOW_S
 
     def __post_init__(self) -> None:
         if not isinstance(self.run_id, str) or not self.run_id or len(self.run_id) > 200:
             raise ConfigurationError(f"run_id must be a non-empty str of at most 200 characters, got {self.run_id!r}")
         for name in ("ttl_s", "lease_ttl_s", "lease_wait_s", "keep_s"):
             object.__setattr__(self, name, _seconds(name, getattr(self, name)))
+        object.__setattr__(self, "join_window_s", _seconds("join_window_s", self.join_window_s, zero=True))
         if self.keep_s < self.ttl_s:
             raise ConfigurationError(
                 f"SharedRun.keep_s ({self.keep_s:g}) must be at least ttl_s ({self.ttl_s:g}): claims must "
@@ -197,6 +215,11 @@ def shared_store(store: SampleStore) -> SharedRunStore:
     return backend
 
 
+def _gone(lease: Lease | None, holder: str) -> bool:
+    """Whether the lease ``holder`` had is gone: released, expired, or another's now."""
+    return lease is None or lease.holder != holder
+
+
 def _with_store(cache: Any, func: Any) -> Any:
     from . import open_store
 
@@ -223,12 +246,14 @@ def end_run(cache: Any, run_id: str) -> None:
 @dataclass(slots=True, eq=False)
 class SharedFound(Found):
     """A lookup's result in a shared run: its claim ``ticket``, whether a claim wrote its record,
-    and how many of its samples it found at lookup (``base``; later ones it took after waiting
-    for another worker's lease)."""
+    how many of its samples it found at lookup (``base``; later ones it took after waiting
+    for another worker's lease) and, per later sample, whether it was reused (a stored sample
+    another call fetched for itself: True) or fetched for this request by a call it joined."""
 
     ticket: str = ""
     wrote_record: bool = False
     base: int = 0
+    reused: list[bool] = field(default_factory=list)
 
 
 class _Bookkeeping:
@@ -252,6 +277,8 @@ class _Bookkeeping:
 
     def finish(self) -> None:
         pass
+
+
 
 
 class SharedBroker(SampleBroker):
@@ -279,6 +306,16 @@ class SharedBroker(SampleBroker):
         self._settles: deque[tuple[str, ClaimSettle]] = deque()
         self._releases: deque[tuple[str, ClaimRelease]] = deque()
         self._held: dict[str, list[str]] = {}  # lease holder -> its keys (renewed while held)
+        self.peers: int | None = None
+        """The run's other live workers as the last lease step saw them (None: no step yet)."""
+        self.quiet = False
+        """True once a call this worker kept open for joiners got none: its passes then take
+        their leases sealed (no join window), and those still in their window end it, until
+        this worker joins another's call, finds one sealed in its namespace, or learns at a
+        release that others came after its seal."""
+        self.quieted: anyio.Event | None = None
+        """Set when :attr:`quiet` turns True (a window waiting on it ends); made by
+        :meth:`quiet_event`."""
         self.housekeeping = StoreThread("cachesaver-shared-run", finish=store.release_thread)
         self._join_lock: anyio.Lock | None = None
         self._beating = False
@@ -534,35 +571,98 @@ class SharedBroker(SampleBroker):
     def new_holder(self) -> str:
         return f"{self.worker}/lease{next(self._holders)}"
 
-    async def acquire(self, scopes: dict[str, list[str]], holder: str) -> dict[str, Lease | None]:
-        """Take the leases of ``scopes``' keys for ``holder``; those taken are renewed until
-        :meth:`release`."""
-        got = await self.housekeeping.run(self.backend.acquire_leases, scopes, holder, self.run.lease_ttl_s)
-        mine = [key for key, lease in got.items() if lease is None]
+    @property
+    def joinable(self) -> bool:
+        """Whether a pass should take its leases open to joins: the run has a join window and
+        other live workers (or none is known yet: the lease step says, and the pass then seals
+        at once if it was alone), and this worker is not :attr:`quiet`."""
+        return self.run.join_window_s > 0 and self.peers != 0 and not self.quiet
+
+    async def acquire(self, wants: dict[str, dict[str, int]], holder: str, joinable: bool) -> LeasesTaken:
+        """Take (or join) the leases of ``wants``' keys for ``holder`` (see
+        :meth:`~cachesaver.store.protocol.SharedRunStore.acquire_leases`); those taken are
+        renewed until :meth:`release`. Updates :attr:`peers`."""
+        taken = await self.housekeeping.run(
+            functools.partial(self.backend.acquire_leases, joinable=joinable, run=self.ref),
+            wants, holder, self.run.lease_ttl_s,
+        )
+        if taken.peers is not None:
+            self.peers = taken.peers
+        for key, lease in taken.leases.items():
+            if lease is not None and not set(wants[key]).isdisjoint(lease.scopes):
+                self.quiet = False  # it joined another call, or came too late for one
+        mine = [key for key, lease in taken.leases.items() if lease is None]
         if mine:
             self._held[holder] = mine
-        return dict(got)
+        return taken
+
+    def quiet_event(self) -> anyio.Event:
+        """An event set the next time this worker turns :attr:`quiet`."""
+        if self.quieted is None:
+            self.quieted = anyio.Event()
+        return self.quieted
+
+    async def leases(self, keys: Sequence[str]) -> Mapping[str, Lease | None]:
+        """The live lease of each of ``keys`` (one store step)."""
+        return await self.housekeeping.run(self.backend.leases, list(keys))
+
+    async def seal(self, holder: str) -> dict[str, dict[str, int] | None]:
+        """Seal ``holder``'s leases; per key, the samples joined in each scope (None: lost)."""
+        keys = self._held.get(holder)
+        if not keys:
+            return {}
+        sealed = await self.housekeeping.run(self.backend.seal_leases, keys, holder)
+        out = {key: None if joined is None else dict(joined) for key, joined in sealed.items()}
+        if self.peers and not any(any(joined.values()) for joined in out.values() if joined):
+            self.quiet = True  # nobody joined while others were live: stop waiting for joiners
+            if self.quieted is not None:
+                self.quieted.set()
+                self.quieted = None
+        elif any(joined and any(joined.values()) for joined in out.values()):
+            self.quiet = False
+        return out
 
     async def release(self, holder: str) -> None:
+        """Release ``holder``'s leases (shielded from cancellation), leaving a trace of who came
+        by while others are live; a release that learns of late arrivals ends :attr:`quiet`."""
         keys = self._held.pop(holder, None)
         if keys:
             with anyio.CancelScope(shield=True):
+                trace_s = self.run.join_window_s if self.peers else 0.0  # who came by, for the next holder
                 try:
-                    await self.housekeeping.run(self.backend.release_leases, keys, holder)
+                    late = await self.housekeeping.run(
+                        functools.partial(self.backend.release_leases, trace_s=trace_s), keys, holder
+                    )
                 except StoreError as exc:  # it expires after lease_ttl_s
                     logger.warning("cachesaver could not release %d lease(s) on %s: %s", len(keys), self.store.location, exc)
+                    return
+                if late:  # others asked the same after the seal: keep leases open again
+                    self.quiet = False
 
-    async def wait_for(self, key: str, holder: str, deadline: float) -> None:
-        """Return once ``holder``'s lease on ``key`` is gone (released, expired, or passed on),
-        or at ``deadline``; polls the store with a growing pause (5 ms to 100 ms)."""
+    async def wait_for(self, holders: Mapping[str, str], deadline: float) -> list[str]:
+        """Return, once at least one of the leases ``holders`` names (key -> holder) is gone
+        (released, expired, or passed on), the keys whose leases are gone; at ``deadline``, [].
+        A holder takes, renews and releases the leases of a pass together, so this polls one
+        key per holder (one store step for them all, with a growing pause, 5 ms to 100 ms), and
+        reads all of a holder's keys once that one is gone."""
+        groups: dict[str, list[str]] = {}
+        for key, holder in holders.items():
+            groups.setdefault(holder, []).append(key)
         pause = 0.005
         while anyio.current_time() < deadline:
-            leases = await self.housekeeping.run(self.backend.leases, [key])
-            lease = leases.get(key)
-            if lease is None or lease.holder != holder:
-                return
-            await anyio.sleep(min(pause, max(deadline - anyio.current_time(), 0), lease.expires_in_s + 0.001))
+            probes = {keys[0]: holder for holder, keys in groups.items()}
+            leases = await self.housekeeping.run(self.backend.leases, list(probes))
+            moved = [holder for key, holder in probes.items() if _gone(leases.get(key), holder)]
+            if moved:
+                keys = [key for holder in moved for key in groups[holder]]
+                leases = await self.housekeeping.run(self.backend.leases, keys) if len(keys) > len(moved) else leases
+                gone = [key for key in keys if _gone(leases.get(key), holders[key])]
+                if gone:
+                    return gone
+            expiry = min((lease.expires_in_s for lease in leases.values() if lease is not None), default=pause)
+            await anyio.sleep(min(pause, max(deadline - anyio.current_time(), 0), expiry + 0.001))
             pause = min(pause * 1.5, 0.1)
+        return []
 
     async def top_up(self, founds: Sequence[SharedFound], wants: Sequence[int]) -> list[Grant | BaseException]:
         """Claim up to ``wants`` more stored samples for each pending found (one claim)."""
