@@ -249,7 +249,8 @@ def request_key(request: Any) -> str:
         value = getattr(request, name)
         if value is None:
             continue
-        payload[name] = canonical_value(value, f"Request.{name}")
+        # A str is its own canonical form (a lone surrogate is caught by _utf8 below).
+        payload[name] = value if type(value) is str else canonical_value(value, f"Request.{name}")
     text = _encoder.encode([KEY_SCHEMA, payload])
     key = hashlib.sha256(_utf8(text, payload)).hexdigest()
     if state is not None:

@@ -177,7 +177,12 @@ class Ledger:
 
     # -- hooks -----------------------------------------------------------------------------
     def _bucket(self, request: Request) -> dict[str, int]:
-        model = request.model if isinstance(request.model, str) else None
+        if type(request) is Request:  # has no model field (its __getattr__ would answer None)
+            model = None
+        else:
+            model = request.model
+            if not isinstance(model, str):
+                model = None
         key = (request.namespace, model)
         counts = self._counts.get(key)
         if counts is None:

@@ -98,7 +98,12 @@ class Request:
 
 
 def _validate_request(request: Request) -> None:
-    n = request.n
+    n, rid, namespace, prompt = request.n, request.request_id, request.namespace, request.prompt
+    if (  # the common case, checked in one go: an ASCII str prompt, namespace and id, an int n
+        type(n) is int and n >= 1 and type(namespace) is str and namespace.isascii()
+        and type(prompt) is str and (rid is None or type(rid) is int or (type(rid) is str and rid.isascii()))
+    ):
+        return
     if type(n) is not int:
         if isinstance(n, bool) or not isinstance(n, int):
             raise InvalidRequestError(f"Request.n must be an int >= 1, got {n!r} ({type(n).__name__})")

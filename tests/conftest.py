@@ -5,20 +5,91 @@ The Redis fixtures never use the system redis service: each starts its own ``red
 with its config and data in the test's temporary directory, and stops it when the test (or,
 for the cluster, the session) ends, whether the test passed or not. Without ``redis-server``
 and ``redis-cli`` on PATH they fail (never skip), saying how to install them
-(``apt-get install -y redis-server``; ``.ci/run`` does it).
+(``apt-get install -y redis-server``; ``.ci/run`` does it). A test that does not restart,
+kill, fill or reconfigure its server takes the session's (``redis_shared_url``, or
+``redis_cluster``) with ``redis_key_prefix`` in front of every key.
+
+For the whole session (hooks below): temporary files are on the RAM disk when there is one;
+SDK clients load no CA bundle; the slow processes registered with ``tests/_early.py`` run in
+the background and the tests that wait for them run last.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import _early
 import pytest
 import redis_servers
 from _engines import PIPELINE_ENGINES, make
 from _support import Sleeps
 from fake_chat_server import FakeChatServer
 from redis_servers import RedisCluster, RedisNotInstalledError, RedisServer
+
+
+RAM_DISK = Path("/dev/shm")
+RAM_DISK_MIN_FREE = 1 << 30  # the suite writes a few hundred MB at most; Docker's default /dev/shm is 64 MB
+_TEMPROOT = "PYTEST_DEBUG_TEMPROOT"  # where pytest makes its pytest-of-<user>/pytest-<N> directories
+_set_here = pytest.StashKey[dict]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary files live on the RAM disk when the machine has one (Linux: ``/dev/shm``).
+
+    A test's caches are SQLite databases: creating, syncing and deleting their files on a real
+    disk costs about 10 ms per store opened, and the suite opens hundreds; a long run's claims
+    spill to ``tempfile``'s directory. Nothing a test checks depends on the disk (a full disk is
+    a small tmpfs mounted by the test itself). So, unless the caller chose otherwise, and when the
+    RAM disk has at least ``RAM_DISK_MIN_FREE`` free (a container's 64 MB one does not):
+
+    - ``tmp_path`` and ``tmp_path_factory`` directories go to ``/dev/shm/pytest-of-<user>/``
+      (``PYTEST_DEBUG_TEMPROOT``; a ``--basetemp`` or a ``PYTEST_DEBUG_TEMPROOT`` given wins), with
+      pytest's usual retention of the last three sessions;
+    - ``tempfile`` (this process, and ``TMPDIR`` for the processes tests start) uses a directory
+      of this session's own under ``/dev/shm``, removed when the session ends (a ``TMPDIR``
+      given wins).
+    """
+    if not (RAM_DISK.is_dir() and os.access(RAM_DISK, os.W_OK | os.X_OK)):
+        return
+    stats = os.statvfs(RAM_DISK)
+    if stats.f_bavail * stats.f_frsize < RAM_DISK_MIN_FREE:  # a container's small /dev/shm: stay on disk
+        return
+    set_here: dict = {}
+    if config.option.basetemp is None and _TEMPROOT not in os.environ:
+        os.environ[_TEMPROOT] = set_here[_TEMPROOT] = str(RAM_DISK)
+    if "TMPDIR" not in os.environ:
+        session_tmp = tempfile.mkdtemp(prefix="cachesaver-tests-", dir=RAM_DISK)
+        os.environ["TMPDIR"] = set_here["TMPDIR"] = session_tmp
+        set_here["tempdir"] = tempfile.tempdir
+        tempfile.tempdir = session_tmp
+    config.stash[_set_here] = set_here
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    set_here = config.stash.get(_set_here, {})
+    if _TEMPROOT in set_here:
+        os.environ.pop(_TEMPROOT, None)
+    if "TMPDIR" in set_here:
+        os.environ.pop("TMPDIR", None)
+        tempfile.tempdir = set_here["tempdir"]
+        shutil.rmtree(set_here["TMPDIR"], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_certificates_to_load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every SDK client builds an SSL context, and loading the system's CA bundle into it takes
+    about 50 ms; the tests only ever speak plain HTTP to 127.0.0.1, so the trust store is an
+    empty directory (``SSL_CERT_DIR``, which httpx honours; ``SSL_CERT_FILE`` unset) for the
+    session. A test that reached for an HTTPS server would fail verification, never trust it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SSL_CERT_FILE", raising=False)
+        patch.setenv("SSL_CERT_DIR", str(tmp_path_factory.mktemp("no-certificates")))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +224,19 @@ def redis_key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}:"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that wait for an early process run last, in their order (tests/_early.py)."""
+    items.sort(key=_early.waits)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the slow processes the selected tests only wait for (tests/_early.py)."""
+    if not session.config.option.collectonly:
+        _early.start_selected(session.items)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Last resort: stop any redis-server a test started and did not stop."""
+    """Last resort: stop any redis-server a test started and did not stop, and any early
+    process still running."""
     redis_servers.stop_all()
+    _early.stop_all()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _early import early
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_simulated.py"
 MEASURES = ("requests", "calls", "samples generated", "tokens", "modeled s")
@@ -51,9 +52,30 @@ def _parse(line: str) -> tuple[str, dict[str, tuple[float, ...]]]:
     return name, values
 
 
-def test_bench_simulated_reports_every_workload_and_the_pipeline_saves() -> None:
+@pytest.fixture(scope="module")
+def our_run() -> tuple[list[str], list[object]]:
+    """One real ``bench(0)`` (4 s), shared by the tests that read it: its report lines without
+    a reference, and the Cost of every run it measured, in the order it measured them."""
     bench = _load()
-    rows = dict(_parse(line) for line in anyio.run(bench.bench, 0))
+    costs: list[object] = []
+
+    def recording(measure):
+        async def run(*args):
+            costs.append(await measure(*args))
+            return costs[-1]
+        return run
+
+    bench.run_piped, bench.run_direct = recording(bench.run_piped), recording(bench.run_direct)
+    return anyio.run(bench.bench, 0), costs
+
+
+@pytest.fixture(scope="module")
+def our_lines(our_run: tuple[list[str], list[object]]) -> list[str]:
+    return our_run[0]
+
+
+def test_bench_simulated_reports_every_workload_and_the_pipeline_saves(our_lines: list[str]) -> None:
+    rows = dict(_parse(line) for line in our_lines)
     assert list(rows) == ["sweep", "sweep rerun", "sweep, both runs", "sweep largest-first", "one config"]
     for name, values in rows.items():
         assert tuple(values) == MEASURES + (WALL,), name
@@ -72,8 +94,19 @@ def test_bench_simulated_reports_every_workload_and_the_pipeline_saves() -> None
     assert one["calls"][1] < one["calls"][0]
 
 
-def test_bench_simulated_compares_with_the_reference_results_it_is_given() -> None:
+def test_bench_simulated_compares_with_the_reference_results_it_is_given(
+    our_run: tuple[list[str], list[object]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     bench = _load()
+    # Our runs are the ones measured above (measuring is tested there), handed out in the order
+    # bench() asks for them: this test is about the comparison with what 0.0.6 measured.
+    measured = iter(our_run[1])
+
+    async def replayed(*args: object) -> object:
+        return next(measured)
+
+    monkeypatch.setattr(bench, "run_piped", replayed)
+    monkeypatch.setattr(bench, "run_direct", replayed)
     Cost, ReferenceRun = bench.Cost, bench.ReferenceRun
     reference = bench.Reference(
         {
@@ -85,7 +118,11 @@ def test_bench_simulated_compares_with_the_reference_results_it_is_given() -> No
         {"version": "0.0.6"},
     )
     lines = anyio.run(bench.bench, 0, reference)
+    assert next(measured, None) is None  # as many runs as measured, none left over
     rows = dict(_parse(line) for line in lines)
+    ours = dict(_parse(line) for line in our_run[0])
+    for name, values in rows.items():  # a reference adds a column, never changes ours
+        assert {m: v[:2] for m, v in values.items()} == ours[name], name
     sweep, both = rows["sweep"], rows["sweep, both runs"]
     assert sweep["requests"][2] == 700 and sweep["tokens"][2] == 93_000 and sweep[WALL][2] == 1.5
     assert f"vs 0.0.6 700 ({700 / sweep['requests'][1]:.1f}x)" in lines[0]  # 0.0.6 / ours
@@ -101,13 +138,21 @@ def test_bench_simulated_compares_with_the_reference_results_it_is_given() -> No
 
 
 def test_bench_simulated_prints_our_lines_and_why_when_the_reference_is_missing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    our_lines: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bench = _load()
+    asked = []
+
+    async def measured(seed: int, reference: object = None) -> list[str]:  # bench() is tested above
+        asked.append((seed, reference))
+        return list(our_lines)
+
+    monkeypatch.setattr(bench, "bench", measured)
     missing = tmp_path / "no-such-python"
     assert bench.main(["--ref-python", str(missing)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("reference: cachesaver==0.0.6 not measured: could not start")
+    assert out[3:] == our_lines and asked == [(0, None)]  # the seed, and no reference to compare with
     assert [_parse(line)[0] for line in out[3:]] == [
         "sweep", "sweep rerun", "sweep, both runs", "sweep largest-first", "one config"
     ]
@@ -294,15 +339,33 @@ def bench_store(monkeypatch: pytest.MonkeyPatch):
 
 TINY_STORE = ["--requests", "16", "--sequential-requests", "4", "--worker-requests", "16", "--dup-prompts", "4",
               "--dup-copies", "2", "--workers", "2"]
+STORE_ENGINES = ["diskcache,redis", "cluster"]
 
 
-@pytest.mark.parametrize("engines", ["diskcache,redis", "cluster"])
-def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(
-    bench_store, engines: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    raw, profiles = tmp_path / "raw.json", tmp_path / "prof"
-    assert bench_store.main([*TINY_STORE, "--engines", engines, "--json", str(raw), "--profile", str(profiles)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+def _store_command(engines: str):
+    def command(directory: Path) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / "bench_store.py"), *TINY_STORE, "--engines", engines,
+                "--json", str(directory / "raw.json"), "--profile", str(directory / "prof")]
+    return command
+
+
+# Each tiny run (servers, a cluster, a dozen worker processes: 5 to 10 s) runs as the script it is,
+# started as soon as the session knows its test is selected (tests/_early.py), beside the other tests.
+STORE_RUNS = {
+    engines: early(__file__, ["test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run"],
+                   _store_command(engines), cwd=BENCH_DIR.parent)
+    for engines in STORE_ENGINES
+}
+
+
+@pytest.mark.parametrize("engines", STORE_ENGINES)
+def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(engines: str) -> None:
+    run = STORE_RUNS[engines]
+    done = run.wait(timeout_s=18)
+    assert done.returncode == 0, done.stderr
+    assert run.directory is not None
+    raw, profiles = run.directory / "raw.json", run.directory / "prof"
+    lines = done.stdout.splitlines()
     names = engines.split(",")
     rows = [line.split() for line in lines if line.split()[:1] and line.split()[0] in names]
     per_request = [r for r in rows if r[1] in ("concurrent-miss", "concurrent-hit", "sequential-hit")]

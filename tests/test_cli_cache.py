@@ -1,5 +1,10 @@
-"""``cachesaver cache ...`` through the real console script: every command, --json, the exit
-statuses, and one-line errors."""
+"""``cachesaver cache ...``: every command, --json, the exit statuses, and one-line errors.
+
+The commands run in this process through ``cachesaver.cli.main``, the function the console
+script calls (``_cli.run_cli``: exit status, stdout and stderr as a process would give them).
+The launchers themselves run as real processes: the console script (one error, and output into a
+closed pipe) and ``python -m cachesaver``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _cli import run_cli
 
 from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import OnlineAPI
@@ -30,10 +36,7 @@ def console_script() -> str:
 
 
 def cli(*argv: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [console_script(), *argv], cwd=cwd, capture_output=True, text=True, timeout=30, input=stdin, env=full_env
-    )
+    return run_cli(argv, cwd=cwd, stdin=stdin, env=env)
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -229,6 +232,13 @@ def test_every_error_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], sai
     one_line_error(done, said)
     assert "secret" not in done.stderr
     assert not (tmp_path / "memcached:").exists() and not (tmp_path / "missing").exists()
+
+
+def test_the_console_script_gives_the_one_line_error_and_exit_2_as_a_process(tmp_path: Path) -> None:
+    done = subprocess.run([console_script(), "cache", "stats", "--cache", "missing"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "CACHESAVER_CACHE_DIR": ""})
+    one_line_error(done, "there is no cache at 'missing'")
+    assert done.stdout == ""
 
 
 def test_python_dash_m_runs_the_cache_commands_too(cache: Path, tmp_path: Path) -> None:

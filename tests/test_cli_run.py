@@ -1,4 +1,10 @@
-"""The cachesaver command line: run, resume, replay-only, errors and exit codes."""
+"""The cachesaver command line: run, resume, replay-only, errors and exit codes.
+
+Most commands run in this process (``main``, or ``_cli.run_cli`` where a test reads the exit
+status and output as a process would give them). Real processes are started where the process
+is what is checked: the two launchers (console script, ``python -m``), a progress bar on stderr,
+output into a closed pipe, one error line on a real stderr, and shards that run at the same time.
+"""
 
 import json
 import os
@@ -7,8 +13,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from _cli import run_cli
 from fake_chat_server import Fault, FakeChatServer
 
 from cachesaver.cli import main
@@ -306,10 +314,13 @@ def test_a_bad_task_option_is_one_line_on_stderr_and_exit_2(tmp_path):
         (GAME24, "bogus=1", "unexpected keyword argument 'bogus'"),
         ("validating_task.py:Small", "limit=0", "limit must be >= 1"),
     ]
-    for task, option, reason in cases:
-        command = [console_script(), "run", task, "--out", "out", "--namespace", "ns", "--cache", "cache",
-                   "--no-progress", "--task-option", option]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    for number, (task, option, reason) in enumerate(cases):
+        argv = ["run", task, "--out", "out", "--namespace", "ns", "--cache", "cache", "--no-progress",
+                "--task-option", option]
+        if number == 0:  # once through the console script: the line is all a real stderr gets
+            done = subprocess.run([console_script(), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=50)
+        else:
+            done = run_cli(argv, cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("cachesaver: error: "), done.stderr
         assert reason in done.stderr
@@ -361,8 +372,16 @@ def run_all_at_once(tmp_path, commands):
     return done
 
 
+def run_in_process(tmp_path, command):
+    """One console-script command of ``shard_commands`` run through ``main`` in this process."""
+    assert command[0] == console_script()
+    return run_cli(command[1:], cwd=tmp_path)
+
+
 def run_one_after_another(tmp_path, commands):
-    return [subprocess.run(c, cwd=tmp_path, capture_output=True, text=True, timeout=50) for c in commands]
+    """The shards of a run one at a time (on one host, or on hosts that share the cache): each
+    in this process, as nothing runs beside it."""
+    return [run_in_process(tmp_path, c) for c in commands]
 
 
 def merged_files(directory):
@@ -370,8 +389,7 @@ def merged_files(directory):
 
 
 def test_one_run_three_shards_and_a_two_shard_replay_write_the_same_files(tmp_path):
-    whole = subprocess.run(shard_commands(tmp_path, "one", 1)[0][:-2], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=50)
+    whole = run_in_process(tmp_path, shard_commands(tmp_path, "one", 1)[0][:-2])
     assert whole.returncode == 0, whole.stderr
     three = run_all_at_once(tmp_path, shard_commands(tmp_path, "three", 3))
     assert [d.returncode for d in three] == [0, 0, 0], [d.stderr for d in three]
@@ -394,13 +412,12 @@ def test_one_run_three_shards_and_a_two_shard_replay_write_the_same_files(tmp_pa
         "overall.json", "runs.jsonl", "shard-1-of-3", "shard-2-of-3", "shard-3-of-3"]
 
 
-def test_shards_on_one_redis_server_replay_on_one_host_unsharded(tmp_path, redis_server):
-    url = redis_server.url + "?prefix=cli-shards"
+def test_shards_on_one_redis_server_replay_on_one_host_unsharded(tmp_path, redis_shared_url, redis_key_prefix):
+    url = f"{redis_shared_url}?prefix={quote(redis_key_prefix + 'cli-shards', safe='')}"  # the session's server
     shards = run_all_at_once(tmp_path, shard_commands(tmp_path, "sharded", 2, cache=url))
     assert [d.returncode for d in shards] == [0, 0], [d.stderr for d in shards]
     assert not (tmp_path / url.split("://")[0]).exists()  # the URL named no directory
-    replay = subprocess.run(shard_commands(tmp_path, "replay", 1, "--replay-only", cache=url)[0][:-2],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    replay = run_in_process(tmp_path, shard_commands(tmp_path, "replay", 1, "--replay-only", cache=url)[0][:-2])
     assert replay.returncode == 0, replay.stderr
     assert row(replay.stdout, "cache misses").startswith("0 ")
     assert merged_files(tmp_path / "replay" / "game24") == merged_files(tmp_path / "sharded" / "game24")
@@ -409,9 +426,8 @@ def test_shards_on_one_redis_server_replay_on_one_host_unsharded(tmp_path, redis
 def test_a_shard_that_does_not_exist_is_one_line_on_stderr_and_exit_2(tmp_path):
     for shard, reason in [("0/3", "K counts from 1, so give 1/3 to 3/3"), ("4/3", "K counts from 1"),
                           ("2", "--shard takes K/N"), ("1/0", "N must be at least 1")]:
-        command = [console_script(), "run", GAME24, "--out", "out", "--namespace", "ns", "--cache", "cache",
-                   "--no-progress", "--shard", shard]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=50)
+        done = run_cli(["run", GAME24, "--out", "out", "--namespace", "ns", "--cache", "cache", "--no-progress",
+                        "--shard", shard], cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("cachesaver: error: --shard"), done.stderr
         assert reason in done.stderr and done.stdout == ""

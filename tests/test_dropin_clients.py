@@ -164,7 +164,7 @@ async def test_other_attributes_reach_the_real_sdk_untouched(sdk: Sdk, server: F
 
 
 async def test_a_per_call_time_out_applies_to_that_call_only(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
-    server.slow_next(0.6, times=3)  # slower than the per-call time-out, well within the client's
+    server.slow_next(0.3, times=3)  # six times the per-call time-out, well within the client's
     sleeps = Sleeps()
     retry = RetryPolicy(max_attempts=2, initial_delay_s=0.0, jitter=0.0)
     async with sdk.make(server, tmp_path, retry=retry, sleep=sleeps) as client:
@@ -280,11 +280,12 @@ def test_a_malformed_reply_reaches_a_blocking_client_as_a_transient_error(
 
 async def test_sdk_max_retries_sets_the_retry_budget(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:
     server.fail_next(503, times=5)
-    async with sdk.make(server, tmp_path, max_retries=1, retry=None) as client:
+    sleeps = Sleeps()  # the default policy backs off up to 0.5 s: recorded, not waited
+    async with sdk.make(server, tmp_path, max_retries=1, retry=None, sleep=sleeps) as client:
         assert client.backend.retry.max_attempts == 2
         with pytest.raises(Exception, match="gave up after 2 attempts"):
             await client.chat.completions.create(model="m", messages=USER)
-    assert server.calls == 2
+    assert server.calls == 2 and len(sleeps.waits) == 1
 
 
 async def test_exact_ledger_numbers_with_prices(sdk: Sdk, server: FakeChatServer, tmp_path) -> None:

@@ -7,9 +7,45 @@ import sys
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+from _early import early
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Each notebook runs in a kernel of its own, driven by nbclient in a process started as soon as the
+# session knows its test is selected (tests/_early.py); the test reads the executed notebook.
+EXECUTE = """
+import sys
+import nbformat
+from nbclient import NotebookClient
+source, executed, work = sys.argv[1:]
+notebook = nbformat.read(source, as_version=4)
+NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": work}}).execute()
+nbformat.write(notebook, executed)
+"""
+
+
+def _execution(name: str, test: str):
+    def command(directory: Path) -> list[str]:
+        (directory / "work").mkdir()  # the kernel's working directory, for what the notebook writes
+        return [sys.executable, "-c", EXECUTE, str(ROOT / "notebooks" / name), str(directory / "executed.ipynb"),
+                str(directory / "work")]
+    return early(__file__, [test], command)
+
+
+CORE = _execution("cachesaver_core.ipynb", "test_core_notebook_executes")
+ARTIFACTS = _execution("cachesaver_artifacts.ipynb", "test_artifacts_notebook_executes")
+
+
+def _executed(name: str, execution) -> nbformat.NotebookNode:
+    """The notebook ``name`` as its execution left it (checking first that it is stored without
+    outputs)."""
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs"), "notebooks are stored without outputs"
+    done = execution.wait(timeout_s=18)
+    assert done.returncode == 0, done.stderr
+    return nbformat.read(execution.directory / "executed.ipynb", as_version=4)
 
 
 def _load_example(name: str):
@@ -34,12 +70,8 @@ async def test_quickstart_first_run_calls_the_model_second_run_replays(tmp_path,
     assert "cached=[True, True]" in capsys.readouterr().out
 
 
-def test_core_notebook_executes(tmp_path):
-    notebook = nbformat.read(ROOT / "notebooks" / "cachesaver_core.ipynb", as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs"), "notebooks are stored without outputs"
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+def test_core_notebook_executes():
+    notebook = _executed("cachesaver_core.ipynb", CORE)
     text = "\n".join(
         output.get("text", "")
         for cell in notebook.cells
@@ -50,12 +82,8 @@ def test_core_notebook_executes(tmp_path):
     assert "cached=[True, True]" in text
 
 
-def test_artifacts_notebook_executes(tmp_path):
-    notebook = nbformat.read(ROOT / "notebooks" / "cachesaver_artifacts.ipynb", as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs"), "notebooks are stored without outputs"
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+def test_artifacts_notebook_executes():
+    notebook = _executed("cachesaver_artifacts.ipynb", ARTIFACTS)
     text = "\n".join(
         output.get("text", "")
         for cell in notebook.cells

@@ -5,13 +5,12 @@ from __future__ import annotations
 import enum
 import logging
 import json
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytest
+from _early import early
 
 from cachesaver import keys
 from cachesaver.errors import ConfigurationError, InvalidRequestError, UnserializableParameterError
@@ -254,17 +253,19 @@ _SPECS = [
 ]
 
 
+# One interpreter per hash seed, run beside the session (tests/_early.py).
+KEY_RUNS = {
+    seed: early(__file__, ["test_keys_are_stable_across_processes"],
+                [sys.executable, "-c", _SUBPROCESS, json.dumps(_SPECS)], env={"PYTHONHASHSEED": seed})
+    for seed in ("1", "12345")
+}
+
+
 @pytest.mark.parametrize("hash_seed", ["1", "12345"])
 def test_keys_are_stable_across_processes(hash_seed: str) -> None:
     expected = [request_key(Decoding(**spec)) for spec in _SPECS]
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    completed = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS, json.dumps(_SPECS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
+    completed = KEY_RUNS[hash_seed].wait(timeout_s=18)
+    assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout) == expected
 
 

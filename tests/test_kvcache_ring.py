@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections import Counter
 
 import pytest
+from _early import early
 
 from cachesaver.errors import ConfigurationError
 from cachesaver.kvcache import HashRing, ring_position
@@ -16,17 +15,23 @@ NODES = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
 KEYS = [f"chat-{i}" for i in range(2000)]
 
 
+POSITIONS = (
+    "from cachesaver.kvcache import HashRing, ring_position;"
+    "r = HashRing(['gpu-0','gpu-1','gpu-2','gpu-3']);"
+    "print(ring_position('chat-7'), [r.owner(f'chat-{i}') for i in range(50)])"
+)
+# Two interpreters with other hash seeds, run beside the session (tests/_early.py).
+POSITION_RUNS = [
+    early(__file__, ["test_positions_are_stable_across_processes"], [sys.executable, "-c", POSITIONS],
+          env={"PYTHONHASHSEED": seed})
+    for seed in ("1", "2")
+]
+
+
 def test_positions_are_stable_across_processes() -> None:
-    script = (
-        "from cachesaver.kvcache import HashRing, ring_position;"
-        "r = HashRing(['gpu-0','gpu-1','gpu-2','gpu-3']);"
-        "print(ring_position('chat-7'), [r.owner(f'chat-{i}') for i in range(50)])"
-    )
-    env_runs = [
-        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONHASHSEED": seed})
-        for seed in ("1", "2")
-    ]
+    env_runs = [run.wait(timeout_s=18) for run in POSITION_RUNS]
+    for run in env_runs:
+        assert run.returncode == 0, run.stderr
     assert env_runs[0].stdout == env_runs[1].stdout
     ring = HashRing(NODES)
     expected = f"{ring_position('chat-7')} {[ring.owner(f'chat-{i}') for i in range(50)]}\n"
@@ -40,7 +45,8 @@ def test_owner_does_not_depend_on_insertion_order() -> None:
 
 
 def test_virtual_nodes_spread_keys_over_every_node() -> None:
-    counts = Counter(HashRing(NODES, virtual_nodes=128).owner(k) for k in KEYS)
+    ring = HashRing(NODES, virtual_nodes=128)  # one ring: building it per key cost 2 s
+    counts = Counter(ring.owner(k) for k in KEYS)
     assert set(counts) == set(NODES)
     assert min(counts.values()) > len(KEYS) / len(NODES) / 2
 

@@ -7,6 +7,7 @@ at the same time, through DiskcacheStore or through whole pipelines.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,9 +45,17 @@ def run_two_workers(mode: str, tmp_path: Path) -> list[Any]:
     return [json.loads(out.read_text()) for out in outputs]
 
 
-def test_two_processes_appending_to_the_same_keys_lose_nothing(tmp_path: Path) -> None:
-    results = run_two_workers("store", tmp_path)
-    store = DiskcacheStore(tmp_path / "cache")
+@pytest.fixture(scope="module")
+def two_store_writers(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], Path]:
+    """One run of the two "store" workers (500 appends each, at once): what each appended, and
+    its cache directory, which the tests read and never write (a test that writes copies it)."""
+    tmp_path = tmp_path_factory.mktemp("two-store-writers")
+    return run_two_workers("store", tmp_path), tmp_path / "cache"
+
+
+def test_two_processes_appending_to_the_same_keys_lose_nothing(two_store_writers: tuple[list[Any], Path]) -> None:
+    results, cache_dir = two_store_writers
+    store = DiskcacheStore(cache_dir)
     try:
         for key in ("key0", "key1", "key2"):
             appended = [(start, samples) for result in results for k, start, samples in result if k == key]
@@ -94,9 +103,8 @@ def test_two_pipelines_sharing_a_cache_store_every_sample_they_paid_for(tmp_path
         anyio.run(replay, result)
 
 
-@pytest.mark.parametrize("mode", ["store"])
-def test_the_store_stays_readable_after_concurrent_writers(tmp_path: Path, mode: str) -> None:
-    run_two_workers(mode, tmp_path)
+def test_the_store_stays_readable_after_concurrent_writers(two_store_writers: tuple[list[Any], Path], tmp_path: Path) -> None:
+    shutil.copytree(two_store_writers[1], tmp_path / "cache")  # the writers' store, as they left it
     store = DiskcacheStore(tmp_path / "cache")
     try:
         start = store.append("key0", ["after"])

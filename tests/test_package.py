@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import subprocess
 import sys
 
 import pytest
+from _early import early
 
 import cachesaver
 
@@ -141,11 +141,11 @@ def test_unknown_attribute_raises():
         raise AssertionError("expected AttributeError")
 
 
-@pytest.mark.parametrize("module", ["cachesaver.models", "cachesaver.models.together", "cachesaver.models.openai"])
-def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(module: str) -> None:
-    """models/ never imports the pipeline: a backend (and the package) stays light until a
-    pipeline or a drop-in client is asked for; then the drop-in name resolves."""
-    code = (
+BACKEND_MODULES = ["cachesaver.models", "cachesaver.models.together", "cachesaver.models.openai"]
+
+
+def _import_check(module: str) -> str:
+    return (
         "import sys\n"
         f"import {module}\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(('cachesaver.pipelines', 'cachesaver.dropin',"
@@ -155,5 +155,20 @@ def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients
         "from cachesaver.models.together import AsyncTogether, Together\n"
         "assert 'cachesaver.pipelines' in sys.modules and 'cachesaver.dropin' in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+# One fresh interpreter per backend module (each imports both SDKs, about 2 s), started as soon
+# as the session knows the test is selected (tests/_early.py).
+IMPORT_CHECKS = {
+    module: early(__file__, ["test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients"],
+                  [sys.executable, "-c", _import_check(module)])
+    for module in BACKEND_MODULES
+}
+
+
+@pytest.mark.parametrize("module", BACKEND_MODULES)
+def test_importing_a_backend_imports_neither_the_pipeline_nor_the_dropin_clients(module: str) -> None:
+    """models/ never imports the pipeline: a backend (and the package) stays light until a
+    pipeline or a drop-in client is asked for; then the drop-in name resolves."""
+    result = IMPORT_CHECKS[module].wait(timeout_s=60)
     assert result.returncode == 0, result.stderr

@@ -159,6 +159,9 @@ async def test_a_close_interrupted_twice_by_native_cancels_is_finished_by_the_ne
     """A second native ``task.cancel()`` interrupts even the shielded part of a cancelled close;
     the next ``aclose()`` then does what was left: here, wait for the pending write and close."""
     cacher = AsyncCacher(ScriptedModel(), tmp_path)
+    # The second cancel ends the close once the shielded wait for the held write gives up, at
+    # the end of this grace (2 s by default); nothing below depends on its length.
+    cacher.cancelled_close_grace_s = 0.2
     writing, proceed = threading.Event(), threading.Event()
     write, close_store = cacher.store._write_commit, cacher.store.close
     closed = []

@@ -31,7 +31,7 @@ from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import OnlineAPI
 from cachesaver.store import open_store
 from cachesaver.store.protocol import Append, KeyView, RecordId, RecordWrite
-from cachesaver.store.redis import RedisStore, is_redis_url
+from cachesaver.store.redis import READ_ALONG_SAMPLES, VIEW_KEYS_PER_SCRIPT, RedisStore, is_redis_url
 from cachesaver.typedefs import Batch, Request
 
 
@@ -59,6 +59,15 @@ def fill(operator: redis.Redis) -> list[str]:
     operator.config_set("maxmemory-policy", "noeviction")
     operator.config_set("maxmemory", used - 512 * 1024)
     return ["filler"]
+
+
+def close_cluster(client: redis.cluster.RedisCluster) -> None:
+    """Close a cluster client of the test's own and every node's sockets (RedisCluster.close
+    leaves the pools of nodes it was given open until the garbage collector runs)."""
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+    client.close()
 
 
 def with_query(url: str, **params: Any) -> str:
@@ -218,72 +227,243 @@ def test_a_cluster_commit_spans_slots_and_every_key_reads_back(redis_cluster, re
 # == round trips =================================================================================
 
 
-class CountingRedis(redis.Redis):
-    """A redis-py client that counts its round trips: direct commands and pipeline executions."""
+class Recorder:
+    """Records every request a redis-py client sends (one per round trip: a command, a
+    pipeline, or the engine's own batch of scripts), the thread that sent it and the server it
+    went to, at the connection, below every client API."""
 
-    round_trips = 0
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.servers: list[Any] = []
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.round_trips += 1
-        return super().execute_command(*args, **options)
+    @property
+    def round_trips(self) -> int:
+        return len(self.threads)
 
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        pipe = super().pipeline(*args, **kwargs)
-        execute = pipe.execute
+    def clear(self) -> None:
+        self.threads.clear()
+        self.servers.clear()
 
-        def counted(*a: Any, **k: Any) -> Any:
-            self.round_trips += 1
-            return execute(*a, **k)
+    def connection_class(self, base: type[redis.Connection]) -> type[redis.Connection]:
+        recorder = self
 
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
+        class Recording(base):  # type: ignore[valid-type, misc]
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                recorder.threads.append(threading.current_thread())
+                recorder.servers.append(getattr(self, "port", None) or getattr(self, "path", None))
+                super().send_packed_command(command, check_health)
+
+        return Recording
+
+    def client(self, url: str) -> redis.Redis:
+        return redis.Redis.from_url(url, connection_class=self.connection_class(redis.UnixDomainSocketConnection))
+
+    def cluster_client(self, url: str) -> redis.cluster.RedisCluster:
+        return redis.cluster.RedisCluster.from_url(url, connection_class=self.connection_class(redis.Connection))
 
 
 def test_views_reads_and_commits_of_many_keys_cost_one_round_trip_each(redis_server) -> None:
-    client = CountingRedis.from_url(redis_server.url)
+    recorder = Recorder()
+    client = recorder.client(redis_server.url)
     store = RedisStore(client)
-    keys = [f"k{i}" for i in range(100)]
-    client.round_trips = 0
+    keys = [f"k{i}" for i in range(VIEW_KEYS_PER_SCRIPT + 88)]  # two view scripts
+    recorder.clear()
     store.commit([Append("first", samples("x"))])
-    assert client.round_trips == 3  # a fresh server: NOSCRIPT, SCRIPT LOAD, the script again
-    client.round_trips = 0
+    assert recorder.round_trips == 3  # a fresh server: NOSCRIPT, SCRIPT LOAD, the script again
+    recorder.clear()
     store.commit([Append(key, samples(*(f"{key}-{j}" for j in range(20)))) for key in keys],
                  [RecordWrite(key, RecordId("ns", key, 1, 0), (3,)) for key in keys])
-    assert client.round_trips == 1
-    client.round_trips = 0
-    views = store.view(keys, [(key, RecordId("ns", key, 1, 0).tag) for key in keys])
-    assert client.round_trips == 1 and all(ok(views[key]).count == 20 for key in keys)
-    client.round_trips = 0
+    assert recorder.round_trips == 1
+    recorder.clear()
+    with admin(redis_server.url) as operator:
+        scripts = operator.info("commandstats")["cmdstat_evalsha"]["calls"]
+        views = store.view(keys, [(key, RecordId("ns", key, 1, 0).tag) for key in keys])
+        assert operator.info("commandstats")["cmdstat_evalsha"]["calls"] - scripts == 2  # at most 512 keys each
+    assert recorder.round_trips == 1 and all(ok(views[key]).count == 20 for key in keys)
+    recorder.clear()
     got = store.read({key: [19, 3, 10, 11, 12] for key in keys})
-    assert client.round_trips == 1 and ok(got["k7"]) == list(samples("k7-19", "k7-3", "k7-10", "k7-11", "k7-12"))
+    assert recorder.round_trips == 1 and ok(got["k7"]) == list(samples("k7-19", "k7-3", "k7-10", "k7-11", "k7-12"))
     store.close()
     client.close()
 
 
-class ThreadRecordingRedis(redis.Redis):
-    """A redis-py client that records which thread made each round trip."""
-
-    threads: list[threading.Thread]
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.threads.append(threading.current_thread())
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        self.threads.append(threading.current_thread())
-        return super().pipeline(*args, **kwargs)
+def test_a_cluster_view_costs_one_round_trip_per_node(redis_cluster, redis_key_prefix) -> None:
+    recorder = Recorder()
+    client = recorder.cluster_client(redis_cluster.url)
+    store = RedisStore(client, prefix=redis_key_prefix)
+    keys = [f"k{i}" for i in range(300)]  # about 300 hash slots, on all three nodes
+    store.commit([Append(key, samples(f"{key}-0")) for key in keys],
+                 [RecordWrite(key, RecordId("ns", key, 1, 0), ((i, 1),)) for i, key in enumerate(keys)])
+    recorder.clear()
+    views = store.view(keys, [(key, RecordId("ns", key, 1, 0).tag) for key in keys])
+    assert recorder.round_trips == 3 and len(set(recorder.servers)) == 3
+    assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
+    store.close()
+    close_cluster(client)
 
 
 async def test_a_pipeline_never_calls_redis_on_the_event_loop(redis_server) -> None:
-    client = ThreadRecordingRedis.from_url(redis_server.url)
-    client.threads = []
+    recorder = Recorder()
+    client = recorder.client(redis_server.url)
     loop_thread = threading.current_thread()
     async with OnlineAPI(ScriptedModel(), client, batch_size=1) as pipeline:
-        client.threads.clear()  # opening asked the server for its memory policy, once
+        recorder.clear()  # opening asked the server for its memory policy
         await pipeline.request(Request("lone", n=2, request_id="a"))  # a lone lookup and commit
         await pipeline.request(Request("lone", n=2, request_id="a", namespace="other"))  # a lone hit
-    assert len(client.threads) >= 3 and loop_thread not in client.threads
+        await pipeline.batch_request(Batch([Request(f"many-{i}", request_id=f"m{i}") for i in range(20)]))
+    assert len(recorder.threads) >= 5 and loop_thread not in recorder.threads
     client.close()
+
+
+# == lookup rounds: the view script ==============================================================
+
+
+def test_a_replay_view_carries_the_recorded_samples_and_a_fresh_one_the_first(redis_server) -> None:
+    store = RedisStore(redis_server.url)
+    names = [f"s{j}" for j in range(40)]
+    store.commit([Append("k", samples(*names))], [RecordWrite("k", RecordId("ns", "r", 2, 0), (30, 20)),
+                                                   RecordWrite("k", RecordId("ns", "q", 3, 0), (13, 11, 12))])
+    replay = ok(store.view(["k"], [("k", RecordId("ns", "r", 2, 0).tag)])["k"])
+    assert replay.found == {RecordId("ns", "r", 2, 0).tag: (30, 20)}
+    assert {20, 30} <= set(replay.samples) and replay.samples[30] == ("s30", None)  # no read needed
+    both = ok(store.view(["k"], [("k", RecordId("ns", "r", 2, 0).tag), ("k", RecordId("ns", "q", 3, 0).tag)])["k"])
+    assert {11, 12, 13, 20, 30} <= set(both.samples) and both.samples[12] == ("s12", None)
+    assert list(both.records) == [RecordId("ns", "r", 2, 0).tag, RecordId("ns", "q", 3, 0).tag]  # as first written
+    fresh = ok(store.view(["k"], [("k", RecordId("ns", "other", 2, 0).tag)])["k"])
+    assert fresh.found == {} and sorted(fresh.samples) == list(range(READ_ALONG_SAMPLES))
+    store.close()
+
+
+def test_a_server_that_lost_the_view_script_is_given_it_again(redis_server) -> None:
+    recorder = Recorder()
+    client = recorder.client(redis_server.url)
+    store = RedisStore(client)
+    store.commit([Append("k", samples("x"))])
+    with admin(redis_server.url) as operator:
+        operator.script_flush()  # as a restart does
+    recorder.clear()
+    assert ok(store.view(["k"])["k"]).samples == {0: ("x", None)}
+    assert recorder.round_trips == 3  # NOSCRIPT, SCRIPT LOAD, the script again
+    store.close()
+    client.close()
+
+
+class DropsSecondReply(redis.UnixDomainSocketConnection):
+    """A connection that loses its socket after reading the first reply of a request with
+    several, once (``armed``), as when a server dies mid-reply."""
+
+    armed = False
+    reads = 0
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if DropsSecondReply.armed:
+            DropsSecondReply.reads += 1
+            if DropsSecondReply.reads == 2:
+                DropsSecondReply.armed = False
+                self.disconnect()
+                raise redis.ConnectionError("Connection closed by server.")
+        return super().read_response(*args, **kwargs)
+
+
+def test_a_connection_lost_between_two_view_replies_is_retried_and_never_reused_out_of_step(redis_server) -> None:
+    client = redis.Redis.from_url(redis_server.url, connection_class=DropsSecondReply)
+    store = RedisStore(client, retry_s=2)
+    keys = [f"k{i}" for i in range(VIEW_KEYS_PER_SCRIPT + 10)]  # two view scripts, two replies
+    store.commit([Append(key, samples(f"{key}-0")) for key in keys])
+    DropsSecondReply.armed, DropsSecondReply.reads = True, 0
+    views = store.view(keys)
+    assert not DropsSecondReply.armed and all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
+    assert client.ping() and ok(store.view(["k3"])["k3"]).samples == {0: ("k3-0", None)}  # nothing left unread
+    store.close()
+    client.close()
+
+
+def test_keys_a_stale_slot_map_sends_to_the_wrong_node_are_read_by_their_slot(redis_cluster, redis_key_prefix) -> None:
+    store = RedisStore(with_query(redis_cluster.cluster_url, prefix=redis_key_prefix))
+    keys = [f"k{i}" for i in range(40)]
+    store.commit([Append(key, samples(f"{key}-0", f"{key}-1")) for key in keys],
+                 [RecordWrite(key, RecordId("ns", key, 1, 0), ((i, 1),)) for i, key in enumerate(keys)])
+    manager = store.client.nodes_manager
+    moved = keys[:5]
+    for key in moved:  # as after a resharding the client has not heard of yet
+        slot = key_slot(store.entry_keys(key)[0])
+        owner = manager.slots_cache[slot][0]
+        manager.slots_cache[slot] = [next(n for n in store.client.get_primaries() if n.name != owner.name)]
+    views = store.view(keys, [(key, RecordId("ns", key, 1, 0).tag) for key in keys])
+    assert all(ok(views[key]).found == {RecordId("ns", key, 1, 0).tag: (0,)} for key in keys)
+    assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in moved)
+    for key in moved:  # the redirection taught the client where each slot lives
+        slot = key_slot(store.entry_keys(key)[0])
+        assert manager.slots_cache[slot][0].name == store.client.get_node_from_key(store.entry_keys(key)[0]).name
+    store.close()
+
+
+class StrictNodeStore(RedisStore):
+    """A store whose cluster nodes answer a view script over several hash slots as a strict
+    server or proxy does (an error reply from the server itself); counts those scripts."""
+
+    node_scripts = 0
+
+    def _view_command(self, keys: Any, asked: Any, *, declared: bool) -> tuple[Any, ...]:
+        if declared:
+            return super()._view_command(keys, asked, declared=True)
+        self.node_scripts += 1
+        return ("EVAL", "return redis.error_reply('ERR Script attempted to access keys that do not hash to the same slot')", 0)
+
+
+def test_a_cluster_that_refuses_node_wide_view_scripts_is_read_by_slot_from_then_on(
+    redis_cluster, redis_key_prefix, caplog
+) -> None:
+    store = StrictNodeStore(with_query(redis_cluster.cluster_url, prefix=redis_key_prefix))
+    keys = [f"k{i}" for i in range(40)]
+    store.commit([Append(key, samples(f"{key}-0")) for key in keys],
+                 [RecordWrite(key, RecordId("ns", key, 1, 0), ((i, 1),)) for i, key in enumerate(keys)])
+    tags = [(key, RecordId("ns", key, 1, 0).tag) for key in keys]
+    with caplog.at_level(logging.WARNING, logger="cachesaver.store.redis"):
+        first = store.view(keys, tags)
+    refused = store.node_scripts
+    assert refused >= 1 and "reads one hash slot per script" in caplog.text
+    second = store.view(keys, tags)
+    assert store.node_scripts == refused  # by slot from then on
+    for views in (first, second):
+        assert all(ok(views[key]).found == {RecordId("ns", key, 1, 0).tag: (0,)} for key in keys)
+        assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
+    store.close()
+
+
+class RefusesOnce(redis.Connection):
+    """A cluster node connection whose first send fails while ``armed`` is set, as when a node
+    is lost mid-run."""
+
+    armed = False
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if RefusesOnce.armed:
+            RefusesOnce.armed = False
+            self.disconnect()
+            raise redis.ConnectionError("Error 111 connecting to the node. Connection refused.")
+        super().send_packed_command(command, check_health)
+
+
+def test_a_cluster_view_that_loses_a_node_asks_for_the_layout_again_and_answers(redis_cluster, redis_key_prefix) -> None:
+    client = redis.cluster.RedisCluster.from_url(redis_cluster.url, connection_class=RefusesOnce)
+    store = RedisStore(client, prefix=redis_key_prefix, retry_s=2)
+    keys = [f"k{i}" for i in range(30)]
+    store.commit([Append(key, samples(f"{key}-0")) for key in keys])
+    asked_layout: list[int] = []
+    initialize = client.nodes_manager.initialize
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        asked_layout.append(1)
+        return initialize(*args, **kwargs)
+
+    client.nodes_manager.initialize = counted  # type: ignore[method-assign]
+    RefusesOnce.armed = True
+    views = store.view(keys)
+    assert not RefusesOnce.armed and asked_layout == [1]  # the retry asked the cluster first
+    assert all(ok(views[key]).samples == {0: (f"{key}-0", None)} for key in keys)
+    store.close()
+    close_cluster(client)
 
 
 # == a lost reply, and a cluster commit cut between slots =======================================

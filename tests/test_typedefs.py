@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any, List
 
 import anyio
 import pytest
+from _early import early
 
 import cachesaver
 from cachesaver.errors import CacheSaverError, InvalidRequestError
@@ -296,12 +298,12 @@ print(checks)
 """
 
 
+OPTIMISED_RUN = early(__file__, ["test_argument_checks_survive_python_dash_o"], [sys.executable, "-O", "-c", _OPTIMISED])
+"""``python -O`` on the checks above, run beside the session (tests/_early.py)."""
+
+
 def test_argument_checks_survive_python_dash_o() -> None:
     """Checks are real raises, not asserts that ``python -O`` strips."""
-    import subprocess
-    import sys
-
-    completed = subprocess.run(
-        [sys.executable, "-O", "-c", _OPTIMISED], capture_output=True, text=True, check=True
-    )
+    completed = OPTIMISED_RUN.wait(timeout_s=18)
+    assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "3"

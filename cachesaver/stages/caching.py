@@ -59,7 +59,7 @@ import anyio
 from .._runtime.collector import PassCollector
 from ..artifacts.explain import Catalog, MissExplanation, explain, load_catalog, miss_message
 from ..errors import CacheMissError, ConfigurationError, IncompleteResponseError, InvalidRequestError, StoreError
-from ..keys import DERIVE, canonical_request, canonical_request_text, model_identity, store_key, with_n
+from ..keys import DERIVE, canonical_request, canonical_request_text, model_identity, request_key, store_key, with_n
 from ..modes import Mode, resolve_mode
 from ..store import CacheSpec, open_store
 from ..store.allocation import Found, SampleBroker, Write
@@ -106,14 +106,29 @@ def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequen
 
 
 class _InFlight:
-    """A key being fetched: for which namespaces, and an event set when the fetch has ended."""
+    """A key being fetched: for which namespaces, and an event set when the fetch has ended
+    (made by the first waiter: most fetches have none)."""
 
-    __slots__ = ("namespaces", "samples", "ended")
+    __slots__ = ("namespaces", "samples", "_ended", "done")
 
     def __init__(self) -> None:
         self.namespaces: set[str] = set()
         self.samples = 0  # how many new samples are asked for it
-        self.ended = anyio.Event()
+        self._ended: anyio.Event | None = None
+        self.done = False
+
+    async def wait(self) -> None:
+        """Return once the fetch has ended."""
+        if self.done:
+            return
+        if self._ended is None:
+            self._ended = anyio.Event()
+        await self._ended.wait()
+
+    def end(self) -> None:
+        self.done = True
+        if self._ended is not None:
+            self._ended.set()
 
 
 class AsyncCacher(Stage):
@@ -194,7 +209,8 @@ class AsyncCacher(Stage):
 
     def _key(self, request: Request) -> str:
         """The store key of ``request``: every key this cacher uses comes from here."""
-        return store_key(request, self._identity)
+        identity = self._identity
+        return request_key(request) if identity is None else store_key(request, identity)
 
     def _request_text(self, pending: _Pending) -> Callable[[], str] | None:
         """The canonical request to store with new samples when they may be the key's first
@@ -296,7 +312,7 @@ class AsyncCacher(Stage):
                 # A miss (a hit never waits): give back what the lookup took, wait for that
                 # fetch to end, and look up again, now with its samples stored.
                 broker.abandon(op)
-                await flight.ended.wait()
+                await flight.wait()
                 op = broker.lookup(request, key)
                 try:
                     found = await op.get()
@@ -395,7 +411,7 @@ class AsyncCacher(Stage):
             return await self._fetch_all(pending)
         finally:
             for key, flight in flights:
-                flight.ended.set()
+                flight.end()
                 if self._in_flight.get(key) is flight:
                     del self._in_flight[key]
 

@@ -148,13 +148,23 @@ Ident = Any  # an int (compact) or a tuple (a key that is not a hex digest)
 _HEX = frozenset("0123456789abcdef")
 
 
+_BITS_MEMO: dict[str, int | None] = {}  # recent keys' bits: a lookup asks for them twice
+_BITS_MEMO_SIZE = 2048  # bounded: a few hundred KB at most; a miss in it only costs the check again
+
+
 def _key_bits(key: str) -> int | None:
     """128 bits of a hex-digest key (every cache key is a SHA-256 hex digest), or None for any
     other key (64 characters that are not all lowercase hex digits included: such keys differ
     in characters these bits would not see)."""
-    if len(key) == 64 and _HEX.issuperset(key):
-        return int(key[:32], 16)
-    return None
+    try:
+        return _BITS_MEMO[key]
+    except KeyError:
+        pass
+    bits = int(key[:32], 16) if len(key) == 64 and _HEX.issuperset(key) else None
+    if len(_BITS_MEMO) >= _BITS_MEMO_SIZE:
+        _BITS_MEMO.clear()
+    _BITS_MEMO[key] = bits
+    return bits
 
 
 class RunClaims:
@@ -238,9 +248,20 @@ class RunClaims:
     def take(self, namespace: str, key: str, indices: Sequence[int], stored: int) -> bool:
         """Claim all of ``indices`` (distinct, below ``stored``, none claimed yet) and return
         True; else claim none and return False."""
+        ident = self._key_ident(namespace, key)
+        keys = self._keys
+        value = keys.get(ident)
+        if type(value) is int or (value is None and self._spill is None):
+            # Claimed in order so far (or never): the common case of a replay, taking the next
+            # indices in order, is a new count.
+            floor = value or 0
+            count = len(indices)
+            if count and floor + count <= stored and list(indices) == list(range(floor, floor + count)):
+                keys.pop(ident, None)  # popped and put back: the most recently used is last
+                keys[ident] = floor + count
+                return True
         if len(set(indices)) != len(indices):
             return False
-        ident = self._key_ident(namespace, key)
         entry = self._get(ident)
         try:
             if any(i >= stored or entry.is_claimed(i) for i in indices):

@@ -37,13 +37,45 @@ stored (field ``t``, ``"<time>*<count>,..."`` runs in sample order, extended by 
 :data:`FORGET_SCRIPT` forgets the records of a cache key whose tags start with one of the given
 prefixes, in one step, and moves later records into the head (up to its size) so they are
 still consulted; it replies how many it forgot.
+
+:data:`VIEW_SCRIPT` is the read of a lookup round: the views of many cache keys in one step, so
+they are consistent with each other and with every commit (all of a commit, or none of it), and
+cost one round trip whatever their number. It only reads (a full server runs it too). The j-th
+cache key has three names: its samples list (``names[3j - 2]``), head hash (``names[3j - 1]``)
+and later-records hash (``names[3j]``). ``ARGV``: how many samples to read along from index 0,
+the most recorded indices to read instead, the most records to report (the head size), the
+number of names given in ``ARGV`` (0: the names are ``KEYS``, as for any script on one server
+or on one hash slot), those names, then per cache key the number ``m`` of asked tags and the
+tags. Names in ``ARGV`` (``numkeys`` 0) let one script read the keys of every hash slot one
+cluster node holds (a script without flags may read any key of its node); a key the node
+cannot read (its slot moved, or migrating) is reported for the caller to read again by its
+slot, through the cluster client. The reply is one flat array (cheaper to build and to parse
+than nested ones), the keys' entries one after the other: ``-1`` when nothing is stored for a
+key (no head, no asked record); ``-2, <reason>`` when it holds what cachesaver did not write;
+``-3`` when it is to be read again by its slot (names in ``ARGV`` only: any failure); else its
+sample count, its number of first records and each one's ``tag, "<i>,<j>,..."`` in the order
+first written (the tag as its number among the asked ones when it is one: 1 for the first), ``m`` values (per asked tag its indices, or nil), the number of samples read
+along and each one's ``index, sample``. When every asked tag has a record, those are the
+samples its records name (at most the given number of indices: a replay needs exactly those;
+with the ones between them when they lie close together, one LRANGE), else the first ones; only
+indices below the count, and never one the list lacks (the caller reads it again, and reports
+it).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["CLAIM_FUNCTIONS", "COMMIT_SCRIPT", "COMMIT_SHA", "FORGET_SCRIPT", "FORGET_SHA", "RPUSH_CHUNK_SIZE"]
+__all__ = [
+    "CLAIM_FUNCTIONS",
+    "COMMIT_SCRIPT",
+    "COMMIT_SHA",
+    "FORGET_SCRIPT",
+    "FORGET_SHA",
+    "RPUSH_CHUNK_SIZE",
+    "VIEW_SCRIPT",
+    "VIEW_SHA",
+]
 
 RPUSH_CHUNK_SIZE = 512
 """Samples pushed per RPUSH inside the script (Lua's ``unpack`` takes at most a few thousand)."""
@@ -287,3 +319,154 @@ end
 return removed
 """
 FORGET_SHA = hashlib.sha1(FORGET_SCRIPT.encode()).hexdigest()
+
+VIEW_SCRIPT = """
+local along, most, head_size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, n, pos = {}, 0, 5
+local names, node = KEYS, false
+local given = tonumber(ARGV[4])
+if given > 0 then
+  names, node = {}, true
+  for i = 1, given do names[i] = ARGV[4 + i] end
+  pos = 5 + given
+end
+local find, sub, call = string.find, string.sub, redis.pcall
+local function alien(e)
+  if node then return true end
+  return 'it holds an entry cachesaver did not write (' .. e .. ')'
+end
+local function first_written(x, y) return x[1] < y[1] end
+local function named(tag, first, m)
+  for q = 1, m do if ARGV[first + q - 1] == tag then return q end end
+  return tag
+end
+local function push_samples(list, low, high, count)
+  if high >= count then high = count - 1 end
+  if high < low then return 0 end
+  local got = call('LRANGE', list, low, high)
+  if got.err then return alien(got.err) end
+  for q = 1, #got do out[n + 1] = low + q - 1; out[n + 2] = got[q]; n = n + 2 end
+  return #got
+end
+local function view(j, first, m)
+  local h = call('HGETALL', names[3 * j - 1])
+  if h.err then return alien(h.err) end
+  local count, nrec = 0, 0
+  local one_tag, one_rest, placed = nil, nil, nil  -- the only record, or all of them (placed)
+  local base = n
+  n = n + 2
+  for i = 1, #h, 2 do
+    local field, value = h[i], h[i + 1]
+    if field == '#n' then
+      count = tonumber(value)
+      if count == nil then return 'its sample count cannot be decoded' end
+    else
+      local cut = find(value, ';', 1, true)
+      if cut == nil or cut == 1 then return 'a replay record cannot be decoded' end
+      nrec = nrec + 1
+      if nrec == 1 then
+        one_tag, one_rest, placed = field, sub(value, cut + 1), value
+      else
+        if nrec == 2 then
+          local cut1 = find(placed, ';', 1, true)
+          placed = {{tonumber(sub(placed, 1, cut1 - 1)), one_tag, one_rest}}
+        end
+        local at = tonumber(sub(value, 1, cut - 1))
+        if at == nil then return 'a replay record cannot be decoded' end
+        placed[nrec] = {at, field, sub(value, cut + 1)}
+      end
+    end
+  end
+  local shown = nrec
+  if nrec > 1 then
+    if placed[1][1] == nil then return 'a replay record cannot be decoded' end
+    table.sort(placed, first_written)
+    if shown > head_size then shown = head_size end
+    for q = 1, shown do out[n + 1] = named(placed[q][2], first, m); out[n + 2] = placed[q][3]; n = n + 2 end
+  elseif nrec == 1 then
+    if tonumber(sub(placed, 1, find(placed, ';', 1, true) - 1)) == nil then return 'a replay record cannot be decoded' end
+    out[n + 1] = named(one_tag, first, m); out[n + 2] = one_rest; n = n + 2
+  end
+  local found = n
+  local every, any = true, false
+  for q = 1, m do
+    local tag, value = ARGV[first + q - 1], false
+    if nrec == 1 then
+      if one_tag == tag then value = one_rest end
+    else
+      for r = 1, nrec do if placed[r][2] == tag then value = placed[r][3]; break end end
+    end
+    if value == false then
+      value = call('HGET', names[3 * j], tag)
+      if type(value) == 'table' then return alien(value.err) end
+    end
+    out[found + q] = value
+    if value then any = true else every = false end
+  end
+  n = found + m
+  if #h == 0 and not any then n = base; return nil end
+  out[base + 1] = count; out[base + 2] = shown
+  local counted = n + 1
+  n = n + 1
+  local taken = 0
+  if m > 0 and every then
+    local single = m == 1 and tonumber(out[found + 1])
+    if single then  -- one record of one sample: the usual replay
+      if single >= 0 and single < count then taken = push_samples(names[3 * j - 2], single, single, count) end
+    else
+      local picked, low, high = {}, nil, nil
+      for q = 1, m do
+        local text = out[found + q]
+        local start = 1
+        while #picked < most do
+          local stop = find(text, ',', start, true)
+          local i = tonumber(sub(text, start, (stop or 0) - 1))
+          if i == nil or i < 0 then break end
+          if i < count then
+            picked[#picked + 1] = i
+            if low == nil or i < low then low = i end
+            if high == nil or i > high then high = i end
+          end
+          if stop == nil then break end
+          start = stop + 1
+        end
+      end
+      if low ~= nil then
+        if high - low < 2 * #picked then
+          taken = push_samples(names[3 * j - 2], low, high, count)
+        else
+          local seen = {}
+          for q = 1, #picked do
+            local i = picked[q]
+            if not seen[i] then
+              seen[i] = true
+              local blob = call('LINDEX', names[3 * j - 2], i)
+              if type(blob) == 'table' then return alien(blob.err) end
+              if blob then out[n + 1] = i; out[n + 2] = blob; n = n + 2; taken = taken + 1 end
+            end
+          end
+        end
+      end
+    end
+  elseif along > 0 then
+    taken = push_samples(names[3 * j - 2], 0, along - 1, count)
+  end
+  if type(taken) ~= 'number' then return taken end
+  out[counted] = taken
+  return false
+end
+local top = 0
+for j = 1, #names / 3 do
+  local m = tonumber(ARGV[pos])
+  local base = n
+  local failed = view(j, pos + 1, m)
+  pos = pos + m + 1
+  if n > top then top = n end
+  if failed == nil then n = base; out[n + 1] = -1; n = n + 1
+  elseif failed == true then n = base; out[n + 1] = -3; n = n + 1
+  elseif failed then n = base; out[n + 1] = -2; out[n + 2] = failed; n = n + 2 end
+end
+for q = n + 1, top do out[q] = nil end
+return out
+"""
+VIEW_SHA = hashlib.sha1(VIEW_SCRIPT.encode()).hexdigest()
