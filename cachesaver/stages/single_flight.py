@@ -20,7 +20,9 @@ A cache stage that is a worker of a shared run (``run_id=``, see
   ``duplicated=True`` (the ledger counts them in ``samples_duplicated``: they saved a call, not
   tokens). The window ends early once every key has been found by every other live worker
   (no one else could join). A worker alone in its run (the lease step says how many others
-  are live) pays no window; nor does a pipeline without a run id, where none of this runs.
+  are live) pays no window; nor does a pipeline without a run id, where none of this runs. One
+  that took its leases sealed because it was alone, and learns from that step that others
+  have joined the run, opens them (one more step) and waits after all.
 * **Quiet workers.** A window that no one joined while others were live makes the worker
   *quiet*: its windows still open end, and its later passes take their leases sealed, until
   it joins another's call, finds one sealed in its namespace, or learns at a release that
