@@ -116,6 +116,41 @@ class _SealGate:
         self.gate = gate
         self.sealed: list[Any] = []
 
+    # The protocol's methods spelt out: from Python 3.12 a runtime protocol check does not see
+    # attributes a __getattr__ would forward.
+    def join(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.join(*args, **kwargs)
+
+    def leave(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.leave(*args, **kwargs)
+
+    def status(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.status(*args, **kwargs)
+
+    def end(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.end(*args, **kwargs)
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.claim(*args, **kwargs)
+
+    def claimed(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.claimed(*args, **kwargs)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.commit(*args, **kwargs)
+
+    def acquire_leases(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.acquire_leases(*args, **kwargs)
+
+    def renew_leases(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.renew_leases(*args, **kwargs)
+
+    def release_leases(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.release_leases(*args, **kwargs)
+
+    def leases(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.leases(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
@@ -133,6 +168,34 @@ class _GatedStore:
         self.inner = inner
         self.gate = threading.Event()
         self.shared = _SealGate(inner.shared_runs(), self.gate)
+
+    # The store protocol's members spelt out: from Python 3.12 a runtime protocol check does not
+    # see attributes a __getattr__ would forward (the rest still goes through it).
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    @property
+    def writable(self) -> bool:
+        return self.inner.writable
+
+    def view(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.view(*args, **kwargs)
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.read(*args, **kwargs)
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.commit(*args, **kwargs)
+
+    def applied(self, token: str) -> bool:
+        return self.inner.applied(token)
+
+    def release_thread(self) -> None:
+        self.inner.release_thread()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
