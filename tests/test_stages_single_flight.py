@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import anyio
 import pytest
-from _support import gather, wait_until
+from _support import SharedRunsForwarder, StoreForwarder, gather, wait_until
 from _workers import command, read_lines
 
 from cachesaver.errors import BackendError
@@ -107,52 +107,14 @@ async def test_a_request_of_the_same_run_and_namespace_after_the_seal_asks_the_m
 # -- joining another worker's call in the same namespace --------------------------------------
 
 
-class _SealGate:
+class _SealGate(SharedRunsForwarder):
     """The shared runs of ``inner`` (a SharedRunStore), except that ``seal_leases`` first waits
     for ``gate`` (a threading.Event): a lease holder's join window lasts until the test opens it."""
 
     def __init__(self, inner: Any, gate: threading.Event) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = gate
         self.sealed: list[Any] = []
-
-    # The protocol's methods spelt out: from Python 3.12 a runtime protocol check does not see
-    # attributes a __getattr__ would forward.
-    def join(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.join(*args, **kwargs)
-
-    def leave(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.leave(*args, **kwargs)
-
-    def status(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.status(*args, **kwargs)
-
-    def end(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.end(*args, **kwargs)
-
-    def claim(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.claim(*args, **kwargs)
-
-    def claimed(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.claimed(*args, **kwargs)
-
-    def commit(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.commit(*args, **kwargs)
-
-    def acquire_leases(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.acquire_leases(*args, **kwargs)
-
-    def renew_leases(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.renew_leases(*args, **kwargs)
-
-    def release_leases(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.release_leases(*args, **kwargs)
-
-    def leases(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.leases(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def seal_leases(self, keys: Any, holder: str) -> Any:
         assert self.gate.wait(10), "the test never opened the seal gate"
@@ -161,41 +123,13 @@ class _SealGate:
         return out
 
 
-class _GatedStore:
+class _GatedStore(StoreForwarder):
     """A store that is ``inner`` in every respect, but whose shared runs are a :class:`_SealGate`."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = threading.Event()
         self.shared = _SealGate(inner.shared_runs(), self.gate)
-
-    # The store protocol's members spelt out: from Python 3.12 a runtime protocol check does not
-    # see attributes a __getattr__ would forward (the rest still goes through it).
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    @property
-    def writable(self) -> bool:
-        return self.inner.writable
-
-    def view(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.view(*args, **kwargs)
-
-    def read(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.read(*args, **kwargs)
-
-    def commit(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.commit(*args, **kwargs)
-
-    def applied(self, token: str) -> bool:
-        return self.inner.applied(token)
-
-    def release_thread(self) -> None:
-        self.inner.release_thread()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import gather
+from _support import StoreForwarder, gather
 from test_store_diskcache import read_only_view
 from _workers import command, read_lines
 
@@ -153,35 +153,11 @@ async def test_a_cancelled_request_gives_its_claim_back(cache: Any) -> None:
 
 
 def test_run_id_needs_a_store_that_can_hold_a_shared_run(tmp_path: Path) -> None:
-    class Plain:  # a SampleStore without the shared-run capability
-        # Methods spelt out: from Python 3.12 a runtime protocol check does not see
-        # attributes a __getattr__ would forward.
-        location = "memory:plain"
-        writable = True
-
-        def __init__(self) -> None:
-            self.inner = MemoryStore()
-
-        def view(self, *args: Any, **kwargs: Any) -> Any:
-            return self.inner.view(*args, **kwargs)
-
-        def read(self, *args: Any, **kwargs: Any) -> Any:
-            return self.inner.read(*args, **kwargs)
-
-        def commit(self, *args: Any, **kwargs: Any) -> Any:
-            return self.inner.commit(*args, **kwargs)
-
-        def applied(self, token: str) -> bool:
-            return self.inner.applied(token)
-
-        def release_thread(self) -> None:
-            self.inner.release_thread()
-
-        def close(self) -> None:
-            self.inner.close()
+    class Plain(StoreForwarder):  # a SampleStore without the shared-run capability
+        pass
 
     with pytest.raises(ConfigurationError, match="cannot hold a shared run"):
-        AsyncCacher(ScriptedModel(), Plain(), run_id="r")  # type: ignore[arg-type]
+        AsyncCacher(ScriptedModel(), Plain(MemoryStore()), run_id="r")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="run_id must be a str or a SharedRun"):
         OnlineAPI(ScriptedModel(), tmp_path, 4, run_id=7)
 
