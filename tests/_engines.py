@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 import diskcache
@@ -245,3 +245,20 @@ def make(factory: type[EngineFactory], tmp_path: Path, request: pytest.FixtureRe
 def engines_with(capability: str) -> list[str]:
     """The names of the engines whose factory has ``capability`` (``open_code``, ``lose_storage``)."""
     return [name for name, factory in ENGINES.items() if getattr(factory, capability) is not None]
+
+
+# The fixtures of the contract suites: every engine of ENGINES, and a store it opens.
+
+
+@pytest.fixture(params=list(ENGINES))
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
+    factory = make(ENGINES[request.param], tmp_path, request)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def store(engine: EngineFactory) -> SampleStore:
+    return engine.open()

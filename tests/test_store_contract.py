@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from _engines import ENGINES, EngineFactory, engines_with, make
+from _engines import ENGINES, EngineFactory, engine, engines_with, make, store  # noqa: F401 - fixtures
 from _support import run_released_together
 
 from cachesaver.errors import CacheSaverError, CorruptStoreError, StoreError, StoreLockedError
@@ -39,20 +39,6 @@ from cachesaver.store.protocol import (
 )
 
 TESTS_DIR = str(Path(__file__).parent)
-
-
-@pytest.fixture(params=list(ENGINES))
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
-    factory = make(ENGINES[request.param], tmp_path, request)
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
-def store(engine: EngineFactory) -> SampleStore:
-    return engine.open()
 
 
 def samples(*names: str) -> tuple[tuple[Any, Any], ...]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from _engines import ENGINES, EngineFactory, make
+from _engines import ENGINES, EngineFactory, engine, make, store  # noqa: F401 - fixtures
 
 from cachesaver.errors import CorruptStoreError
 from cachesaver.store.protocol import (
@@ -29,20 +29,6 @@ from cachesaver.store.protocol import (
     SharedRunStore,
     use_ident,
 )
-
-
-@pytest.fixture(params=list(ENGINES))
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineFactory]:
-    factory = make(ENGINES[request.param], tmp_path, request)
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture
-def store(engine: EngineFactory) -> SampleStore:
-    return engine.open()
 
 
 @pytest.fixture
