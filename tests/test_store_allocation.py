@@ -362,6 +362,45 @@ async def test_a_lone_caller_gets_the_same_samples_with_or_without_inline_io(tmp
     assert replayed == first and model.calls == 0
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_burst_from_many_tasks_is_served_in_rounds_while_a_lone_task_stays_inline(
+    tmp_path: Path, backend: str
+) -> None:
+    """After one task's lookup ran inline, other tasks' lookups in the same pass of the event
+    loop wait for one round on the lane's thread; a task awaiting one request at a time keeps
+    going inline."""
+    prompts = [f"p{i}" for i in range(40)]
+
+    async def main() -> tuple[int, int, list[Response], list[Response]]:
+        async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=8) as pipeline:
+            for i, prompt in enumerate(prompts):
+                await pipeline.request(Request(prompt, request_id=i))
+        async with OnlineAPI(ScriptedModel(), tmp_path, batch_size=8) as pipeline:
+            broker = pipeline.cacher._broker
+            await pipeline.request(Request("p0", request_id=0))  # the lanes start meanwhile
+            await anyio.sleep(0.05)
+            before = broker.rounds
+            lone = [await pipeline.request(Request(p, request_id=i)) for i, p in enumerate(prompts[1:10], 1)]
+            lone_rounds = broker.rounds - before
+            before = broker.rounds
+            async with anyio.create_task_group() as group:
+                burst: list[Response] = [Response([])] * len(prompts)
+
+                async def one(i: int) -> None:
+                    burst[i] = await pipeline.request(Request(prompts[i], request_id=i, namespace="burst"))
+
+                for i in range(len(prompts)):
+                    group.start_soon(one, i)
+            return lone_rounds, broker.rounds - before, lone, burst
+
+    lone_rounds, burst_rounds, lone, burst = anyio.run(main, backend=backend)
+    assert lone_rounds == 9  # one inline round per request
+    assert all(r.cached == [True] for r in lone)
+    assert 1 <= burst_rounds <= 3  # one inline, then the rest together (not one round each)
+    assert all(r.cached == [True] for r in burst)  # another namespace reuses the stored samples
+    assert [r.data for r in burst] == [[f"{p}#0"] for p in prompts]
+
+
 # -- a crashed background job fails what it served and is raised at close ----------------------------
 
 

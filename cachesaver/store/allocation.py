@@ -38,7 +38,10 @@ Guarantees:
 * **Inline I/O, within a bound.** A lookup that is the only work queued (no lookup round running
   or waiting) runs on the event loop itself:
   one ``view`` and at most one ``read`` of the store, tens of microseconds on a local disk,
-  cheaper than a thread hop. A commit of new samples runs inline only when both lanes are idle
+  cheaper than a thread hop. That is the lone caller awaiting one request at a time. A burst
+  is not: once one task's lookup ran inline, lookups of *other* tasks in the same pass of the
+  event loop (a gather of many requests, many agents woken at once) queue for one lookup round
+  on the lane's thread, which serves them together while the loop goes on. A commit of new samples runs inline only when both lanes are idle
   and nothing is kept unstored, and never waits for a lock: if another process holds it, the
   commit goes to the write lane, which may wait ``store_timeout_s``. Everything else runs on
   the lanes' threads. ``SampleBroker.inline_io = False`` turns inline I/O off, and so does an
@@ -57,12 +60,14 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import asyncio
 import pickle
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, cast
 
 import anyio
+import anyio.lowlevel
 
 from .._runtime.jobs import BackgroundTasks, Outcome
 from ..errors import PipelineClosedError, StoreError, StoreLockedError, UnstoredSamplesError
@@ -295,6 +300,7 @@ class SampleBroker:
         self._recovered = False
         self._closed = False
         self._used_inline = False  # the event loop's thread used the store
+        self._inline_task: Any = None  # the task that looked up inline in this pass of the loop
         self._records_since = 0.0  # when the oldest pending replay record was queued
         self._in_flight_kept: list[Write] = []  # kept samples a write round is trying again
         self.unstorable_samples = 0
@@ -342,7 +348,7 @@ class SampleBroker:
         is the only work and may run inline)."""
         op = _Lookup(request, key)
         lane = self._lookup_lane
-        if self.inline_io and not self._lookups and not self._abandoned and lane.idle:
+        if self.inline_io and not self._lookups and not self._abandoned and lane.idle and self._inline_turn():
             if self._mutex.acquire(blocking=False):  # a commit is not claiming right now
                 self._used_inline = True
                 try:
@@ -362,6 +368,27 @@ class SampleBroker:
         self._lookups.append(op)
         lane.kick()
         return op
+
+    def _inline_turn(self) -> bool:
+        """Whether the calling task may look up inline: no other task did in this pass of the
+        event loop (see "Inline I/O" in the module docstring)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio)
+            loop = None
+        task: object = asyncio.current_task(loop) if loop is not None else anyio.get_current_task().id
+        if self._inline_task is None:
+            self._inline_task = task
+            if loop is not None:
+                loop.call_soon(self._end_inline_pass)
+            else:
+                token: Any = anyio.lowlevel.current_token().native_token
+                token.run_sync_soon(self._end_inline_pass)
+            return True
+        return self._inline_task == task
+
+    def _end_inline_pass(self) -> None:
+        self._inline_task = None
 
     def store_writes(self, writes: Sequence[Write]) -> Outcome[None]:
         """Queue new samples; the outcome is set once a write round tried them (stored, or
@@ -605,7 +632,7 @@ class SampleBroker:
             return [self._serve_one(lookups[0])]
         claims = self.claims
         results: list[Found | BaseException | None] = [None] * len(lookups)
-        live: list[int] = []
+        live: list[tuple[int, _Lookup]] = []
         tags: list[tuple[str, str]] = []
         for position, op in enumerate(lookups):
             if op.abandoned:
@@ -613,82 +640,80 @@ class SampleBroker:
                 continue
             request = op.request
             if request.request_id is not None:
-                op.use = claims.next_use(request.namespace, op.key, request.request_id, request.n)
+                op.use = use = claims.next_use(request.namespace, op.key, request.request_id, request.n)
                 op.reused = claims.reused
-                op.tag = record_tag(request.namespace, request.request_id, request.n, op.use)
-                tags.append((op.key, op.tag))
-            live.append(position)
+                op.tag = tag = record_tag(request.namespace, request.request_id, request.n, use)
+                tags.append((op.key, tag))
+            live.append((position, op))
         if not live:
             return results  # type: ignore[return-value]
         try:
-            views = self.store.view(list(dict.fromkeys(lookups[p].key for p in live)), tags)
+            views = self.store.view(list(dict.fromkeys([op.key for _, op in live])), tags)
         except BaseException:
-            for position in live:
-                self._give_back(lookups[position])
+            for _, op in live:
+                self._give_back(op)
             raise
-        chosen: dict[int, list[int]] = {}
-        due: dict[int, bool] = {}
-        deferred: list[int] = []
+        # (position, lookup, its key's view, the indices it holds, whether its record is due)
+        served: list[tuple[int, _Lookup, KeyView, list[int], bool]] = []
+        deferred: list[tuple[int, _Lookup, KeyView]] = []
         # Requests whose recorded samples are free are served first, so a request without a
         # record in the same round cannot take them.
-        for position in live:
-            op = lookups[position]
+        for position, op in live:
             view = views[op.key]
             if isinstance(view, BaseException):
                 self._give_back(op)
                 results[position] = view
                 continue
-            recorded = view.found.get(op.tag) if op.tag is not None else None
-            n = op.request.n
-            if recorded is not None and len(recorded) >= n:
-                picked = list(recorded[:n])
-                if claims.take(op.request.namespace, op.key, picked, view.count):
-                    chosen[position], due[position] = picked, len(recorded) != n or op.reused
-                    continue
-            deferred.append(position)
-        for position in deferred:
-            op = lookups[position]
-            view = cast(KeyView, views[op.key])  # a failed view was answered in the first pass
+            if op.tag is not None:
+                recorded = view.found.get(op.tag)
+                n = op.request.n
+                if recorded is not None and len(recorded) >= n:
+                    picked = list(recorded[:n])
+                    if claims.take(op.request.namespace, op.key, picked, view.count):
+                        served.append((position, op, view, picked, len(recorded) != n or op.reused))
+                        continue
+            deferred.append((position, op, view))
+        for position, op, view in deferred:
             request = op.request
             recorded = view.found.get(op.tag) if op.tag is not None else None
             reserved = self._reserved(view, request.namespace, op.tag) if view.records else ()
             picked = claims.choose(request.namespace, op.key, request.n, view.count, recorded, reserved)
-            chosen[position] = picked
-            due[position] = (
-                op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
-            )
+            due = op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
+            served.append((position, op, view, picked, due))
         # One read for every sample the views did not carry.
         wanted: dict[str, set[int]] = {}
-        for position, picked in chosen.items():
-            view = views[lookups[position].key]
-            missing = [i for i in picked if i not in view.samples]  # type: ignore[union-attr]
-            if missing:
-                wanted.setdefault(lookups[position].key, set()).update(missing)
+        for _, op, view, picked, _ in served:
+            along = view.samples
+            for index in picked:
+                if index not in along:
+                    wanted.setdefault(op.key, set()).add(index)
         read: dict[str, Any] = {}
         if wanted:
             order = {key: sorted(indices) for key, indices in wanted.items()}
             try:
                 got = self.store.read(order)
             except BaseException:
-                for position, picked in chosen.items():
-                    self._give_back(lookups[position], picked)
+                for _, op, _, picked, _ in served:
+                    self._give_back(op, picked)
                 raise
             for key, indices in order.items():
                 value = got.get(key)
                 read[key] = value if isinstance(value, BaseException) else dict(zip(indices, value or ()))
-        for position, picked in chosen.items():
-            op = lookups[position]
+        for position, op, view, picked, due in served:
             request = op.request
-            view = views[op.key]
-            fetched = read.get(op.key, {})
-            if isinstance(fetched, BaseException):
-                self._give_back(op, picked)
-                results[position] = fetched
-                continue
-            samples = [view.samples[i] if i in view.samples else fetched[i] for i in picked]  # type: ignore[union-attr]
+            along = view.samples
+            if op.key in read:
+                fetched = read[op.key]
+                if isinstance(fetched, BaseException):
+                    self._give_back(op, picked)
+                    results[position] = fetched
+                    continue
+                samples = [along[i] if i in along else fetched[i] for i in picked]
+            else:
+                samples = [along[i] for i in picked]
             results[position] = op.found = Found(
                 op.key, op.use, picked, samples, request.n - len(picked),
-                request.namespace, request.request_id, request.n, due[position],
+                request.namespace, request.request_id, request.n, due,
             )
         return results  # type: ignore[return-value]
 

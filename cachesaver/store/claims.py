@@ -145,7 +145,7 @@ _MASK64 = (1 << 64) - 1
 Ident = Any  # an int (compact) or a tuple (a key that is not a hex digest)
 
 
-_HEX = frozenset("0123456789abcdef")
+_HEX_DIGITS = b"0123456789abcdef"  # a key of only these (deleted, nothing is left) is a digest
 
 
 _BITS_MEMO: dict[str, int | None] = {}  # recent keys' bits: a lookup asks for them twice
@@ -160,7 +160,11 @@ def _key_bits(key: str) -> int | None:
         return _BITS_MEMO[key]
     except KeyError:
         pass
-    bits = int(key[:32], 16) if len(key) == 64 and _HEX.issuperset(key) else None
+    bits = (
+        int(key[:32], 16)
+        if len(key) == 64 and key.isascii() and not key.encode().translate(None, _HEX_DIGITS)
+        else None
+    )
     if len(_BITS_MEMO) >= _BITS_MEMO_SIZE:
         _BITS_MEMO.clear()
     _BITS_MEMO[key] = bits
@@ -198,14 +202,14 @@ class RunClaims:
 
     @staticmethod
     def _key_ident(namespace: str, key: str) -> Ident:
-        bits = _key_bits(key)
+        bits = _BITS_MEMO.get(key) if key in _BITS_MEMO else _key_bits(key)
         if bits is None:
             return (namespace, key)
         return (bits << 64) | (hash(namespace) & _MASK64)
 
     @staticmethod
     def _use_ident(namespace: str, key: str, request_id: Any, n: int) -> Ident:
-        bits = _key_bits(key)
+        bits = _BITS_MEMO.get(key) if key in _BITS_MEMO else _key_bits(key)
         if bits is None:
             return (namespace, key, type(request_id).__name__, request_id, n)
         # An int id is hashed as its text: hash() of ints collides by construction (-1 and -2,
@@ -251,13 +255,19 @@ class RunClaims:
         ident = self._key_ident(namespace, key)
         keys = self._keys
         value = keys.get(ident)
-        if type(value) is int or (value is None and self._spill is None):
+        floor = 0 if value is None and self._spill is None else value  # 0: never claimed
+        if type(floor) is int:
             # Claimed in order so far (or never): the common case of a replay, taking the next
             # indices in order, is a new count.
-            floor = value or 0
             count = len(indices)
-            if count and floor + count <= stored and list(indices) == list(range(floor, floor + count)):
-                keys.pop(ident, None)  # popped and put back: the most recently used is last
+            if (
+                count
+                and floor + count <= stored
+                and indices[0] == floor
+                and (count == 1 or list(indices) == list(range(floor, floor + count)))
+            ):
+                if value is not None:
+                    del keys[ident]  # deleted and put back: the most recently used is last
                 keys[ident] = floor + count
                 return True
         if len(set(indices)) != len(indices):

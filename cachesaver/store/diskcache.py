@@ -85,6 +85,7 @@ from .protocol import (
     RecordWrite,
     StoredSample,
     import_token_prefix,
+    key_view,
     namespace_digest,
     namespace_prefix,
     record_tag,
@@ -207,6 +208,7 @@ class _Undecodable:
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
+
 def _decode_row(fetch: Any, mode: int, filename: Any, value: Any) -> Any:
     """The value of one Cache row (``Disk.fetch`` without its BytesIO for a pickle), or an
     :class:`_Undecodable` standing for a damaged one."""
@@ -234,6 +236,8 @@ _TOKEN = _PREFIX + "token/"
 
 
 def _check_indices(value: Any, key: str) -> tuple[int, ...]:
+    if type(value) is tuple and len(value) == 1 and type(value[0]) is int and value[0] >= 0:
+        return value  # the common record: one sample
     if type(value) is not tuple or not all(type(i) is int and i >= 0 for i in value):
         raise CorruptStoreError(f"a replay record of key {key} is malformed")
     return value
@@ -766,34 +770,51 @@ class DiskcacheStore:
         outside the head."""
         self._check_open()
         self._tune()
-        heads = self.heads(keys)
+        unique = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)
+        names = [_HEAD + key for key in unique]
+        values = self._bulk_get(names) if self._bulk_ok else None
         asked: dict[str, list[str]] = {}
         for key, tag in tags:
             asked.setdefault(key, []).append(tag)
+        full, many = self.HEAD_SAMPLES, self.HEAD_RECORDS
         out: dict[str, KeyView | StoreError] = {}
-        for key, head in heads.items():
-            if isinstance(head, StoreError):
-                out[key] = head
-                continue
-            if not head.samples and not head.records:
-                out[key] = EMPTY_VIEW
-                continue
+        for key, name in zip(unique, names):
             try:
-                count = self.count(key, head)
+                head: Any
+                if values is None:
+                    head = self.head(key)
+                else:
+                    head = values.get(name)
+                    if head is None:
+                        out[key] = EMPTY_VIEW
+                        continue
+                    if not (  # the common, well-formed head: checked here, without a call
+                        type(head) is tuple
+                        and len(head) == 2
+                        and type(head[0]) is tuple
+                        and type(head[1]) is dict
+                        and len(head[0]) <= full
+                    ):
+                        head = self._check_head(key, head)
+                samples, records = head
+                if not samples and not records:
+                    out[key] = EMPTY_VIEW
+                    continue
+                count = len(samples) if len(samples) < full else self.count(key, Head(samples, records))
                 found: dict[str, tuple[int, ...]] = {}
                 for tag in asked.get(key, ()):
-                    value = head.records.get(tag)
-                    if value is None and len(head.records) >= self.HEAD_RECORDS:
+                    value = records.get(tag)
+                    if value is None and len(records) >= many:
                         value = self._get(f"{_RECORD}{key}/{tag}", None)
                     if value is not None:
                         found[tag] = _check_indices(value, key)
             except StoreError as exc:
                 out[key] = exc
                 continue
-            records = head.records
             if len(records) > CONSULTED_RECORDS:  # never with this layout; kept for clarity
                 records = dict(list(records.items())[:CONSULTED_RECORDS])
-            out[key] = KeyView(count, records, found, dict(enumerate(head.samples)))
+            along = {0: samples[0]} if count == 1 else dict(enumerate(samples))
+            out[key] = key_view(count, records, found, along)
         return out
 
     def read(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, list[StoredSample] | StoreError]:

@@ -118,6 +118,7 @@ __all__ = [
     "SharedRunStore",
     "StoredSample",
     "import_token_prefix",
+    "key_view",
     "namespace_digest",
     "namespace_prefix",
     "parse_record_tag",
@@ -134,17 +135,17 @@ CONSULTED_RECORDS = 16
 keep a request without a record of its own off samples recorded for others (README promise 4).
 The same for every engine."""
 
-_namespace_digests: dict[str, str] = {}
+_namespace_prefixes: dict[str, str] = {}  # the first 4096 namespaces seen: every tag asks
 
 
 def namespace_prefix(namespace: str) -> str:
     """The start of every record tag of ``namespace`` ("2/" marks the layout with ``n``)."""
-    digest = _namespace_digests.get(namespace)
-    if digest is None:
-        digest = hashlib.sha256(namespace.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        if len(_namespace_digests) < 4096:
-            _namespace_digests[namespace] = digest
-    return f"{digest}/2/"
+    prefix = _namespace_prefixes.get(namespace)
+    if prefix is None:
+        prefix = hashlib.sha256(namespace.encode("utf-8", "surrogatepass")).hexdigest()[:32] + "/2/"
+        if len(_namespace_prefixes) < 4096:
+            _namespace_prefixes[namespace] = prefix
+    return prefix
 
 
 def namespace_digest(namespace: str) -> str:
@@ -156,7 +157,8 @@ def namespace_digest(namespace: str) -> str:
 def record_tag(namespace: str, request_id: Any, n: int, use: int) -> str:
     """The canonical identity of a record. The prefix has a fixed length and ``n`` and ``use``
     are ints at the end, so the tag is unambiguous whatever characters the request id holds."""
-    return f"{namespace_prefix(namespace)}{type(request_id).__name__}:{request_id}/{n}/{use}"
+    prefix = _namespace_prefixes.get(namespace) or namespace_prefix(namespace)
+    return f"{prefix}{type(request_id).__name__}:{request_id}/{n}/{use}"
 
 
 def parse_record_tag(tag: str) -> tuple[str, Any, int, int] | None:
@@ -301,6 +303,27 @@ class KeyView:
 
 
 EMPTY_VIEW = KeyView()
+
+
+_new_object = object.__new__
+
+
+def key_view(
+    count: int,
+    records: Mapping[str, Tuple[int, ...]],
+    found: Mapping[str, Tuple[int, ...]],
+    samples: Mapping[int, StoredSample],
+) -> KeyView:
+    """``KeyView(count, records, found, samples)``, the same (equal) object, built in well under
+    half the time: engines build one per key of every lookup round, their hottest allocation,
+    and a frozen dataclass sets each field through ``object.__setattr__``."""
+    view: KeyView = _new_object(KeyView)
+    fields = view.__dict__
+    fields["count"] = count
+    fields["records"] = records
+    fields["found"] = found
+    fields["samples"] = samples
+    return view
 
 
 class CommitHook(Protocol):
