@@ -94,6 +94,9 @@ class _Pending:
 
 
 def _response(found: Found, new: Sequence[StoredSample] = (), duplicated: Sequence[bool] = ()) -> Response:
+    if not new and len(found.samples) == 1:  # the commonest answer: one stored sample
+        data, used = found.samples[0]
+        return Response._trusted([data], [True], [False], None if used is None else [used])
     samples = found.samples + list(new) if new else found.samples
     usage = [u for _, u in samples]
     stored = len(found.samples)
@@ -460,7 +463,7 @@ class AsyncCacher(Stage):
                 entry.duplicated.extend(bool(f) for f in flags[:take])
                 if storing:
                     write = Write(entry.found.key, new, entry.found, take, self._request_text(entry))
-                    entry.found.writes.append(write)
+                    entry.found.writes = [*entry.found.writes, write]
                     writes.append(write)
                 entry.needed -= take
                 if entry.needed == 0:

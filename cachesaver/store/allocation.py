@@ -113,7 +113,7 @@ class Found:
     request_id: Any = None
     n: int = 0
     record_due: bool = False
-    writes: list["Write"] = field(default_factory=list)
+    writes: Sequence["Write"] = ()  # a list once the first write of new samples is made
     live: bool = True
     record: "_Record | None" = None  # queued with the samples that completed the request
 
@@ -632,7 +632,7 @@ class SampleBroker:
             return [self._serve_one(lookups[0])]
         claims = self.claims
         results: list[Found | BaseException | None] = [None] * len(lookups)
-        live: list[tuple[int, _Lookup]] = []
+        live: list[int] = []  # positions (ints, so a round of hundreds allocates few objects)
         tags: list[tuple[str, str]] = []
         for position, op in enumerate(lookups):
             if op.abandoned:
@@ -644,21 +644,22 @@ class SampleBroker:
                 op.reused = claims.reused
                 op.tag = tag = record_tag(request.namespace, request.request_id, request.n, use)
                 tags.append((op.key, tag))
-            live.append((position, op))
+            live.append(position)
         if not live:
             return results  # type: ignore[return-value]
         try:
-            views = self.store.view(list(dict.fromkeys([op.key for _, op in live])), tags)
+            views = self.store.view(list(dict.fromkeys([lookups[p].key for p in live])), tags)
         except BaseException:
-            for _, op in live:
-                self._give_back(op)
+            for position in live:
+                self._give_back(lookups[position])
             raise
-        # (position, lookup, its key's view, the indices it holds, whether its record is due)
-        served: list[tuple[int, _Lookup, KeyView, list[int], bool]] = []
-        deferred: list[tuple[int, _Lookup, KeyView]] = []
+        chosen: dict[int, list[int]] = {}  # position -> the indices it holds
+        due: dict[int, bool] = {}  # position -> whether its record is due
+        deferred: list[int] = []
         # Requests whose recorded samples are free are served first, so a request without a
         # record in the same round cannot take them.
-        for position, op in live:
+        for position in live:
+            op = lookups[position]
             view = views[op.key]
             if isinstance(view, BaseException):
                 self._give_back(op)
@@ -670,38 +671,44 @@ class SampleBroker:
                 if recorded is not None and len(recorded) >= n:
                     picked = list(recorded[:n])
                     if claims.take(op.request.namespace, op.key, picked, view.count):
-                        served.append((position, op, view, picked, len(recorded) != n or op.reused))
+                        chosen[position], due[position] = picked, len(recorded) != n or op.reused
                         continue
-            deferred.append((position, op, view))
-        for position, op, view in deferred:
+            deferred.append(position)
+        for position in deferred:
+            op = lookups[position]
+            view = cast(KeyView, views[op.key])  # a failed view was answered in the first pass
             request = op.request
             recorded = view.found.get(op.tag) if op.tag is not None else None
             reserved = self._reserved(view, request.namespace, op.tag) if view.records else ()
             picked = claims.choose(request.namespace, op.key, request.n, view.count, recorded, reserved)
-            due = op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
-            served.append((position, op, view, picked, due))
+            chosen[position] = picked
+            due[position] = (
+                op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
+            )
         # One read for every sample the views did not carry.
         wanted: dict[str, set[int]] = {}
-        for _, op, view, picked, _ in served:
-            along = view.samples
+        for position, picked in chosen.items():
+            key = lookups[position].key
+            along = cast(KeyView, views[key]).samples
             for index in picked:
                 if index not in along:
-                    wanted.setdefault(op.key, set()).add(index)
+                    wanted.setdefault(key, set()).add(index)
         read: dict[str, Any] = {}
         if wanted:
             order = {key: sorted(indices) for key, indices in wanted.items()}
             try:
                 got = self.store.read(order)
             except BaseException:
-                for _, op, _, picked, _ in served:
-                    self._give_back(op, picked)
+                for position, picked in chosen.items():
+                    self._give_back(lookups[position], picked)
                 raise
             for key, indices in order.items():
                 value = got.get(key)
                 read[key] = value if isinstance(value, BaseException) else dict(zip(indices, value or ()))
-        for position, op, view, picked, due in served:
+        for position, picked in chosen.items():
+            op = lookups[position]
             request = op.request
-            along = view.samples
+            along = cast(KeyView, views[op.key]).samples
             if op.key in read:
                 fetched = read[op.key]
                 if isinstance(fetched, BaseException):
@@ -713,7 +720,7 @@ class SampleBroker:
                 samples = [along[i] for i in picked]
             results[position] = op.found = Found(
                 op.key, op.use, picked, samples, request.n - len(picked),
-                request.namespace, request.request_id, request.n, due,
+                request.namespace, request.request_id, request.n, due[position],
             )
         return results  # type: ignore[return-value]
 

@@ -773,9 +773,15 @@ class DiskcacheStore:
         unique = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)
         names = [_HEAD + key for key in unique]
         values = self._bulk_get(names) if self._bulk_ok else None
-        asked: dict[str, list[str]] = {}
+        asked: dict[str, Any] = {}  # key -> its asked tag, or a list of them when several
         for key, tag in tags:
-            asked.setdefault(key, []).append(tag)
+            have = asked.get(key)
+            if have is None:
+                asked[key] = tag
+            elif type(have) is list:
+                have.append(tag)
+            else:
+                asked[key] = [have, tag]
         full, many = self.HEAD_SAMPLES, self.HEAD_RECORDS
         out: dict[str, KeyView | StoreError] = {}
         for key, name in zip(unique, names):
@@ -802,7 +808,8 @@ class DiskcacheStore:
                     continue
                 count = len(samples) if len(samples) < full else self.count(key, Head(samples, records))
                 found: dict[str, tuple[int, ...]] = {}
-                for tag in asked.get(key, ()):
+                mine = asked.get(key, ())
+                for tag in (mine,) if type(mine) is str else mine:
                     value = records.get(tag)
                     if value is None and len(records) >= many:
                         value = self._get(f"{_RECORD}{key}/{tag}", None)
