@@ -29,6 +29,12 @@ What it does:
 
 ``--sections`` picks the parts (``concurrent,sequential,agents,append``, default all).
 
+``--baseline REV`` also runs the concurrent workloads on commit ``REV`` of this repository
+(extracted with ``git archive`` into the work directory, run by its own ``_ours_worker.py`` with
+this interpreter), alternating with ours run by run, and prints ours against it: each workload
+at most 10% slower (:data:`BASELINE_TARGET`), duplicates with at most its upstream requests. That is
+how a change is checked for a regression side by side, in one run, at the same load.
+
 Every cache lives in a fresh directory under ``benchmarks/.work/`` (git-ignored), removed at the
 end unless ``--keep-work``. The exit status is 0 unless a step fails; with ``--check`` it is 1
 when a target is missed or a sanity check of this checkout fails. See ``benchmarks/README.md``.
@@ -75,6 +81,7 @@ SEQ_HIT_FLOOR_TARGET = 2.0  # ours at most this many times the bare floor (key +
 SEQ_MISS_FLOOR_TARGET = 2.5  # ours at most this many times the bare floor (key + get-miss + set)
 AGENTS_IDEAL_TARGET = 1.10  # ours' wall time at most 10% above the ideal
 APPEND_GROWTH_GOAL = 2.0  # informational: "the 2000th append costs about the same as the 10th"
+BASELINE_TARGET = 1.10  # --baseline: ours' us/request at most 10% above the baseline commit's
 
 
 class BenchmarkError(Exception):
@@ -124,6 +131,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="OnlineAPI batch_size in the agents workload (default 1)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated parts to run (default {','.join(SECTIONS)})")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the concurrent workloads on commit REV of this repository, "
+                             "alternating with ours, and compare (target: ours within 10%%)")
     parser.add_argument("--only", choices=("ours", "ref"),
                         help="run one library only (no ratios)")
     add_reference_arguments(parser)
@@ -203,6 +213,34 @@ def _ensure_reference(args: argparse.Namespace, work: Path) -> Side:
             f"{exc}\nFix the cause, or pass --ref-python with an interpreter that has {REFERENCE_REQUIREMENT}."
         ) from exc
     _run_worker(side, {"mode": "probe"}, work)  # raises when the fresh venv still cannot run it
+    return side
+
+
+def _ensure_baseline(rev: str, work: Path) -> Side:
+    """A side running commit ``rev`` of this repository: its tree extracted under ``work``."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        tree = work / f"baseline-{sha[:12]}"
+        tree.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "archive", sha, "cachesaver", "benchmarks"],
+            capture_output=True, check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        text = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+        raise BenchmarkError(
+            f"could not extract --baseline {rev!r} from {REPOSITORY}: {exc} {text.strip()}; "
+            "give a commit of this repository (it needs git and tar)"
+        ) from exc
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree)
+    side = Side(f"base {sha[:7]}", Path(sys.executable), tree / "benchmarks" / "_ours_worker.py", env)
+    _run_worker(side, {"mode": "probe"}, work)  # raises with the worker's explanation
     return side
 
 
@@ -584,6 +622,35 @@ def _report_appends(args: argparse.Namespace, appends: Dict[str, Dict[str, Any]]
     print()
 
 
+def _report_baseline(args: argparse.Namespace, pipelines: Dict[str, Dict[int, Dict[str, Any]]],
+                     tally: _Tally) -> None:
+    label = next(label for label in pipelines if label.startswith("base "))
+    print(f"against the baseline ({label}, the same workloads, alternating run by run, best of {args.repeat})")
+    header = (f"{'workload':8} {'batch':>5}  {'ours us/req':>11}  {'base us/req':>11}  {'ours/base':>9}  "
+              f"{'ours upstream':>13}  {'base upstream':>13}  {'target':31} met")
+    print(header)
+    print("-" * len(header))
+    for batch_size in args.batch_sizes:
+        for name in WORKLOADS:
+            ours = pipelines.get("ours", {}).get(batch_size, {}).get(name)
+            base = pipelines[label].get(batch_size, {}).get(name)
+            if not ours or not base:
+                continue
+            ratio = ours["us_per_request"] / base["us_per_request"]
+            target = f"ours/base <= {BASELINE_TARGET:.2f}"
+            met = ratio <= BASELINE_TARGET
+            if name == "dup":
+                target += ", upstream"
+                met = met and ours["upstream_requests"] <= base["upstream_requests"]
+            print(
+                f"{name:8} {batch_size:>5}  {ours['us_per_request']:>11,.1f}  {base['us_per_request']:>11,.1f}  "
+                f"{ratio:>8.2f}x  {ours['upstream_requests']:>13,}  {base['upstream_requests']:>13,}  "
+                f"{target:31} {tally.target(met)}"
+            )
+            tally.problem(label, f"{name} batch {batch_size}", _sanity_problems(name, base, args.requests))
+    print()
+
+
 def _report(
     args: argparse.Namespace,
     pipelines: Dict[str, Dict[int, Dict[str, Any]]],
@@ -600,13 +667,15 @@ def _report(
             if library:
                 libraries.setdefault(label, library)
     print(f"cachesaver pipeline benchmark: {', '.join(args.sections)}")
-    for label in ("ours", "ref"):
+    for label in ("ours", "ref", *(label for label in libraries if label.startswith("base "))):
         if label in libraries:
             print(f"  {label + ':':5} {_describe(libraries[label])}")
     print()
     tally = _Tally()
     if "concurrent" in args.sections and pipelines:
         _report_concurrent(args, pipelines, tally)
+        if args.baseline:
+            _report_baseline(args, pipelines, tally)
     if "sequential" in args.sections and sequential:
         _report_sequential(args, sequential, floor, tally)
     if "agents" in args.sections and agents:
@@ -629,6 +698,9 @@ def _report(
                       "the floor")
     if "agents" in args.sections:
         stated.append(f"agents within {AGENTS_IDEAL_TARGET - 1:.0%} of the ideal")
+    if "concurrent" in args.sections and args.baseline:
+        stated.append(f"concurrent workloads within {BASELINE_TARGET - 1:.0%} of the baseline, "
+                      "duplicates with at most its upstream requests")
     print(f"targets met: {tally.met} of {tally.shown} ({'; '.join(stated)})")
     return tally.ours_ok
 
@@ -654,7 +726,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         agents: Dict[str, Dict[str, Any]] = {}
         appends: Dict[str, Dict[str, Any]] = {}
         if "concurrent" in args.sections:
-            pipelines = _run_pipelines(sides, args, work)
+            baseline = [_ensure_baseline(args.baseline, work)] if args.baseline else []
+            for side in baseline:
+                _progress(f"{side.label}: {side.python} {side.worker}")
+            pipelines = _run_pipelines([*sides, *baseline], args, work)
         if "sequential" in args.sections:
             sequential = _run_sequential(sides, args, work)
             if sides[0].label == "ours":

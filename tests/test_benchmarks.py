@@ -301,6 +301,49 @@ def test_the_report_compares_sequential_and_agents_results_with_their_targets(
     assert lines[-1].startswith("targets met: 3 of 5")
 
 
+def test_the_report_judges_ours_against_a_baseline_commit_per_workload(
+    benchmarks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench_pipeline, _ = benchmarks
+    args = bench_pipeline._parse_args(["--sections", "concurrent", "--batch-sizes", "16", "--requests", "8",
+                                       "--baseline", "HEAD"])
+    counts = {"short_responses": 0, "samples_served": 8, "distinct_samples": 8, "duplicated_samples": 0}
+
+    def side(miss: float, hit: float, dup: float, dup_upstream: int) -> dict:
+        return {16: {"miss": dict(counts, us_per_request=miss, cached_samples=0, upstream_requests=8),
+                     "hit": dict(counts, us_per_request=hit, cached_samples=8, upstream_requests=0,
+                                 replay_exact=True),
+                     "dup": dict(counts, us_per_request=dup, cached_samples=0, upstream_requests=dup_upstream),
+                     "library": LIBRARY}}
+
+    pipelines = {"ours": side(100.0, 33.0, 90.0, 4), "base 1234567": side(95.0, 30.0, 100.0, 4)}
+    assert bench_pipeline._report(args, pipelines, {}) is True
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("against the baseline (base 1234567"))
+    rows = {row[0]: row for row in (line.split() for line in lines[start:]) if row[:2] in (["miss", "16"],
+            ["hit", "16"], ["dup", "16"])}
+    assert rows["miss"][2:5] == ["100.0", "95.0", "1.05x"] and rows["miss"][-1] == "yes"
+    assert rows["hit"][2:5] == ["33.0", "30.0", "1.10x"] and rows["hit"][-1] == "yes"  # 10% exactly: met
+    assert rows["dup"][4] == "0.90x" and rows["dup"][-1] == "yes"
+
+    pipelines["ours"] = side(100.0, 34.0, 90.0, 5)  # hits 13% slower; one more duplicate paid upstream
+    assert bench_pipeline._report(args, pipelines, {}) is False
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("against the baseline"))
+    verdicts = {row[0]: row[-1] for row in (line.split() for line in lines[start:]) if row[1:2] == ["16"]}
+    assert verdicts == {"miss": "yes", "hit": "NO", "dup": "NO"}
+
+
+def test_a_baseline_commit_is_extracted_and_runs_its_own_worker(benchmarks, tmp_path: Path) -> None:
+    bench_pipeline, _ = benchmarks
+    side = bench_pipeline._ensure_baseline("HEAD", tmp_path)
+    assert side.label.startswith("base ") and side.worker.is_file()
+    library = bench_pipeline._run_worker(side, {"mode": "probe"}, tmp_path)["library"]
+    assert library["location"].startswith(str(tmp_path))  # that tree's package, not this checkout's
+    with pytest.raises(bench_pipeline.BenchmarkError, match="could not extract --baseline"):
+        bench_pipeline._ensure_baseline("no-such-revision-xyz", tmp_path)
+
+
 def test_bench_memory_reports_rss_at_each_checkpoint_and_the_target(
     benchmarks, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
