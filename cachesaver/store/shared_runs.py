@@ -125,6 +125,7 @@ __all__ = [
     "SharedFound",
     "SharedRun",
     "end_run",
+    "linger",
     "run_status",
     "shared_run",
     "shared_store",
@@ -275,6 +276,23 @@ def end_run(cache: Any, run_id: str) -> None:
     Blocking: from async code, call it in a worker thread
     (``await anyio.to_thread.run_sync(end_run, cache, run_id)``)."""
     _with_store(cache, lambda shared: shared.end(run_id))
+
+
+def linger(shared: SharedRunStore, run_id: str, generation: str, linger_s: float) -> None:
+    """Keep run ``run_id`` (in its ``generation``) open ``linger_s`` more: join a placeholder
+    worker (:data:`LINGER_NAME`) that nobody renews, which replaces the run's earlier one. What a
+    worker with ``SharedRun.linger_s`` does before it leaves. With ``linger_s >= ttl_s`` the
+    run's record then expires when the placeholder does, unless a worker joins before.
+
+    If the run is no longer in ``generation`` (ended meanwhile, by :func:`end_run` say), that
+    join started a run of its own: the placeholder leaves it at once, which ends it unless a
+    worker joined it in between (then it is that worker's run)."""
+    placeholder = f"{uuid.uuid4().hex[:12]}:{LINGER_NAME}"
+    # A generation never used (not a worker's proposal, which may be the run's own): a run the
+    # placeholder starts must not take up an ended run's claims.
+    status = shared.join(run_id, placeholder, linger_s, uuid.uuid4().hex)
+    if status.generation != generation:
+        shared.leave(run_id, placeholder)
 
 
 @dataclass(slots=True, eq=False)
@@ -460,27 +478,13 @@ class SharedBroker(SampleBroker):
                 claim_ops = {k: KeyClaimOps(tuple(o["releases"]), tuple(o["settles"])) for k, o in ops.items()}
                 self.backend.claim(self.ref, claim_ops, run.keep_s)
             if run.linger_s and self.ref is not None:
-                self._linger(self.ref)
+                linger(self.backend, run.run_id, self.ref.generation, run.linger_s)
             self.backend.leave(run.run_id, self.worker)
         except StoreError as exc:
             logger.warning(
                 "cachesaver could not leave shared run %r on %s (it is declared dead after ttl_s): %s",
                 run.run_id, self.store.location, exc,
             )
-
-    def _linger(self, ref: RunRef) -> None:
-        """Keep the run open ``linger_s`` after this worker leaves: join a placeholder worker
-        that nobody renews (it replaces an earlier placeholder of the run). Since ``linger_s``
-        is at least ``ttl_s``, the run's record then expires exactly when the placeholder does,
-        unless a worker joins before. If the run had ended meanwhile (:func:`end_run`), that
-        join started a run of its own: the placeholder leaves it at once, which ends it unless
-        a worker joined it in between (then it is that worker's run)."""
-        placeholder = f"{uuid.uuid4().hex[:12]}:{LINGER_NAME}"
-        # A generation never used (not this worker's proposal, which may be the run's own):
-        # a run the placeholder starts must not take up an ended run's claims.
-        status = self.backend.join(ref.run_id, placeholder, self.run.linger_s, uuid.uuid4().hex)
-        if status.generation != ref.generation:
-            self.backend.leave(ref.run_id, placeholder)
 
     # -- lookup rounds -------------------------------------------------------------------------
 
