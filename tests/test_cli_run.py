@@ -507,12 +507,95 @@ def test_shards_of_one_run_id_never_hand_out_a_sample_twice_and_replay_with_any_
         assert merged_files(tmp_path / out / "shared") == (runs, overall), out
 
 
+QUEUED_TASK = '''
+import pathlib
+
+from cachesaver.tasks import Task, TaskSampleExecutionResult
+
+
+class Queued(Task):
+    """Six samples over three prompts, q<index // 2>: with two shards, each prompt is asked once
+    in each. A simulated answer counts the draws of its prompt in the directory ``draws``, so a
+    fresh sample differs from every stored one, and one unsharded run (one sample at a time)
+    draws the same answers in the same order as two shards run one after another."""
+
+    def __init__(self, draws):
+        super().__init__(name="queued", concurrency=1)
+        self.draws = pathlib.Path(draws)
+
+    def get_indices(self):
+        return list(range(6))
+
+    async def start_sample(self, index, session):
+        reply = await session.action({"role": "user", "content": f"q{index // 2}"})
+        return TaskSampleExecutionResult(result=reply.content)
+
+    def calculate_overall(self, results):
+        return {"answers": sorted(r.result for r in results)}
+
+    def simulated_compose(self, prompt, rank, rng):
+        counter = self.draws / prompt
+        drawn = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(drawn + 1))
+        return f"{prompt}: draw {drawn}"
+'''
+
+
+def test_shards_of_one_run_id_one_after_another_write_what_one_unsharded_run_writes(tmp_path):
+    """Shards on a queue are one run: they linger, so shard 2 is served fresh samples of the
+    prompts shard 1 asked, and the merge is one unsharded run's files; shard 2, whose merge
+    completes, ends the run, so a replay-only re-run with the same run id and N=3 is a new run
+    and reproduces them with no model call."""
+    (tmp_path / "queued_task.py").write_text(QUEUED_TASK)
+    for draws in ("draws-one", "draws-two"):
+        (tmp_path / draws).mkdir()
+
+    def commands(out, count, *extra, draws="draws-two", cache="cache"):
+        return shard_commands(tmp_path, out, count, *extra, task="queued_task.py:Queued", cache=cache,
+                              options=(f"draws={tmp_path / draws}",))
+
+    whole = run_in_process(tmp_path, commands("one", 1, draws="draws-one", cache="cache-one")[0][:-2])
+    assert whole.returncode == 0, whole.stderr
+    expected = merged_files(tmp_path / "one" / "queued")
+    assert json.loads(expected[1])["custom"]["answers"] == [f"q{i}: draw {k}" for i in range(3) for k in (0, 1)]
+
+    shards = run_one_after_another(tmp_path, commands("two", 2, "--run-id", "queue-1"))
+    assert [d.returncode for d in shards] == [0, 0], [d.stderr for d in shards]
+    assert merged_files(tmp_path / "two" / "queued") == expected  # runs.jsonl line for line, overall.json byte for byte
+    assert row(shards[0].stdout, "shared run") == "queue-1: open 86400 s more for later shards"
+    assert row(shards[1].stdout, "shared run") == "queue-1: ended (every shard is merged)"
+    assert all(d.stderr == "" for d in shards)
+
+    replay = run_one_after_another(tmp_path, commands("replay", 3, "--run-id", "queue-1", "--replay-only"))
+    assert [d.returncode for d in replay] == [0, 0, 0], [d.stderr for d in replay]
+    assert [row(d.stdout, "cache misses") for d in replay] == ["0 (no request reached any model)"] * 3
+    assert merged_files(tmp_path / "replay" / "queued") == expected
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--run-id", "r", "--shard", "1/2", "--linger", "60"), "--linger takes 0 (the run ends when its last pipeline closes) or a finite number of seconds of at least 600"),
+        (("--run-id", "r", "--linger", "inf"), "--linger takes 0"),
+        (("--run-id", "r", "--linger", "-1"), "--linger takes 0"),
+        (("--shard", "1/2", "--linger", "3600"), "--linger needs --run-id: only a shared run can linger"),
+    ],
+)
+def test_a_bad_linger_is_one_line_on_stderr_and_exit_2(tmp_path, extra, message):
+    done = run_cli(["run", GAME24, "--out", "out", "--namespace", "ns", "--cache", "cache", "--no-progress", *extra],
+                   cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"cachesaver: error: {message}"), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_shards_without_a_run_id_are_runs_of_their_own_and_say_so(tmp_path):
     task = shared_task(tmp_path)
     shards = run_one_after_another(tmp_path, shard_commands(tmp_path, "apart", 3, task=task, options=()))
     assert [d.returncode for d in shards] == [0, 0, 0], [d.stderr for d in shards]
     for number, done in enumerate(shards, start=1):
         assert done.stderr.startswith(f"cachesaver: note: shard {number}/3 without --run-id is a run of its own")
+        assert "the shards are then one run, at once or one after another" in done.stderr
     runs, _ = merged_files(tmp_path / "apart" / "shared")
     # Shards 2 and 3 were served the samples shard 1 stored: q0's three requests got one sample.
     assert len({r["output"]["result"] for r in runs}) == 3

@@ -29,6 +29,7 @@ from cachesaver.store.protocol import (
     SharedRunStore,
     use_ident,
 )
+from cachesaver.store.shared_runs import LINGER_NAME, linger
 
 
 @pytest.fixture
@@ -124,6 +125,49 @@ def test_end_drops_the_run_whoever_is_in_it(shared: SharedRunStore) -> None:
     shared.join("r", "a1:", 30, "g1")
     shared.end("r")
     assert shared.status("r") is None
+
+
+# -- lingering (cachesaver.store.shared_runs.linger, what a worker with linger_s does at close) --
+
+
+def _names(workers: tuple[str, ...]) -> list[str]:
+    return [worker.partition(":")[2] for worker in workers]
+
+
+def test_a_lingering_placeholder_keeps_the_run_for_a_worker_that_joins_later(shared: SharedRunStore) -> None:
+    shared.join("r", "a1:", 30, "g1")
+    linger(shared, "r", "g1", 30)
+    shared.leave("r", "a1:")  # the last real worker: the run stays
+    status = shared.status("r")
+    assert status is not None and _names(status.workers) == [LINGER_NAME] and status.dead == ("a1:",)
+    assert shared.join("r", "b2:", 30, "g2").generation == "g1"  # the same run
+    linger(shared, "r", "g1", 30)  # replaces the first placeholder
+    shared.leave("r", "b2:")
+    status = shared.status("r")
+    assert status is not None and _names(status.workers) == [LINGER_NAME]
+    assert _names(status.dead) == ["", LINGER_NAME, ""]  # a1, the first placeholder, b2
+
+
+def test_a_lingering_run_ends_when_its_placeholder_expires(shared: SharedRunStore) -> None:
+    shared.join("r", "a1:", 0.05, "g1")
+    linger(shared, "r", "g1", 0.05)
+    shared.leave("r", "a1:")
+    deadline = time.monotonic() + 5
+    while shared.status("r") is not None:
+        assert time.monotonic() < deadline, "the lingering run never ended"
+        time.sleep(0.01)
+    assert shared.join("r", "b2:", 30, "g2").generation == "g2"  # a new run
+
+
+def test_a_placeholder_does_not_bring_an_ended_run_back(shared: SharedRunStore) -> None:
+    shared.join("r", "a1:", 30, "g1")
+    shared.end("r")
+    linger(shared, "r", "g1", 30)  # its worker closes after the run was ended
+    assert shared.status("r") is None
+    shared.join("r", "b2:", 30, "g2")
+    linger(shared, "r", "g1", 30)  # a placeholder of the ended g1 leaves g2 alone
+    status = shared.status("r")
+    assert status is not None and status.generation == "g2" and status.workers == ("b2:",)
 
 
 # -- claims -----------------------------------------------------------------------------------

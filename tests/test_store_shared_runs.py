@@ -24,7 +24,7 @@ from cachesaver.models import ScriptedModel
 from cachesaver.pipelines import LocalAPI, OnlineAPI
 from cachesaver.stages.caching import AsyncCacher
 from cachesaver.store.memory import MemoryStore
-from cachesaver.store.shared_runs import SharedRun, end_run, run_status
+from cachesaver.store.shared_runs import LINGER_NAME, SharedRun, end_run, run_status
 from cachesaver.typedefs import Request
 
 TESTS_DIR = str(Path(__file__).parent)
@@ -114,6 +114,92 @@ async def test_end_run_ends_a_run_at_once(cache: Any) -> None:
             assert (await b.request(Request("p"))).cached == [True]
 
 
+# -- lingering runs (SharedRun.linger_s) ---------------------------------------------------------
+
+
+async def _one(cache: Any, model: ScriptedModel, run: Any, prompt: str = "p") -> Any:
+    """One worker of ``run`` that asks ``prompt`` once (namespace ns) and closes."""
+    async with OnlineAPI(model, cache, 4, 0.001, run_id=run) as pipeline:
+        return await pipeline.request(Request(prompt, namespace="ns"))
+
+
+async def _until_ended(cache: Any, run_id: str) -> None:
+    with anyio.fail_after(10):  # a deadlock guard, not a timing
+        while run_status(cache, run_id) is not None:
+            await anyio.sleep(0.01)
+
+
+async def test_workers_one_after_another_are_one_run_when_they_linger(cache: Any) -> None:
+    model = ScriptedModel()
+    first = await _one(cache, model, "apart")
+    second = await _one(cache, model, "apart")  # the run ended with the first: a new one, replaying
+    assert (first.data, second.data, second.cached) == (["p#0"], ["p#0"], [True])
+
+    lingering = SharedRun("r", linger_s=3600)
+    first = await _one(cache, model, lingering)
+    status = run_status(cache, "r")
+    assert status is not None and [w.partition(":")[2] for w in status.workers] == [LINGER_NAME]
+    second = await _one(cache, model, lingering)  # the same run: a fresh sample
+    assert (first.data, second.data, second.cached) == (["p#0"], ["p#1"], [False])
+    assert model.calls == 2
+    end_run(cache, "r")  # its work is done
+    assert run_status(cache, "r") is None
+    again = await _one(cache, model, lingering)  # a new run: it replays
+    assert (again.data, again.cached) == (["p#0"], [True])
+    end_run(cache, "r")
+
+
+async def test_a_lingering_run_ends_linger_s_after_its_last_worker_closed(cache: Any) -> None:
+    brief = SharedRun("r", ttl_s=0.3, linger_s=0.3)
+    model = ScriptedModel()
+    first = await _one(cache, model, brief)
+    await _until_ended(cache, "r")  # nobody joined within linger_s
+    later = await _one(cache, model, brief)
+    assert (first.data, later.data, later.cached) == (["p#0"], ["p#0"], [True])  # a new run
+    await _until_ended(cache, "r")
+
+
+async def test_a_lingering_run_is_open_until_linger_s_after_the_close_by_the_stores_clock(monkeypatch: Any) -> None:
+    from cachesaver.store.shared_local import MemorySharedRuns
+
+    clock = [1000.0]
+    monkeypatch.setattr(MemorySharedRuns, "_now", staticmethod(lambda: clock[0]))
+    store, model, lingering = MemoryStore(), ScriptedModel(), SharedRun("r", linger_s=3600)
+    await _one(store, model, lingering)
+    clock[0] += 3599  # within linger_s of the close: the same run
+    assert (await _one(store, model, lingering)).data == ["p#1"]
+    clock[0] += 3599  # the second close lingers as long again
+    assert run_status(store, "r") is not None
+    clock[0] += 1.5  # linger_s after the last close, with no worker: the run has ended
+    assert run_status(store, "r") is None
+    assert (await _one(store, model, lingering)).cached == [True]
+
+
+async def test_a_worker_that_closes_after_its_run_was_ended_does_not_start_another(cache: Any) -> None:
+    lingering = SharedRun("r", linger_s=3600)
+    async with OnlineAPI(ScriptedModel(), cache, 4, 0.001, run_id=lingering) as a:
+        await a.request(Request("p"))
+        end_run(cache, "r")
+    assert run_status(cache, "r") is None  # its placeholder did not make a run of its own
+    again = await _one(cache, ScriptedModel(), lingering)
+    assert again.cached == [True]
+    end_run(cache, "r")
+
+
+async def test_a_worker_that_joins_a_lingering_run_alone_pays_no_join_window(cache: Any) -> None:
+    await _one(cache, ScriptedModel(), SharedRun("r", linger_s=3600))
+    patient = SharedRun("r", join_window_s=60)  # a window would outlast the guard by far
+    async with OnlineAPI(ScriptedModel(), cache, 4, 0.001, run_id=patient) as b:
+        with anyio.fail_after(10):
+            got = await b.request(Request("q"))
+        broker = b.cacher.single_flight.broker
+        assert broker.peers == 0 and not broker.joinable  # the placeholder is no peer
+        status = run_status(cache, "r")
+        assert status is not None and len(status.workers) == 2  # b and the placeholder
+    assert got.data == ["q#0"]
+    end_run(cache, "r")
+
+
 async def test_a_failed_request_of_a_shared_run_frees_its_samples_for_the_run(cache: Any) -> None:
     await seed(cache, "p", 1)
     failing = ScriptedModel(fail={"p"})
@@ -173,6 +259,11 @@ def test_run_id_needs_a_store_that_can_hold_a_shared_run(tmp_path: Path) -> None
         ({"run_id": "r", "join_window_s": -0.1}, r"join_window_s must be a finite number of seconds >= 0"),
         ({"run_id": "r", "join_window_s": float("inf")}, "join_window_s must be"),
         ({"run_id": "r", "join_window_s": "0.1"}, "join_window_s must be"),
+        ({"run_id": "r", "linger_s": -1}, r"linger_s must be a finite number of seconds >= 0"),
+        ({"run_id": "r", "linger_s": float("nan")}, "linger_s must be"),
+        ({"run_id": "r", "linger_s": True}, "linger_s must be"),
+        ({"run_id": "r", "linger_s": 60}, r"linger_s \(60\) must be 0 or from ttl_s \(600\) to keep_s"),
+        ({"run_id": "r", "ttl_s": 10, "keep_s": 100, "linger_s": 101}, r"linger_s \(101\) must be 0 or from ttl_s"),
     ],
 )
 def test_shared_run_settings_are_checked(settings: dict[str, Any], message: str) -> None:
@@ -185,6 +276,8 @@ def test_a_join_window_may_be_zero_unlike_the_other_times() -> None:
 
     assert SharedRun("r", join_window_s=0).join_window_s == 0.0
     assert SharedRun("r").join_window_s == JOIN_WINDOW_S == 0.5
+    assert SharedRun("r").linger_s == 0.0
+    assert SharedRun("r", ttl_s=10, keep_s=100, linger_s=100).linger_s == 100.0  # ttl_s to keep_s
 
 
 def test_a_read_only_cache_cannot_hold_a_shared_run(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from cachesaver.errors import ConfigurationError
 from cachesaver.models.replay_only import ReplayOnlyModel
 from cachesaver.models.scripted import ScriptedModel
 from cachesaver.pipelines import OnlineAPI
+from cachesaver.store.shared_runs import SharedRun, end_run
 from cachesaver.tasks import EchoAgent, PipelineAgent, Task, TaskSampleExecutionResult, run_task
 from cachesaver.tasks.records import RunDirectory
 from cachesaver.tasks.shards import SHARD_FILE, Shard, indices_digest, merge_shards
@@ -256,3 +257,36 @@ async def test_shards_of_one_shared_run_get_fresh_samples_for_prompts_they_share
     async with OnlineAPI(ReplayOnlyModel(), cache, batch_size=4) as pipeline:
         await run_task(Tasked(count=6, prompt=shared), PipelineAgent(pipeline, namespace="exp"), tmp_path / "replay")
     assert files(tmp_path / "replay" / "sharded") == (runs, overall)
+
+
+async def test_shards_one_after_another_in_a_lingering_run_write_what_one_unsharded_run_writes(tmp_path):
+    """Shards on a queue: each opens and closes its own pipeline. With ``linger_s`` they are one
+    run, so shard 2 gets fresh samples of the prompts shard 1 asked (q<index // 2>: one sample
+    of each prompt in each shard), and the files are those of one unsharded run, line for line
+    (one sample at a time, so the draws come in the same order). Once the run is ended, a
+    replay-only re-run with the same run id and N=3 reproduces them, calling no model."""
+
+    def task():
+        return Tasked(count=6, prompt=lambda index: f"q{index // 2}", concurrency=1)
+
+    async with OnlineAPI(ScriptedModel(), tmp_path / "one-cache", batch_size=4) as pipeline:
+        await run_task(task(), PipelineAgent(pipeline, namespace="exp"), tmp_path / "one")
+    expected = files(tmp_path / "one" / "sharded")
+    assert [r["output"]["result"]["answers"][0] for r in expected[0]] == ["q0#0", "q0#1", "q1#0", "q1#1", "q2#0", "q2#1"]
+
+    model, cache = ScriptedModel(), tmp_path / "cache"  # one model: the same endpoint for every shard
+    lingering = SharedRun("team-run", linger_s=3600)
+    for number in (1, 2):
+        async with OnlineAPI(model, cache, batch_size=4, run_id=lingering) as pipeline:
+            summary = await run_task(task(), PipelineAgent(pipeline, namespace="exp"), tmp_path / "out", shard=Shard(number, 2))
+    assert summary.merge.complete
+    assert files(tmp_path / "out" / "sharded") == expected
+    end_run(cache, "team-run")  # what `cachesaver run --shard` does once its merge completes
+
+    for number in (1, 2, 3):
+        replay = ReplayOnlyModel()
+        async with OnlineAPI(replay, cache, batch_size=4, run_id=lingering) as pipeline:
+            summary = await run_task(task(), PipelineAgent(pipeline, namespace="exp"), tmp_path / "replay", shard=Shard(number, 3))
+        assert replay.misses == [] and summary.failed == 0
+    assert summary.merge.complete
+    assert files(tmp_path / "replay" / "sharded") == expected

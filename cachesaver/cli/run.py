@@ -25,7 +25,11 @@ samples at the positions p of ``get_indices()`` with ``p % N == K - 1`` (K from 
 ``DIR/<task name>/shard-K-of-N/``; the last shard to finish writes the merged ``runs.jsonl``,
 ``error.jsonl`` and ``overall.json`` into ``DIR/<task name>/``, the same as one unsharded run's.
 ``--run-id ID`` makes the pipeline a worker of the shared run ID (give every shard the same one:
-shards that run at once are then one run).
+the shards are then one run, whether they run at once or one after another). With ``--shard``,
+a shard's pipeline keeps the run open ``--linger`` seconds (default :data:`SHARD_LINGER_S`, one
+day) after it closes, for the next shard to join, and the shard whose merge completes ends the
+run once its pipeline is closed: a later command with the same run id (a replay-only re-run
+with any N) is a new run.
 ``cachesaver merge TASK --out DIR`` merges the finished shards by hand: exit status 0 when it
 merged and every sample finished, 1 when shards are still missing (nothing written) or some
 sample failed or ``calculate_overall`` failed, 2 for a bad command line or configuration.
@@ -38,10 +42,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import anyio
 
@@ -57,9 +62,16 @@ from .cache import add_parser as add_cache_commands
 from .cache import run as run_cache
 from .merge import add_merge_parser, main_merge
 
+if TYPE_CHECKING:
+    from ..store.shared_runs import SharedRun
+
 __all__ = ["build_parser", "main"]
 
 DEFAULT_CACHE = "caches/runs"
+SHARD_LINGER_S = 86400.0
+"""How long a shard with ``--run-id`` keeps its shared run open after it closes (one day),
+unless ``--linger`` says otherwise; its claims are kept :data:`~cachesaver.store.shared_runs.
+CLAIMS_KEEP_S` (one day) longer than that."""
 EXIT_BROKEN_PIPE = 141
 """The exit status when standard output was closed early (128 + SIGPIPE)."""
 
@@ -132,7 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--run-id", metavar="ID",
         help="join the shared run ID: the pipelines with this run id on this cache are one run while "
-        "any of them is open (give every shard that runs at once the same one)",
+        "any of them is open or lingers (give every shard the same one; they may run at once or one "
+        "after another)",
+    )
+    run.add_argument(
+        "--linger", type=float, default=None, metavar="S",
+        help=f"with --run-id, keep the run open S seconds after this command's pipeline closes, for "
+        f"later commands to join (0, or at least a worker's membership ttl; default {SHARD_LINGER_S:g} "
+        "with --shard, else 0); the shard whose merge completes ends the run",
     )
     run.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_cache_commands(commands)
@@ -145,12 +164,33 @@ def _is_url(cache: str) -> bool:
     return "://" in cache
 
 
+def _shared_run(args: argparse.Namespace) -> Optional[SharedRun]:
+    """The shared run of ``--run-id`` and ``--linger`` (None without ``--run-id``): it lingers
+    ``--linger`` seconds (default :data:`SHARD_LINGER_S` with ``--shard``, else 0), and keeps its
+    claims :data:`~cachesaver.store.shared_runs.CLAIMS_KEEP_S` longer than that. A bad
+    ``--linger`` is a ConfigurationError naming the option."""
+    from ..store.shared_runs import CLAIMS_KEEP_S, RUN_TTL_S, SharedRun
+
+    if args.run_id is None:
+        if args.linger is not None:
+            raise ConfigurationError("--linger needs --run-id: only a shared run can linger")
+        return None
+    linger = args.linger if args.linger is not None else SHARD_LINGER_S if args.shard is not None else 0.0
+    if not math.isfinite(linger) or linger < 0 or 0 < linger < RUN_TTL_S:
+        raise ConfigurationError(
+            f"--linger takes 0 (the run ends when its last pipeline closes) or a finite number of seconds "
+            f"of at least {RUN_TTL_S:g} (a worker's membership time to live), got {linger:g}"
+        )
+    return SharedRun(args.run_id, linger_s=linger, keep_s=linger + CLAIMS_KEEP_S)
+
+
 def _pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's keyword arguments besides model and cache: the one place ``--run-id``
     reaches the pipeline (it is passed only when given)."""
     options: dict[str, Any] = {"batch_size": args.batch_size, "mode": args.mode}
-    if args.run_id is not None:
-        options["run_id"] = args.run_id
+    run = _shared_run(args)
+    if run is not None:
+        options["run_id"] = run
     return options
 
 
@@ -218,6 +258,10 @@ async def _run(args: argparse.Namespace) -> RunSummary:
         if not runner_started:
             task.release()  # run_task releases the task itself once it has started
     notes = [("backend", "replay-only (no model)" if replay else f"{backend} ({model_name})")]
+    run = _shared_run(args)
+    outcome = None if run is None else await _after_run(cache, run, summary)
+    if outcome is not None:
+        notes.append(("shared run", outcome))
     if args.mode in ("refresh", "bypass"):
         notes.append(("mode", args.mode))
     if replay:
@@ -226,6 +270,26 @@ async def _run(args: argparse.Namespace) -> RunSummary:
     if modeled is not None and started_modeled is not None:
         notes.append(("modeled time", f"{modeled - started_modeled:.2f} s (simulated GPU-busy seconds)"))
     return summary.with_notes(*notes)
+
+
+async def _after_run(cache: str, run: SharedRun, summary: RunSummary) -> Optional[str]:
+    """End the shared run once this shard's merge completed (its pipeline is closed by now);
+    what became of the run, for the summary (None: nothing worth a row)."""
+    from ..errors import StoreError
+    from ..store.shared_runs import end_run
+
+    if summary.merge is not None and summary.merge.complete:
+        try:
+            await anyio.to_thread.run_sync(end_run, cache, run.run_id)
+        except StoreError as exc:  # the run is done and merged: not a failure of it
+            return (
+                f"{run.run_id}: could not end it ({exc}); it ends {run.linger_s:g} s after this shard "
+                "closed, or at once with cachesaver.store.shared_runs.end_run"
+            )
+        return f"{run.run_id}: ended (every shard is merged)"
+    if run.linger_s:
+        return f"{run.run_id}: open {run.linger_s:g} s more for later shards"
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -265,6 +329,7 @@ def _check_run_arguments(args: argparse.Namespace) -> None:
         args.shard = Shard.parse(args.shard)
     if args.run_id is not None and not args.run_id.strip():
         raise ConfigurationError("--run-id must not be empty; give every shard of the run the same name")
+    _shared_run(args)  # a bad --linger
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -283,7 +348,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         print(
             f"cachesaver: note: shard {args.shard} without --run-id is a run of its own: a prompt that "
             "several shards ask in one namespace may get the same stored sample in each (give every "
-            "shard the same --run-id)",
+            "shard the same --run-id: the shards are then one run, at once or one after another)",
             file=sys.stderr,
         )
     if args.concurrency is not None and args.concurrency < 1:

@@ -25,10 +25,20 @@ Membership and time limits (:class:`SharedRun` sets them):
 * A worker joins the run at its first request and renews its membership every ``ttl_s / 3``
   (default :data:`RUN_TTL_S`, 10 minutes) while the pipeline is open; closing it leaves the
   run. When the last live worker leaves, the run ends: a later pipeline with the same run id
-  starts a new run (and so replays); so does a worker that starts only after every other has
-  left (start the workers of one run so that they overlap). A worker that stops renewing (killed, or its host lost)
+  starts a new run (and so replays). A worker that stops renewing (killed, or its host lost)
   is declared dead ``ttl_s`` after its last renewal; a run none of whose workers renews
   expires ``ttl_s`` after the last renewal, so a crashed run does not hold samples forever.
+* **Lingering** (``linger_s``, 0 by default): a worker with ``linger_s`` that closes keeps
+  the run open ``linger_s`` more, so workers that run one after another (shards on a queue)
+  are one run: one that joins within that time gets the same claims and use counts. Before
+  it leaves, it joins a placeholder worker ``<id>:+linger`` (:data:`LINGER_NAME`, listed
+  among the live workers by :func:`run_status`) for ``linger_s``, which nobody renews and
+  which replaces the run's earlier placeholder. With no live worker left when it expires,
+  the run ends, exactly ``linger_s`` after the last close (``linger_s >= ttl_s``); so a run
+  ends at most ``linger_s`` after its last worker closed or last renewed. :func:`end_run`
+  ends it at once (when its last shard is done, say). The placeholder does not count as a
+  worker that could join a single-flight call: a worker that joins a lingering run alone
+  pays no join window.
 * A dead worker's requests that were not delivered give their use back (a request re-issued
   after that replays exactly), but keep their samples claimed (it may have handed some out).
   A worker started with ``worker="name"`` replaces at once a live worker of that name (a
@@ -75,7 +85,7 @@ import math
 import re
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import anyio
@@ -109,11 +119,13 @@ __all__ = [
     "LEASE_TTL_S",
     "JOIN_WINDOW_S",
     "LEASE_WAIT_S",
+    "LINGER_NAME",
     "RUN_TTL_S",
     "SharedBroker",
     "SharedFound",
     "SharedRun",
     "end_run",
+    "linger",
     "run_status",
     "shared_run",
     "shared_store",
@@ -136,6 +148,10 @@ Measured: 4 processes on a loaded 2-core host, released together, ask the same p
 0.5 s apart on Redis and up to seconds apart on diskcache (its write lock serialises them)."""
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+LINGER_NAME = "+linger"
+"""The worker name of the placeholder a closing worker with ``linger_s`` leaves in its run (no
+user worker can have it: ``+`` is not allowed in ``SharedRun.worker``). The placeholders of one
+run share it, so the latest replaces the one before."""
 
 
 def _seconds(name: str, value: Any, zero: bool = False) -> float:
@@ -161,6 +177,11 @@ class SharedRun:
       for itself). Finite, >= 0.
     * ``worker``: a name for this worker (letters, digits, ``._-``); a worker joining with the
       name of a live one replaces it (a restart). None: a fresh anonymous worker.
+    * ``linger_s``: how long the run stays open after this worker closes, for workers that
+      start later (shards run one after another) to be in it. 0 (the default): it ends when its
+      last live worker leaves. Else at least ``ttl_s`` (a run's record lives ``ttl_s`` after a
+      worker's last renewal anyway, so a shorter linger could not end it sooner: lower
+      ``ttl_s`` too) and at most ``keep_s``. End a lingering run at once with :func:`end_run`.
     """
 
     run_id: str
@@ -170,17 +191,26 @@ class SharedRun:
     keep_s: float = CLAIMS_KEEP_S
     worker: str | None = None
     join_window_s: float = JOIN_WINDOW_S
+    linger_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.run_id, str) or not self.run_id or len(self.run_id) > 200:
             raise ConfigurationError(f"run_id must be a non-empty str of at most 200 characters, got {self.run_id!r}")
         for name in ("ttl_s", "lease_ttl_s", "lease_wait_s", "keep_s"):
             object.__setattr__(self, name, _seconds(name, getattr(self, name)))
-        object.__setattr__(self, "join_window_s", _seconds("join_window_s", self.join_window_s, zero=True))
+        for name in ("join_window_s", "linger_s"):
+            object.__setattr__(self, name, _seconds(name, getattr(self, name), zero=True))
         if self.keep_s < self.ttl_s:
             raise ConfigurationError(
                 f"SharedRun.keep_s ({self.keep_s:g}) must be at least ttl_s ({self.ttl_s:g}): claims must "
                 "outlive the workers that made them"
+            )
+        if self.linger_s and not self.ttl_s <= self.linger_s <= self.keep_s:
+            raise ConfigurationError(
+                f"SharedRun.linger_s ({self.linger_s:g}) must be 0 or from ttl_s ({self.ttl_s:g}) to keep_s "
+                f"({self.keep_s:g}): a run's record lives ttl_s after a worker's last renewal, so a shorter "
+                "linger cannot end it sooner (lower ttl_s too), and its claims must outlive the linger "
+                "(raise keep_s too)"
             )
         if self.worker is not None and (not isinstance(self.worker, str) or not _NAME.match(self.worker)):
             raise ConfigurationError(
@@ -238,9 +268,31 @@ def run_status(cache: Any, run_id: str) -> RunStatus | None:
 
 
 def end_run(cache: Any, run_id: str) -> None:
-    """End shared run ``run_id`` on ``cache`` now (say, to replay a crashed run at once under
-    the same id). Workers still in it become workers of a new run at their next renewal."""
+    """End shared run ``run_id`` on ``cache`` now, its claims dropped: a lingering run whose
+    work is done (``SharedRun.linger_s``), or a crashed one to replay at once under the same
+    id. A later pipeline with that run id starts a new run. Call it once the run's pipelines
+    are closed: one still open goes on without the dropped claims (it may hand out again what
+    the run had handed out) and becomes a worker of the new run at its next renewal.
+    Blocking: from async code, call it in a worker thread
+    (``await anyio.to_thread.run_sync(end_run, cache, run_id)``)."""
     _with_store(cache, lambda shared: shared.end(run_id))
+
+
+def linger(shared: SharedRunStore, run_id: str, generation: str, linger_s: float) -> None:
+    """Keep run ``run_id`` (in its ``generation``) open ``linger_s`` more: join a placeholder
+    worker (:data:`LINGER_NAME`) that nobody renews, which replaces the run's earlier one. What a
+    worker with ``SharedRun.linger_s`` does before it leaves. With ``linger_s >= ttl_s`` the
+    run's record then expires when the placeholder does, unless a worker joins before.
+
+    If the run is no longer in ``generation`` (ended meanwhile, by :func:`end_run` say), that
+    join started a run of its own: the placeholder leaves it at once, which ends it unless a
+    worker joined it in between (then it is that worker's run)."""
+    placeholder = f"{uuid.uuid4().hex[:12]}:{LINGER_NAME}"
+    # A generation never used (not a worker's proposal, which may be the run's own): a run the
+    # placeholder starts must not take up an ended run's claims.
+    status = shared.join(run_id, placeholder, linger_s, uuid.uuid4().hex)
+    if status.generation != generation:
+        shared.leave(run_id, placeholder)
 
 
 @dataclass(slots=True, eq=False)
@@ -307,7 +359,9 @@ class SharedBroker(SampleBroker):
         self._releases: deque[tuple[str, ClaimRelease]] = deque()
         self._held: dict[str, list[str]] = {}  # lease holder -> its keys (renewed while held)
         self.peers: int | None = None
-        """The run's other live workers as the last lease step saw them (None: no step yet)."""
+        """The run's other live workers as the last lease step saw them, lingering placeholders
+        left out (None: no step yet)."""
+        self._lingering = 0  # live placeholders (LINGER_NAME) at the last join
         self.quiet = False
         """True once a call this worker kept open for joiners got none: its passes then take
         their leases sealed (no join window), and those still in their window end it, until
@@ -345,6 +399,7 @@ class SharedBroker(SampleBroker):
                 "it goes on in a new run (its earlier claims no longer count)", run.run_id, self.store.location,
             )
         self.ref = RunRef(run.run_id, status.generation, self.worker, status.dead)
+        self._lingering = sum(1 for worker in status.workers if worker.partition(":")[2] == LINGER_NAME)
 
     async def ensure_running(self) -> None:
         if self.ref is None:
@@ -422,6 +477,8 @@ class SharedBroker(SampleBroker):
             if ops and self.ref is not None:
                 claim_ops = {k: KeyClaimOps(tuple(o["releases"]), tuple(o["settles"])) for k, o in ops.items()}
                 self.backend.claim(self.ref, claim_ops, run.keep_s)
+            if run.linger_s and self.ref is not None:
+                linger(self.backend, run.run_id, self.ref.generation, run.linger_s)
             self.backend.leave(run.run_id, self.worker)
         except StoreError as exc:
             logger.warning(
@@ -587,6 +644,11 @@ class SharedBroker(SampleBroker):
             wants, holder, self.run.lease_ttl_s,
         )
         if taken.peers is not None:
+            if self._lingering:
+                # A lingering run's placeholder is no worker that could join a call: left out,
+                # as the last join saw it (a placeholder gone since makes the count one short,
+                # until the next join, ttl_s / 3 at most: a missed saving, never a wrong sample).
+                taken = replace(taken, peers=max(taken.peers - self._lingering, 0))
             self.peers = taken.peers
         for key, lease in taken.leases.items():
             if lease is not None and not set(wants[key]).isdisjoint(lease.scopes):

@@ -40,8 +40,12 @@ Guarantees:
   out and left alone) and writes only the merged files, each through a temporary file of its own.
 * Without a shared run (``--run-id``), each shard's pipeline is a run of its own: samples of a
   prompt that several shards ask in one namespace may repeat across shards. Replaying, or giving
-  the shards that run at once the same ``run_id`` (a shared run lasts while one of its
-  pipelines is open), keeps the promises of one run.
+  the shards one shared run, keeps the promises of one run. A shared run lasts while one of its
+  pipelines is open, and ``linger_s`` after the last one closed
+  (:class:`~cachesaver.store.shared_runs.SharedRun`): so shards that run at once share it, and
+  shards that run one after another do when their pipelines linger, as ``cachesaver run
+  --run-id ID --shard K/N`` makes them (for a day by default; the shard whose merge completes
+  then ends the run).
 """
 
 from __future__ import annotations
