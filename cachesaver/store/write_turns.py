@@ -29,9 +29,11 @@ Guarantees:
   once the deadline has passed (the caller raises
   :class:`~cachesaver.errors.StoreLockedError`, as for SQLite's lock). A deadline already
   passed (``wait_s=0``) costs non-blocking attempts only; a free turn costs three system
-  calls. A wait that blocks runs in a helper thread: when the caller gives up, the helper
-  stays in line, gives the turn back at once when it gets it, and the next take of that
-  thread waits on the same helper (at most one helper per thread).
+  calls; a wait shorter than 50 ms polls every 0.5 ms. A longer wait blocks in a helper
+  thread: when the caller gives up, the helper stays in line, gives the turn back at once
+  when it gets it, and the next take of that thread waits on the same helper (at most one
+  helper per thread; that take waits at least about a millisecond, so a helper that has the
+  turn in hand can pass it over).
 * **Crash-safe.** The kernel drops a process's ``flock`` locks when it dies (kill -9
   included), so a killed writer's turn, or its place at the gate, passes on.
 * **Nested takes** of one thread count: only the outermost takes and gives back the turn.
@@ -71,7 +73,7 @@ TURN_FILE = "cache.db-cachesaver-turn"
 GATE_FILE = "cache.db-cachesaver-gate"
 """The gate's file in a cache directory (held by the writer next in line)."""
 
-_POLL_S = 0.005  # a wait shorter than this polls (every 0.5 ms) instead of starting a helper
+_POLL_S = 0.05  # a wait shorter than this polls (every 0.5 ms) instead of starting a helper
 
 _WAITING, _GRANTED, _ABANDONED, _DONE = range(4)
 
@@ -273,7 +275,8 @@ class WriteTurns:
         _close(helper.gate, helper.turn)  # gives the turn back, if it was granted
 
     def _await(self, seat: _Seat, helper: _Helper, deadline: float) -> bool:
-        helper.signal.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+        # At least about a millisecond: a helper holding the turn needs a moment to pass it on.
+        helper.signal.acquire(timeout=max(deadline - time.monotonic(), 0.001))
         with self._mutex:
             if helper.state == _GRANTED:
                 _close(seat.gate, seat.turn)
