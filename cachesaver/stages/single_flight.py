@@ -10,7 +10,7 @@ A cache stage that is a worker of a shared run (``run_id=``, see
   leases every ``lease_ttl_s / 3`` while the call runs and releases them once the new samples
   are stored.
 * **Joining, same namespace.** While the run has other live workers, the lease holder keeps
-  its call open for up to ``join_window_s`` (default 1 s) before it asks the model: a request of
+  its call open for up to ``join_window_s`` (default 0.5 s) before it asks the model: a request of
   another worker (or of another pass of this one) in the same run and namespace that finds the
   open lease *joins* it, adding its ``n`` to the lease in the same store step. At the end of
   the window the holder *seals* its leases (one step), reading what joined, and asks the model
@@ -19,10 +19,13 @@ A cache stage that is a worker of a shared run (``run_id=``, see
   and then claim them: fresh samples generated for them, so ``cached=False`` and
   ``duplicated=True`` (the ledger counts them in ``samples_duplicated``: they saved a call, not
   tokens). The window ends early once every key has been found by every other live worker
-  (no one else could join). A worker alone in its run (the lease step says how many others
-  are live) pays no window; nor does a pipeline without a run id, where none of this runs. One
-  that took its leases sealed because it was alone, and learns from that step that others
-  have joined the run, opens them (one more step) and waits after all.
+  (no one else could join). On diskcache every lease step is a write that waits its turn at
+  the store's write lock (:mod:`cachesaver.store.write_turns`), the seal too: a joiner whose
+  step is already waiting when the window ends mostly gets in before the seal. A worker alone
+  in its run (the lease step says how many others are live) pays no window; nor does a
+  pipeline without a run id, where none of this runs. One that took its leases sealed because
+  it was alone, and learns from that step that others have joined the run, opens them (one
+  more step) and waits after all.
 * **Quiet workers.** A window that no one joined while others were live makes the worker
   *quiet*: its windows still open end, and its later passes take their leases sealed, until
   it joins another's call, finds one sealed in its namespace, or learns at a release that

@@ -39,6 +39,11 @@ Guarantees:
   runs SQLite in WAL mode, where readers do not wait for a writer), so stored samples stay
   readable meanwhile. (A ``diskcache.Cache`` you pass with a read-tracking eviction policy,
   LRU or LFU, writes on every read; those reads wait up to that Cache's own ``timeout``.)
+* Writers take the lock in turn (:mod:`~cachesaver.store.write_turns`, two lock files
+  beside the database): a writer waiting when the lock is let go is woken at once and gets
+  it before the one who let go can take it again, so processes that write often (the
+  workers of a shared run) do not starve each other. Where ``fcntl`` does not exist
+  (Windows), writers wait in SQLite's busy handler as before.
 * ``diskcache`` keeps one SQLite connection per thread. :meth:`DiskcacheStore.release_thread`
   closes the calling thread's; :meth:`DiskcacheStore.close` the calling thread's too. The
   allocation layer runs store calls on its own two threads (reads and writes, so a write
@@ -90,6 +95,7 @@ from .protocol import (
     namespace_prefix,
     record_tag,
 )
+from .write_turns import WriteTurns, turns_for
 
 __all__ = ["STORE_TIMEOUT_S", "DiskcacheStore", "ReadOnlyCache", "Head", "RecordEntry", "SampleStore", "open_cache"]
 
@@ -421,6 +427,7 @@ class DiskcacheStore:
             and getattr(self.cache, "eviction_policy", None) == "none"
         )
         self._tuned = threading.local()
+        self._turns: WriteTurns | None = turns_for(self.cache) if self.writable else None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -650,13 +657,16 @@ class DiskcacheStore:
 
         Waits at most ``store_timeout_s`` (or ``wait_s`` if smaller; about a millisecond for 0)
         for the lock, then raises
-        :class:`~cachesaver.errors.StoreLockedError`. Nested transactions (in one thread) join
+        :class:`~cachesaver.errors.StoreLockedError`. Writers wait their turn first
+        (:mod:`~cachesaver.store.write_turns`: the lock goes to waiters in turn, each woken the
+        moment it is free), within the same bound. Nested transactions (in one thread) join
         the outer one. An SQLite or OS error opening the connection, taking the lock, inside
         the block or at its commit (a deleted directory, a full disk) rolls back and is raised
         as StoreError.
         """
         bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
         deadline = time.monotonic() + bound
+        turn = self._take_turn(self.cache, deadline, self.store_timeout_s)
         try:
             with ExitStack() as stack:
                 shards = getattr(self.cache, "_shards", None) if not self._plain else None
@@ -671,6 +681,27 @@ class DiskcacheStore:
                 f"could not write to the cache at {self.directory}: {exc}; nothing was written. "
                 "Check that the directory still exists, is writable and has free space"
             ) from exc
+        finally:
+            if turn:
+                self._give_turn()
+
+    def _take_turn(self, cache: Any, deadline: float, waited: float) -> bool:
+        """Wait for this thread's turn at the write lock until ``deadline``, else raise
+        StoreLockedError (saying ``waited`` seconds). False when no turn was taken (there are
+        none here, or this thread is inside a transaction of ``cache`` already: its turn, or
+        one opened without a turn, which must not wait behind others for what it holds);
+        True: give it back with :meth:`_give_turn` once the transaction has ended."""
+        turns = self._turns
+        # vars(): a FanoutCache's __getattr__ refuses private names (its shards keep their own)
+        if turns is None or vars(cache).get("_txn_id") == threading.get_ident():
+            return False
+        if not turns.take(deadline):
+            raise self._locked(waited)
+        return True
+
+    def _give_turn(self) -> None:
+        if self._turns is not None:
+            self._turns.give()
 
     def _lock(self, stack: ExitStack, cache: Any, deadline: float) -> None:
         """Enter ``cache.transact()`` on ``stack`` before ``deadline`` or raise StoreLockedError."""
@@ -734,6 +765,8 @@ class DiskcacheStore:
     def release_thread(self) -> None:
         """Close the calling thread's connection (diskcache keeps one per thread); the store
         stays usable and reopens one if that thread uses it again."""
+        if self._turns is not None:
+            self._turns.close_thread()
         self.cache.close()
 
     def close(self) -> None:
@@ -741,6 +774,8 @@ class DiskcacheStore:
         ``diskcache.Cache`` you passed stays open for you (only connections of threads that
         called :meth:`release_thread` or this are closed)."""
         self._closed = True
+        if self._turns is not None:
+            self._turns.close_thread()
         self.cache.close()
 
     # -- the store protocol ---------------------------------------------------------------
@@ -898,7 +933,7 @@ class DiskcacheStore:
         cache = self.cache
         try:
             con = cache._con
-            self._begin(cache, con, wait_s)
+            turn = self._begin(cache, con, wait_s)
         except (sqlite3.Error, OSError) as exc:
             raise self._write_failed(exc) from exc
         cache._txn_id = threading.get_ident()
@@ -932,6 +967,9 @@ class DiskcacheStore:
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                     raise StoreError(f"could not store a sample in {self.directory}: {exc}") from exc
                 raise
+            finally:
+                if turn:  # the transaction has ended (committed or rolled back)
+                    self._give_turn()
             if named:
                 self._named.update(named)
             if hook is not None and starts is not None:
@@ -941,14 +979,27 @@ class DiskcacheStore:
                 hook.finish()
         return starts
 
-    def _begin(self, cache: Any, con: sqlite3.Connection, wait_s: float | None) -> None:
-        """BEGIN IMMEDIATE within ``store_timeout_s`` (or ``wait_s``), else StoreLockedError."""
+    def _begin(self, cache: Any, con: sqlite3.Connection, wait_s: float | None) -> bool:
+        """This thread's turn (see :meth:`_take_turn`), then BEGIN IMMEDIATE, together within
+        ``store_timeout_s`` (or ``wait_s``), else StoreLockedError; whether a turn was taken
+        (the caller gives it back when the transaction ends; a failure here gives it back)."""
         bound = self.store_timeout_s if wait_s is None else min(max(wait_s, 0.0), self.store_timeout_s)
-        own = cache.timeout
-        lowered = own > bound + 0.05  # the connection would wait longer than we may
-        if lowered:
-            con.execute(f"PRAGMA busy_timeout = {max(1, int(bound * 1000))}")
         deadline = time.monotonic() + bound
+        turn = self._take_turn(cache, deadline, bound)
+        try:
+            self._begin_immediate(cache, con, bound, deadline)
+        except BaseException:
+            if turn:
+                self._give_turn()
+            raise
+        return turn
+
+    def _begin_immediate(self, cache: Any, con: sqlite3.Connection, bound: float, deadline: float) -> None:
+        own = cache.timeout
+        left = max(deadline - time.monotonic(), 0.0)
+        lowered = own > left + 0.05  # the connection would wait longer than we may
+        if lowered:
+            con.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
         pause = 0.001
         try:
             while True:
