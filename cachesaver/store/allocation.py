@@ -41,9 +41,11 @@ Guarantees:
   cheaper than a thread hop. That is the lone caller awaiting one request at a time. A burst
   is not: once one task's lookup ran inline, lookups of *other* tasks in the same pass of the
   event loop (a gather of many requests, many agents woken at once) queue for one lookup round
-  on the lane's thread, which serves them together while the loop goes on. A commit of new samples runs inline only when both lanes are idle
-  and nothing is kept unstored, and never waits for a lock: if another process holds it, the
-  commit goes to the write lane, which may wait ``store_timeout_s``. Everything else runs on
+  on the lane's thread, which serves them together while the loop goes on
+  (:attr:`SampleBroker.inline_lookups` counts those run inline). A commit of new samples runs
+  inline only when both lanes are idle and nothing is kept unstored, and never waits for a
+  lock: if another process holds it, the commit goes to the write lane, which may wait
+  ``store_timeout_s``. Everything else runs on
   the lanes' threads. ``SampleBroker.inline_io = False`` turns inline I/O off, and so does an
   engine whose ``inline_io`` attribute is False (Redis: its calls cross the network).
 * A request completed by new samples has its replay record committed with those samples
@@ -59,8 +61,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
 import pickle
 import threading
 from dataclasses import dataclass, field
@@ -113,7 +115,7 @@ class Found:
     request_id: Any = None
     n: int = 0
     record_due: bool = False
-    writes: Sequence["Write"] = ()  # a list once the first write of new samples is made
+    writes: Sequence["Write"] = ()  # the writes of its new samples (a new list at each one)
     live: bool = True
     record: "_Record | None" = None  # queued with the samples that completed the request
 
@@ -300,11 +302,12 @@ class SampleBroker:
         self._recovered = False
         self._closed = False
         self._used_inline = False  # the event loop's thread used the store
-        self._inline_task: Any = None  # the task that looked up inline in this pass of the loop
+        self._inline_task: Any = None  # (its loop or token, the task) that looked up inline in this pass
         self._records_since = 0.0  # when the oldest pending replay record was queued
         self._in_flight_kept: list[Write] = []  # kept samples a write round is trying again
         self.unstorable_samples = 0
         self.rounds = 0
+        self.inline_lookups = 0  # lookup rounds of one request run on the event loop itself
         self.write_rounds = 0
 
     # -- what the pipeline can read -----------------------------------------------------------
@@ -358,6 +361,7 @@ class SampleBroker:
                 finally:
                     self._mutex.release()
                 self.rounds += 1
+                self.inline_lookups += 1
                 if isinstance(result, BaseException):
                     op.fail(result)
                 else:
@@ -376,15 +380,21 @@ class SampleBroker:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio)
             loop = None
-        task: object = asyncio.current_task(loop) if loop is not None else anyio.get_current_task().id
+        if loop is not None:
+            task: tuple[object, object] = (loop, asyncio.current_task(loop))
+        else:
+            token: Any = anyio.lowlevel.current_token().native_token
+            task = (token, anyio.get_current_task().id)
         if self._inline_task is None:
-            self._inline_task = task
+            self._inline_task = task  # with its loop: a loop closed mid-pass binds no later one
             if loop is not None:
                 loop.call_soon(self._end_inline_pass)
             else:
-                token: Any = anyio.lowlevel.current_token().native_token
                 token.run_sync_soon(self._end_inline_pass)
             return True
+        if self._inline_task[0] is not task[0]:  # another event loop: that pass is long over
+            self._inline_task = None
+            return self._inline_turn()
         return self._inline_task == task
 
     def _end_inline_pass(self) -> None:

@@ -202,14 +202,14 @@ class RunClaims:
 
     @staticmethod
     def _key_ident(namespace: str, key: str) -> Ident:
-        bits = _BITS_MEMO.get(key) if key in _BITS_MEMO else _key_bits(key)
+        bits = _key_bits(key)
         if bits is None:
             return (namespace, key)
         return (bits << 64) | (hash(namespace) & _MASK64)
 
     @staticmethod
     def _use_ident(namespace: str, key: str, request_id: Any, n: int) -> Ident:
-        bits = _BITS_MEMO.get(key) if key in _BITS_MEMO else _key_bits(key)
+        bits = _key_bits(key)
         if bits is None:
             return (namespace, key, type(request_id).__name__, request_id, n)
         # An int id is hashed as its text: hash() of ints collides by construction (-1 and -2,
