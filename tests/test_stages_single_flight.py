@@ -7,6 +7,7 @@ with -9."""
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import threading
@@ -49,6 +50,14 @@ class HeldModel(ScriptedModel):
         return await super().batch_request(batch)
 
 
+async def _result_into(results: list[Any], i: int, call: Any) -> None:
+    """``results[i]`` becomes what ``call()`` returned, or the exception it raised."""
+    try:
+        results[i] = await call()
+    except Exception as exc:  # noqa: BLE001 - compared by the test
+        results[i] = exc
+
+
 async def _both(
     first: Any, second: Any, model: HeldModel, waiter: Any, *, wait: bool, started: int = 0
 ) -> tuple[Any, Any]:
@@ -56,12 +65,7 @@ async def _both(
     ``second``; release the model once ``second`` waits for the first call's lease (``wait``) or
     has made its own call."""
     results: list[Any] = [None, None]
-
-    async def run(i: int, call: Any) -> None:
-        try:
-            results[i] = await call()
-        except Exception as exc:  # noqa: BLE001 - compared by the test
-            results[i] = exc
+    run = functools.partial(_result_into, results)
 
     async with anyio.create_task_group() as group:
         group.start_soon(run, 0, first)
@@ -157,12 +161,7 @@ async def _join(gated: _GatedStore, holder_call: Any, joiner_call: Any, joiner: 
     """Run ``holder_call``; once its lease is open, ``joiner_call``; open the seal gate once the
     joiner has joined. Each result, or the exception it raised."""
     results: list[Any] = [None, None]
-
-    async def run(i: int, call: Any) -> None:
-        try:
-            results[i] = await call()
-        except Exception as exc:  # noqa: BLE001 - compared by the test
-            results[i] = exc
+    run = functools.partial(_result_into, results)
 
     async with anyio.create_task_group() as group:
         group.start_soon(run, 0, holder_call)
