@@ -73,6 +73,7 @@ __all__ = [
     "FORGET_SCRIPT",
     "FORGET_SHA",
     "RPUSH_CHUNK_SIZE",
+    "SPLIT_FUNCTION",
     "VIEW_SCRIPT",
     "VIEW_SHA",
 ]
@@ -80,7 +81,7 @@ __all__ = [
 RPUSH_CHUNK_SIZE = 512
 """Samples pushed per RPUSH inside the script (Lua's ``unpack`` takes at most a few thousand)."""
 
-CLAIM_FUNCTIONS = r"""
+SPLIT_FUNCTION = r"""
 local function split(text, sep)
   local out = {}
   if text == nil or text == false or text == '' then return out end
@@ -92,6 +93,11 @@ local function split(text, sep)
     start = at + 1
   end
 end
+"""
+"""Lua ``split(text, sep)``: the parts of ``text`` between each plain ``sep``; none for nil,
+false or an empty text. The scripts that parse stored records start with it."""
+
+CLAIM_FUNCTIONS = SPLIT_FUNCTION + r"""
 local function num(x) return string.format('%.0f', x) end
 local function cs_load(text)
   local cs = {floor = 0, above = {}}

@@ -55,7 +55,7 @@ from .protocol import (
     RunStatus,
     namespace_prefix,
 )
-from .redis_script import CLAIM_FUNCTIONS
+from .redis_script import CLAIM_FUNCTIONS, SPLIT_FUNCTION
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -389,18 +389,9 @@ end
 return {gen, lost, table.concat(live, ','), table.concat(dead, ','), '0'}
 """
 
-LEASE_SCRIPT = r"""
+LEASE_SCRIPT = SPLIT_FUNCTION + r"""
 local K, T = KEYS[1], KEYS[2]
 local mode, holder = ARGV[1], ARGV[2]
-local function split(text, sep)
-  local out, at = {}, 1
-  while true do
-    local found = string.find(text, sep, at, true)
-    if not found then out[#out + 1] = string.sub(text, at); return out end
-    out[#out + 1] = string.sub(text, at, found - 1)
-    at = found + 1
-  end
-end
 local cur = redis.call('GET', K)
 local owner, waiting, open, late, visitors, scopes, joined = nil, 0, '0', 0, '', {}, {}
 if cur then
