@@ -75,6 +75,21 @@ _fields_by_class: dict[type, tuple[str, ...]] = {}
 _encoder = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+# The same encoding as _encoder.encode, made once: JSONEncoder.encode builds its C encoder anew
+# on every call. No cycle markers: canonical values are fresh, acyclic lists and dicts.
+_c_encode = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+)
+
+
+def _json(value: Any) -> str:
+    """``value`` as canonical JSON: sorted keys, no spaces, UTF-8 text as is, no NaN."""
+    if _c_encode is None:
+        return _encoder.encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def _key_fields(cls: type) -> tuple[str, ...]:
@@ -251,7 +266,7 @@ def request_key(request: Any) -> str:
             continue
         # A str is its own canonical form (a lone surrogate is caught by _utf8 below).
         payload[name] = value if type(value) is str else canonical_value(value, f"Request.{name}")
-    text = _encoder.encode([KEY_SCHEMA, payload])
+    text = _json([KEY_SCHEMA, payload])
     key = hashlib.sha256(_utf8(text, payload)).hexdigest()
     if state is not None:
         state[_MEMO] = key
@@ -372,7 +387,7 @@ def store_key(request: Any, identity: str | None) -> str:
         return key
     if type(identity) is not str:
         raise ConfigurationError(f"a model identity must be a string or None, got {identity!r}")
-    text = _encoder.encode([KEY_SCHEMA, "model", identity, key])
+    text = _json([KEY_SCHEMA, "model", identity, key])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -402,7 +417,7 @@ def canonical_request_text(request: Any, identity: str | None) -> str:
     """:func:`canonical_request` as canonical JSON text (sorted keys, no spaces): what a cache
     stage hands the store with a key's first samples."""
     doc = canonical_request(request, identity)
-    return _utf8(_encoder.encode(doc), doc["fields"]).decode("utf-8")
+    return _utf8(_json(doc), doc["fields"]).decode("utf-8")
 
 
 def key_of_canonical_request(doc: Mapping[str, Any]) -> str:
@@ -427,8 +442,8 @@ def key_of_canonical_request(doc: Mapping[str, Any]) -> str:
         payload = {name: canonical_value(value, f"fields.{name}") for name, value in fields.items() if value is not None}
     except UnserializableParameterError as exc:
         raise ConfigurationError(f"a canonical request holds a value with no canonical form: {exc}") from exc
-    text = _encoder.encode([KEY_SCHEMA, payload])
+    text = _json([KEY_SCHEMA, payload])
     key = hashlib.sha256(_utf8(text, payload)).hexdigest()
     if identity is None:
         return key
-    return hashlib.sha256(_encoder.encode([KEY_SCHEMA, "model", identity, key]).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_json([KEY_SCHEMA, "model", identity, key]).encode("utf-8")).hexdigest()

@@ -5,15 +5,17 @@ abandoned attempt gives back, and how samples the store refuses are kept, retrie
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import anyio
 import diskcache
 import pytest
-from _support import GateModel, wait_until, write_lock_held
+from _support import GateModel, StoreForwarder, gather, wait_until, write_lock_held
 
 from cachesaver.store import recovery
 from cachesaver.store.memory import MemoryStore
@@ -492,3 +494,130 @@ def test_a_record_held_back_with_its_samples_keeps_its_replacement_behind_it() -
     assert broker._write_round(left, left_records)[2] is None
     tag = record_tag("ns", "x", 1, 0)
     assert store.view(["k"], [("k", tag)])["k"].found == {tag: ()}  # type: ignore[union-attr]
+
+
+# -- lookup rounds on the event loop, for an engine with view_async ----------------------------
+
+
+class _LoopViews(StoreForwarder):
+    """A MemoryStore with ``view_async`` (which lets the loop run other tasks before it answers),
+    recording where each view ran; ``refuse`` makes ``view_async`` return None."""
+
+    inline_io = False
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.loop_views = 0
+        self.thread_views: list[str] = []
+        self.refuse = False
+
+    async def view_async(self, keys: Any, tags: Any = ()) -> Any:
+        if self.refuse:
+            return None
+        await anyio.lowlevel.checkpoint()
+        self.loop_views += 1
+        return self.inner.view(keys, tags)
+
+    def view(self, keys: Any, tags: Any = ()) -> Any:
+        self.thread_views.append(threading.current_thread().name)
+        return self.inner.view(keys, tags)
+
+
+def _fill(store: Any, prompts: list[str], n: int = 1) -> None:
+    async def main() -> None:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await gather(*(functools.partial(pipeline.request, Request(p, n=n)) for p in prompts))
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_with_view_async_rounds_run_on_the_event_loop_and_the_guarantees_hold(backend: str) -> None:
+    """No sample is handed out twice in a namespace, a replay by request_id is exact, and
+    cancelled requests give their samples back, with every view read from the event loop."""
+    store = _LoopViews(MemoryStore())
+    prompts = [f"q{i % 50}" for i in range(1500)]  # 50 prompts, 30 copies each
+    _fill(store, [f"q{i}" for i in range(50)], n=40)
+
+    async def run(cancel: bool) -> tuple[list[Any], int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            out: list[Any] = [None] * len(prompts)
+
+            async def one(i: int) -> None:
+                out[i] = await pipeline.request(Request(prompts[i], request_id=i, namespace="ns"))
+
+            async with anyio.create_task_group() as group:
+                for i in range(len(prompts)):
+                    group.start_soon(one, i)
+                if cancel:  # leave while rounds run: their uses and samples come back
+                    await anyio.lowlevel.checkpoint()
+                    group.cancel_scope.cancel()
+            return out, pipeline.cacher._broker.rounds
+
+    anyio.run(run, True, backend=backend)
+    first, rounds = anyio.run(run, False, backend=backend)
+    again, _ = anyio.run(run, False, backend=backend)
+    assert rounds >= 6 and store.loop_views >= rounds and store.thread_views == []
+    by_prompt: dict[str, list[str]] = {}
+    for prompt, response in zip(prompts, first):
+        by_prompt.setdefault(prompt, []).extend(response.data)
+    assert all(len(set(samples)) == len(samples) == 30 for samples in by_prompt.values())  # none twice
+    assert all(r.cached == [True] for r in first)  # 30 of the 40 stored samples each: no model call
+    assert [r.data for r in again] == [r.data for r in first]  # the replay by request_id is exact
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_view_the_engine_cannot_give_from_the_loop_is_read_on_the_read_thread(backend: str) -> None:
+    store = _LoopViews(MemoryStore())
+    _fill(store, [f"r{i}" for i in range(40)])
+    store.refuse = True
+
+    async def main() -> list[Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            first = [await pipeline.request(Request(f"r{i}", request_id=i, namespace="x")) for i in range(3)]
+            return first + await gather(*(functools.partial(pipeline.request, Request(f"r{i}")) for i in range(40)))
+
+    responses = anyio.run(main, backend=backend)
+    assert [r.data for r in responses] == [[f"r{i}#0"] for i in range(3)] + [[f"r{i}#0"] for i in range(40)]
+    assert store.thread_views and set(store.thread_views) == {"cachesaver-store-reads"}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_loop_round_never_waits_for_the_claims_lock_on_the_event_loop(backend: str) -> None:
+    """While a commit holds the claims lock, a lookup's steps wait for it on the read thread:
+    the event loop goes on running other tasks, and the lookup is served once it is free."""
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["p"])
+    held, release = threading.Event(), threading.Event()
+
+    async def main() -> tuple[int, bool, Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("p", namespace="warm"))
+            broker = pipeline.cacher._broker
+
+            def hold() -> None:
+                with broker._mutex:
+                    held.set()
+                    release.wait(10)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            held.wait(10)
+            out: dict[str, Any] = {}
+            ticks = 0
+
+            async def ask() -> None:
+                out["response"] = await pipeline.request(Request("p", namespace="x"))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask)
+                while ticks < 20:  # the loop keeps running while the lookup waits for the lock
+                    await anyio.sleep(0.001)
+                    ticks += 1
+                waited = "response" not in out
+                release.set()
+            holder.join()
+            return ticks, waited, out["response"]
+
+    ticks, waited, response = anyio.run(main, backend=backend)
+    assert ticks == 20 and waited and response.data == ["p#0"] and response.cached == [True]

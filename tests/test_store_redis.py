@@ -274,6 +274,7 @@ def test_views_reads_and_commits_of_many_keys_cost_one_round_trip_each(redis_ser
     store.commit([Append(key, samples(*(f"{key}-{j}" for j in range(20)))) for key in keys],
                  [RecordWrite(key, RecordId("ns", key, 1, 0), (3,)) for key in keys])
     assert recorder.round_trips == 1
+    store.view(["warm"])  # the first view also opens the connection of view_async
     recorder.clear()
     with admin(redis_server.url) as operator:
         scripts = operator.info("commandstats")["cmdstat_evalsha"]["calls"]
@@ -302,16 +303,24 @@ def test_a_cluster_view_costs_one_round_trip_per_node(redis_cluster, redis_key_p
     close_cluster(client)
 
 
-async def test_a_pipeline_never_calls_redis_on_the_event_loop(redis_server) -> None:
+async def test_a_pipeline_never_blocks_the_event_loop_on_redis_and_serves_lone_hits_from_it(redis_server) -> None:
+    """Every redis-py call (commits, the first views, connecting) runs on the store's threads;
+    once the store's own event-loop connection is open, lookups are views the loop sends and
+    waits for without blocking (no thread hop), whatever the backend."""
     recorder = Recorder()
     client = recorder.client(redis_server.url)
     loop_thread = threading.current_thread()
     async with OnlineAPI(ScriptedModel(), client, batch_size=1) as pipeline:
+        store = pipeline.cacher._broker.store
         recorder.clear()  # opening asked the server for its memory policy
         await pipeline.request(Request("lone", n=2, request_id="a"))  # a lone lookup and commit
-        await pipeline.request(Request("lone", n=2, request_id="a", namespace="other"))  # a lone hit
+        first = store.loop_views
+        hits = [await pipeline.request(Request("lone", n=2, request_id="a", namespace=f"o{i}")) for i in range(5)]
         await pipeline.batch_request(Batch([Request(f"many-{i}", request_id=f"m{i}") for i in range(20)]))
-    assert len(recorder.threads) >= 5 and loop_thread not in recorder.threads
+        loop_views = store.loop_views - first
+    assert len(recorder.threads) >= 3 and loop_thread not in recorder.threads
+    assert first == 0 and loop_views >= 6  # the five lone hits and the batch's round, from the loop
+    assert all(h.cached == [True, True] and h.data == hits[0].data for h in hits)
     client.close()
 
 
@@ -339,6 +348,7 @@ def test_a_server_that_lost_the_view_script_is_given_it_again(redis_server) -> N
     client = recorder.client(redis_server.url)
     store = RedisStore(client)
     store.commit([Append("k", samples("x"))])
+    store.view(["warm"])  # the first view also opens the connection of view_async
     with admin(redis_server.url) as operator:
         operator.script_flush()  # as a restart does
     recorder.clear()

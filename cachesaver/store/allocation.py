@@ -5,7 +5,10 @@ touches a run's :class:`~cachesaver.store.claims.RunClaims` and its store, which
 engine implementing :class:`~cachesaver.store.protocol.SampleStore`: it depends on that protocol
 only. It has two lanes, each a background job that works in *rounds* on a thread of its own:
 
-* the **lookup lane** serves every lookup queued while its previous round ran (reads only);
+* the **lookup lane** serves every lookup queued while its previous round ran (reads only).
+  With an engine that can view from the event loop without blocking it (``view_async``: one
+  Redis server), a round runs on the event loop itself: its view is one exchange the loop
+  waits for while other tasks run, with no thread hop (see :meth:`SampleBroker._loop_round`);
 * the **write lane** stores every batch of new samples and every replay record queued while
   its previous round ran, in one transaction, and then claims the new samples for the request
   they were fetched for.
@@ -66,7 +69,7 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -91,6 +94,8 @@ from .threads import StoreThread
 __all__ = ["Found", "NewSamples", "SampleBroker", "Write"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FIRST_WAIT_S = 1.0
 """How long a write round with new samples waits for a lock held elsewhere before it keeps
@@ -287,6 +292,9 @@ class SampleBroker:
         self._max_round = max_round
         self._mutex = threading.Lock()  # one lookup round or one commit's claims at a time
         self.read_thread = StoreThread("cachesaver-store-reads", finish=store.release_thread)
+        # An engine that can view from the event loop without blocking it: rounds run there.
+        view_async = getattr(store, "view_async", None)
+        self._loop_views: Callable[..., Any] | None = view_async if callable(view_async) else None
         self.write_thread = StoreThread("cachesaver-store-writes", finish=store.release_thread)
         self._lookups: list[_Lookup] = []
         self._abandoned: list[_Lookup] = []
@@ -556,12 +564,15 @@ class SampleBroker:
                 lookups = self._lookups[: self._max_round]
                 del self._lookups[: self._max_round]
                 abandoned, self._abandoned = self._abandoned, []
-                await self._run_lookups(lookups, abandoned)
+                if self._loop_views is not None:
+                    await self._deliver(lookups, self._loop_round(lookups, abandoned))
+                else:
+                    await self._deliver(lookups, self.read_thread.run(self._lookup_round, lookups, abandoned))
         except Exception as exc:  # a crash (a bug): what was queued gets it; the owner re-raises
             crash = exc
             raise
         finally:
-            lane.running = lane.ready = False
+            lane.running = lane.ready = lane.busy = False
             # Non-empty only when the loop crashed or was cancelled (a forced close or a dying
             # event loop).
             error = crash if crash is not None else PipelineClosedError(
@@ -577,10 +588,12 @@ class SampleBroker:
         """Whether the lookup lane has a round to run (a shared run's broker adds its own)."""
         return bool(self._lookups or self._abandoned or self.claims.over_budget)
 
-    async def _run_lookups(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> None:
+    async def _deliver(self, lookups: list[_Lookup], outcomes: Awaitable[list[Found | BaseException]]) -> None:
+        """Await a round's ``outcomes`` and hand each to its lookup; a round that failed as a
+        whole fails its lookups only."""
         self._lookup_lane.busy = True
         try:
-            found = await self.read_thread.run(self._lookup_round, lookups, abandoned)
+            found = await outcomes
         except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
             logger.error("cachesaver lookup round failed: %s", exc)
             for op in lookups:
@@ -599,6 +612,74 @@ class SampleBroker:
                 op.fail(result)
             else:
                 op.set(result)
+
+    async def _loop_round(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> list[Found | BaseException]:
+        """:meth:`_lookup_round` on the event loop itself, for an engine with ``view_async``:
+        its view is one exchange the loop waits for without blocking (other tasks run
+        meanwhile), with no thread hop. The claims lock is taken without waiting, three times
+        (the uses, the choices, the answers), each step running on the read thread instead when
+        a commit holds the lock; the view falls back to the read thread when the engine cannot
+        serve it from the loop, and so does a read of samples the view lacked. The choices are
+        those of a round on the read thread."""
+        if self.claims.over_budget:  # between rounds, as on the read thread; disk I/O, so there
+            await self.read_thread.run(self._with_mutex, self._trim)
+        results, live, tags = await self._locked(self._plan_locked, lookups, abandoned)
+        if not live:
+            return results  # type: ignore[return-value]
+        keys = list(dict.fromkeys([lookups[p].key for p in live]))
+        view_async = self._loop_views
+        try:
+            views: Mapping[str, KeyView | StoreError] | None = None
+            if view_async is not None:
+                views = await view_async(keys, tags)
+            if views is None:
+                views = await self.read_thread.run(self.store.view, keys, tags)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._locked(self._give_back_all, lookups, live)
+            raise
+        chosen, due = await self._locked(self._choose, lookups, results, live, views)
+        order = self._unread(lookups, chosen, views)
+        got: Mapping[str, Any] = {}
+        if order:
+            try:
+                got = await self.read_thread.run(self.store.read, order)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._locked(self._give_back_chosen, lookups, chosen)
+                raise
+        return await self._locked(self._answer, lookups, results, chosen, due, views, order, got)
+
+    def _plan_locked(
+        self, lookups: list[_Lookup], abandoned: list[_Lookup]
+    ) -> tuple[list[Found | BaseException | None], list[int], list[tuple[str, str]]]:
+        for op in abandoned:
+            self._release(op)
+        return self._plan_round(lookups)
+
+    def _trim(self) -> None:
+        try:
+            self.claims.trim()
+        except Exception as exc:  # noqa: BLE001 - nothing is lost, memory just stays higher
+            logger.warning("cachesaver could not move per-run claims to disk: %s", exc)
+
+    def _give_back_all(self, lookups: list[_Lookup], live: list[int]) -> None:
+        for position in live:
+            self._give_back(lookups[position])
+
+    async def _locked(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` under the claims lock: here, when it is free, else on the read thread
+        (never waiting for the lock on the event loop)."""
+        if self._mutex.acquire(blocking=False):
+            try:
+                return func(*args)
+            finally:
+                self._mutex.release()
+        return await self.read_thread.run(self._with_mutex, func, *args)
+
+    def _with_mutex(self, func: Callable[..., T], *args: Any) -> T:
+        with self._mutex:
+            return func(*args)
 
     def _lookup_round(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> list[Found | BaseException]:
         with self._mutex:
@@ -640,6 +721,22 @@ class SampleBroker:
         """Serve ``lookups``: one view of their keys, then one read of the samples not in it."""
         if len(lookups) == 1:
             return [self._serve_one(lookups[0])]
+        results, live, tags = self._plan_round(lookups)
+        if not live:
+            return results  # type: ignore[return-value]
+        try:
+            views = self._round_views(lookups, live, tags)
+        except BaseException:
+            for position in live:
+                self._give_back(lookups[position])
+            raise
+        return self._serve_views(lookups, results, live, views)
+
+    def _plan_round(
+        self, lookups: list[_Lookup]
+    ) -> tuple[list[Found | BaseException | None], list[int], list[tuple[str, str]]]:
+        """Take the use and record tag of each live lookup: (results so far, the positions of
+        the live ones, the (key, tag) pairs the view is asked for)."""
         claims = self.claims
         results: list[Found | BaseException | None] = [None] * len(lookups)
         live: list[int] = []  # positions (ints, so a round of hundreds allocates few objects)
@@ -655,14 +752,44 @@ class SampleBroker:
                 op.tag = tag = record_tag(request.namespace, request.request_id, request.n, use)
                 tags.append((op.key, tag))
             live.append(position)
-        if not live:
-            return results  # type: ignore[return-value]
-        try:
-            views = self.store.view(list(dict.fromkeys([lookups[p].key for p in live])), tags)
-        except BaseException:
-            for position in live:
-                self._give_back(lookups[position])
-            raise
+        return results, live, tags
+
+    def _round_views(
+        self, lookups: list[_Lookup], live: list[int], tags: list[tuple[str, str]]
+    ) -> Mapping[str, KeyView | StoreError]:
+        return self.store.view(list(dict.fromkeys([lookups[p].key for p in live])), tags)
+
+    def _serve_views(
+        self,
+        lookups: list[_Lookup],
+        results: list[Found | BaseException | None],
+        live: list[int],
+        views: Mapping[str, KeyView | StoreError],
+    ) -> list[Found | BaseException]:
+        """Serve the live lookups of a round from the views of their keys (under the claims
+        lock), reading the samples the views lack."""
+        chosen, due = self._choose(lookups, results, live, views)
+        order = self._unread(lookups, chosen, views)
+        got: Mapping[str, Any] = {}
+        if order:
+            try:
+                got = self.store.read(order)
+            except BaseException:
+                self._give_back_chosen(lookups, chosen)
+                raise
+        return self._answer(lookups, results, chosen, due, views, order, got)
+
+    def _choose(
+        self,
+        lookups: list[_Lookup],
+        results: list[Found | BaseException | None],
+        live: list[int],
+        views: Mapping[str, KeyView | StoreError],
+    ) -> tuple[dict[int, list[int]], dict[int, bool]]:
+        """Claim the indices each live lookup gets from its key's view (under the claims lock):
+        (position -> its indices, position -> whether its record is due). A failed view gives
+        its lookups' uses back and is their answer."""
+        claims = self.claims
         chosen: dict[int, list[int]] = {}  # position -> the indices it holds
         due: dict[int, bool] = {}  # position -> whether its record is due
         deferred: list[int] = []
@@ -695,7 +822,13 @@ class SampleBroker:
             due[position] = (
                 op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
             )
-        # One read for every sample the views did not carry.
+        return chosen, due
+
+    @staticmethod
+    def _unread(
+        lookups: list[_Lookup], chosen: dict[int, list[int]], views: Mapping[str, KeyView | StoreError]
+    ) -> dict[str, list[int]]:
+        """The samples the views did not carry, per key (sorted): one read for all of them."""
         wanted: dict[str, set[int]] = {}
         for position, picked in chosen.items():
             key = lookups[position].key
@@ -703,18 +836,29 @@ class SampleBroker:
             for index in picked:
                 if index not in along:
                     wanted.setdefault(key, set()).add(index)
+        return {key: sorted(indices) for key, indices in wanted.items()}
+
+    def _give_back_chosen(self, lookups: list[_Lookup], chosen: dict[int, list[int]]) -> None:
+        for position, picked in chosen.items():
+            self._give_back(lookups[position], picked)
+
+    def _answer(
+        self,
+        lookups: list[_Lookup],
+        results: list[Found | BaseException | None],
+        chosen: dict[int, list[int]],
+        due: dict[int, bool],
+        views: Mapping[str, KeyView | StoreError],
+        order: dict[str, list[int]],
+        got: Mapping[str, Any],
+    ) -> list[Found | BaseException]:
+        """The answers of a round once the samples the views lacked were read (``got``, for the
+        keys of ``order``): a key whose read failed fails its lookups, which give back what they
+        held (under the claims lock)."""
         read: dict[str, Any] = {}
-        if wanted:
-            order = {key: sorted(indices) for key, indices in wanted.items()}
-            try:
-                got = self.store.read(order)
-            except BaseException:
-                for position, picked in chosen.items():
-                    self._give_back(lookups[position], picked)
-                raise
-            for key, indices in order.items():
-                value = got.get(key)
-                read[key] = value if isinstance(value, BaseException) else dict(zip(indices, value or ()))
+        for key, indices in order.items():
+            value = got.get(key)
+            read[key] = value if isinstance(value, BaseException) else dict(zip(indices, value or ()))
         for position, picked in chosen.items():
             op = lookups[position]
             request = op.request

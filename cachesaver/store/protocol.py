@@ -46,6 +46,12 @@ What an engine guarantees:
   event loop for a lone lookup or commit. One that crosses a network sets a class attribute
   ``inline_io = False`` (the Redis engine does), and the cache stage then runs every call on
   its store threads.
+* **Views from the event loop** (optional). An engine with a method ``async view_async(keys,
+  tags)`` gives the views of :meth:`SampleStore.view` from the event loop without blocking it
+  (non-blocking I/O the loop waits for), or None when it cannot serve them now, having
+  changed nothing; the cache stage then runs its lookup rounds on the event loop, with no
+  thread hop, and calls ``view`` on its store thread whenever ``view_async`` returns None.
+  The Redis engine has one (:meth:`~cachesaver.store.redis.RedisStore.view_async`).
 * **Shared runs** (optional). An engine whose method ``shared_runs()`` returns a
   :class:`SharedRunStore` lets pipelines of several processes or hosts form one run
   (``run_id=``): the run's claims, use counts and membership live in the store, each

@@ -118,6 +118,7 @@ from ..errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+from .redis_loop import LoopConnection
 from .redis_script import COMMIT_SCRIPT, COMMIT_SHA, FORGET_SCRIPT, FORGET_SHA, VIEW_SCRIPT, VIEW_SHA
 from .redis_urls import (
     CONNECT_TIMEOUT_S,
@@ -259,6 +260,18 @@ def _slot_of(key: str) -> int:
     return int(key_slot(b"{" + _slot_tag(key) + b"}"))
 
 
+def _asked(tags: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The asked record tags of each key, each once, in the order given."""
+    asked: dict[str, list[str]] = {}
+    for key, tag in tags:
+        wanted = asked.get(key)
+        if wanted is None:
+            asked[key] = [tag]
+        elif tag not in wanted:
+            wanted.append(tag)
+    return asked
+
+
 def _chunks(keys: list[str]) -> list[list[str]]:
     """``keys`` in runs of at most :data:`VIEW_KEYS_PER_SCRIPT`, one per view script."""
     return [keys[at : at + VIEW_KEYS_PER_SCRIPT] for at in range(0, len(keys), VIEW_KEYS_PER_SCRIPT)]
@@ -335,6 +348,10 @@ class RedisStore:
         self.store_timeout_s = _check_seconds("store_timeout_s", store_timeout_s, zero_ok=False)
         self._write_lock = threading.Lock()
         self._closed = False
+        self._loop: LoopConnection | None = None  # the connection of view_async, once opened
+        self._loop_wanted = True  # False: this server or client cannot be driven from the loop
+        self._loop_opening = threading.Lock()
+        self.loop_views = 0  # views served by view_async
         self._named: set[str] = set()  # namespaces whose names this object has stored
         self._stale_layout = False  # a cluster view met connection trouble: ask for the layout again
         self._views_by_slot = False  # a cluster node refused a view script spanning its slots
@@ -576,13 +593,7 @@ class RedisStore:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return {}
-        asked: dict[str, list[str]] = {}
-        for key, tag in tags:
-            wanted = asked.get(key)
-            if wanted is None:
-                asked[key] = [tag]
-            elif tag not in wanted:
-                wanted.append(tag)
+        asked = _asked(tags)
         if self.cluster:
             return self._call("read from", lambda: self._view_cluster(unique, asked))
         chunks = _chunks(unique)
@@ -593,7 +604,58 @@ class RedisStore:
             self._exchange_views([batch], asked, out)
             return out
 
-        return self._call("read from", run)
+        views = self._call("read from", run)
+        if self._loop is None and self._loop_wanted:
+            self._open_loop()
+        return views
+
+    async def view_async(
+        self, keys: Sequence[str], tags: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, KeyView | StoreError] | None:
+        """:meth:`view` from the event loop, without blocking it and without a thread: the same
+        views, from one round trip on a connection of its own (see
+        :mod:`cachesaver.store.redis_loop`). None when it cannot serve them now, having changed
+        nothing: a cluster; TLS; that connection not opened yet (the first
+        :meth:`view`, on a store thread, opens it) or dropped; another view on it in progress;
+        or an error reply (a restarted server without the script, a busy one). The caller then
+        calls :meth:`view` on a thread, which retries, reloads the script and reports errors."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return None
+        if loop.closed:
+            self._loop = None  # the next view, on a thread, opens a new one
+            return None
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        asked = _asked(tags)
+        chunks = _chunks(unique)
+        pack = _pack_command()
+        if pack is None:
+            return None
+        packed = b"".join([pack(self._view_command(chunk, asked, declared=True)) for chunk in chunks])
+        replies = await loop.exchange(packed, len(chunks))
+        if replies is None or any(isinstance(reply, Exception) for reply in replies):
+            return None
+        out: dict[str, KeyView | StoreError] = {}
+        for chunk, reply in zip(chunks, replies):
+            self._decode_views(chunk, reply, asked, out)
+        self.loop_views += 1
+        return out
+
+    def _open_loop(self) -> None:
+        """Open the connection of :meth:`view_async` (on a store thread); a server or client it
+        cannot be driven on is not asked again."""
+        with self._loop_opening:
+            if self._loop is not None or not self._loop_wanted or self._closed:
+                return
+            try:
+                self._loop = LoopConnection.open(self.client.connection_pool)
+            except Exception as exc:  # noqa: BLE001 - views keep running on the store threads
+                logger.debug("cachesaver: no event-loop connection to %s: %s", self._location, exc)
+                return
+            if self._loop is None:
+                self._loop_wanted = False
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
         """The EVALSHA of one view script reading ``keys``: their names as ``KEYS`` when
@@ -1290,8 +1352,10 @@ class RedisStore:
 
     def close(self) -> None:
         """Later calls raise StoreError; a client the store opened from a URL is closed, one you
-        passed is not."""
+        passed is not (the one connection :meth:`view_async` opened of it is)."""
         self._closed = True
+        if self._loop is not None:
+            self._loop.close()
         if self._owned and getattr(self, "client", None) is not None:
             try:
                 if self.cluster:

@@ -350,6 +350,7 @@ class SharedBroker(SampleBroker):
     def __init__(self, store: SampleStore, background: BackgroundTasks, run: SharedRun, backend: SharedRunStore) -> None:
         super().__init__(store, background)
         self.inline_io = False
+        self._loop_views = None  # a round is one claim step in the store, on the read thread
         self.run = run
         self.backend = backend
         self.worker = self._new_worker()
