@@ -75,14 +75,27 @@ _fields_by_class: dict[type, tuple[str, ...]] = {}
 _encoder = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-# The same encoding as _encoder.encode, made once: JSONEncoder.encode builds its C encoder anew
-# on every call. No cycle markers: canonical values are fresh, acyclic lists and dicts.
-_c_encode = (
-    None
-    if _c_make_encoder is None
-    else _c_make_encoder(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
-)
+
+
+def _c_encoder() -> Any:
+    """The same encoding as ``_encoder.encode``, built once (``JSONEncoder.encode`` builds its
+    C encoder anew on every call), or None: no C accelerator, or one whose interface or output
+    differs (checked here, at import). No cycle markers: canonical values are fresh, acyclic
+    lists and dicts."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encode = make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+        sample = [KEY_SCHEMA, {"b": [1, -0.5, 1e300, None, True, "\u00e9\u2028\"\\\n\U0001f600"], "a": {"y": 2, "x": ""}}]
+        if "".join(encode(sample, 0)) != _encoder.encode(sample):
+            return None
+    except Exception:  # noqa: BLE001 - another interface: the standard encoder is used
+        return None
+    return encode
+
+
+_c_encode = _c_encoder()
 
 
 def _json(value: Any) -> str:

@@ -428,3 +428,17 @@ def test_the_canonical_request_is_what_the_key_is_made_from() -> None:
 def test_a_document_that_is_not_a_canonical_request_is_refused(doc: Any) -> None:
     with pytest.raises(ConfigurationError):
         keys.key_of_canonical_request(doc)
+
+
+def test_keys_are_the_same_with_and_without_the_c_json_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fresh() -> list[Request]:  # new objects: a request remembers its key
+        return [
+            Request("p"),
+            Request("\u00e9\u2028\U0001f600\"\\\n\x00"),
+            Request([{"role": "user", "content": "hi", "weight": 0.5, "n": [1, -2, 1e300, None, True]}]),
+        ]
+
+    fast = [request_key(r) for r in fresh()]
+    assert keys._c_encode is not None  # this interpreter has the accelerator: the fast path ran
+    monkeypatch.setattr(keys, "_c_encode", None)
+    assert [request_key(r) for r in fresh()] == fast

@@ -18,6 +18,8 @@ import pytest
 from _support import GateModel, StoreForwarder, gather, wait_until, write_lock_held
 
 from cachesaver.store import recovery
+from cachesaver.store.allocation import _Lookup
+from cachesaver.store.claims import RunClaims
 from cachesaver.store.memory import MemoryStore
 from cachesaver.store.protocol import record_tag
 from cachesaver.errors import (
@@ -510,16 +512,24 @@ class _LoopViews(StoreForwarder):
         self.loop_views = 0
         self.thread_views: list[str] = []
         self.refuse = False
+        self.on_view: Any = None  # called by a view on a thread, before it returns
+        self.block: Any = None  # an anyio.Event view_async waits for
+        self.waiting = False
 
     async def view_async(self, keys: Any, tags: Any = ()) -> Any:
         if self.refuse:
             return None
+        if self.block is not None:
+            self.waiting = True
+            await self.block.wait()
         await anyio.lowlevel.checkpoint()
         self.loop_views += 1
         return self.inner.view(keys, tags)
 
     def view(self, keys: Any, tags: Any = ()) -> Any:
         self.thread_views.append(threading.current_thread().name)
+        if self.on_view is not None:
+            self.on_view()
         return self.inner.view(keys, tags)
 
 
@@ -539,23 +549,25 @@ def test_with_view_async_rounds_run_on_the_event_loop_and_the_guarantees_hold(ba
     prompts = [f"q{i % 50}" for i in range(1500)]  # 50 prompts, 30 copies each
     _fill(store, [f"q{i}" for i in range(50)], n=40)
 
-    async def run(cancel: bool) -> tuple[list[Any], int]:
+    async def run(cancel_first: bool) -> tuple[list[Any], int]:
         async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
             out: list[Any] = [None] * len(prompts)
 
             async def one(i: int) -> None:
                 out[i] = await pipeline.request(Request(prompts[i], request_id=i, namespace="ns"))
 
-            async with anyio.create_task_group() as group:
-                for i in range(len(prompts)):
-                    group.start_soon(one, i)
-                if cancel:  # leave while rounds run: their uses and samples come back
+            if cancel_first:  # leave while rounds run: their uses and samples come back ...
+                async with anyio.create_task_group() as group:
+                    for i in range(len(prompts)):
+                        group.start_soon(one, i)
                     await anyio.lowlevel.checkpoint()
                     group.cancel_scope.cancel()
+            async with anyio.create_task_group() as group:  # ... for the same requests again
+                for i in range(len(prompts)):
+                    group.start_soon(one, i)
             return out, pipeline.cacher._broker.rounds
 
-    anyio.run(run, True, backend=backend)
-    first, rounds = anyio.run(run, False, backend=backend)
+    first, rounds = anyio.run(run, True, backend=backend)
     again, _ = anyio.run(run, False, backend=backend)
     assert rounds >= 6 and store.loop_views >= rounds and store.thread_views == []
     by_prompt: dict[str, list[str]] = {}
@@ -621,3 +633,57 @@ def test_a_loop_round_never_waits_for_the_claims_lock_on_the_event_loop(backend:
 
     ticks, waited, response = anyio.run(main, backend=backend)
     assert ticks == 20 and waited and response.data == ["p#0"] and response.cached == [True]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_loop_round_cancelled_while_its_view_runs_gives_back_the_use_it_took(backend: str) -> None:
+    """The lane is cancelled while a round waits for its view: the round gives its use back
+    (shielded) instead of keeping it for a request that never gets an answer."""
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["p"])
+
+    async def main() -> tuple[bool, int, bool]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("p", namespace="warm"))
+            broker = pipeline.cacher._broker
+            key = pipeline.cacher._key(Request("p"))
+            op = _Lookup(Request("p", request_id="a", namespace="x"), key)
+            store.block = anyio.Event()  # the view never answers
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(broker._loop_round, [op], [])
+                    await wait_until(lambda: store.waiting)
+                    scope.cancel()
+            store.block = None
+            use = broker.claims.next_use("x", key, "a", 1)  # the given-back use is the next one
+            return scope.cancelled_caught, use, broker.claims.reused
+
+    cancelled, use, reused = anyio.run(main, backend=backend)
+    assert cancelled and use == 0 and reused  # use 0 came back; nothing held for the lookup
+
+
+def test_once_claims_are_on_disk_a_loop_rounds_steps_run_on_the_read_thread() -> None:
+    store = _LoopViews(MemoryStore())
+    prompts = [f"s{i}" for i in range(60)]
+    _fill(store, prompts)
+    where: list[str] = []
+
+    async def main() -> list[Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            broker = pipeline.cacher._broker
+            broker.claims = RunClaims(max_in_memory=8)
+            await gather(*(functools.partial(pipeline.request, Request(p, request_id=p)) for p in prompts))
+            await pipeline.request(Request("s0", namespace="after"))  # its round trims: claims go to disk
+            assert broker.claims.spilled
+            real = broker._plan_locked
+
+            def recording(*args: Any) -> Any:
+                where.append(threading.current_thread().name)
+                return real(*args)
+
+            broker._plan_locked = recording
+            return [await pipeline.request(Request(p, request_id=p, namespace="later")) for p in prompts[:3]]
+
+    responses = anyio.run(main)
+    assert len(where) >= 3 and set(where) == {"cachesaver-store-reads"}  # never the event loop's thread
+    assert [r.data for r in responses] == [[f"s{i}#0"] for i in range(3)]

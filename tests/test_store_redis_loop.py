@@ -154,7 +154,7 @@ def test_a_store_on_a_dropped_loop_connection_reopens_it_with_its_next_view(redi
     async def main() -> Any:
         return await store.view_async(["k"])
 
-    assert anyio.run(main) is None and store._loop is None
+    assert anyio.run(main) is None and store._loop is first
     store.view(["k"])  # on a thread, as the cache stage does next
     assert store._loop is not None and store._loop is not first
     assert anyio.run(main)["k"].samples == {0: ("s0", None)}
@@ -179,3 +179,115 @@ def test_the_loop_connection_is_the_stores_own_never_lent_to_the_pool(redis_serv
     store.close()
     assert store._loop.closed and client.ping()  # a client you passed stays open
     client.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_replies_than_asked_for_close_the_connection_rather_than_shift_the_next(redis_server, backend: str) -> None:
+    client = _client(redis_server.url)
+    loop = LoopConnection.open(client.connection_pool)
+    assert loop is not None
+
+    async def main() -> tuple[Any, Any]:
+        return await loop.exchange(_pack(("PING",), ("ECHO", "stray")), 1), await loop.exchange(_pack(("PING",),), 1)
+
+    assert anyio.run(main, backend=backend) == (None, None) and loop.closed
+    client.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_reply_within_the_clients_socket_timeout_closes_the_connection(redis_server, backend: str) -> None:
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.05)
+    loop = LoopConnection.open(client.connection_pool)
+    assert loop is not None
+    slow = "local t = redis.call('TIME'); while true do local n = redis.call('TIME'); if (n[1] - t[1]) * 1e6 + n[2] - t[2] > 300000 then break end end return 1"
+
+    async def main() -> Any:
+        return await loop.exchange(_pack(("EVAL", slow, 0),), 1)
+
+    assert anyio.run(main, backend=backend) is None and loop.closed
+    client.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_closing_during_an_exchange_ends_it_without_closing_the_socket_under_the_loop(redis_server, backend: str) -> None:
+    client = _client(redis_server.url)
+    loop = LoopConnection.open(client.connection_pool)
+    assert loop is not None
+    slow = "local t = redis.call('TIME'); while true do local n = redis.call('TIME'); if (n[1] - t[1]) * 1e6 + n[2] - t[2] > 100000 then break end end return 1"
+
+    async def main() -> tuple[Any, bool]:
+        out: dict[str, Any] = {}
+
+        async def run() -> None:
+            out["reply"] = await loop.exchange(_pack(("EVAL", slow, 0),), 1)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await wait_until(lambda: loop._busy.locked())
+            loop.close()  # as a store closed from another thread would
+            out["socket open while it ran"] = loop._sock.fileno() != -1
+        return out["reply"], out["socket open while it ran"]
+
+    reply, socket_open = anyio.run(main, backend=backend)
+    assert reply is None and socket_open and loop.closed and loop._sock.fileno() == -1
+    client.close()
+
+
+def test_the_loop_connection_is_not_counted_in_the_clients_pool_nor_limited_by_it(redis_server) -> None:
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_server.url, max_connections=1))
+    client.ping()  # the pool's one connection
+    for _ in range(3):  # each reopen, as after a dropped connection
+        loop = LoopConnection.open(client.connection_pool)
+        assert loop is not None
+        loop.close()
+    assert client.ping() and client.connection_pool._created_connections == 1
+    client.close()
+
+
+def test_it_speaks_resp2_whatever_the_clients_protocol_so_nothing_is_pushed(redis_server) -> None:
+    client = redis.Redis.from_url(redis_server.url, protocol=3)
+    loop = LoopConnection.open(client.connection_pool)
+    assert loop is not None
+
+    async def main() -> Any:
+        return await loop.exchange(_pack(("CLIENT", "INFO"),), 1)
+
+    (reply,) = anyio.run(main)
+    assert b" resp=2" in reply and client.connection_pool.get_connection().protocol in (3, "3")
+    loop.close()
+    client.close()
+
+
+def test_a_forked_process_never_uses_its_parents_connection(redis_server) -> None:
+    client = _client(redis_server.url)
+    loop = LoopConnection.open(client.connection_pool)
+    assert loop is not None
+    loop._pid = -1  # as in a child forked after the connection was opened
+
+    async def main() -> Any:
+        return await loop.exchange(_pack(("PING",),), 1)
+
+    assert anyio.run(main) is None and loop.closed
+    assert loop._sock.fileno() != -1  # the parent's socket is left alone
+    loop._pid = __import__("os").getpid()
+    loop.close()
+    client.close()
+
+
+def test_a_failure_to_open_the_loop_connection_is_warned_once_and_retried_later(
+    redis_server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def refuse(pool: Any) -> Any:
+        calls.append(1)
+        raise redis.ConnectionError("refused")
+
+    monkeypatch.setattr(LoopConnection, "open", staticmethod(refuse))
+    store = RedisStore(redis_server.url)
+    with caplog.at_level("WARNING", logger="cachesaver.store.redis"):
+        assert store.view(["k"])["k"].count == 0 and store.view(["k"])["k"].count == 0  # views still work
+    assert calls == [1] and store._loop is None  # not tried again before LOOP_RETRY_S
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "event-loop connection" in caplog.records[0].getMessage()
+    store.close()

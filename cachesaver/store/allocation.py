@@ -1,9 +1,10 @@
-"""Hands stored samples out to requests and stores new ones, off the event loop.
+"""Hands stored samples out to requests and stores new ones, never blocking the event loop.
 
 The broker (the allocation logic: claims, replay records, lookup rounds) is the only code that
 touches a run's :class:`~cachesaver.store.claims.RunClaims` and its store, which may be any
 engine implementing :class:`~cachesaver.store.protocol.SampleStore`: it depends on that protocol
-only. It has two lanes, each a background job that works in *rounds* on a thread of its own:
+only. It has two lanes, each a background job that works in *rounds*, on a thread of its own
+(a lookup round of an engine with ``view_async``: on the event loop, see below):
 
 * the **lookup lane** serves every lookup queued while its previous round ran (reads only).
   With an engine that can view from the event loop without blocking it (``view_async``: one
@@ -82,6 +83,7 @@ from .claims import RunClaims
 from .protocol import (
     Append,
     KeyView,
+    LoopViews,
     RecordId,
     RecordWrite,
     SampleStore,
@@ -224,7 +226,7 @@ class _Lane:
         self.running = False
         self.stopped: anyio.Event | None = None
         self.ready = False  # started (recovery loaded) and not stopping
-        self.busy = False  # a round is running on the lane's thread
+        self.busy = False  # a round is running (on the lane's thread, or on the event loop)
 
     @property
     def idle(self) -> bool:
@@ -294,7 +296,7 @@ class SampleBroker:
         self.read_thread = StoreThread("cachesaver-store-reads", finish=store.release_thread)
         # An engine that can view from the event loop without blocking it: rounds run there.
         view_async = getattr(store, "view_async", None)
-        self._loop_views: Callable[..., Any] | None = view_async if callable(view_async) else None
+        self._loop_views: LoopViews | None = view_async if callable(view_async) else None
         self.write_thread = StoreThread("cachesaver-store-writes", finish=store.release_thread)
         self._lookups: list[_Lookup] = []
         self._abandoned: list[_Lookup] = []
@@ -565,9 +567,9 @@ class SampleBroker:
                 del self._lookups[: self._max_round]
                 abandoned, self._abandoned = self._abandoned, []
                 if self._loop_views is not None:
-                    await self._deliver(lookups, self._loop_round(lookups, abandoned))
+                    await self._settle_round(lookups, self._loop_round(lookups, abandoned))
                 else:
-                    await self._deliver(lookups, self.read_thread.run(self._lookup_round, lookups, abandoned))
+                    await self._settle_round(lookups, self.read_thread.run(self._lookup_round, lookups, abandoned))
         except Exception as exc:  # a crash (a bug): what was queued gets it; the owner re-raises
             crash = exc
             raise
@@ -588,7 +590,7 @@ class SampleBroker:
         """Whether the lookup lane has a round to run (a shared run's broker adds its own)."""
         return bool(self._lookups or self._abandoned or self.claims.over_budget)
 
-    async def _deliver(self, lookups: list[_Lookup], outcomes: Awaitable[list[Found | BaseException]]) -> None:
+    async def _settle_round(self, lookups: list[_Lookup], outcomes: Awaitable[list[Found | BaseException]]) -> None:
         """Await a round's ``outcomes`` and hand each to its lookup; a round that failed as a
         whole fails its lookups only."""
         self._lookup_lane.busy = True
@@ -616,39 +618,46 @@ class SampleBroker:
     async def _loop_round(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> list[Found | BaseException]:
         """:meth:`_lookup_round` on the event loop itself, for an engine with ``view_async``:
         its view is one exchange the loop waits for without blocking (other tasks run
-        meanwhile), with no thread hop. The claims lock is taken without waiting, three times
-        (the uses, the choices, the answers), each step running on the read thread instead when
-        a commit holds the lock; the view falls back to the read thread when the engine cannot
-        serve it from the loop, and so does a read of samples the view lacked. The choices are
-        those of a round on the read thread."""
-        if self.claims.over_budget:  # between rounds, as on the read thread; disk I/O, so there
-            await self.read_thread.run(self._with_mutex, self._trim)
-        results, live, tags = await self._locked(self._plan_locked, lookups, abandoned)
-        if not live:
-            return results  # type: ignore[return-value]
-        keys = list(dict.fromkeys([lookups[p].key for p in live]))
-        view_async = self._loop_views
+        meanwhile), with no thread hop. The claims lock is never waited for on the loop: each
+        of the three steps under it (the uses, the choices, the answers) runs on the read
+        thread instead when a commit holds it, or when claims were moved to disk (their reads
+        are disk I/O). The view falls back to the read thread when the engine cannot serve it
+        from the loop, and so does a read of samples the view lacked. The choices are those of
+        a round on the read thread. A round that fails or is cancelled between its steps gives
+        back what it took (uses, claimed samples) and puts back the abandoned lookups it had
+        not released yet."""
+        step = 0  # how many of the three steps under the lock ran
+        live: list[int] = []
+        chosen: dict[int, list[int]] = {}
         try:
+            if self.claims.over_budget:  # between rounds, as on the read thread; disk I/O, so there
+                await self.read_thread.run(self._with_mutex, self._trim)
+            results, live, tags = await self._locked(self._plan_locked, lookups, abandoned)
+            step = 1
+            if not live:
+                return results  # type: ignore[return-value]
+            keys = list(dict.fromkeys([lookups[p].key for p in live]))
             views: Mapping[str, KeyView | StoreError] | None = None
-            if view_async is not None:
-                views = await view_async(keys, tags)
+            if self._loop_views is not None:
+                views = await self._loop_views(keys, tags)
             if views is None:
                 views = await self.read_thread.run(self.store.view, keys, tags)
+            chosen, due = await self._locked(self._choose, lookups, results, live, views)
+            step = 2
+            order = self._unread(lookups, chosen, views)
+            got: Mapping[str, Any] = {}
+            if order:
+                got = await self.read_thread.run(self.store.read, order)
+            return await self._locked(self._answer, lookups, results, chosen, due, views, order, got)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._locked(self._give_back_all, lookups, live)
-            raise
-        chosen, due = await self._locked(self._choose, lookups, results, live, views)
-        order = self._unread(lookups, chosen, views)
-        got: Mapping[str, Any] = {}
-        if order:
-            try:
-                got = await self.read_thread.run(self.store.read, order)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
+                if step == 0:
+                    self._abandoned[:0] = abandoned  # released by the next round
+                elif step == 1:
+                    await self._locked(self._give_back_all, lookups, live)
+                else:
                     await self._locked(self._give_back_chosen, lookups, chosen)
-                raise
-        return await self._locked(self._answer, lookups, results, chosen, due, views, order, got)
+            raise
 
     def _plan_locked(
         self, lookups: list[_Lookup], abandoned: list[_Lookup]
@@ -668,9 +677,10 @@ class SampleBroker:
             self._give_back(lookups[position])
 
     async def _locked(self, func: Callable[..., T], *args: Any) -> T:
-        """``func(*args)`` under the claims lock: here, when it is free, else on the read thread
-        (never waiting for the lock on the event loop)."""
-        if self._mutex.acquire(blocking=False):
+        """``func(*args)`` under the claims lock: here, when it is free and the claims are all in
+        memory, else on the read thread (never waiting for the lock, nor reading claims from
+        disk, on the event loop)."""
+        if not self.claims.spilled and self._mutex.acquire(blocking=False):
             try:
                 return func(*args)
             finally:

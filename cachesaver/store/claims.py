@@ -370,6 +370,11 @@ class RunClaims:
         return len(self._keys) > ceiling or len(self._uses) > ceiling
 
     @property
+    def spilled(self) -> bool:
+        """Whether some entries were moved to disk (so reading claims may read the disk)."""
+        return self._spill is not None
+
+    @property
     def in_memory(self) -> int:
         """How many entries (claims and use counts) are held in memory now."""
         return len(self._keys) + len(self._uses)

@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 from ..errors import StoreError
 
@@ -116,6 +116,7 @@ __all__ = [
     "KeyView",
     "Lease",
     "LeasesTaken",
+    "LoopViews",
     "RecordId",
     "RecordWrite",
     "RunRef",
@@ -402,6 +403,15 @@ class SampleStore(Protocol):
         """Release what the engine opened (and the calling thread's resources); later calls
         raise StoreError."""
         ...
+
+
+class LoopViews(Protocol):
+    """The optional capability of an engine that views from the event loop (see "Views from
+    the event loop" in the module docstring): the callable the cache stage keeps."""
+
+    def __call__(
+        self, keys: Sequence[str], tags: Sequence[tuple[str, str]] = ()
+    ) -> Awaitable[Mapping[str, KeyView | StoreError] | None]: ...
 
 
 @dataclass(frozen=True)

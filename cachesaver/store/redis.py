@@ -147,6 +147,7 @@ from .protocol import (
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "LOOP_RETRY_S",
     "DEFAULT_PREFIX",
     "READ_ALONG_SAMPLES",
     "RECORDED_SAMPLES",
@@ -172,6 +173,9 @@ tag (a lookup needing only those costs one round trip)."""
 RECORDED_SAMPLES = 64
 """How many samples of the asked records a view reads along in place of the first ones (a
 replay of at most that many samples costs one round trip)."""
+LOOP_RETRY_S = 30.0
+"""After a failure to open the event-loop connection of :meth:`RedisStore.view_async`, views
+run on the store's threads for this long before it is tried again."""
 VIEW_KEYS_PER_SCRIPT = 512
 """The most cache keys one view script reads (a longer view sends several, in the same
 pipelined round trip), so a view holds the server, which runs one script at a time, for about a
@@ -351,6 +355,8 @@ class RedisStore:
         self._loop: LoopConnection | None = None  # the connection of view_async, once opened
         self._loop_wanted = True  # False: this server or client cannot be driven from the loop
         self._loop_opening = threading.Lock()
+        self._loop_retry_at = 0.0  # after a failure to open it, when to try again
+        self._loop_warned = False
         self.loop_views = 0  # views served by view_async
         self._named: set[str] = set()  # namespaces whose names this object has stored
         self._stale_layout = False  # a cluster view met connection trouble: ask for the layout again
@@ -605,7 +611,7 @@ class RedisStore:
             return out
 
         views = self._call("read from", run)
-        if self._loop is None and self._loop_wanted:
+        if self._loop_wanted and (self._loop is None or self._loop.closed):
             self._open_loop()
         return views
 
@@ -620,11 +626,8 @@ class RedisStore:
         or an error reply (a restarted server without the script, a busy one). The caller then
         calls :meth:`view` on a thread, which retries, reloads the script and reports errors."""
         loop = self._loop
-        if loop is None or self._closed:
-            return None
-        if loop.closed:
-            self._loop = None  # the next view, on a thread, opens a new one
-            return None
+        if loop is None or loop.closed or self._closed or self.cluster:
+            return None  # the next view, on a thread, opens a new one
         unique = list(dict.fromkeys(keys))
         if not unique:
             return {}
@@ -644,18 +647,34 @@ class RedisStore:
         return out
 
     def _open_loop(self) -> None:
-        """Open the connection of :meth:`view_async` (on a store thread); a server or client it
-        cannot be driven on is not asked again."""
+        """Open the connection of :meth:`view_async` (on a store thread). A server or client it
+        cannot be driven on is not asked again; a failure to connect is logged (a warning, once
+        per store) and tried again after :data:`LOOP_RETRY_S`, views running on the threads
+        meanwhile."""
         with self._loop_opening:
-            if self._loop is not None or not self._loop_wanted or self._closed:
+            current = self._loop
+            if (current is not None and not current.closed) or not self._loop_wanted or self._closed:
+                return
+            if time.monotonic() < self._loop_retry_at:
                 return
             try:
-                self._loop = LoopConnection.open(self.client.connection_pool)
+                opened = LoopConnection.open(self.client.connection_pool)
             except Exception as exc:  # noqa: BLE001 - views keep running on the store threads
-                logger.debug("cachesaver: no event-loop connection to %s: %s", self._location, exc)
+                self._loop_retry_at = time.monotonic() + LOOP_RETRY_S
+                if not self._loop_warned:
+                    self._loop_warned = True
+                    logger.warning(
+                        "cachesaver could not open its event-loop connection to %s (%s); lookups "
+                        "run on the store's threads, and it tries again every %g s",
+                        self._location, exc, LOOP_RETRY_S,
+                    )
                 return
-            if self._loop is None:
+            if opened is None:
                 self._loop_wanted = False
+                return
+            self._loop = opened
+            if self._closed:  # closed while connecting: nothing may stay open
+                opened.close()
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
         """The EVALSHA of one view script reading ``keys``: their names as ``KEYS`` when

@@ -9,19 +9,25 @@ Guarantees:
 
 * It is opened (connected, authenticated, its database selected, all by redis-py) by
   :meth:`LoopConnection.open`, a blocking call made on a store thread, never on the event
-  loop. It opens nothing for a connection it cannot drive itself: TLS (``rediss://``), a
-  protocol other than RESP2 or RESP3, or no hiredis; the caller then keeps using its store
-  threads. Replies are parsed by hiredis as redis-py's own parser does.
+  loop. It is the store's own: made with the client's connection settings, but not taken from
+  its pool (whose connection count and limit it leaves alone), and it speaks RESP2 whatever
+  the client's protocol, so the server never pushes a message a reply could be mistaken for.
+  It opens nothing for a connection it cannot drive itself (TLS, or no hiredis); the caller
+  then keeps using its store threads.
 * One exchange at a time: :meth:`LoopConnection.exchange` returns None at once, sending
-  nothing, while another one runs (from any thread or event loop) or once it is closed.
+  nothing, while another one runs (from any thread or event loop), once it is closed, or in a
+  process forked from the one that opened it.
 * A reply is never read out of step: an exchange that cannot complete (the connection dropped,
-  the caller was cancelled) closes the connection, and returns None (a cancellation is
-  re-raised). Error replies are returned as values (``hiredis.ReplyError``) for the caller to
-  judge.
+  the server sent more than was asked for or something that is not a reply, no reply within
+  the client's socket timeout, the caller was cancelled, the connection was closed meanwhile)
+  closes the connection, and returns None (a cancellation is re-raised). Error replies are
+  returned as values (``hiredis.ReplyError``) for the caller to judge.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import ssl
 import threading
 from typing import Any
@@ -31,87 +37,126 @@ import anyio
 __all__ = ["LoopConnection"]
 
 _READ_SIZE = 1 << 16
+_DEFAULT_TIMEOUT_S = 10.0  # redis-py's clients of this package time out after 10 s too
+_MORE = object()  # hiredis: no complete reply yet (a RESP3 false would be False)
 
 
 class LoopConnection:
     """One redis-py connection, driven from the event loop; see the module docstring."""
 
-    __slots__ = ("_connection", "_sock", "_hiredis", "_busy", "closed")
+    __slots__ = ("_connection", "_sock", "_hiredis", "_busy", "_pid", "_timeout_s", "closed")
 
-    def __init__(self, connection: Any, sock: Any, hiredis: Any) -> None:
+    def __init__(self, connection: Any, sock: Any, hiredis: Any, timeout_s: float) -> None:
         self._connection = connection
         self._sock = sock
         self._hiredis = hiredis
         self._busy = threading.Lock()
+        self._pid = os.getpid()
+        self._timeout_s = timeout_s
         self.closed = False
 
     @classmethod
     def open(cls, pool: Any) -> "LoopConnection | None":
-        """A new connection of redis-py's connection ``pool`` (not lent to its other users), or
-        None when it cannot be driven from the event loop. Blocks: call it on a thread. Raises
-        what connecting raises (redis-py's errors)."""
+        """A new connection with the settings of redis-py's connection ``pool`` (not counted in
+        it), or None when it cannot be driven from the event loop. Blocks: call it on a thread.
+        Raises what connecting raises (redis-py's errors)."""
         try:
             import hiredis
         except ImportError:
             return None
-        connection = pool.make_connection()
+        settings = dict(getattr(pool, "connection_kwargs", {}))
+        settings["protocol"] = 2
+        try:
+            from redis.maint_notifications import MaintNotificationsConfig
+
+            settings["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        except ImportError:  # redis-py before 7: it has no such notifications
+            pass
+        try:
+            connection = pool.connection_class(**settings)
+        except TypeError:  # a connection class of the user's own that takes other settings
+            return None
         try:
             connection.connect()
             sock = getattr(connection, "_sock", None)
-            protocol = str(getattr(connection, "protocol", 2) or 2)
-            if sock is None or isinstance(sock, ssl.SSLSocket) or protocol not in ("2", "3") or not hasattr(sock, "send"):
+            if sock is None or isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "send"):
                 connection.disconnect()
                 return None
             sock.settimeout(0.0)  # only this object uses it from now on: never blocking
         except BaseException:
             connection.disconnect()
             raise
-        return cls(connection, sock, hiredis)
+        timeout = settings.get("socket_timeout")
+        timeout_s = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else _DEFAULT_TIMEOUT_S
+        return cls(connection, sock, hiredis, timeout_s)
 
     async def exchange(self, packed: bytes, replies: int) -> list[Any] | None:
         """Send ``packed`` (one or more commands) and read ``replies`` replies, or None when the
         connection is busy, closed, or failed (it is closed then)."""
-        if self.closed or not self._busy.acquire(blocking=False):
+        if self.closed or os.getpid() != self._pid or not self._busy.acquire(blocking=False):
+            if os.getpid() != self._pid:
+                self.closed = True  # the parent's socket: left to the parent
             return None
         complete = False
         try:
-            sock = self._sock
-            pending = memoryview(packed)
-            while pending:
-                try:
-                    sent = sock.send(pending)
-                except BlockingIOError:
-                    await anyio.wait_writable(sock)
-                    continue
-                pending = pending[sent:]
-            reader = self._hiredis.Reader()
-            out: list[Any] = []
-            while len(out) < replies:
-                reply = reader.gets()
-                if reply is not False:
-                    out.append(reply)
-                    continue
-                try:
-                    data = sock.recv(_READ_SIZE)
-                except BlockingIOError:
-                    await anyio.wait_readable(sock)
-                    continue
-                if not data:
-                    raise ConnectionResetError("the server closed the connection")
-                reader.feed(data)
-            complete = True
-            return out
+            with anyio.move_on_after(self._timeout_s if math.isfinite(self._timeout_s) else None):
+                out = await self._exchange(packed, replies)
+                complete = out is not None
+                return out
+            return None  # no reply in time: closed below, like any exchange that did not end
         except (OSError, self._hiredis.ProtocolError):
             return None
         finally:
-            if not complete:
-                self.close()
             self._busy.release()
+            if not complete or self.closed:
+                self.close()
+
+    async def _exchange(self, packed: bytes, replies: int) -> list[Any] | None:
+        sock = self._sock
+        pending = memoryview(packed)
+        while pending:
+            if self.closed:
+                return None
+            try:
+                sent = sock.send(pending)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                continue
+            pending = pending[sent:]
+        reader = self._hiredis.Reader(notEnoughData=_MORE)
+        push = getattr(self._hiredis, "PushNotification", None)
+        out: list[Any] = []
+        while len(out) < replies:
+            reply = reader.gets()
+            if reply is not _MORE:
+                if push is not None and isinstance(reply, push):
+                    return None  # not a reply: out of step from here on
+                out.append(reply)
+                continue
+            if self.closed:
+                return None
+            try:
+                data = sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
+                continue
+            if not data:
+                raise ConnectionResetError("the server closed the connection")
+            reader.feed(data)
+        if reader.gets() is not _MORE:
+            return None  # more than was asked for: the next exchange would read it
+        return out
 
     def close(self) -> None:
-        """Close the connection (idempotent); later exchanges return None."""
+        """Close the connection (idempotent); later exchanges return None. While an exchange
+        runs, it is only marked closed: the exchange closes it when it ends (within the
+        client's socket timeout), so no socket is closed under a waiting event loop."""
         self.closed = True
+        if os.getpid() != self._pid or not self._busy.acquire(blocking=False):
+            return
         try:
             self._connection.disconnect()
         except Exception:  # noqa: BLE001 - a socket of a gone server
             pass
+        finally:
+            self._busy.release()
