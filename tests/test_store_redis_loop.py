@@ -27,6 +27,17 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+@pytest.fixture
+def loop(redis_server) -> Any:
+    """A LoopConnection to the test's server (closed at the end) and the client it was made of."""
+    client = _client(redis_server.url)
+    opened = LoopConnection.open(client.connection_pool)
+    assert opened is not None
+    yield opened
+    opened.close()
+    client.close()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_exchange_sends_commands_and_reads_their_replies_error_replies_as_values(redis_server, backend: str) -> None:
     client = _client(redis_server.url)
@@ -48,10 +59,7 @@ def test_an_exchange_sends_commands_and_reads_their_replies_error_replies_as_val
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_second_exchange_while_one_runs_returns_none_at_once_and_sends_nothing(redis_server, backend: str) -> None:
-    client = _client(redis_server.url)
-    loop = LoopConnection.open(client.connection_pool)
-    assert loop is not None
+def test_a_second_exchange_while_one_runs_returns_none_at_once_and_sends_nothing(loop: LoopConnection, backend: str) -> None:
     slow = "local t = redis.call('TIME'); while true do local n = redis.call('TIME'); if (n[1] - t[1]) * 1e6 + n[2] - t[2] > 200000 then break end end return 1"
 
     async def main() -> tuple[Any, Any]:
@@ -68,15 +76,10 @@ def test_a_second_exchange_while_one_runs_returns_none_at_once_and_sends_nothing
 
     first, second = anyio.run(main, backend=backend)
     assert first == [1, b"PONG"] and second is None
-    loop.close()
-    client.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_cancelled_exchange_closes_the_connection_so_no_reply_is_read_out_of_step(redis_server, backend: str) -> None:
-    client = _client(redis_server.url)
-    loop = LoopConnection.open(client.connection_pool)
-    assert loop is not None
+def test_a_cancelled_exchange_closes_the_connection_so_no_reply_is_read_out_of_step(loop: LoopConnection, backend: str) -> None:
     slow = "local t = redis.call('TIME'); while true do local n = redis.call('TIME'); if (n[1] - t[1]) * 1e6 + n[2] - t[2] > 300000 then break end end return 1"
 
     async def main() -> tuple[bool, Any]:
@@ -88,7 +91,6 @@ def test_a_cancelled_exchange_closes_the_connection_so_no_reply_is_read_out_of_s
 
     cancelled, after = anyio.run(main, backend=backend)
     assert cancelled and loop.closed and after is None
-    client.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -182,16 +184,12 @@ def test_the_loop_connection_is_the_stores_own_never_lent_to_the_pool(redis_serv
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_more_replies_than_asked_for_close_the_connection_rather_than_shift_the_next(redis_server, backend: str) -> None:
-    client = _client(redis_server.url)
-    loop = LoopConnection.open(client.connection_pool)
-    assert loop is not None
+def test_more_replies_than_asked_for_close_the_connection_rather_than_shift_the_next(loop: LoopConnection, backend: str) -> None:
 
     async def main() -> tuple[Any, Any]:
         return await loop.exchange(_pack(("PING",), ("ECHO", "stray")), 1), await loop.exchange(_pack(("PING",),), 1)
 
     assert anyio.run(main, backend=backend) == (None, None) and loop.closed
-    client.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -209,10 +207,7 @@ def test_no_reply_within_the_clients_socket_timeout_closes_the_connection(redis_
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_closing_during_an_exchange_ends_it_without_closing_the_socket_under_the_loop(redis_server, backend: str) -> None:
-    client = _client(redis_server.url)
-    loop = LoopConnection.open(client.connection_pool)
-    assert loop is not None
+def test_closing_during_an_exchange_ends_it_without_closing_the_socket_under_the_loop(loop: LoopConnection, backend: str) -> None:
     slow = "local t = redis.call('TIME'); while true do local n = redis.call('TIME'); if (n[1] - t[1]) * 1e6 + n[2] - t[2] > 100000 then break end end return 1"
 
     async def main() -> tuple[Any, bool]:
@@ -230,7 +225,6 @@ def test_closing_during_an_exchange_ends_it_without_closing_the_socket_under_the
 
     reply, socket_open = anyio.run(main, backend=backend)
     assert reply is None and socket_open and loop.closed and loop._sock.fileno() == -1
-    client.close()
 
 
 def test_the_loop_connection_is_not_counted_in_the_clients_pool_nor_limited_by_it(redis_server) -> None:
@@ -258,10 +252,7 @@ def test_it_speaks_resp2_whatever_the_clients_protocol_so_nothing_is_pushed(redi
     client.close()
 
 
-def test_a_forked_process_never_uses_its_parents_connection(redis_server) -> None:
-    client = _client(redis_server.url)
-    loop = LoopConnection.open(client.connection_pool)
-    assert loop is not None
+def test_a_forked_process_never_uses_its_parents_connection(loop: LoopConnection) -> None:
     loop._pid = -1  # as in a child forked after the connection was opened
 
     async def main() -> Any:
@@ -270,8 +261,6 @@ def test_a_forked_process_never_uses_its_parents_connection(redis_server) -> Non
     assert anyio.run(main) is None and loop.closed
     assert loop._sock.fileno() != -1  # the parent's socket is left alone
     loop._pid = __import__("os").getpid()
-    loop.close()
-    client.close()
 
 
 def test_a_failure_to_open_the_loop_connection_is_warned_once_and_retried_later(

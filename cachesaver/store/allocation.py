@@ -636,7 +636,7 @@ class SampleBroker:
             step = 1
             if not live:
                 return results  # type: ignore[return-value]
-            keys = list(dict.fromkeys([lookups[p].key for p in live]))
+            keys = self._round_keys(lookups, live)
             views: Mapping[str, KeyView | StoreError] | None = None
             if self._loop_views is not None:
                 views = await self._loop_views(keys, tags)
@@ -735,7 +735,7 @@ class SampleBroker:
         if not live:
             return results  # type: ignore[return-value]
         try:
-            views = self._round_views(lookups, live, tags)
+            views = self.store.view(self._round_keys(lookups, live), tags)
         except BaseException:
             for position in live:
                 self._give_back(lookups[position])
@@ -764,10 +764,10 @@ class SampleBroker:
             live.append(position)
         return results, live, tags
 
-    def _round_views(
-        self, lookups: list[_Lookup], live: list[int], tags: list[tuple[str, str]]
-    ) -> Mapping[str, KeyView | StoreError]:
-        return self.store.view(list(dict.fromkeys([lookups[p].key for p in live])), tags)
+    @staticmethod
+    def _round_keys(lookups: list[_Lookup], live: list[int]) -> list[str]:
+        """The keys of a round's live lookups, each once, in order."""
+        return list(dict.fromkeys([lookups[p].key for p in live]))
 
     def _serve_views(
         self,
