@@ -662,11 +662,13 @@ class SampleBroker:
     def _plan_locked(
         self, lookups: list[_Lookup], abandoned: list[_Lookup]
     ) -> tuple[list[Found | BaseException | None], list[int], list[tuple[str, str]]]:
+        """Abandons first, as in :meth:`_lookup_round`; then the uses and tags of the round."""
         for op in abandoned:
             self._release(op)
         return self._plan_round(lookups)
 
     def _trim(self) -> None:
+        """Move claims beyond the memory bound to disk (under the claims lock, off the loop)."""
         try:
             self.claims.trim()
         except Exception as exc:  # noqa: BLE001 - nothing is lost, memory just stays higher
@@ -698,10 +700,7 @@ class SampleBroker:
             for op in abandoned:
                 self._release(op)
             found = self._serve_round(lookups)
-            try:
-                self.claims.trim()  # between rounds: bounded memory however long the run
-            except Exception as exc:  # noqa: BLE001 - nothing is lost, memory just stays higher
-                logger.warning("cachesaver could not move per-run claims to disk: %s", exc)
+            self._trim()  # between rounds: bounded memory however long the run
         return found
 
     def _release(self, op: _Lookup) -> None:
@@ -737,8 +736,7 @@ class SampleBroker:
         try:
             views = self.store.view(self._round_keys(lookups, live), tags)
         except BaseException:
-            for position in live:
-                self._give_back(lookups[position])
+            self._give_back_all(lookups, live)
             raise
         return self._serve_views(lookups, results, live, views)
 
