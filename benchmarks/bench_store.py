@@ -20,7 +20,9 @@ What it does:
 * the physical floor in the same run, in a subprocess too: ``request_key`` plus raw redis-py round
   trips (one pipelined GET of the same payloads for the hits; a pipelined GET that misses plus a
   pipelined SET for the misses; one GET per sequential hit), or bare ``diskcache`` get / set;
-  the report gives ours / floor;
+  the report gives ours / floor; and, for context, the event loop's own cost of a gathered
+  request (tasks that each await one future, set in rounds, with no cache and no I/O), which
+  every concurrent figure of ours includes and the floor does not;
 * aggregate throughput with 1, 2 and 4 worker processes (``--workers``) sharing one store in one
   shared run (``run_id``): ``--worker-requests`` distinct requests split round-robin, misses on a
   fresh store, then hits (a new shared run replaying them);
@@ -477,6 +479,11 @@ def _report(args: argparse.Namespace, engines: Dict[str, Engine], results: Dict[
           "pickled one-sample answer): one pipelined GET of all the keys (hit), a pipelined GET that misses plus a "
           "pipelined SET (miss), one GET per request (sequential); for diskcache a bare get (hit) or get-miss + set "
           "(miss) per request. Concurrent floors are per request of the whole batch; the sequential one a median.")
+    gathered = [r["floor"]["asyncio_gather_us"] for r in results.values() if "asyncio_gather_us" in r["floor"]]
+    if gathered:
+        print(f"  asyncio alone: {min(gathered):,.1f} us per request to gather {args.requests:,} tasks that each await "
+              "one future, set 256 at a time by another task (no cache, no I/O): the event loop's share of every "
+              "concurrent figure of ours, and of none of the floor's (one pipelined call makes no task)")
     print()
     print(f"worker processes: {args.worker_requests:,} distinct requests split round-robin over W processes on one "
           f"store, gathered at once in each; misses on a fresh store, then hits (a new "

@@ -431,11 +431,13 @@ def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(engines
         else:  # one namespace per copy: one process pays each prompt once, its sample serves every copy
             assert row[2] == "4" and row[5:8] == ["4", "/", row[7]], row
             assert row[8:] == ["-", "-"], row
+    assert any(re.match(rf"  asyncio alone: {NUMBER} us per request to gather 16 tasks", line) for line in lines)
     assert "sanity checks (samples, flags, replay): all passed" in lines
     assert re.fullmatch(r"targets met: \d of \d \(Redis and Redis Cluster concurrent hits <= 3x the floor; .*\)",
                         lines[-1])
     results = json.loads(raw.read_text())["results"]
     for name in names:
+        assert results[name]["floor"]["asyncio_gather_us"] > 0
         single = results[name]["single"]
         assert single["concurrent-miss"]["upstream_requests"] == 16 and single["concurrent-miss"]["cached_samples"] == 0
         assert single["concurrent-hit"]["cached_samples"] == 16 and single["concurrent-hit"]["replay_exact"]

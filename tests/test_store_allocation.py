@@ -515,10 +515,14 @@ class _LoopViews(StoreForwarder):
         self.on_view: Any = None  # called by a view on a thread, before it returns
         self.block: Any = None  # an anyio.Event view_async waits for
         self.waiting = False
+        self.loop_keys: list[list[str]] = []  # the keys of each view_async, in order
+        self.loop_tasks: list[int] = []  # the task each view_async ran in
 
     async def view_async(self, keys: Any, tags: Any = ()) -> Any:
         if self.refuse:
             return None
+        self.loop_keys.append(list(keys))
+        self.loop_tasks.append(anyio.get_current_task().id)
         if self.block is not None:
             self.waiting = True
             await self.block.wait()
@@ -687,3 +691,152 @@ def test_once_claims_are_on_disk_a_loop_rounds_steps_run_on_the_read_thread() ->
     responses = anyio.run(main)
     assert len(where) >= 3 and set(where) == {"cachesaver-store-reads"}  # never the event loop's thread
     assert [r.data for r in responses] == [[f"s{i}#0"] for i in range(3)]
+
+
+# -- a lone lookup's round, run by the task that awaits it ---------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lone_lookup_is_served_by_a_round_its_own_task_runs(backend: str) -> None:
+    """One caller at a time (as an agent calls): each lookup's view runs in the caller's own
+    task, with the choices of any round (a replay by request_id is exact)."""
+    store = _LoopViews(MemoryStore())
+    _fill(store, [f"a{i}" for i in range(5)], n=2)
+
+    async def main() -> tuple[list[Response], list[Response], list[int], int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("a0", namespace="warm"))  # the lane starts
+            broker = pipeline.cacher._broker
+            driven, callers = broker.driven_lookups, []
+            store.loop_tasks.clear()
+            first = []
+            for i in range(5):
+                callers.append(anyio.get_current_task().id)
+                first.append(await pipeline.request(Request(f"a{i}", request_id=i, namespace="x")))
+            count = broker.driven_lookups - driven
+            tasks = list(store.loop_tasks)
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            again = [await pipeline.request(Request(f"a{i}", request_id=i, namespace="x")) for i in range(5)]
+        return first, again, [t for t in tasks if t not in callers], count
+
+    first, again, elsewhere, driven = anyio.run(main, backend=backend)
+    assert driven == 5 and elsewhere == []  # every view ran in the caller's task
+    assert all(r.cached == [True] for r in first) and [r.data for r in again] == [r.data for r in first]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_lookups_queued_during_a_callers_round_wait_for_it_then_share_one_round(backend: str) -> None:
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["b0", "b1", "b2", "b3"])
+
+    async def main() -> tuple[list[Response], list[list[str]], list[str], int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("b0", namespace="warm"))
+            broker, cacher = pipeline.cacher._broker, pipeline.cacher
+            store.loop_keys.clear()
+            store.block = anyio.Event()
+            out: list[Any] = [None] * 4
+
+            async def ask(i: int) -> None:
+                out[i] = await pipeline.request(Request(f"b{i}", namespace="x"))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask, 0)
+                await wait_until(lambda: store.waiting)  # b0's caller runs its round
+                for i in (1, 2, 3):
+                    group.start_soon(ask, i)
+                await wait_until(lambda: len(broker._lookups) == 3)
+                views_while_blocked = len(store.loop_keys)
+                store.block.set()
+            keys = [cacher._key(Request(f"b{i}")) for i in range(4)]
+            return out, store.loop_keys, keys, views_while_blocked
+
+    out, views, keys, while_blocked = anyio.run(main, backend=backend)
+    assert while_blocked == 1  # no round of the lane ran beside the caller's
+    assert len(views) == 2 and views[0] == [keys[0]]  # then the three queued lookups in one round
+    assert sorted(views[1]) == sorted(keys[1:])  # (in the order their tasks ran: trio's is its own)
+    assert [r.data for r in out] == [[f"b{i}#0"] for i in range(4)]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lookup_its_caller_has_not_awaited_yet_is_served_by_the_lane_when_other_work_comes(backend: str) -> None:
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["c0", "c1"])
+
+    async def main() -> tuple[bool, Any, Any, list[list[str]], list[str]]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("c0", namespace="warm"))
+            broker, cacher = pipeline.cacher._broker, pipeline.cacher
+            keys = [cacher._key(Request(f"c{i}")) for i in range(2)]
+            store.loop_keys.clear()
+            first = broker.lookup(Request("c0", namespace="x"), keys[0])  # its caller's to run ...
+            second = broker.lookup(Request("c1", namespace="x"), keys[1])  # ... but the lane has work
+            with anyio.fail_after(10):  # the lane must not wait for a round nobody runs
+                found_second = await second.get()
+            done_first = first.done  # served by that round, before its caller ever awaited it
+            found_first = await first.get()
+            return done_first, found_first, found_second, store.loop_keys, keys
+
+    done_first, found_first, found_second, views, keys = anyio.run(main, backend=backend)
+    assert done_first and views == [keys]  # one round of the lane for both
+    assert found_first.samples == [("c0#0", None)] and found_second.samples == [("c1#0", None)]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lookup_abandoned_before_its_caller_ran_its_round_holds_nothing_up(backend: str) -> None:
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["d0", "d1"])
+
+    async def main() -> tuple[Response, Any, int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("d0", namespace="warm"))
+            broker = pipeline.cacher._broker
+            op = broker.lookup(Request("d0", request_id="q", namespace="x"), pipeline.cacher._key(Request("d0")))
+            broker.abandon(op)  # its caller left (cancelled) before awaiting it
+            response = await pipeline.request(Request("d1", namespace="x"))
+            return response, broker._driven, broker.claims.next_use("x", pipeline.cacher._key(Request("d0")), "q", 1)
+
+    response, driven, use = anyio.run(main, backend=backend)
+    assert response.data == ["d1#0"] and driven is None and use == 0  # nothing taken for it
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_caller_cancelled_during_its_own_round_gives_its_use_back_and_the_lane_goes_on(backend: str) -> None:
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["e0", "e1"])
+
+    async def main() -> tuple[bool, list[Any], Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("e0", namespace="warm"))
+            broker, key = pipeline.cacher._broker, pipeline.cacher._key(Request("e0"))
+            store.block = anyio.Event()  # the caller's view never answers
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(pipeline.request, Request("e0", request_id="q", namespace="x"))
+                    await wait_until(lambda: store.waiting)
+                    scope.cancel()
+            store.block = None
+            use = [broker.claims.next_use("x", key, "q", 1), broker.claims.reused]
+            broker.claims.release_use("x", key, "q", 1, use[0])
+            response = await pipeline.request(Request("e1", namespace="x"))
+            return scope.cancelled_caught, use, response
+
+    cancelled, use, response = anyio.run(main, backend=backend)
+    assert cancelled and use == [0, True]  # use 0 came back: nothing held for the cancelled request
+    assert response.data == ["e1#0"]
+
+
+def test_closing_serves_a_lookup_whose_caller_has_not_run_its_round() -> None:
+    store = _LoopViews(MemoryStore())
+    _fill(store, ["f0"])
+
+    async def main() -> tuple[bool, Any]:
+        pipeline = OnlineAPI(ScriptedModel(), store, batch_size=64)
+        await pipeline.request(Request("f0", namespace="warm"))
+        op = pipeline.cacher._broker.lookup(Request("f0", namespace="x"), pipeline.cacher._key(Request("f0")))
+        with anyio.fail_after(10):
+            await pipeline.aclose()  # no hang: the lane serves it before it stops
+        return op.done, await op.get()
+
+    done, found = anyio.run(main)
+    assert done and found.samples == [("f0#0", None)]

@@ -9,7 +9,11 @@ only. It has two lanes, each a background job that works in *rounds*, on a threa
 * the **lookup lane** serves every lookup queued while its previous round ran (reads only).
   With an engine that can view from the event loop without blocking it (``view_async``: one
   Redis server), a round runs on the event loop itself: its view is one exchange the loop
-  waits for while other tasks run, with no thread hop (see :meth:`SampleBroker._loop_round`);
+  waits for while other tasks run, with no thread hop (see :meth:`SampleBroker._loop_round`).
+  A lookup that finds that lane idle with nothing queued (one caller at a time, as an agent
+  calls) is served by a round its own task runs when it awaits its outcome, with the same
+  choices, so it waits for no wake-up of the lane; lookups queued meanwhile wait for that
+  round to end and are then served by the lane together;
 * the **write lane** stores every batch of new samples and every replay record queued while
   its previous round ran, in one transaction, and then claims the new samples for the request
   they were fetched for.
@@ -70,7 +74,7 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar, cast
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -199,7 +203,7 @@ class _Record:
 class _Lookup(Outcome[Found]):
     """A queued lookup; it is its own outcome."""
 
-    __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused")
+    __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused", "drive")
 
     def __init__(self, request: Request, key: str) -> None:
         super().__init__()
@@ -210,6 +214,20 @@ class _Lookup(Outcome[Found]):
         self.use: int | None = None
         self.tag: str | None = None
         self.reused = False  # its use was given back by an earlier attempt
+        # Set when the awaiting task is to run this lookup's round itself (see
+        # SampleBroker.lookup); taken by the first get().
+        self.drive: Callable[[_Lookup], Awaitable[None]] | None = None
+
+    def get(self) -> Coroutine[Any, Any, Found]:
+        drive = self.drive
+        if drive is None:
+            return Outcome.get(self)  # the usual case: no coroutine of its own
+        self.drive = None
+        return self._driven_get(drive)
+
+    async def _driven_get(self, drive: Callable[["_Lookup"], Awaitable[None]]) -> Found:
+        await drive(self)
+        return await Outcome.get(self)
 
     @property
     def outcome(self) -> "_Lookup":
@@ -313,11 +331,14 @@ class SampleBroker:
         self._closed = False
         self._used_inline = False  # the event loop's thread used the store
         self._inline_task: Any = None  # (its loop or token, the task) that looked up inline in this pass
+        self._driven: _Lookup | None = None  # a lookup whose caller runs its round (see lookup)
+        self._driven_done: anyio.Event | None = None  # set when that round ends (the lane waits)
         self._records_since = 0.0  # when the oldest pending replay record was queued
         self._in_flight_kept: list[Write] = []  # kept samples a write round is trying again
         self.unstorable_samples = 0
         self.rounds = 0
         self.inline_lookups = 0  # lookup rounds of one request run on the event loop itself
+        self.driven_lookups = 0  # lookup rounds of one request run by the task awaiting it
         self.write_rounds = 0
 
     # -- what the pipeline can read -----------------------------------------------------------
@@ -379,9 +400,42 @@ class SampleBroker:
                 if self.claims.over_budget:
                     lane.kick()  # the lane moves claims to disk, off the loop
                 return op
+        elif (
+            self._loop_views is not None and self._driven is None and not self._lookups and not self._abandoned
+            and lane.idle and not self.claims.over_budget
+        ):
+            op.drive = self._drive  # the caller's get() runs its round: no wake-up of the lane
+            self._driven = op
+            return op
         self._lookups.append(op)
         lane.kick()
         return op
+
+    async def _drive(self, op: _Lookup) -> None:
+        """The round of ``op`` alone, run by the task awaiting it, on the event loop; the lane
+        waits for it to end before its next round."""
+        try:
+            await self._settle_round([op], self._loop_round([op], []))
+            self.driven_lookups += 1
+        finally:
+            self._end_drive()
+
+    def _end_drive(self) -> None:
+        self._driven = None
+        done, self._driven_done = self._driven_done, None
+        if done is not None:
+            done.set()
+        self._lookup_lane.kick()
+
+    def _hand_over_driven(self) -> None:
+        """Give a driven lookup whose round has not started to the lane, which serves it as
+        any queued lookup (its caller's ``get`` then waits for that round): when the lane has
+        other work first, and at close, so no lookup waits for a caller that never awaits."""
+        op = self._driven
+        if op is not None and op.drive is not None:
+            op.drive = None
+            self._lookups.insert(0, op)  # looked up before every queued one
+            self._end_drive()
 
     def _inline_turn(self) -> bool:
         """Whether the calling task may look up inline: no other task did in this pass of the
@@ -486,6 +540,9 @@ class SampleBroker:
         if op.abandoned:
             return
         op.abandoned = True
+        if op.drive is not None:  # its caller left before running its round: nothing was taken
+            op.drive = None
+            self._end_drive()
         found = op.found
         if found is not None:
             found.live = False
@@ -521,6 +578,7 @@ class SampleBroker:
         they were written to a recovery file, which the error names."""
         self._stopping = True
         self._lookup_lane.ready = self._write_lane.ready = False  # no more inline work
+        self._hand_over_driven()
         self._lookup_lane.kick()
         if self._lookup_lane.running and self._lookup_lane.stopped is not None:
             await self._lookup_lane.stopped.wait()
@@ -556,6 +614,14 @@ class SampleBroker:
                 await self._load_recovery()
             lane.ready = True
             while True:
+                if self._driven is not None:
+                    if self._driven.drive is not None:  # its caller has not started: served here
+                        self._hand_over_driven()
+                    else:  # a caller runs a round: the next one waits for it
+                        if self._driven_done is None:
+                            self._driven_done = anyio.Event()
+                        await self._driven_done.wait()
+                        continue
                 if not self._has_lookup_work():
                     if self._stopping:
                         return

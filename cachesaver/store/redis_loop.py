@@ -1,9 +1,11 @@
 """A Redis connection the event loop drives itself: lookups without a thread hop.
 
 A :class:`LoopConnection` is one connection to a Redis server that only the event loop uses.
-Commands are written and replies read without blocking it (anyio's ``wait_writable`` and
-``wait_readable``, so under asyncio and trio alike): a lone lookup costs one round trip, and a
-round of many keys lets the event loop go on with other work while the server runs its script.
+Commands are written and replies read without blocking it, under asyncio and trio alike: on
+asyncio it waits on the loop's own reader and writer callbacks and timer (a cancel scope and
+anyio's waits cost more than the rest of a lone lookup's Python work), elsewhere on anyio's
+``wait_readable`` and ``wait_writable``. A lone lookup costs one round trip, and a round of
+many keys lets the event loop go on with other work while the server runs its script.
 
 Guarantees:
 
@@ -26,10 +28,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import ssl
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -39,6 +43,10 @@ __all__ = ["LoopConnection"]
 _READ_SIZE = 1 << 16
 _DEFAULT_TIMEOUT_S = 10.0  # redis-py's clients of this package time out after 10 s too
 _MORE = object()  # hiredis: no complete reply yet (a RESP3 false would be False)
+
+
+class _TimedOut(Exception):
+    """Internal: the exchange's deadline passed while it waited for the socket."""
 
 
 class LoopConnection:
@@ -99,19 +107,18 @@ class LoopConnection:
             return None
         complete = False
         try:
-            with anyio.move_on_after(self._timeout_s if math.isfinite(self._timeout_s) else None):
-                out = await self._exchange(packed, replies)
-                complete = out is not None
-                return out
-            return None  # no reply in time: closed below, like any exchange that did not end
-        except (OSError, self._hiredis.ProtocolError):
-            return None
+            deadline = time.monotonic() + self._timeout_s if math.isfinite(self._timeout_s) else math.inf
+            out = await self._exchange(packed, replies, deadline)
+            complete = out is not None
+            return out
+        except (OSError, _TimedOut, self._hiredis.ProtocolError):
+            return None  # closed below, like any exchange that did not end
         finally:
             self._busy.release()
             if not complete or self.closed:
                 self.close()
 
-    async def _exchange(self, packed: bytes, replies: int) -> list[Any] | None:
+    async def _exchange(self, packed: bytes, replies: int, deadline: float) -> list[Any] | None:
         sock = self._sock
         pending = memoryview(packed)
         while pending:
@@ -120,7 +127,7 @@ class LoopConnection:
             try:
                 sent = sock.send(pending)
             except BlockingIOError:
-                await anyio.wait_writable(sock)
+                await self._wait(False, deadline)
                 continue
             pending = pending[sent:]
         reader = self._hiredis.Reader(notEnoughData=_MORE)
@@ -138,7 +145,7 @@ class LoopConnection:
             try:
                 data = sock.recv(_READ_SIZE)
             except BlockingIOError:
-                await anyio.wait_readable(sock)
+                await self._wait(True, deadline)
                 continue
             if not data:
                 raise ConnectionResetError("the server closed the connection")
@@ -146,6 +153,46 @@ class LoopConnection:
         if reader.gets() is not _MORE:
             return None  # more than was asked for: the next exchange would read it
         return out
+
+    async def _wait(self, readable: bool, deadline: float) -> None:
+        """Until the socket is readable (or writable); _TimedOut once ``deadline`` (of
+        ``time.monotonic``) has passed. A cancellation is re-raised, the callbacks removed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _TimedOut()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio)
+            loop = None
+        fd = self._sock.fileno()
+        if loop is not None:
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            def expire() -> None:
+                if not ready.done():
+                    ready.set_exception(_TimedOut())
+
+            try:
+                (loop.add_reader if readable else loop.add_writer)(fd, wake)
+            except NotImplementedError:  # a loop without them (Windows' proactor)
+                loop = None
+            else:
+                timer = loop.call_later(left, expire) if math.isfinite(left) else None
+                try:
+                    await ready
+                finally:
+                    (loop.remove_reader if readable else loop.remove_writer)(fd)
+                    if timer is not None:
+                        timer.cancel()
+                return
+        with anyio.move_on_after(left) as scope:
+            await (anyio.wait_readable if readable else anyio.wait_writable)(self._sock)
+        if scope.cancelled_caught:
+            raise _TimedOut()
 
     def close(self) -> None:
         """Close the connection (idempotent); later exchanges return None. While an exchange
