@@ -5,6 +5,7 @@ abandoned attempt gives back, and how samples the store refuses are kept, retrie
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import sqlite3
@@ -26,6 +27,7 @@ from cachesaver.errors import (
     BackendError,
     BackgroundJobError,
     IncompleteResponseError,
+    PipelineClosedError,
     StoreError,
     UnstoredSamplesError,
 )
@@ -517,6 +519,7 @@ class _LoopViews(StoreForwarder):
         self.waiting = False
         self.loop_keys: list[list[str]] = []  # the keys of each view_async, in order
         self.loop_tasks: list[int] = []  # the task each view_async ran in
+        self.along = 0  # view_async carries each key's first samples, up to this many (as Redis's does)
 
     async def view_async(self, keys: Any, tags: Any = ()) -> Any:
         if self.refuse:
@@ -528,7 +531,13 @@ class _LoopViews(StoreForwarder):
             await self.block.wait()
         await anyio.lowlevel.checkpoint()
         self.loop_views += 1
-        return self.inner.view(keys, tags)
+        views = dict(self.inner.view(keys, tags))
+        for key, view in views.items():
+            if self.along and not isinstance(view, BaseException) and view.count:
+                first = range(min(view.count, self.along))
+                samples = self.inner.read({key: list(first)})[key]
+                views[key] = dataclasses.replace(view, samples=dict(zip(first, samples)))
+        return views
 
     def view(self, keys: Any, tags: Any = ()) -> Any:
         self.thread_views.append(threading.current_thread().name)
@@ -701,6 +710,7 @@ def test_a_lone_lookup_is_served_by_a_round_its_own_task_runs(backend: str) -> N
     """One caller at a time (as an agent calls): each lookup's view runs in the caller's own
     task, with the choices of any round (a replay by request_id is exact)."""
     store = _LoopViews(MemoryStore())
+    store.along = 8
     _fill(store, [f"a{i}" for i in range(5)], n=2)
 
     async def main() -> tuple[list[Response], list[Response], list[int], int]:
@@ -727,6 +737,7 @@ def test_a_lone_lookup_is_served_by_a_round_its_own_task_runs(backend: str) -> N
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_lookups_queued_during_a_callers_round_wait_for_it_then_share_one_round(backend: str) -> None:
     store = _LoopViews(MemoryStore())
+    store.along = 8
     _fill(store, ["b0", "b1", "b2", "b3"])
 
     async def main() -> tuple[list[Response], list[list[str]], list[str], int]:
@@ -761,6 +772,7 @@ def test_lookups_queued_during_a_callers_round_wait_for_it_then_share_one_round(
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_lookup_its_caller_has_not_awaited_yet_is_served_by_the_lane_when_other_work_comes(backend: str) -> None:
     store = _LoopViews(MemoryStore())
+    store.along = 8
     _fill(store, ["c0", "c1"])
 
     async def main() -> tuple[bool, Any, Any, list[list[str]], list[str]]:
@@ -785,6 +797,7 @@ def test_a_lookup_its_caller_has_not_awaited_yet_is_served_by_the_lane_when_othe
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_lookup_abandoned_before_its_caller_ran_its_round_holds_nothing_up(backend: str) -> None:
     store = _LoopViews(MemoryStore())
+    store.along = 8
     _fill(store, ["d0", "d1"])
 
     async def main() -> tuple[Response, Any, int]:
@@ -792,17 +805,23 @@ def test_a_lookup_abandoned_before_its_caller_ran_its_round_holds_nothing_up(bac
             await pipeline.request(Request("d0", namespace="warm"))
             broker = pipeline.cacher._broker
             op = broker.lookup(Request("d0", request_id="q", namespace="x"), pipeline.cacher._key(Request("d0")))
+            rounds = broker.rounds
             broker.abandon(op)  # its caller left (cancelled) before awaiting it
+            outcome = broker._driven, broker.rounds - rounds, op.done, store.loop_keys[-1:]
+            with pytest.raises(PipelineClosedError):
+                op.result()
             response = await pipeline.request(Request("d1", namespace="x"))
-            return response, broker._driven, broker.claims.next_use("x", pipeline.cacher._key(Request("d0")), "q", 1)
+            return response, outcome, broker.claims.next_use("x", pipeline.cacher._key(Request("d0")), "q", 1)
 
-    response, driven, use = anyio.run(main, backend=backend)
-    assert response.data == ["d1#0"] and driven is None and use == 0  # nothing taken for it
+    response, (driven, rounds, done, _), use = anyio.run(main, backend=backend)
+    assert driven is None and rounds == 0 and done  # answered at once, by no round
+    assert response.data == ["d1#0"] and use == 0  # nothing was taken for it
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_caller_cancelled_during_its_own_round_gives_its_use_back_and_the_lane_goes_on(backend: str) -> None:
     store = _LoopViews(MemoryStore())
+    store.along = 8
     _fill(store, ["e0", "e1"])
 
     async def main() -> tuple[bool, list[Any], Response]:
@@ -816,9 +835,8 @@ def test_a_caller_cancelled_during_its_own_round_gives_its_use_back_and_the_lane
                     await wait_until(lambda: store.waiting)
                     scope.cancel()
             store.block = None
-            use = [broker.claims.next_use("x", key, "q", 1), broker.claims.reused]
-            broker.claims.release_use("x", key, "q", 1, use[0])
-            response = await pipeline.request(Request("e1", namespace="x"))
+            response = await pipeline.request(Request("e1", namespace="x"))  # a round of the lane ...
+            use = [broker.claims.next_use("x", key, "q", 1), broker.claims.reused]  # ... gave it back
             return scope.cancelled_caught, use, response
 
     cancelled, use, response = anyio.run(main, backend=backend)
@@ -828,6 +846,7 @@ def test_a_caller_cancelled_during_its_own_round_gives_its_use_back_and_the_lane
 
 def test_closing_serves_a_lookup_whose_caller_has_not_run_its_round() -> None:
     store = _LoopViews(MemoryStore())
+    store.along = 8
     _fill(store, ["f0"])
 
     async def main() -> tuple[bool, Any]:
@@ -840,3 +859,72 @@ def test_closing_serves_a_lookup_whose_caller_has_not_run_its_round() -> None:
 
     done, found = anyio.run(main)
     assert done and found.samples == [("f0#0", None)]
+
+
+@pytest.mark.parametrize("when", ["during its view", "with the claims lock held after its view"])
+def test_a_natively_cancelled_caller_leaves_no_claim_held_and_no_use_given_back_twice(when: str) -> None:
+    """asyncio's own Task.cancel() (as asyncio.wait_for and asyncio.timeout send) reaches a
+    caller that runs its own lookup round: whatever the round took comes back exactly once."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, ["g"], n=2)
+    held, release = threading.Event(), threading.Event()
+
+    async def main() -> tuple[bool, list[list[bool]], list[int]]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("g", namespace="warm"))
+            broker, key = pipeline.cacher._broker, pipeline.cacher._key(Request("g"))
+            store.block = asyncio.Event()
+            task = asyncio.ensure_future(pipeline.request(Request("g", request_id="q", namespace="x")))
+            await wait_until(lambda: store.waiting)
+            holder = None
+            if when != "during its view":
+
+                def hold() -> None:
+                    with broker._mutex:
+                        held.set()
+                        release.wait(10)
+
+                holder = threading.Thread(target=hold)
+                holder.start()
+                held.wait(10)
+                store.block.set()  # the view answers while a commit holds the lock
+                await wait_until(lambda: broker._driven is None)  # handed to the lane
+            task.cancel()
+            release.set()
+            store.block.set()
+            try:
+                await task
+                cancelled = False
+            except asyncio.CancelledError:
+                cancelled = True
+            if holder is not None:
+                holder.join()
+            store.block = None
+            both = await asyncio.gather(*(pipeline.request(Request("g", namespace="x")) for _ in range(2)))
+            uses = [broker.claims.next_use("x", key, "q", 1) for _ in range(2)]
+            return cancelled, [r.cached for r in both], uses
+
+    cancelled, cached, uses = asyncio.run(main())
+    assert cancelled
+    assert cached == [[True], [True]]  # both stored samples are free again in this namespace
+    assert uses == [0, 1]  # use 0 came back once: given back twice, both would be 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_batch_that_finds_the_lane_idle_is_one_round(backend: str) -> None:
+    """A call that looks up many requests at once (the cacher's ``settle``) is served by one
+    round, not one for its first request and one for the rest."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, [f"h{i}" for i in range(4)])
+
+    async def main() -> tuple[list[Any], list[list[str]], list[str]]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("h0", namespace="warm"))
+            store.loop_keys.clear()
+            results = await pipeline.cacher.settle([Request(f"h{i}", namespace="x") for i in range(4)])
+            return results, store.loop_keys, [pipeline.cacher._key(Request(f"h{i}")) for i in range(4)]
+
+    results, views, keys = anyio.run(main, backend=backend)
+    assert views == [keys] and [r.data for r in results] == [[f"h{i}#0"] for i in range(4)]

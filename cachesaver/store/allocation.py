@@ -203,7 +203,7 @@ class _Record:
 class _Lookup(Outcome[Found]):
     """A queued lookup; it is its own outcome."""
 
-    __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused", "drive")
+    __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused", "drive", "owes")
 
     def __init__(self, request: Request, key: str) -> None:
         super().__init__()
@@ -217,16 +217,18 @@ class _Lookup(Outcome[Found]):
         # Set when the awaiting task is to run this lookup's round itself (see
         # SampleBroker.lookup); taken by the first get().
         self.drive: Callable[[_Lookup], Awaitable[None]] | None = None
+        self.owes = False  # a use its caller's round took, to give back by the lane's next round
 
     def get(self) -> Coroutine[Any, Any, Found]:
-        drive = self.drive
-        if drive is None:
+        if self.drive is None:
             return Outcome.get(self)  # the usual case: no coroutine of its own
-        self.drive = None
-        return self._driven_get(drive)
+        return self._driven_get()
 
-    async def _driven_get(self, drive: Callable[["_Lookup"], Awaitable[None]]) -> Found:
-        await drive(self)
+    async def _driven_get(self) -> Found:
+        drive = self.drive  # taken only once this runs: the lane may have served it meanwhile
+        if drive is not None:
+            self.drive = None
+            await drive(self)
         return await Outcome.get(self)
 
     @property
@@ -382,7 +384,10 @@ class SampleBroker:
         is the only work and may run inline)."""
         op = _Lookup(request, key)
         lane = self._lookup_lane
-        if self.inline_io and not self._lookups and not self._abandoned and lane.idle and self._inline_turn():
+        if (
+            self.inline_io and self._driven is None and not self._lookups and not self._abandoned and lane.idle
+            and self._inline_turn()
+        ):
             if self._mutex.acquire(blocking=False):  # a commit is not claiming right now
                 self._used_inline = True
                 try:
@@ -413,12 +418,69 @@ class SampleBroker:
 
     async def _drive(self, op: _Lookup) -> None:
         """The round of ``op`` alone, run by the task awaiting it, on the event loop; the lane
-        waits for it to end before its next round."""
+        waits for it to end before its next round. Anything but the plain case (lookups queued
+        meanwhile, the claims lock held by a commit, claims on disk, a view the loop cannot
+        give, samples to read) hands ``op`` to the lane's next round instead, holding nothing."""
         try:
-            await self._settle_round([op], self._loop_round([op], []))
-            self.driven_lookups += 1
+            if not await self._drive_round(op):
+                self._lookups.insert(0, op)  # looked up before every queued one
         finally:
             self._end_drive()
+
+    async def _drive_round(self, op: _Lookup) -> bool:
+        """Serve ``op`` here, True; or False, having given back (or left for the lane's next
+        round to give back) all it took. The claims lock is only ever taken without waiting, and
+        the only wait is the view, so a cancellation of the caller (anyio's or asyncio's own)
+        finds nothing half done: what the round took is given back by the lane's next round."""
+        if self._lookups or self.claims.spilled or self.claims.over_budget or self._stopping:
+            return False
+        if not self._mutex.acquire(blocking=False):
+            return False
+        try:
+            results, live, tags = self._plan_round([op])
+        finally:
+            self._mutex.release()
+        result = results[0]
+        if live:
+            try:
+                views = await self._loop_views(self._round_keys([op], live), tags)  # type: ignore[misc]
+            except BaseException:
+                self._owe(op)
+                raise
+            if views is None or not self._mutex.acquire(blocking=False):
+                self._owe(op)
+                return False
+            chosen: dict[int, list[int]] = {}
+            try:
+                chosen, due = self._choose([op], results, live, views)
+                if self._unread([op], chosen, views):  # samples to read: on the lane's thread
+                    self._give_back_chosen([op], chosen)
+                    return False
+                result = self._answer([op], results, chosen, due, views, {}, {})[0]
+            except Exception as exc:  # a crash (a bug): this request gets it, holding nothing
+                if chosen:
+                    self._give_back_chosen([op], chosen)
+                else:
+                    self._give_back(op)
+                logger.error("cachesaver lookup round failed: %s", exc)
+                result = exc
+            finally:
+                self._mutex.release()
+        self.rounds += 1
+        self.driven_lookups += 1
+        if result is None:  # not possible: a round answers each of its lookups
+            result = StoreError("cachesaver: an internal invariant failed (a lookup round gave no answer); please report this bug")
+        if isinstance(result, BaseException):
+            op.fail(result)
+        else:
+            op.set(result)
+        return True
+
+    def _owe(self, op: _Lookup) -> None:
+        """``op``'s round took its use and went no further: the lane's next round gives it back
+        (before it plans again), so the lock is never waited for here."""
+        op.owes = True
+        self._abandoned.append(op)
 
     def _end_drive(self) -> None:
         self._driven = None
@@ -434,7 +496,10 @@ class SampleBroker:
         op = self._driven
         if op is not None and op.drive is not None:
             op.drive = None
-            self._lookups.insert(0, op)  # looked up before every queued one
+            if self._lookup_lane.running:
+                self._lookups.insert(0, op)  # looked up before every queued one
+            else:  # the lane crashed or never ran: nothing would serve it
+                op.fail(PipelineClosedError("the pipeline was closed before this request was served"))
             self._end_drive()
 
     def _inline_turn(self) -> bool:
@@ -542,6 +607,7 @@ class SampleBroker:
         op.abandoned = True
         if op.drive is not None:  # its caller left before running its round: nothing was taken
             op.drive = None
+            op.fail(PipelineClosedError("the request was abandoned before its lookup"))
             self._end_drive()
         found = op.found
         if found is not None:
@@ -773,6 +839,11 @@ class SampleBroker:
         """Give back what an abandoned request held (called under the claims lock)."""
         found = op.found
         if found is None:
+            if op.owes:  # its caller's round took its use and went no further
+                op.owes = False
+                request = op.request
+                if op.use is not None:
+                    self.claims.release_use(request.namespace, op.key, request.request_id, request.n, op.use)
             return  # not served yet: the round that reaches it skips it
         held = list(found.indices)
         for write in found.writes:
