@@ -840,7 +840,7 @@ def test_a_caller_cancelled_during_its_own_round_gives_its_use_back_and_the_lane
             return scope.cancelled_caught, use, response
 
     cancelled, use, response = anyio.run(main, backend=backend)
-    assert cancelled and use == [0, True]  # use 0 came back: nothing held for the cancelled request
+    assert cancelled and use == [0, False]  # use 0 is free again, as if never asked: nothing held
     assert response.data == ["e1#0"]
 
 
@@ -888,8 +888,9 @@ def test_a_natively_cancelled_caller_leaves_no_claim_held_and_no_use_given_back_
                 holder = threading.Thread(target=hold)
                 holder.start()
                 held.wait(10)
+                viewed = store.loop_views
                 store.block.set()  # the view answers while a commit holds the lock
-                await wait_until(lambda: broker._driven is None)  # handed to the lane
+                await wait_until(lambda: store.loop_views > viewed)
             task.cancel()
             release.set()
             store.block.set()
@@ -928,3 +929,52 @@ def test_a_batch_that_finds_the_lane_idle_is_one_round(backend: str) -> None:
 
     results, views, keys = anyio.run(main, backend=backend)
     assert views == [keys] and [r.data for r in results] == [[f"h{i}#0"] for i in range(4)]
+
+
+class _CountingRecords(_LoopViews):
+    """A _LoopViews that counts the replay records committed."""
+
+    records = 0
+
+    def commit(self, appends: Any, records: Any = (), *args: Any, **kwargs: Any) -> Any:
+        self.records += len(records)
+        return self.inner.commit(appends, records, *args, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["the loop cannot view", "samples are to be read", "a commit holds the lock"])
+def test_a_lone_replay_the_lane_serves_instead_of_its_caller_writes_no_record_again(case: str) -> None:
+    """However a lone lookup ends up served by the lane, an exact replay by request_id leaves
+    the records as they were: the use its caller's round took (if any) is taken back as if it
+    had never been asked, not given back as a failed attempt's."""
+    store = _CountingRecords(MemoryStore())
+    store.along = 0 if case == "samples are to be read" else 8
+    prompts = [f"k{i}" for i in range(4)]
+
+    async def run(first: bool) -> list[Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            out = [await pipeline.request(Request(prompts[0], namespace="warm"))]
+            broker = pipeline.cacher._broker
+            if not first and case == "the loop cannot view":
+                store.refuse = True
+            for i, prompt in enumerate(prompts):
+                if not first and case == "a commit holds the lock":
+                    store.block, store.waiting = asyncio.Event(), False
+                    ask = asyncio.ensure_future(pipeline.request(Request(prompt, request_id=i, namespace="x")))
+                    await wait_until(lambda: store.waiting)  # the caller's round has its use, and views
+                    assert broker._mutex.acquire(timeout=10)  # as a commit would, meanwhile
+                    viewed = store.loop_views
+                    store.block.set()
+                    store.block = None
+                    await wait_until(lambda: store.loop_views > viewed and broker._driven is None)
+                    broker._mutex.release()  # the lane serves it now
+                    out.append(await ask)
+                else:
+                    out.append(await pipeline.request(Request(prompt, request_id=i, namespace="x")))
+            store.refuse = False
+            return out[1:]
+
+    first = asyncio.run(run(True))
+    written = store.records
+    again = asyncio.run(run(False))
+    assert [r.data for r in again] == [r.data for r in first] and all(r.cached == [True] for r in again)
+    assert written == 4 and store.records == written  # the replay wrote no record again

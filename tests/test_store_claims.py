@@ -289,3 +289,19 @@ def test_keys_of_64_characters_that_are_not_hex_digests_keep_their_own_claims() 
     upper = "A" * 64  # hex digits, but not a digest this package makes: never confused with "a" * 64
     assert claims.choose("ns", upper, n=1, stored=5) == [0]
     assert claims.choose("ns", "a" * 64, n=1, stored=5) == [0]
+
+
+def test_undo_use_takes_back_the_last_use_as_if_it_had_never_been_asked() -> None:
+    claims = RunClaims()
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 0 and not claims.reused
+    claims.undo_use("ns", "k" * 64, "r", 1, 0, reused=False)
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 0 and not claims.reused  # the same use, not "reused"
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 1
+    claims.release_use("ns", "k" * 64, "r", 1, 0)  # a failed attempt gives use 0 back ...
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 0 and claims.reused
+    claims.undo_use("ns", "k" * 64, "r", 1, 0, reused=True)  # ... undoing that take leaves it given back
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 0 and claims.reused
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 2
+    claims.undo_use("ns", "k" * 64, "r", 1, 1, reused=False)  # not the last one taken: given back instead
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 1 and claims.reused
+    assert claims.next_use("ns", "k" * 64, "r", 1) == 3

@@ -334,6 +334,7 @@ class SampleBroker:
         self._used_inline = False  # the event loop's thread used the store
         self._inline_task: Any = None  # (its loop or token, the task) that looked up inline in this pass
         self._driven: _Lookup | None = None  # a lookup whose caller runs its round (see lookup)
+        self._loop_viewing = False  # the last view from the loop was given (so callers may drive)
         self._driven_done: anyio.Event | None = None  # set when that round ends (the lane waits)
         self._records_since = 0.0  # when the oldest pending replay record was queued
         self._in_flight_kept: list[Write] = []  # kept samples a write round is trying again
@@ -406,7 +407,7 @@ class SampleBroker:
                     lane.kick()  # the lane moves claims to disk, off the loop
                 return op
         elif (
-            self._loop_views is not None and self._driven is None and not self._lookups and not self._abandoned
+            self._loop_viewing and self._driven is None and not self._lookups and not self._abandoned
             and lane.idle and not self.claims.over_budget
         ):
             op.drive = self._drive  # the caller's get() runs its round: no wake-up of the lane
@@ -423,7 +424,10 @@ class SampleBroker:
         give, samples to read) hands ``op`` to the lane's next round instead, holding nothing."""
         try:
             if not await self._drive_round(op):
-                self._lookups.insert(0, op)  # looked up before every queued one
+                if self._lookup_lane.running:
+                    self._lookups.insert(0, op)  # looked up before every queued one
+                else:  # the lane was stopped meanwhile: nothing would serve it
+                    op.fail(PipelineClosedError("the pipeline was closed before this request was served"))
         finally:
             self._end_drive()
 
@@ -432,7 +436,7 @@ class SampleBroker:
         round to give back) all it took. The claims lock is only ever taken without waiting, and
         the only wait is the view, so a cancellation of the caller (anyio's or asyncio's own)
         finds nothing half done: what the round took is given back by the lane's next round."""
-        if self._lookups or self.claims.spilled or self.claims.over_budget or self._stopping:
+        if self._lookups or self._abandoned or self.claims.spilled or self.claims.over_budget or self._stopping:
             return False
         if not self._mutex.acquire(blocking=False):
             return False
@@ -447,6 +451,7 @@ class SampleBroker:
             except BaseException:
                 self._owe(op)
                 raise
+            self._loop_viewing = views is not None
             if views is None or not self._mutex.acquire(blocking=False):
                 self._owe(op)
                 return False
@@ -454,7 +459,9 @@ class SampleBroker:
             try:
                 chosen, due = self._choose([op], results, live, views)
                 if self._unread([op], chosen, views):  # samples to read: on the lane's thread
-                    self._give_back_chosen([op], chosen)
+                    if chosen:
+                        self.claims.release(op.request.namespace, op.key, chosen[0])
+                    self._undo_use(op)
                     return False
                 result = self._answer([op], results, chosen, due, views, {}, {})[0]
             except Exception as exc:  # a crash (a bug): this request gets it, holding nothing
@@ -469,6 +476,7 @@ class SampleBroker:
         self.rounds += 1
         self.driven_lookups += 1
         if result is None:  # not possible: a round answers each of its lookups
+            self._owe(op)
             result = StoreError("cachesaver: an internal invariant failed (a lookup round gave no answer); please report this bug")
         if isinstance(result, BaseException):
             op.fail(result)
@@ -477,10 +485,17 @@ class SampleBroker:
         return True
 
     def _owe(self, op: _Lookup) -> None:
-        """``op``'s round took its use and went no further: the lane's next round gives it back
+        """``op``'s round took its use and went no further: the lane's next round takes it back
         (before it plans again), so the lock is never waited for here."""
         op.owes = True
         self._abandoned.append(op)
+
+    def _undo_use(self, op: _Lookup) -> None:
+        """Take back the use ``op``'s round took, as if it had not been asked (under the claims
+        lock): a round that serves it later takes the same use, reused only if it was."""
+        request = op.request
+        if op.use is not None:
+            self.claims.undo_use(request.namespace, op.key, request.request_id, request.n, op.use, op.reused)
 
     def _end_drive(self) -> None:
         self._driven = None
@@ -772,6 +787,7 @@ class SampleBroker:
             views: Mapping[str, KeyView | StoreError] | None = None
             if self._loop_views is not None:
                 views = await self._loop_views(keys, tags)
+                self._loop_viewing = views is not None  # lone callers run their own rounds while so
             if views is None:
                 views = await self.read_thread.run(self.store.view, keys, tags)
             chosen, due = await self._locked(self._choose, lookups, results, live, views)
@@ -841,9 +857,7 @@ class SampleBroker:
         if found is None:
             if op.owes:  # its caller's round took its use and went no further
                 op.owes = False
-                request = op.request
-                if op.use is not None:
-                    self.claims.release_use(request.namespace, op.key, request.request_id, request.n, op.use)
+                self._undo_use(op)
             return  # not served yet: the round that reaches it skips it
         held = list(found.indices)
         for write in found.writes:

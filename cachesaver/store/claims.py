@@ -361,6 +361,20 @@ class RunClaims:
         ident = self._use_ident(namespace, key, request_id, n)
         self._released.setdefault(ident, []).append(use)
 
+    def undo_use(self, namespace: str, key: str, request_id: Any, n: int, use: int, reused: bool) -> None:
+        """Take back the last :meth:`next_use` of this identity (which returned ``use``, and
+        ``reused`` as :attr:`reused` said) as if it had not been asked: nothing was done with
+        it, so the next :meth:`next_use` returns it again, and says it was reused only if it
+        was then. Falls back to :meth:`release_use` when a later use was taken meanwhile."""
+        ident = self._use_ident(namespace, key, request_id, n)
+        if not reused and self._uses.get(ident) == use + 1:
+            if use == 0:
+                del self._uses[ident]
+            else:
+                self._uses[ident] = use
+            return
+        self._released.setdefault(ident, []).append(use)
+
     # -- memory -------------------------------------------------------------------------------
 
     @property
