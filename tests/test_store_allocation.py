@@ -607,27 +607,34 @@ def test_a_view_the_engine_cannot_give_from_the_loop_is_read_on_the_read_thread(
     assert store.thread_views and set(store.thread_views) == {"cachesaver-store-reads"}
 
 
+def _hold_claims_lock(broker: Any, release: threading.Event) -> threading.Thread:
+    """A thread holding ``broker``'s claims lock, as a commit does, until ``release`` is set;
+    returned once it holds it."""
+    held = threading.Event()
+
+    def hold() -> None:
+        with broker._mutex:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    return holder
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_loop_round_never_waits_for_the_claims_lock_on_the_event_loop(backend: str) -> None:
     """While a commit holds the claims lock, a lookup's steps wait for it on the read thread:
     the event loop goes on running other tasks, and the lookup is served once it is free."""
     store = _LoopViews(MemoryStore())
     _fill(store, ["p"])
-    held, release = threading.Event(), threading.Event()
+    release = threading.Event()
 
     async def main() -> tuple[int, bool, Response]:
         async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
             await pipeline.request(Request("p", namespace="warm"))
-            broker = pipeline.cacher._broker
-
-            def hold() -> None:
-                with broker._mutex:
-                    held.set()
-                    release.wait(10)
-
-            holder = threading.Thread(target=hold)
-            holder.start()
-            held.wait(10)
+            holder = _hold_claims_lock(pipeline.cacher._broker, release)
             out: dict[str, Any] = {}
             ticks = 0
 
@@ -868,7 +875,7 @@ def test_a_natively_cancelled_caller_leaves_no_claim_held_and_no_use_given_back_
     store = _LoopViews(MemoryStore())
     store.along = 8
     _fill(store, ["g"], n=2)
-    held, release = threading.Event(), threading.Event()
+    release = threading.Event()
 
     async def main() -> tuple[bool, list[list[bool]], list[int]]:
         async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
@@ -879,15 +886,7 @@ def test_a_natively_cancelled_caller_leaves_no_claim_held_and_no_use_given_back_
             await wait_until(lambda: store.waiting)
             holder = None
             if when != "during its view":
-
-                def hold() -> None:
-                    with broker._mutex:
-                        held.set()
-                        release.wait(10)
-
-                holder = threading.Thread(target=hold)
-                holder.start()
-                held.wait(10)
+                holder = _hold_claims_lock(broker, release)
                 viewed = store.loop_views
                 store.block.set()  # the view answers while a commit holds the lock
                 await wait_until(lambda: store.loop_views > viewed)
