@@ -424,12 +424,17 @@ class SampleBroker:
         give, samples to read) hands ``op`` to the lane's next round instead, holding nothing."""
         try:
             if not await self._drive_round(op):
-                if self._lookup_lane.running:
-                    self._lookups.insert(0, op)  # looked up before every queued one
-                else:  # the lane was stopped meanwhile: nothing would serve it
-                    op.fail(PipelineClosedError("the pipeline was closed before this request was served"))
+                self._to_lane(op)
         finally:
             self._end_drive()
+
+    def _to_lane(self, op: _Lookup) -> None:
+        """Queue a lookup its caller does not serve for the lane's next round, first (it was
+        looked up before every queued one); fail it when the lane has stopped."""
+        if self._lookup_lane.running:
+            self._lookups.insert(0, op)
+        else:  # the lane crashed, never ran or was stopped: nothing would serve it
+            op.fail(PipelineClosedError("the pipeline was closed before this request was served"))
 
     async def _drive_round(self, op: _Lookup) -> bool:
         """Serve ``op`` here, True; or False, having given back (or left for the lane's next
@@ -511,10 +516,7 @@ class SampleBroker:
         op = self._driven
         if op is not None and op.drive is not None:
             op.drive = None
-            if self._lookup_lane.running:
-                self._lookups.insert(0, op)  # looked up before every queued one
-            else:  # the lane crashed or never ran: nothing would serve it
-                op.fail(PipelineClosedError("the pipeline was closed before this request was served"))
+            self._to_lane(op)
             self._end_drive()
 
     def _inline_turn(self) -> bool:
