@@ -11,7 +11,7 @@ import redis
 from _support import wait_until
 
 from cachesaver.store.protocol import Append, RecordId, RecordWrite
-from cachesaver.store.redis import RedisStore
+from cachesaver.store.redis import VIEW_KEYS_PER_SCRIPT, RedisStore
 from cachesaver.store.redis_loop import LoopConnection
 
 BACKENDS = ["asyncio", "trio"]
@@ -56,6 +56,41 @@ def test_an_exchange_sends_commands_and_reads_their_replies_error_replies_as_val
     assert again == [None] and not loop.closed
     loop.close()
     client.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_on_reply_sees_each_reply_in_order_while_later_commands_still_run(redis_server, loop: LoopConnection, backend: str) -> None:
+    seen: list[tuple[int, Any]] = []
+    pusher = _client(redis_server.url)
+    pusher.delete("q")
+
+    def on_reply(number: int, reply: Any) -> None:
+        seen.append((number, reply))
+        if number == 0:  # the server is blocked in the BLPOP after it: only this push ends it
+            pusher.rpush("q", "go")
+
+    async def main() -> Any:
+        return await loop.exchange(_pack(("PING",), ("BLPOP", "q", 5), ("ECHO", "last")), 3, on_reply)
+
+    replies = anyio.run(main, backend=backend)
+    # Had the first reply been handed over only with the others, the BLPOP would have timed
+    # out (a nil reply) instead of popping what on_reply pushed.
+    assert replies == [b"PONG", [b"q", b"go"], b"last"] and seen == list(enumerate(replies))
+    assert not loop.closed
+    pusher.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_on_reply_that_raises_ends_the_exchange_and_closes_the_connection(loop: LoopConnection, backend: str) -> None:
+    def refuse(number: int, reply: Any) -> None:
+        raise ValueError(f"reply {number} refused")
+
+    async def main() -> Any:
+        return await loop.exchange(_pack(("PING",), ("PING",)), 2, refuse)
+
+    with pytest.raises(ValueError, match="reply 0 refused"):
+        anyio.run(main, backend=backend)
+    assert loop.closed  # the second reply was never read: never reused out of step
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -125,6 +160,32 @@ def test_view_async_gives_the_views_view_gives_once_a_view_opened_its_connection
     assert before is None  # not opened yet: nothing changed, the caller uses view on a thread
     assert views == store.view(["k", "nothing"], [("k", tag)]) and views["k"].found == {tag: (1,)}
     assert store.loop_views == 1
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_view_async_over_several_scripts_gives_every_keys_view_and_none_if_one_script_fails(redis_server, backend: str) -> None:
+    store = RedisStore(redis_server.url)
+    keys = [f"k{i}" for i in range(2 * VIEW_KEYS_PER_SCRIPT + 5)]  # three view scripts
+    store.commit([Append(key, [(f"{key}-0", None)]) for key in keys],
+                 [RecordWrite(key, RecordId("ns", key, 1, 0), (0,)) for key in keys])
+    tags = [(key, RecordId("ns", key, 1, 0).tag) for key in keys]
+    store.view(["warm"])  # opens the loop connection
+
+    async def main() -> Any:
+        return await store.view_async(keys, tags)
+
+    views = anyio.run(main, backend=backend)
+    assert views == store.view(keys, tags) and list(views) == keys
+    assert all(views[key].found == {RecordId("ns", key, 1, 0).tag: (0,)} for key in keys)
+    with redis.Redis.from_url(redis_server.url) as operator:  # the last script's keys hold alien values
+        operator.delete(*store.entry_keys(keys[-1]))
+        operator.set(store.entry_keys(keys[-1])[1], b"alien")
+    views = anyio.run(main, backend=backend)
+    assert views is not None and "did not write" in str(views[keys[-1]]) and views[keys[0]].count == 1
+    with redis.Redis.from_url(redis_server.url) as operator:
+        operator.script_flush()  # every script now fails: the view falls back, nothing half-given
+    assert anyio.run(main, backend=backend) is None
     store.close()
 
 

@@ -34,7 +34,7 @@ import os
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
@@ -98,9 +98,15 @@ class LoopConnection:
         timeout_s = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else _DEFAULT_TIMEOUT_S
         return cls(connection, sock, hiredis, timeout_s)
 
-    async def exchange(self, packed: bytes, replies: int) -> list[Any] | None:
+    async def exchange(
+        self, packed: bytes, replies: int, on_reply: Callable[[int, Any], None] | None = None
+    ) -> list[Any] | None:
         """Send ``packed`` (one or more commands) and read ``replies`` replies, or None when the
-        connection is busy, closed, or failed (it is closed then)."""
+        connection is busy, closed, or failed (it is closed then). ``on_reply(number, reply)``,
+        when given, is called with each reply in order as soon as it is read, while the server
+        may still be working on the later commands (so the caller decodes one while the server
+        runs the next); an exception it raises ends the exchange, closes the connection and is
+        raised."""
         if self.closed or os.getpid() != self._pid or not self._busy.acquire(blocking=False):
             if os.getpid() != self._pid:
                 self.closed = True  # the parent's socket: left to the parent
@@ -108,7 +114,7 @@ class LoopConnection:
         complete = False
         try:
             deadline = time.monotonic() + self._timeout_s if math.isfinite(self._timeout_s) else math.inf
-            out = await self._exchange(packed, replies, deadline)
+            out = await self._exchange(packed, replies, deadline, on_reply)
             complete = out is not None
             return out
         except (OSError, _TimedOut, self._hiredis.ProtocolError):
@@ -118,7 +124,9 @@ class LoopConnection:
             if not complete or self.closed:
                 self.close()
 
-    async def _exchange(self, packed: bytes, replies: int, deadline: float) -> list[Any] | None:
+    async def _exchange(
+        self, packed: bytes, replies: int, deadline: float, on_reply: Callable[[int, Any], None] | None
+    ) -> list[Any] | None:
         sock = self._sock
         pending = memoryview(packed)
         while pending:
@@ -138,6 +146,8 @@ class LoopConnection:
             if reply is not _MORE:
                 if push is not None and isinstance(reply, push):
                     return None  # not a reply: out of step from here on
+                if on_reply is not None:
+                    on_reply(len(out), reply)
                 out.append(reply)
                 continue
             if self.closed:
