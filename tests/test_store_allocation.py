@@ -742,6 +742,28 @@ def test_a_lone_lookup_is_served_by_a_round_its_own_task_runs(backend: str) -> N
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_lone_lookups_served_by_their_callers_never_wake_the_idle_lane(backend: str) -> None:
+    """A lone caller's hit costs no wake-up of another task: the lane sleeps through it."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, [f"a{i}" for i in range(4)], n=1)
+
+    async def main() -> tuple[bool, bool, int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("a0", namespace="warm"))  # the lane starts
+            broker = pipeline.cacher._broker
+            lane = broker._lookup_lane
+            await wait_until(lambda: lane.wake is not None and not broker._lookups)
+            asleep, driven = lane.wake, broker.driven_lookups
+            for i in range(4):
+                await pipeline.request(Request(f"a{i}", request_id=i, namespace="x"))
+            return lane.wake is asleep, asleep.is_set(), broker.driven_lookups - driven
+
+    same, woken, driven = anyio.run(main, backend=backend)
+    assert driven == 4 and same and not woken
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_lookups_queued_during_a_callers_round_wait_for_it_then_share_one_round(backend: str) -> None:
     store = _LoopViews(MemoryStore())
     store.along = 8

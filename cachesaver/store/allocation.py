@@ -503,11 +503,15 @@ class SampleBroker:
             self.claims.undo_use(request.namespace, op.key, request.request_id, request.n, op.use, op.reused)
 
     def _end_drive(self) -> None:
+        """The caller's round has ended: a lane waiting for it goes on; an idle lane is woken
+        only for work (a lookup handed over or queued meanwhile, a use to give back, claims
+        to move to disk), so a lone caller's hit wakes no other task."""
         self._driven = None
         done, self._driven_done = self._driven_done, None
         if done is not None:
             done.set()
-        self._lookup_lane.kick()
+        if self._has_lookup_work():
+            self._lookup_lane.kick()
 
     def _hand_over_driven(self) -> None:
         """Give a driven lookup whose round has not started to the lane, which serves it as
