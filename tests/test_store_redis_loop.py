@@ -189,6 +189,32 @@ def test_view_async_over_several_scripts_gives_every_keys_view_and_none_if_one_s
     store.close()
 
 
+class _LastScriptFails(RedisStore):
+    """A store whose view script over the key ``last`` gets an error reply from the server."""
+
+    def _view_command(self, keys: Any, asked: Any, *, declared: bool) -> tuple[Any, ...]:
+        if "last" in keys:
+            return ("EVAL", "return redis.error_reply('ERR refused')", 0)
+        return super()._view_command(keys, asked, declared=declared)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_view_async_gives_no_views_at_all_when_only_its_last_script_fails(redis_server, backend: str) -> None:
+    store = _LastScriptFails(redis_server.url)
+    keys = [f"k{i}" for i in range(2 * VIEW_KEYS_PER_SCRIPT)] + ["last"]
+    store.commit([Append(key, [(f"{key}-0", None)]) for key in keys])
+    store.view(["warm"])  # opens the loop connection
+
+    async def main() -> Any:
+        first = await store.view_async(keys)
+        return first, await store.view_async(keys[:3])
+
+    first, after = anyio.run(main, backend=backend)
+    assert first is None  # the first scripts' views, decoded already, are not given half a view
+    assert after == store.view(keys[:3]) and after["k1"].samples == {0: ("k1-0", None)}  # still in step
+    store.close()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_view_async_returns_none_for_a_server_without_the_script_and_view_reloads_it(redis_server, backend: str) -> None:
     store = RedisStore(redis_server.url)

@@ -53,9 +53,11 @@ touch, sent to every node before any reply is read), whatever the number of keys
 costs one (one per slot on a cluster); a script call costs two more after a server restart (the
 script is loaded again). A view is one read-only script per :data:`VIEW_KEYS_PER_SCRIPT` keys
 (on a cluster, per node: it reads the keys of all the node's hash slots), replying in one flat
-array only what the lookup round needs, so a lookup round costs the engine one script call, not
-a command per key; it carries the samples the asked records name (a replay needs no other
-read), or else the first :data:`READ_ALONG_SAMPLES` of each key.
+array only what the lookup round needs, so a lookup round costs the engine a few script calls
+(four for a round of 256 keys), not a command per key; it carries the samples the asked records
+name (a replay needs no other read), or else the first :data:`READ_ALONG_SAMPLES` of each key.
+Each key's view is one consistent snapshot (no commit seen in part); the keys of different
+scripts may be read on either side of a commit, as views racing with commits always may.
 
 Faults, each a :class:`~cachesaver.errors.StoreError` subclass, never a hang:
 

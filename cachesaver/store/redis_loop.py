@@ -5,7 +5,8 @@ Commands are written and replies read without blocking it, under asyncio and tri
 asyncio it waits on the loop's own reader and writer callbacks and timer (a cancel scope and
 anyio's waits cost more than the rest of a lone lookup's Python work), elsewhere on anyio's
 ``wait_readable`` and ``wait_writable``. A lone lookup costs one round trip, and a round of
-many keys lets the event loop go on with other work while the server runs its script.
+many keys lets the event loop go on with other work while the server runs its scripts (and the
+caller decode each reply as it comes, while the server runs the next).
 
 Guarantees:
 
@@ -23,7 +24,8 @@ Guarantees:
   the server sent more than was asked for or something that is not a reply, no reply within
   the client's socket timeout, the caller was cancelled, the connection was closed meanwhile)
   closes the connection, and returns None (a cancellation is re-raised). Error replies are
-  returned as values (``hiredis.ReplyError``) for the caller to judge.
+  returned as values (``hiredis.ReplyError``) for the caller to judge. An exception the
+  caller's ``on_reply`` raises ends the exchange the same way, then is raised.
 """
 
 from __future__ import annotations
