@@ -108,7 +108,7 @@ class LoopConnection:
         when given, is called with each reply in order as soon as it is read, while the server
         may still be working on the later commands (so the caller decodes one while the server
         runs the next); an exception it raises ends the exchange, closes the connection and is
-        raised."""
+        raised (an OSError, taken for the connection's own, makes the exchange return None)."""
         if self.closed or os.getpid() != self._pid or not self._busy.acquire(blocking=False):
             if os.getpid() != self._pid:
                 self.closed = True  # the parent's socket: left to the parent
