@@ -344,6 +344,26 @@ def test_a_replay_view_carries_the_recorded_samples_and_a_fresh_one_the_first(re
     store.close()
 
 
+def test_a_key_whose_one_record_is_the_asked_one_has_the_usual_view_and_a_damaged_one_fails_alone(redis_server) -> None:
+    store = RedisStore(redis_server.url)
+    mine, other = RecordId("ns", "r", 1, 0).tag, RecordId("ns", "q", 1, 0).tag
+    store.commit([Append(key, samples(f"{key}0", f"{key}1", f"{key}2")) for key in ("solo", "bad", "two")],
+                 [RecordWrite("solo", RecordId("ns", "r", 1, 0), (2,)), RecordWrite("bad", RecordId("ns", "r", 1, 0), (1,)),
+                  RecordWrite("two", RecordId("ns", "r", 1, 0), (2,)), RecordWrite("two", RecordId("ns", "q", 1, 0), (0,))])
+    command = store._view_command(["solo"], {"solo": [mine]}, declared=True)
+    assert store.client.execute_command(*command)[0] == -4  # the short reply of the usual replay
+    solo = ok(store.view(["solo"], [("solo", mine)])["solo"])
+    assert (solo.count, solo.records, solo.found, solo.samples) == (3, {mine: (2,)}, {mine: (2,)}, {2: ("solo2", None)})
+    two = ok(store.view(["two"], [("two", mine)])["two"])  # another record too: the full reply
+    assert (two.records, two.found, two.samples) == ({mine: (2,), other: (0,)}, {mine: (2,)}, {2: ("two2", None)})
+    with admin(redis_server.url) as operator:
+        operator.hset(store.entry_keys("bad")[1], mine, "0;1,x")  # its first record, indices damaged
+    views = store.view(["bad", "solo"], [("bad", mine), ("solo", mine)])
+    assert isinstance(views["bad"], CorruptStoreError) and "cannot be decoded" in str(views["bad"])
+    assert ok(views["solo"]) == solo  # its neighbour in the same script is read as before
+    store.close()
+
+
 def test_a_server_that_lost_the_view_script_is_given_it_again(redis_server) -> None:
     recorder = Recorder()
     client = recorder.client(redis_server.url)

@@ -971,7 +971,7 @@ class SampleBroker:
                 recorded = view.found.get(op.tag)
                 n = op.request.n
                 if recorded is not None and len(recorded) >= n:
-                    picked = list(recorded[:n])
+                    picked = list(recorded) if len(recorded) == n else list(recorded[:n])
                     if claims.take(op.request.namespace, op.key, picked, view.count):
                         chosen[position], due[position] = picked, len(recorded) != n or op.reused
                         continue
@@ -997,7 +997,7 @@ class SampleBroker:
         wanted: dict[str, set[int]] = {}
         for position, picked in chosen.items():
             key = lookups[position].key
-            along = cast(KeyView, views[key]).samples
+            along = views[key].samples  # type: ignore[union-attr]  # chosen: its view is a KeyView
             for index in picked:
                 if index not in along:
                     wanted.setdefault(key, set()).add(index)
@@ -1027,14 +1027,16 @@ class SampleBroker:
         for position, picked in chosen.items():
             op = lookups[position]
             request = op.request
-            along = cast(KeyView, views[op.key]).samples
-            if op.key in read:
+            along = views[op.key].samples  # type: ignore[union-attr]  # chosen: its view is a KeyView
+            if read and op.key in read:
                 fetched = read[op.key]
                 if isinstance(fetched, BaseException):
                     self._give_back(op, picked)
                     results[position] = fetched
                     continue
                 samples = [along[i] if i in along else fetched[i] for i in picked]
+            elif len(picked) == 1:  # the commonest answer, without a comprehension's call
+                samples = [along[picked[0]]]
             else:
                 samples = [along[i] for i in picked]
             results[position] = op.found = Found(

@@ -150,16 +150,16 @@ _HEX_DIGITS = b"0123456789abcdef"  # a key of only these (deleted, nothing is le
 
 _BITS_MEMO: dict[str, int | None] = {}  # recent keys' bits: a lookup asks for them twice
 _BITS_MEMO_SIZE = 2048  # bounded: a few hundred KB at most; a miss in it only costs the check again
+_UNSEEN = object()
 
 
 def _key_bits(key: str) -> int | None:
     """128 bits of a hex-digest key (every cache key is a SHA-256 hex digest), or None for any
     other key (64 characters that are not all lowercase hex digits included: such keys differ
     in characters these bits would not see)."""
-    try:
-        return _BITS_MEMO[key]
-    except KeyError:
-        pass
+    seen: Any = _BITS_MEMO.get(key, _UNSEEN)  # not try/except: raising at a first sight costs more
+    if seen is not _UNSEEN:
+        return seen
     bits = (
         int(key[:32], 16)
         if len(key) == 64 and key.isascii() and not key.encode().translate(None, _HEX_DIGITS)

@@ -261,6 +261,12 @@ def _pack_command() -> Callable[[tuple[Any, ...]], bytes] | None:
 
 
 @lru_cache(maxsize=65536)
+def _view_arg(key: str) -> bytes:
+    """How a view script is given ``key``: its hash tag (16 characters) then the key itself."""
+    return _slot_tag(key) + key.encode("utf-8", "surrogatepass")
+
+
+@lru_cache(maxsize=65536)
 def _slot_of(key: str) -> int:
     """The cluster hash slot of ``key``'s entries."""
     from redis.crc import key_slot
@@ -687,25 +693,25 @@ class RedisStore:
                 opened.close()
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
-        """The EVALSHA of one view script reading ``keys``: their names as ``KEYS`` when
-        ``declared`` (one server, or one hash slot), else in ``ARGV`` (one cluster node)."""
-        names: list[bytes] = []
+        """The EVALSHA of one view script reading ``keys``, each given as one argument (its hash
+        tag and key; the script builds the names). ``declared``: the first key's head hash is
+        the script's one declared key, so a client or proxy that routes scripts by their keys
+        sends it where that key lives (one server, or one hash slot, whose keys the script then
+        reads); else it declares none and may read any key of the node it is sent to."""
+        given: list[bytes] = []
         tail: list[Any] = []
-        base = self._base
-        for key in keys:  # self._names(key), inlined: this runs for every key of every round
-            raw = key.encode("utf-8", "surrogatepass")
-            stem = base + b"{" + _slot_tag(key) + b"}:"
-            names += (stem + b"s:" + raw, stem + b"h:" + raw, stem + b"r:" + raw)
+        for key in keys:
+            given.append(_view_arg(key))
             wanted = asked.get(key)
             if wanted:
                 tail.append(len(wanted))
                 tail += [tag.encode("utf-8", "surrogatepass") for tag in wanted]
             else:
                 tail.append(0)
-        head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS)
+        head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS, len(keys), self._base)
         if declared:
-            return ("EVALSHA", VIEW_SHA, len(names), *names, *head, 0, *tail)
-        return ("EVALSHA", VIEW_SHA, 0, *head, len(names), *names, *tail)
+            return ("EVALSHA", VIEW_SHA, 1, self._names(keys[0])[1], *head, *given, *tail)
+        return ("EVALSHA", VIEW_SHA, 0, *head, *given, *tail)
 
     def _exchange(self, batches: Sequence[tuple[Any, Sequence[tuple[Any, ...]]]], on_reply: Callable[[int, int, Any], None]) -> None:
         """Send the commands of each batch ``(client, commands)`` on one connection of its
@@ -876,6 +882,21 @@ class RedisStore:
             for key in keys:
                 count = reply[at]
                 if count < 0:
+                    if count == -4:  # the usual replay: its one record is the one tag asked
+                        end = at + 4 + 2 * reply[at + 3]
+                        text = reply[at + 2]
+                        indices = parsed.get(text)
+                        if indices is None:
+                            try:
+                                indices = parsed[text] = _indices(text)
+                            except (ValueError, TypeError, AttributeError) as exc:
+                                out[key] = self._corrupt(key, f"a replay record cannot be decoded ({exc})")
+                                at = end
+                                continue
+                        recorded = {asked[key][0]: indices}  # its records and its found tags alike
+                        out[key] = key_view(reply[at + 1], recorded, recorded, _read_along(reply, at + 4, end, loads))
+                        at = end
+                        continue
                     if count == -1:
                         out[key] = EMPTY_VIEW
                         at += 1
@@ -912,15 +933,7 @@ class RedisStore:
                     out[key] = self._corrupt(key, f"a replay record cannot be decoded ({exc})")
                     at = end
                     continue
-                samples: dict[int, StoredSample] = {}
-                for q in range(samples_at, end, 2):
-                    try:
-                        sample = loads(reply[q + 1])
-                    except Exception:  # noqa: BLE001 - read again (and reported) only if a request needs it
-                        continue
-                    if sample.__class__ is tuple and len(sample) == 2:
-                        samples[reply[q]] = sample
-                out[key] = key_view(count, records, found, samples)
+                out[key] = key_view(count, records, found, _read_along(reply, samples_at, end, loads))
                 at = end
         except (IndexError, TypeError) as exc:  # a reply of another shape: not this engine's script
             for key in keys:
@@ -1438,6 +1451,21 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((index, index + 1))
     return runs
+
+
+def _read_along(reply: list[Any], start: int, end: int, loads: Callable[[Any], Any]) -> dict[int, StoredSample]:
+    """The samples a view script read along, from its reply's ``index, sample`` pairs between
+    ``start`` and ``end``; one that cannot be decoded is left out (read again, and reported,
+    only if a request needs it)."""
+    samples: dict[int, StoredSample] = {}
+    for q in range(start, end, 2):
+        try:
+            sample = loads(reply[q + 1])
+        except Exception:  # noqa: BLE001 - see above
+            continue
+        if sample.__class__ is tuple and len(sample) == 2:
+            samples[reply[q]] = sample
+    return samples
 
 
 def _indices(text: bytes) -> tuple[int, ...]:

@@ -41,18 +41,20 @@ still consulted; it replies how many it forgot.
 :data:`VIEW_SCRIPT` is the read of a lookup round: the views of many cache keys in one step, so
 they are consistent with each other and with every commit (all of a commit, or none of it), and
 cost one round trip whatever their number. It only reads (a full server runs it too). The j-th
-cache key has three names: its samples list (``names[3j - 2]``), head hash (``names[3j - 1]``)
-and later-records hash (``names[3j]``). ``ARGV``: how many samples to read along from index 0,
-the most recorded indices to read instead, the most records to report (the head size), the
-number of names given in ``ARGV`` (0: the names are ``KEYS``, as for any script on one server
-or on one hash slot), those names, then per cache key the number ``m`` of asked tags and the
-tags. Names in ``ARGV`` (``numkeys`` 0) let one script read the keys of every hash slot one
-cluster node holds (a script without flags may read any key of its node); a key the node
-cannot read (its slot moved, or migrating) is reported for the caller to read again by its
+cache key is given as one argument, its 16-character hash tag then the key, and the script
+builds its three names from it and the prefix: its samples list (``<prefix>{<tag>}:s:<key>``),
+head hash (``h:``) and later-records hash (``r:``). ``ARGV``: how many samples to read along
+from index 0, the most recorded indices to read instead, the most records to report (the head
+size), the number of cache keys, the prefix, those keys, then per cache key the number ``m`` of
+asked tags and the tags. ``KEYS`` holds one name of the first cache key, for clients and
+proxies that route a script by its keys (one server, or one hash slot), or none: then the
+script reads the keys of every hash slot the cluster node it is sent to holds (a script
+without flags may read any key of its node), and a key the node cannot read (its slot moved,
+or migrating) is reported for the caller to read again by its
 slot, through the cluster client. The reply is one flat array (cheaper to build and to parse
 than nested ones), the keys' entries one after the other: ``-1`` when nothing is stored for a
 key (no head, no asked record); ``-2, <reason>`` when it holds what cachesaver did not write;
-``-3`` when it is to be read again by its slot (names in ``ARGV`` only: any failure); else its
+``-3`` when it is to be read again by its slot (no ``KEYS`` only: any failure); else its
 sample count, its number of first records and each one's ``tag, "<i>,<j>,..."`` in the order
 first written (the tag as its number among the asked ones when it is one: 1 for the first), ``m`` values (per asked tag its indices, or nil), the number of samples read
 along and each one's ``index, sample``. When every asked tag has a record, those are the
@@ -328,14 +330,9 @@ FORGET_SHA = hashlib.sha1(FORGET_SCRIPT.encode()).hexdigest()
 
 VIEW_SCRIPT = """
 local along, most, head_size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out, n, pos = {}, 0, 5
-local names, node = KEYS, false
-local given = tonumber(ARGV[4])
-if given > 0 then
-  names, node = {}, true
-  for i = 1, given do names[i] = ARGV[4 + i] end
-  pos = 5 + given
-end
+local keys, prefix = tonumber(ARGV[4]), ARGV[5]
+local out, n, pos = {}, 0, 6 + keys
+local node = #KEYS == 0
 local find, sub, call = string.find, string.sub, redis.pcall
 local function alien(e)
   if node then return true end
@@ -354,8 +351,56 @@ local function push_samples(list, low, high, count)
   for q = 1, #got do out[n + 1] = low + q - 1; out[n + 2] = got[q]; n = n + 2 end
   return #got
 end
+local function push_recorded(list, found, m, count)  -- the samples the m texts from out[found + 1] name
+  local taken = 0
+  local single = m == 1 and tonumber(out[found + 1])
+  if single then  -- one record of one sample: the usual replay
+    if single >= 0 and single < count then  -- LINDEX: a bulk reply, cheaper than LRANGE's array
+      local blob = call('LINDEX', list, single)
+      if type(blob) == 'table' then return alien(blob.err) end
+      if blob then out[n + 1] = single; out[n + 2] = blob; n = n + 2; taken = 1 end
+    end
+  else
+    local picked, low, high = {}, nil, nil
+    for q = 1, m do
+      local text = out[found + q]
+      local start = 1
+      while #picked < most do
+        local stop = find(text, ',', start, true)
+        local i = tonumber(sub(text, start, (stop or 0) - 1))
+        if i == nil or i < 0 then break end
+        if i < count then
+          picked[#picked + 1] = i
+          if low == nil or i < low then low = i end
+          if high == nil or i > high then high = i end
+        end
+        if stop == nil then break end
+        start = stop + 1
+      end
+    end
+    if low ~= nil then
+      if high - low < 2 * #picked then
+        taken = push_samples(list, low, high, count)
+      else
+        local seen = {}
+        for q = 1, #picked do
+          local i = picked[q]
+          if not seen[i] then
+            seen[i] = true
+            local blob = call('LINDEX', list, i)
+            if type(blob) == 'table' then return alien(blob.err) end
+            if blob then out[n + 1] = i; out[n + 2] = blob; n = n + 2; taken = taken + 1 end
+          end
+        end
+      end
+    end
+  end
+  return taken
+end
 local function view(j, first, m)
-  local h = call('HGETALL', names[3 * j - 1])
+  local given = ARGV[5 + j]
+  local slot, raw = sub(given, 1, 16), sub(given, 17)
+  local h = call('HGETALL', prefix .. '{' .. slot .. '}:h:' .. raw)
   if h.err then return alien(h.err) end
   local count, nrec = 0, 0
   local one_tag, one_rest, placed = nil, nil, nil  -- the only record, or all of them (placed)
@@ -383,6 +428,15 @@ local function view(j, first, m)
       end
     end
   end
+  if nrec == 1 and m == 1 and head_size > 0 and one_tag == ARGV[first] then  -- the usual replay
+    if tonumber(sub(placed, 1, find(placed, ';', 1, true) - 1)) == nil then return 'a replay record cannot be decoded' end
+    out[base + 1] = -4; out[base + 2] = count; out[base + 3] = one_rest
+    n = base + 4
+    local taken = push_recorded(prefix .. '{' .. slot .. '}:s:' .. raw, base + 2, 1, count)
+    if type(taken) ~= 'number' then return taken end
+    out[base + 4] = taken
+    return false
+  end
   local shown = nrec
   if nrec > 1 then
     if placed[1][1] == nil then return 'a replay record cannot be decoded' end
@@ -403,7 +457,7 @@ local function view(j, first, m)
       for r = 1, nrec do if placed[r][2] == tag then value = placed[r][3]; break end end
     end
     if value == false then
-      value = call('HGET', names[3 * j], tag)
+      value = call('HGET', prefix .. '{' .. slot .. '}:r:' .. raw, tag)
       if type(value) == 'table' then return alien(value.err) end
     end
     out[found + q] = value
@@ -415,54 +469,18 @@ local function view(j, first, m)
   local counted = n + 1
   n = n + 1
   local taken = 0
+  local list = prefix .. '{' .. slot .. '}:s:' .. raw
   if m > 0 and every then
-    local single = m == 1 and tonumber(out[found + 1])
-    if single then  -- one record of one sample: the usual replay
-      if single >= 0 and single < count then taken = push_samples(names[3 * j - 2], single, single, count) end
-    else
-      local picked, low, high = {}, nil, nil
-      for q = 1, m do
-        local text = out[found + q]
-        local start = 1
-        while #picked < most do
-          local stop = find(text, ',', start, true)
-          local i = tonumber(sub(text, start, (stop or 0) - 1))
-          if i == nil or i < 0 then break end
-          if i < count then
-            picked[#picked + 1] = i
-            if low == nil or i < low then low = i end
-            if high == nil or i > high then high = i end
-          end
-          if stop == nil then break end
-          start = stop + 1
-        end
-      end
-      if low ~= nil then
-        if high - low < 2 * #picked then
-          taken = push_samples(names[3 * j - 2], low, high, count)
-        else
-          local seen = {}
-          for q = 1, #picked do
-            local i = picked[q]
-            if not seen[i] then
-              seen[i] = true
-              local blob = call('LINDEX', names[3 * j - 2], i)
-              if type(blob) == 'table' then return alien(blob.err) end
-              if blob then out[n + 1] = i; out[n + 2] = blob; n = n + 2; taken = taken + 1 end
-            end
-          end
-        end
-      end
-    end
+    taken = push_recorded(list, found, m, count)
   elseif along > 0 then
-    taken = push_samples(names[3 * j - 2], 0, along - 1, count)
+    taken = push_samples(list, 0, along - 1, count)
   end
   if type(taken) ~= 'number' then return taken end
   out[counted] = taken
   return false
 end
 local top = 0
-for j = 1, #names / 3 do
+for j = 1, keys do
   local m = tonumber(ARGV[pos])
   local base = n
   local failed = view(j, pos + 1, m)
