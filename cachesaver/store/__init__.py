@@ -5,7 +5,8 @@
 * Engines: :mod:`~cachesaver.store.diskcache` (embedded, the default; an existing cache
   directory is read as before), :mod:`~cachesaver.store.redis` (a Redis server or Redis
   Cluster, shared by processes and hosts; needs ``cachesaver[redis]``; its URLs are read by
-  :mod:`~cachesaver.store.redis_urls`, its commit script is :mod:`~cachesaver.store.redis_script`) and
+  :mod:`~cachesaver.store.redis_urls`, its scripts are :mod:`~cachesaver.store.redis_script`, how a
+  view is asked and read is :mod:`~cachesaver.store.redis_views`) and
   :mod:`~cachesaver.store.memory` (the reference engine, and the fake for tests).
 * :mod:`~cachesaver.store.allocation`: which stored sample each request gets (claims, replay
   records, lookup rounds), through the protocol only; :mod:`~cachesaver.store.claims` holds a

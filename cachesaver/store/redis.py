@@ -100,7 +100,6 @@ stage runs them on its store threads, never on the event loop (:attr:`RedisStore
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import pickle
@@ -121,7 +120,18 @@ from ..errors import (
     StoreUnavailableError,
 )
 from .redis_loop import LoopConnection
-from .redis_script import COMMIT_SCRIPT, COMMIT_SHA, FORGET_SCRIPT, FORGET_SHA, VIEW_SCRIPT, VIEW_SHA
+from .redis_script import COMMIT_SCRIPT, COMMIT_SHA, FORGET_SCRIPT, FORGET_SHA, VIEW_SCRIPT
+from .redis_views import (
+    READ_ALONG_SAMPLES,
+    RECORDED_SAMPLES,
+    VIEW_KEYS_PER_SCRIPT,
+    asked_tags as _asked,
+    decode_views,
+    record_indices as _indices,
+    slot_tag as _slot_tag,
+    view_chunks as _chunks,
+    view_command,
+)
 from .redis_urls import (
     CONNECT_TIMEOUT_S,
     SOCKET_TIMEOUT_S,
@@ -133,7 +143,6 @@ from .redis_urls import (
 )
 from .protocol import (
     CONSULTED_RECORDS,
-    EMPTY_VIEW,
     Append,
     ClaimNew,
     CommitHook,
@@ -142,7 +151,6 @@ from .protocol import (
     RecordWrite,
     StoredSample,
     import_token_prefix,
-    key_view,
     namespace_digest,
     namespace_prefix,
 )
@@ -169,21 +177,9 @@ DEFAULT_PREFIX = "cachesaver"
 """What every key starts with unless ``prefix=`` says otherwise."""
 RETRY_S = 5.0
 """How long a call keeps retrying connection trouble before StoreUnavailableError, by default."""
-READ_ALONG_SAMPLES = 8
-"""How many of a key's first samples a view reads along when it has no record for every asked
-tag (a lookup needing only those costs one round trip)."""
-RECORDED_SAMPLES = 64
-"""How many samples of the asked records a view reads along in place of the first ones (a
-replay of at most that many samples costs one round trip)."""
 LOOP_RETRY_S = 30.0
 """After a failure to open the event-loop connection of :meth:`RedisStore.view_async`, views
 run on the store's threads for this long before it is tried again."""
-VIEW_KEYS_PER_SCRIPT = 64
-"""The most cache keys one view script reads (a longer view sends several, in the same
-pipelined round trip), so a view holds the server, which runs one script at a time, for well
-under a millisecond. Several short scripts also finish sooner than one long one (256 keys: 1.5
-ms in four scripts against 2.4 in one, on a 2-core machine), and a view from the event loop
-decodes each script's reply while the server runs the next."""
 STORE_TIMEOUT_S = 30.0
 """How long a commit waits for another thread's commit through the same store, by default."""
 
@@ -233,12 +229,6 @@ def _errors() -> _Errors:
     return _Errors(_redis())
 
 
-@lru_cache(maxsize=65536)
-def _slot_tag(key: str) -> bytes:
-    """The hash tag of ``key``'s entries: a digest, so any key (braces included) is safe."""
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest().encode()
-
-
 def _take_connection(pool: Any) -> Any:
     """A connection of redis-py's ``pool`` (which checks it is connected and has no stray
     data); redis-py before 5.1 wants a command name."""
@@ -261,34 +251,11 @@ def _pack_command() -> Callable[[tuple[Any, ...]], bytes] | None:
 
 
 @lru_cache(maxsize=65536)
-def _view_arg(key: str) -> bytes:
-    """How a view script is given ``key``: its hash tag (16 characters) then the key itself."""
-    return _slot_tag(key) + key.encode("utf-8", "surrogatepass")
-
-
-@lru_cache(maxsize=65536)
 def _slot_of(key: str) -> int:
     """The cluster hash slot of ``key``'s entries."""
     from redis.crc import key_slot
 
     return int(key_slot(b"{" + _slot_tag(key) + b"}"))
-
-
-def _asked(tags: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    """The asked record tags of each key, each once, in the order given."""
-    asked: dict[str, list[str]] = {}
-    for key, tag in tags:
-        wanted = asked.get(key)
-        if wanted is None:
-            asked[key] = [tag]
-        elif tag not in wanted:
-            wanted.append(tag)
-    return asked
-
-
-def _chunks(keys: list[str]) -> list[list[str]]:
-    """``keys`` in runs of at most :data:`VIEW_KEYS_PER_SCRIPT`, one per view script."""
-    return [keys[at : at + VIEW_KEYS_PER_SCRIPT] for at in range(0, len(keys), VIEW_KEYS_PER_SCRIPT)]
 
 
 def _utf8(text: str) -> bytes:
@@ -693,25 +660,21 @@ class RedisStore:
                 opened.close()
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
-        """The EVALSHA of one view script reading ``keys``, each given as one argument (its hash
-        tag and key; the script builds the names). ``declared``: the first key's head hash is
-        the script's one declared key, so a client or proxy that routes scripts by their keys
-        sends it where that key lives (one server, or one hash slot, whose keys the script then
-        reads); else it declares none and may read any key of the node it is sent to."""
-        given: list[bytes] = []
-        tail: list[Any] = []
-        for key in keys:
-            given.append(_view_arg(key))
-            wanted = asked.get(key)
-            if wanted:
-                tail.append(len(wanted))
-                tail += [tag.encode("utf-8", "surrogatepass") for tag in wanted]
-            else:
-                tail.append(0)
-        head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS, len(keys), self._base)
-        if declared:
-            return ("EVALSHA", VIEW_SHA, 1, self._names(keys[0])[1], *head, *given, *tail)
-        return ("EVALSHA", VIEW_SHA, 0, *head, *given, *tail)
+        """The view script's call for ``keys`` (see :func:`~cachesaver.store.redis_views.view_command`):
+        ``declared`` names the first key's head hash, for one server or one hash slot; else none,
+        for every slot of one cluster node."""
+        return view_command(self._base, self._names(keys[0])[1] if declared else None, keys, asked)
+
+    def _decode_views(
+        self,
+        keys: Sequence[str],
+        reply: Any,
+        asked: Mapping[str, list[str]],
+        out: dict[str, KeyView | StoreError],
+        moved: list[str] | None = None,
+    ) -> None:
+        """:func:`~cachesaver.store.redis_views.decode_views`, each corrupt entry named with this store."""
+        decode_views(keys, reply, asked, out, self._corrupt, moved)
 
     def _exchange(self, batches: Sequence[tuple[Any, Sequence[tuple[Any, ...]]]], on_reply: Callable[[int, int, Any], None]) -> None:
         """Send the commands of each batch ``(client, commands)`` on one connection of its
@@ -857,88 +820,6 @@ class RedisStore:
                         raise
                     reply = exc
                 self._decode_views(chunk, reply, asked, out)
-
-    def _decode_views(
-        self,
-        keys: Sequence[str],
-        reply: Any,
-        asked: Mapping[str, list[str]],
-        out: dict[str, KeyView | StoreError],
-        moved: list[str] | None = None,
-    ) -> None:
-        """Put the view of each of ``keys`` in ``out``, from the reply of their view script (see
-        :data:`~cachesaver.store.redis_script.VIEW_SCRIPT`): a CorruptStoreError for a key that
-        holds what cachesaver did not write, or for every key when the reply is an error or
-        cannot be decoded; a key the script's node could not read goes to ``moved``."""
-        if type(reply) is not list:  # an error reply for the whole script
-            for key in keys:
-                out[key] = self._corrupt(key, f"the view script failed ({reply})")
-            return
-        at = 0
-        no_tags: list[str] = []
-        loads = pickle.loads
-        parsed: dict[bytes, tuple[int, ...]] = {}  # indices texts of this reply: most repeat (b"0")
-        try:
-            for key in keys:
-                count = reply[at]
-                if count < 0:
-                    if count == -4:  # the usual replay: its one record is the one tag asked
-                        end = at + 4 + 2 * reply[at + 3]
-                        text = reply[at + 2]
-                        indices = parsed.get(text)
-                        if indices is None:
-                            try:
-                                indices = parsed[text] = _indices(text)
-                            except (ValueError, TypeError, AttributeError) as exc:
-                                out[key] = self._corrupt(key, f"a replay record cannot be decoded ({exc})")
-                                at = end
-                                continue
-                        recorded = {asked[key][0]: indices}  # its records and its found tags alike
-                        out[key] = key_view(reply[at + 1], recorded, recorded, _read_along(reply, at + 4, end, loads))
-                        at = end
-                        continue
-                    if count == -1:
-                        out[key] = EMPTY_VIEW
-                        at += 1
-                    elif count == -3:
-                        if moved is None:
-                            raise TypeError("a script with named keys reported a key of another node")
-                        moved.append(key)
-                        at += 1
-                    else:
-                        out[key] = self._corrupt(key, bytes(reply[at + 1]).decode("utf-8", "replace"))
-                        at += 2
-                    continue
-                wanted = asked.get(key, no_tags)
-                found_at = at + 2 + 2 * reply[at + 1]
-                samples_at = found_at + len(wanted) + 1
-                end = samples_at + 2 * reply[samples_at - 1]
-                records: dict[str, tuple[int, ...]] = {}
-                found: dict[str, tuple[int, ...]] = {}
-                try:
-                    for q in range(at + 2, found_at, 2):
-                        text = reply[q + 1]
-                        indices = parsed.get(text)
-                        if indices is None:
-                            indices = parsed[text] = _indices(text)
-                        tag = reply[q]  # an asked tag comes as its number among them (from 1)
-                        records[wanted[tag - 1] if tag.__class__ is int else tag.decode("utf-8", "surrogatepass")] = indices
-                    for tag, text in zip(wanted, reply[found_at : samples_at - 1]):
-                        if text is not None:
-                            indices = parsed.get(text)
-                            if indices is None:
-                                indices = parsed[text] = _indices(text)
-                            found[tag] = indices
-                except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-                    out[key] = self._corrupt(key, f"a replay record cannot be decoded ({exc})")
-                    at = end
-                    continue
-                out[key] = key_view(count, records, found, _read_along(reply, samples_at, end, loads))
-                at = end
-        except (IndexError, TypeError) as exc:  # a reply of another shape: not this engine's script
-            for key in keys:
-                if key not in out:
-                    out[key] = self._corrupt(key, f"the view script's reply cannot be decoded ({exc})")
 
     def _corrupt(self, key: str, why: str) -> CorruptStoreError:
         return CorruptStoreError(f"the entry of key {key} in {self._location} cannot be read: {why}")
@@ -1451,31 +1332,6 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((index, index + 1))
     return runs
-
-
-def _read_along(reply: list[Any], start: int, end: int, loads: Callable[[Any], Any]) -> dict[int, StoredSample]:
-    """The samples a view script read along, from its reply's ``index, sample`` pairs between
-    ``start`` and ``end``; one that cannot be decoded is left out (read again, and reported,
-    only if a request needs it)."""
-    samples: dict[int, StoredSample] = {}
-    for q in range(start, end, 2):
-        try:
-            sample = loads(reply[q + 1])
-        except Exception:  # noqa: BLE001 - see above
-            continue
-        if sample.__class__ is tuple and len(sample) == 2:
-            samples[reply[q]] = sample
-    return samples
-
-
-def _indices(text: bytes) -> tuple[int, ...]:
-    """A record's indices from ``b"1,5,6"`` (``b""``: none); ValueError when malformed."""
-    if not text:
-        return ()
-    values = tuple(map(int, text.split(b",")))
-    if min(values) < 0:
-        raise ValueError(f"negative index in {text!r}")
-    return values
 
 
 def _starts(text: str) -> list[int]:
