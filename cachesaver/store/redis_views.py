@@ -180,7 +180,7 @@ def decode_views(
                 continue
             out[key] = key_view(count, records, found, read_along(reply, samples_at, end, loads))
             at = end
-    except (IndexError, TypeError) as exc:  # a reply of another shape: not this engine's script
+    except (IndexError, KeyError, TypeError) as exc:  # a reply of another shape: not this engine's script
         for key in keys:
             if key not in out:
                 out[key] = corrupt(key, f"the view script's reply cannot be decoded ({exc})")
