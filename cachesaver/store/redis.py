@@ -661,9 +661,10 @@ class RedisStore:
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
         """The view script's call for ``keys`` (see :func:`~cachesaver.store.redis_views.view_command`):
-        ``declared`` names the first key's head hash, for one server or one hash slot; else none,
+        ``declared`` declares every name it reads, for one server or one hash slot; else none,
         for every slot of one cluster node."""
-        return view_command(self._base, self._names(keys[0])[1] if declared else None, keys, asked)
+        names = [name for key in keys for name in self._names(key)] if declared else []
+        return view_command(self._base, names, keys, asked)
 
     def _decode_views(
         self,

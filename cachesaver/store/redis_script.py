@@ -42,19 +42,22 @@ still consulted; it replies how many it forgot.
 they are consistent with each other and with every commit (all of a commit, or none of it), and
 cost one round trip whatever their number. It only reads (a full server runs it too). The j-th
 cache key is given as one argument, its 16-character hash tag then the key, and the script
-builds its three names from it and the prefix: its samples list (``<prefix>{<tag>}:s:<key>``),
-head hash (``h:``) and later-records hash (``r:``). ``ARGV``: how many samples to read along
-from index 0, the most recorded indices to read instead, the most records to report (the head
-size), the number of cache keys, the prefix, those keys, then per cache key the number ``m`` of
-asked tags and the tags. ``KEYS`` holds one name of the first cache key, for clients and
-proxies that route a script by its keys (one server, or one hash slot), or none: then the
-script reads the keys of every hash slot the cluster node it is sent to holds (a script
-without flags may read any key of its node), and a key the node cannot read (its slot moved,
-or migrating) is reported for the caller to read again by its
+builds its three names from it and the store's key base (``<prefix>:1:``): its samples list
+(``<base>{<tag>}:s:<key>``), head hash (``h:``) and later-records hash (``r:``). ``ARGV``: how
+many samples to read along from index 0, the most recorded indices to read instead, the most
+records to report (the head size), the number of cache keys, the key base, those keys, then per
+cache key the number ``m`` of asked tags and the tags. ``KEYS`` declares every name the script
+reads (one server, or one hash slot: a server or proxy that wants keys declared, or routes by
+them, and a node migrating the slot see them all), or none: then the script reads the keys of
+every hash slot the cluster node it is sent to holds (a script without flags may read any key
+of its node), and a key the node cannot read (its slot moved, or migrating) is reported for the
+caller to read again by its
 slot, through the cluster client. The reply is one flat array (cheaper to build and to parse
 than nested ones), the keys' entries one after the other: ``-1`` when nothing is stored for a
 key (no head, no asked record); ``-2, <reason>`` when it holds what cachesaver did not write;
-``-3`` when it is to be read again by its slot (no ``KEYS`` only: any failure); else its
+``-3`` when it is to be read again by its slot (no ``KEYS`` only: any failure); ``-4, count,
+<indices>, <number read>`` and each sample read's ``index, sample`` when its one record is its
+one asked tag (the usual replay; a head size of at least 1); else its
 sample count, its number of first records and each one's ``tag, "<i>,<j>,..."`` in the order
 first written (the tag as its number among the asked ones when it is one: 1 for the first), ``m`` values (per asked tag its indices, or nil), the number of samples read
 along and each one's ``index, sample``. When every asked tag has a record, those are the

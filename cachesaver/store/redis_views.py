@@ -78,14 +78,15 @@ def view_chunks(keys: list[str]) -> list[list[str]]:
 
 
 def view_command(
-    base: bytes, head_name: bytes | None, keys: Sequence[str], asked: Mapping[str, list[str]]
+    base: bytes, declared: Sequence[bytes], keys: Sequence[str], asked: Mapping[str, list[str]]
 ) -> tuple[Any, ...]:
     """The EVALSHA of one view script reading ``keys``, each given as one argument (its hash
-    tag and key; the script builds the names under ``base``, the store's prefix).
-    ``head_name``, the first key's head hash, is the script's one declared key, so a client or
-    proxy that routes scripts by their keys sends it where that key lives (one server, or one
-    hash slot, whose keys the script then reads); None declares none, and the script may read
-    any key of the node it is sent to."""
+    tag and key; the script builds the names under ``base``, the store's key base
+    ``<prefix>:1:``). ``declared``, the names the script reads (every name of every key, for
+    one server or one hash slot), are its ``KEYS``: a server or proxy that wants a script's
+    keys declared, or routes it by them, and a cluster node migrating a slot (TRYAGAIN / ASK
+    for the whole script) all see what it reads. None declared: the script may read any key of
+    the cluster node it is sent to."""
     given: list[bytes] = []
     tail: list[Any] = []
     for key in keys:
@@ -97,9 +98,7 @@ def view_command(
         else:
             tail.append(0)
     head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS, len(keys), base)
-    if head_name is not None:
-        return ("EVALSHA", VIEW_SHA, 1, head_name, *head, *given, *tail)
-    return ("EVALSHA", VIEW_SHA, 0, *head, *given, *tail)
+    return ("EVALSHA", VIEW_SHA, len(declared), *declared, *head, *given, *tail)
 
 
 def decode_views(
@@ -129,15 +128,17 @@ def decode_views(
             if count < 0:
                 if count == -4:  # the usual replay: its one record is the one tag asked
                     end = at + 4 + 2 * reply[at + 3]
+                    if reply[at + 1].__class__ is not int:
+                        raise TypeError(f"a sample count of {reply[at + 1]!r}")
                     text = reply[at + 2]
-                    indices = parsed.get(text)
-                    if indices is None:
-                        try:
+                    try:
+                        indices = parsed.get(text)
+                        if indices is None:
                             indices = parsed[text] = record_indices(text)
-                        except (ValueError, TypeError, AttributeError) as exc:
-                            out[key] = corrupt(key, f"a replay record cannot be decoded ({exc})")
-                            at = end
-                            continue
+                    except (ValueError, TypeError, AttributeError) as exc:
+                        out[key] = corrupt(key, f"a replay record cannot be decoded ({exc})")
+                        at = end
+                        continue
                     recorded = {asked[key][0]: indices}  # its records and its found tags alike
                     out[key] = key_view(reply[at + 1], recorded, recorded, read_along(reply, at + 4, end, loads))
                     at = end
