@@ -660,10 +660,18 @@ class RedisStore:
                 opened.close()
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
-        """The view script's call for ``keys`` (see :func:`~cachesaver.store.redis_views.view_command`):
-        ``declared`` declares every name it reads, for one server or one hash slot; else none,
-        for every slot of one cluster node."""
-        names = [name for key in keys for name in self._names(key)] if declared else []
+        """The view script's call for ``keys`` (see :func:`~cachesaver.store.redis_views.view_command`).
+        ``declared``: on a cluster (one hash slot) every name it reads is declared, so a node
+        migrating the slot answers TRYAGAIN or ASK for the whole script; on one server only the
+        first key's head hash, for proxies that route a script by its first key (a server that
+        refuses undeclared keys, as Dragonfly does by default, fails every view loudly: it is not
+        supported). Not ``declared``: none, for every slot of one cluster node."""
+        if not declared:
+            names: list[bytes] = []
+        elif self.cluster:
+            names = [name for key in keys for name in self._names(key)]
+        else:
+            names = [self._names(keys[0])[1]]
         return view_command(self._base, names, keys, asked)
 
     def _decode_views(

@@ -47,8 +47,8 @@ builds its three names from it and the store's key base (``<prefix>:1:``): its s
 many samples to read along from index 0, the most recorded indices to read instead, the most
 records to report (the head size), the number of cache keys, the key base, those keys, then per
 cache key the number ``m`` of asked tags and the tags. ``KEYS`` declares every name the script
-reads (one server, or one hash slot: a server or proxy that wants keys declared, or routes by
-them, and a node migrating the slot see them all), or none: then the script reads the keys of
+reads on one hash slot of a cluster (so a node migrating the slot sees them all), the first
+key's head hash on one server (for proxies that route a script by its keys), or none: then the script reads the keys of
 every hash slot the cluster node it is sent to holds (a script without flags may read any key
 of its node), and a key the node cannot read (its slot moved, or migrating) is reported for the
 caller to read again by its

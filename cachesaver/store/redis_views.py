@@ -82,11 +82,9 @@ def view_command(
 ) -> tuple[Any, ...]:
     """The EVALSHA of one view script reading ``keys``, each given as one argument (its hash
     tag and key; the script builds the names under ``base``, the store's key base
-    ``<prefix>:1:``). ``declared``, the names the script reads (every name of every key, for
-    one server or one hash slot), are its ``KEYS``: a server or proxy that wants a script's
-    keys declared, or routes it by them, and a cluster node migrating a slot (TRYAGAIN / ASK
-    for the whole script) all see what it reads. None declared: the script may read any key of
-    the cluster node it is sent to."""
+    ``<prefix>:1:``). ``declared`` are its ``KEYS``, the names a client, proxy or cluster node
+    is told it reads (see :meth:`~cachesaver.store.redis.RedisStore._view_command`); none: the
+    script may read any key of the cluster node it is sent to."""
     given: list[bytes] = []
     tail: list[Any] = []
     for key in keys:
