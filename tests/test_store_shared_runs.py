@@ -206,6 +206,12 @@ async def test_a_failed_request_of_a_shared_run_frees_its_samples_for_the_run(ca
     async with OnlineAPI(failing, cache, 4, 0.001, run_id="r") as a, OnlineAPI(ScriptedModel(), cache, 4, 0.001, run_id="r") as b:
         with pytest.raises(BackendError):
             await a.request(Request("p", n=2))  # held the stored sample, then failed
+        # Its claim is released by a's next lookup round (SharedBroker.abandon): let that round end
+        # before b asks, or b may look first and rightly find the sample still held.
+        broker = a.cacher._broker
+        with anyio.fail_after(10):
+            while broker._abandoned or broker._lookup_lane.busy:
+                await anyio.sleep(0)
         again = await b.request(Request("p"))
     assert again.data == ["p#0"] and again.cached == [True]
 
