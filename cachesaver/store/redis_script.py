@@ -431,8 +431,10 @@ local function view(j, first, m)
       end
     end
   end
+  if nrec == 1 and tonumber(sub(placed, 1, find(placed, ';', 1, true) - 1)) == nil then
+    return 'a replay record cannot be decoded'  -- its first-written position
+  end
   if nrec == 1 and m == 1 and head_size > 0 and one_tag == ARGV[first] then  -- the usual replay
-    if tonumber(sub(placed, 1, find(placed, ';', 1, true) - 1)) == nil then return 'a replay record cannot be decoded' end
     out[base + 1] = -4; out[base + 2] = count; out[base + 3] = one_rest
     n = base + 4
     local taken = push_recorded(prefix .. '{' .. slot .. '}:s:' .. raw, base + 2, 1, count)
@@ -447,7 +449,6 @@ local function view(j, first, m)
     if shown > head_size then shown = head_size end
     for q = 1, shown do out[n + 1] = named(placed[q][2], first, m); out[n + 2] = placed[q][3]; n = n + 2 end
   elseif nrec == 1 then
-    if tonumber(sub(placed, 1, find(placed, ';', 1, true) - 1)) == nil then return 'a replay record cannot be decoded' end
     out[n + 1] = named(one_tag, first, m); out[n + 2] = one_rest; n = n + 2
   end
   local found = n
