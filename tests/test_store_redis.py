@@ -266,6 +266,7 @@ def test_views_reads_and_commits_of_many_keys_cost_one_round_trip_each(redis_ser
     recorder = Recorder()
     client = recorder.client(redis_server.url)
     store = RedisStore(client)
+    store._loop_opener.join()  # its own connection's opening is not counted
     keys = [f"k{i}" for i in range(2 * VIEW_KEYS_PER_SCRIPT + 24)]  # three view scripts
     recorder.clear()
     store.commit([Append("first", samples("x"))])
@@ -305,9 +306,10 @@ def test_a_cluster_view_costs_one_round_trip_per_node(redis_cluster, redis_key_p
 
 
 async def test_a_pipeline_never_blocks_the_event_loop_on_redis_and_serves_lone_hits_from_it(redis_server) -> None:
-    """Every redis-py call (commits, the first views, connecting) runs on the store's threads;
-    once the store's own event-loop connection is open, lookups are views the loop sends and
-    waits for without blocking (no thread hop), whatever the backend."""
+    """Every redis-py call (commits, a view before the store's own event-loop connection is
+    open, connecting) runs on the store's threads; once that connection is open (opening the
+    store opens it, on a thread), lookups are views the loop sends and waits for without
+    blocking (no thread hop), whatever the backend."""
     recorder = Recorder()
     client = recorder.client(redis_server.url)
     loop_thread = threading.current_thread()
@@ -320,7 +322,7 @@ async def test_a_pipeline_never_blocks_the_event_loop_on_redis_and_serves_lone_h
         await pipeline.batch_request(Batch([Request(f"many-{i}", request_id=f"m{i}") for i in range(20)]))
         loop_views = store.loop_views - first
     assert len(recorder.threads) >= 3 and loop_thread not in recorder.threads
-    assert first == 0 and loop_views >= 6  # the five lone hits and the batch's round, from the loop
+    assert loop_views >= 6  # the five lone hits and the batch's round, from the loop
     assert all(h.cached == [True, True] and h.data == hits[0].data for h in hits)
     client.close()
 

@@ -146,21 +146,32 @@ def test_a_connection_the_server_dropped_returns_none_and_is_closed(redis_server
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_view_async_gives_the_views_view_gives_once_a_view_opened_its_connection(redis_server, backend: str) -> None:
+def test_view_async_gives_the_views_view_gives_from_the_connection_opening_the_store_opened(redis_server, backend: str) -> None:
     store = RedisStore(redis_server.url)
+    store._loop_opener.join()  # opening the store started opening it, on a thread of its own
     tag = RecordId("ns", "r", 1, 0).tag
     store.commit([Append("k", [("s0", None), ("s1", None)])], [RecordWrite("k", RecordId("ns", "r", 1, 0), (1,))])
 
-    async def main() -> tuple[Any, Any]:
-        before = await store.view_async(["k"], [("k", tag)])
-        await anyio.to_thread.run_sync(store.view, ["warm"])  # on a thread: opens the connection
-        return before, await store.view_async(["k", "nothing"], [("k", tag)])
+    async def main() -> Any:
+        return await store.view_async(["k", "nothing"], [("k", tag)])
 
-    before, views = anyio.run(main, backend=backend)
-    assert before is None  # not opened yet: nothing changed, the caller uses view on a thread
+    views = anyio.run(main, backend=backend)  # no view ran on a thread before it
     assert views == store.view(["k", "nothing"], [("k", tag)]) and views["k"].found == {tag: (1,)}
     assert store.loop_views == 1
     store.close()
+
+
+def test_closing_a_store_at_once_joins_the_opening_of_its_loop_connection_and_leaves_nothing_open(redis_server) -> None:
+    store = RedisStore(redis_server.url)
+    opener = store._loop_opener
+    store.close()  # very likely while that connection is being opened
+    assert opener is not None and not opener.is_alive()
+    assert store._loop is None or store._loop.closed
+
+    async def main() -> Any:
+        return await store.view_async(["k"])
+
+    assert anyio.run(main) is None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

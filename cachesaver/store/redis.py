@@ -305,7 +305,10 @@ class RedisStore:
 
     Opening asks the server for its memory policy (one round trip, retried like any call):
     wrong credentials raise ConfigurationError here, an unreachable server
-    StoreUnavailableError, and an evicting policy logs a warning.
+    StoreUnavailableError, and an evicting policy logs a warning. On one server it then opens
+    the connection :meth:`view_async` uses on a thread of its own, without waiting for it (a
+    view asked before it is open runs on a store thread, as after a drop); :meth:`close` joins
+    that thread.
     """
 
     inline_io = False
@@ -334,6 +337,7 @@ class RedisStore:
         self._loop_opening = threading.Lock()
         self._loop_retry_at = 0.0  # after a failure to open it, when to try again
         self._loop_warned = False
+        self._loop_opener: threading.Thread | None = None  # opens that connection once the store is open
         self.loop_views = 0  # views served by view_async
         self._named: set[str] = set()  # namespaces whose names this object has stored
         self._stale_layout = False  # a cluster view met connection trouble: ask for the layout again
@@ -371,6 +375,11 @@ class RedisStore:
         except BaseException:
             self.close()
             raise
+        if not self.cluster:  # the first lookup round can then run from the event loop
+            self._loop_opener = threading.Thread(
+                target=self._open_loop, name="cachesaver-redis-loop-open", daemon=True
+            )
+            self._loop_opener.start()
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -598,8 +607,9 @@ class RedisStore:
         """:meth:`view` from the event loop, without blocking it and without a thread: the same
         views, from one round trip on a connection of its own (see
         :mod:`cachesaver.store.redis_loop`). None when it cannot serve them now, having changed
-        nothing: a cluster; TLS; that connection not opened yet (the first
-        :meth:`view`, on a store thread, opens it) or dropped; another view on it in progress;
+        nothing: a cluster; TLS; that connection not open yet (opening the store starts
+        opening it; after a drop, the next :meth:`view`, on a store thread, opens it again) or
+        dropped; another view on it in progress;
         or an error reply (a restarted server without the script, a busy one). The caller then
         calls :meth:`view` on a thread, which retries, reloads the script and reports errors."""
         loop = self._loop
@@ -630,7 +640,7 @@ class RedisStore:
         return out
 
     def _open_loop(self) -> None:
-        """Open the connection of :meth:`view_async` (on a store thread). A server or client it
+        """Open the connection of :meth:`view_async` (on a thread, never the event loop). A server or client it
         cannot be driven on is not asked again; a failure to connect is logged (a warning, once
         per store) and tried again after :data:`LOOP_RETRY_S`, views running on the threads
         meanwhile."""
@@ -1286,6 +1296,9 @@ class RedisStore:
         """Later calls raise StoreError; a client the store opened from a URL is closed, one you
         passed is not (the one connection :meth:`view_async` opened of it is)."""
         self._closed = True
+        opener = self._loop_opener
+        if opener is not None and opener is not threading.current_thread():
+            opener.join()  # it closes what it opened once it sees the store closed
         if self._loop is not None:
             self._loop.close()
         if self._owned and getattr(self, "client", None) is not None:

@@ -11,7 +11,7 @@ caller decode each reply as it comes, while the server runs the next).
 Guarantees:
 
 * It is opened (connected, authenticated, its database selected, all by redis-py) by
-  :meth:`LoopConnection.open`, a blocking call made on a store thread, never on the event
+  :meth:`LoopConnection.open`, a blocking call made on a thread, never on the event
   loop. It is the store's own: made with the client's connection settings, but not taken from
   its pool (whose connection count and limit it leaves alone), and it speaks RESP2 whatever
   the client's protocol, so the server never pushes a message a reply could be mistaken for.
