@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
@@ -79,23 +79,43 @@ class Outcome(Generic[T]):
 
     async def get(self) -> T:
         if not self._done:
-            waiter: Any
-            try:
-                waiter = asyncio.get_running_loop().create_future()
-            except RuntimeError:  # not asyncio (trio): a portable event
-                waiter = anyio.Event()
-            current = self._waiter
-            if current is None:
-                self._waiter = waiter
-            elif type(current) is list:
-                current.append(waiter)
-            else:
-                self._waiter = [current, waiter]
-            if isinstance(waiter, anyio.Event):
-                await waiter.wait()
-            else:
-                await waiter
+            await self.wait()
         return self.result()
+
+    def wait(self) -> Awaitable[None]:
+        """What to await until the outcome is delivered (then :meth:`result` gives it): the
+        wait of :meth:`get`, without a coroutine of its own under asyncio. A cancelled wait
+        leaves the outcome as it was."""
+        if self._done:
+            return DELIVERED
+        waiter: Any
+        try:
+            waiter = asyncio.get_running_loop().create_future()
+        except RuntimeError:  # not asyncio (trio): a portable event
+            waiter = anyio.Event()
+        current = self._waiter
+        if current is None:
+            self._waiter = waiter
+        elif type(current) is list:
+            current.append(waiter)
+        else:
+            self._waiter = [current, waiter]
+        if isinstance(waiter, anyio.Event):
+            return waiter.wait()
+        return waiter
+
+
+class _Delivered:
+    """An awaitable that is done at once: the wait for an outcome already delivered."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+DELIVERED: Awaitable[None] = _Delivered()
+"""Awaiting it returns at once (under any event loop)."""
 
 
 def _native_loop_token() -> object:

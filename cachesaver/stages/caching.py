@@ -303,9 +303,11 @@ class AsyncCacher(Stage):
         op = broker.lookup(request, key)
         self._enter()
         try:
-            await broker.ensure_running()
+            if not broker.started():
+                await broker.ensure_running()
             try:
-                found = await op.get()
+                await op.wait()
+                found = op.result()
             except Exception as exc:  # noqa: BLE001 - that request's own failure
                 return exc
             if self.mode == "refresh":

@@ -225,11 +225,20 @@ class _Lookup(Outcome[Found]):
         return self._driven_get()
 
     async def _driven_get(self) -> Found:
+        await self._driven_wait()
+        return self.result()
+
+    def wait(self) -> Awaitable[None]:
+        if self.drive is None:
+            return Outcome.wait(self)  # the usual case: the wait alone
+        return self._driven_wait()
+
+    async def _driven_wait(self) -> None:
         drive = self.drive  # taken only once this runs: the lane may have served it meanwhile
         if drive is not None:
             self.drive = None
             await drive(self)
-        return await Outcome.get(self)
+        await Outcome.wait(self)
 
     @property
     def outcome(self) -> "_Lookup":
@@ -642,6 +651,10 @@ class SampleBroker:
                 self._write_lane.kick()
         self._abandoned.append(op)
         self._lookup_lane.kick()
+
+    def started(self) -> bool:
+        """Whether :meth:`ensure_running` has nothing to start now."""
+        return self._lookup_lane.running and self._write_lane.running
 
     async def ensure_running(self) -> None:
         for lane, serve in ((self._lookup_lane, self._serve_lookups), (self._write_lane, self._serve_writes)):

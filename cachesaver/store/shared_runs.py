@@ -404,6 +404,9 @@ class SharedBroker(SampleBroker):
         self.ref = RunRef(run.run_id, status.generation, self.worker, status.dead)
         self._lingering = sum(1 for worker in status.workers if worker.partition(":")[2] == LINGER_NAME)
 
+    def started(self) -> bool:
+        return self.ref is not None and (self._beating or self._stopping) and super().started()
+
     async def ensure_running(self) -> None:
         if self.ref is None:
             if self._stopping:
