@@ -275,7 +275,7 @@ def test_views_reads_and_commits_of_many_keys_cost_one_round_trip_each(redis_ser
     store.commit([Append(key, samples(*(f"{key}-{j}" for j in range(20)))) for key in keys],
                  [RecordWrite(key, RecordId("ns", key, 1, 0), (3,)) for key in keys])
     assert recorder.round_trips == 1
-    store.view(["warm"])  # the first view also opens the connection of view_async
+    store.view(["warm"])  # by its end the connection of view_async is open too
     recorder.clear()
     with admin(redis_server.url) as operator:
         scripts = operator.info("commandstats")["cmdstat_evalsha"]["calls"]
@@ -366,12 +366,41 @@ def test_a_key_whose_one_record_is_the_asked_one_has_the_usual_view_and_a_damage
     store.close()
 
 
+def test_a_damaged_record_position_or_samples_list_fails_its_own_key_in_every_form_of_the_view(redis_server) -> None:
+    """The short reply's branches (one record, the asked one) and the general one: a record
+    whose first-written position is not a number, or a samples list that is not a list (read
+    with LINDEX for one recorded sample, LRANGE for several), fails that key only."""
+    store = RedisStore(redis_server.url)
+    rid, other = RecordId("ns", "r", 1, 0), RecordId("ns", "q", 1, 0)
+    mine = rid.tag
+    keys = ("solo", "pos", "pos2", "kind", "kind2")
+    store.commit([Append(key, samples(f"{key}0", f"{key}1", f"{key}2")) for key in keys],
+                 [RecordWrite("solo", rid, (2,)), RecordWrite("pos", rid, (1,)), RecordWrite("pos2", rid, (1,)),
+                  RecordWrite("pos2", other, (0,)), RecordWrite("kind", rid, (1,)), RecordWrite("kind2", RecordId("ns", "r", 2, 0), (0, 1))])
+    asked = [(key, mine) for key in keys[:4]] + [("kind2", RecordId("ns", "r", 2, 0).tag)]
+    before = store.view(list(keys), asked)
+    assert all(ok(before[key]).samples for key in keys)  # all readable before the damage
+    with admin(redis_server.url) as operator:
+        head = operator.hgetall(store.entry_keys("pos")[1])
+        operator.hset(store.entry_keys("pos")[1], mine, b"x;" + head[mine.encode()].split(b";", 1)[1])
+        head2 = operator.hgetall(store.entry_keys("pos2")[1])
+        operator.hset(store.entry_keys("pos2")[1], other.tag, b"y;" + head2[other.tag.encode()].split(b";", 1)[1])
+        for key in ("kind", "kind2"):
+            operator.delete(store.entry_keys(key)[0])
+            operator.set(store.entry_keys(key)[0], "not a list")
+    views = store.view(list(keys), asked)
+    for key in keys[1:]:
+        assert isinstance(views[key], CorruptStoreError), (key, views[key])
+    assert ok(views["solo"]) == ok(before["solo"])  # its neighbours' damage leaves it as it was
+    store.close()
+
+
 def test_a_server_that_lost_the_view_script_is_given_it_again(redis_server) -> None:
     recorder = Recorder()
     client = recorder.client(redis_server.url)
     store = RedisStore(client)
     store.commit([Append("k", samples("x"))])
-    store.view(["warm"])  # the first view also opens the connection of view_async
+    store.view(["warm"])  # by its end the connection of view_async is open too
     with admin(redis_server.url) as operator:
         operator.script_flush()  # as a restart does
     recorder.clear()

@@ -302,7 +302,7 @@ class SingleFlight:
                 continue
             found: SharedFound = entry.found  # type: ignore[assignment]
             if grant.indices:
-                found.indices.extend(grant.indices)
+                found.indices = [*found.indices, *grant.indices]
                 found.samples.extend(grant.samples[j] for j in grant.indices)
                 found.reused.extend([i not in joined] * len(grant.indices))
                 entry.needed -= len(grant.indices)

@@ -119,7 +119,7 @@ class Found:
 
     key: str
     use: int | None
-    indices: list[int]
+    indices: Sequence[int]
     samples: list[StoredSample]
     missing: int
     namespace: str = ""
@@ -469,7 +469,7 @@ class SampleBroker:
             if views is None or not self._mutex.acquire(blocking=False):
                 self._owe(op)
                 return False
-            chosen: dict[int, list[int]] = {}
+            chosen: dict[int, Sequence[int]] = {}
             try:
                 chosen, due = self._choose([op], results, live, views)
                 if self._unread([op], chosen, views):  # samples to read: on the lane's thread
@@ -794,7 +794,7 @@ class SampleBroker:
         not released yet."""
         step = 0  # how many of the three steps under the lock ran
         live: list[int] = []
-        chosen: dict[int, list[int]] = {}
+        chosen: dict[int, Sequence[int]] = {}
         try:
             if self.claims.over_budget:  # between rounds, as on the read thread; disk I/O, so there
                 await self.read_thread.run(self._with_mutex, self._trim)
@@ -916,6 +916,7 @@ class SampleBroker:
         """Take the use and record tag of each live lookup: (results so far, the positions of
         the live ones, the (key, tag) pairs the view is asked for)."""
         claims = self.claims
+        next_use = claims.next_use
         results: list[Found | BaseException | None] = [None] * len(lookups)
         live: list[int] = []  # positions (ints, so a round of hundreds allocates few objects)
         tags: list[tuple[str, str]] = []
@@ -924,10 +925,12 @@ class SampleBroker:
                 results[position] = PipelineClosedError("the request was abandoned before its lookup")
                 continue
             request = op.request
-            if request.request_id is not None:
-                op.use = use = claims.next_use(request.namespace, op.key, request.request_id, request.n)
+            request_id = request.request_id
+            if request_id is not None:
+                namespace, n = request.namespace, request.n
+                op.use = use = next_use(namespace, op.key, request_id, n)
                 op.reused = claims.reused
-                op.tag = tag = record_tag(request.namespace, request.request_id, request.n, use)
+                op.tag = tag = record_tag(namespace, request_id, n, use)
                 tags.append((op.key, tag))
             live.append(position)
         return results, live, tags
@@ -963,12 +966,12 @@ class SampleBroker:
         results: list[Found | BaseException | None],
         live: list[int],
         views: Mapping[str, KeyView | StoreError],
-    ) -> tuple[dict[int, list[int]], dict[int, bool]]:
+    ) -> tuple[dict[int, Sequence[int]], dict[int, bool]]:
         """Claim the indices each live lookup gets from its key's view (under the claims lock):
         (position -> its indices, position -> whether its record is due). A failed view gives
         its lookups' uses back and is their answer."""
         claims = self.claims
-        chosen: dict[int, list[int]] = {}  # position -> the indices it holds
+        chosen: dict[int, Sequence[int]] = {}  # position -> the indices it holds
         due: dict[int, bool] = {}  # position -> whether its record is due
         deferred: list[int] = []
         # Requests whose recorded samples are free are served first, so a request without a
@@ -984,7 +987,7 @@ class SampleBroker:
                 recorded = view.found.get(op.tag)
                 n = op.request.n
                 if recorded is not None and len(recorded) >= n:
-                    picked = list(recorded) if len(recorded) == n else list(recorded[:n])
+                    picked = recorded if len(recorded) == n else recorded[:n]  # a tuple: no copy
                     if claims.take(op.request.namespace, op.key, picked, view.count):
                         chosen[position], due[position] = picked, len(recorded) != n or op.reused
                         continue
@@ -995,16 +998,16 @@ class SampleBroker:
             request = op.request
             recorded = view.found.get(op.tag) if op.tag is not None else None
             reserved = self._reserved(view, request.namespace, op.tag) if view.records else ()
-            picked = claims.choose(request.namespace, op.key, request.n, view.count, recorded, reserved)
-            chosen[position] = picked
+            choice = claims.choose(request.namespace, op.key, request.n, view.count, recorded, reserved)
+            chosen[position] = choice
             due[position] = (
-                op.use is not None and len(picked) == request.n and (op.reused or tuple(picked) != recorded)
+                op.use is not None and len(choice) == request.n and (op.reused or tuple(choice) != recorded)
             )
         return chosen, due
 
     @staticmethod
     def _unread(
-        lookups: list[_Lookup], chosen: dict[int, list[int]], views: Mapping[str, KeyView | StoreError]
+        lookups: list[_Lookup], chosen: dict[int, Sequence[int]], views: Mapping[str, KeyView | StoreError]
     ) -> dict[str, list[int]]:
         """The samples the views did not carry, per key (sorted): one read for all of them."""
         wanted: dict[str, set[int]] = {}
@@ -1016,7 +1019,7 @@ class SampleBroker:
                     wanted.setdefault(key, set()).add(index)
         return {key: sorted(indices) for key, indices in wanted.items()}
 
-    def _give_back_chosen(self, lookups: list[_Lookup], chosen: dict[int, list[int]]) -> None:
+    def _give_back_chosen(self, lookups: list[_Lookup], chosen: dict[int, Sequence[int]]) -> None:
         for position, picked in chosen.items():
             self._give_back(lookups[position], picked)
 
@@ -1024,7 +1027,7 @@ class SampleBroker:
         self,
         lookups: list[_Lookup],
         results: list[Found | BaseException | None],
-        chosen: dict[int, list[int]],
+        chosen: dict[int, Sequence[int]],
         due: dict[int, bool],
         views: Mapping[str, KeyView | StoreError],
         order: dict[str, list[int]],

@@ -138,7 +138,15 @@ def decode_views(
                         at = end
                         continue
                     recorded = {asked[key][0]: indices}  # its records and its found tags alike
-                    out[key] = key_view(reply[at + 1], recorded, recorded, read_along(reply, at + 4, end, loads))
+                    if end == at + 6:  # one sample read along, the commonest replay
+                        try:
+                            sample = loads(reply[at + 5])
+                        except Exception:  # noqa: BLE001 - as read_along: left out
+                            sample = None
+                        along = {reply[at + 4]: sample} if sample.__class__ is tuple and len(sample) == 2 else {}
+                    else:
+                        along = read_along(reply, at + 4, end, loads)
+                    out[key] = key_view(reply[at + 1], recorded, recorded, along)
                     at = end
                     continue
                 if count == -1:
