@@ -90,11 +90,15 @@ def view_command(
     for key in keys:
         given.append(view_arg(key))
         wanted = asked.get(key)
-        if wanted:
-            tail.append(len(wanted))
-            tail += [tag.encode("utf-8", "surrogatepass") for tag in wanted]
-        else:
+        if not wanted:
             tail.append(0)
+        elif len(wanted) == 1:  # the commonest: one request of the key in the round
+            tag = wanted[0]
+            tail.append(1)
+            tail.append(tag if tag.isascii() else tag.encode("utf-8", "surrogatepass"))  # ASCII: sent as is
+        else:
+            tail.append(len(wanted))
+            tail += [tag if tag.isascii() else tag.encode("utf-8", "surrogatepass") for tag in wanted]
     head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS, len(keys), base)
     return ("EVALSHA", VIEW_SHA, len(declared), *declared, *head, *given, *tail)
 
