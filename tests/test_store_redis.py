@@ -315,9 +315,11 @@ async def test_a_pipeline_never_blocks_the_event_loop_on_redis_and_serves_lone_h
     loop_thread = threading.current_thread()
     async with OnlineAPI(ScriptedModel(), client, batch_size=1) as pipeline:
         store = pipeline.cacher._broker.store
+        store._loop_opener.join()  # opening the store opened its event-loop connection, on a thread
         recorder.clear()  # opening asked the server for its memory policy
         await pipeline.request(Request("lone", n=2, request_id="a"))  # a lone lookup and commit
         first = store.loop_views
+        assert first == 1  # the pipeline's first lookup round was sent from the loop
         hits = [await pipeline.request(Request("lone", n=2, request_id="a", namespace=f"o{i}")) for i in range(5)]
         await pipeline.batch_request(Batch([Request(f"many-{i}", request_id=f"m{i}") for i in range(20)]))
         loop_views = store.loop_views - first
@@ -325,6 +327,24 @@ async def test_a_pipeline_never_blocks_the_event_loop_on_redis_and_serves_lone_h
     assert loop_views >= 6  # the five lone hits and the batch's round, from the loop
     assert all(h.cached == [True, True] and h.data == hits[0].data for h in hits)
     client.close()
+
+
+async def test_closing_a_pipeline_closes_its_redis_store_off_the_event_loop(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store's close may wait for the network (the opening of its event-loop connection, a
+    client without timeouts): the cache stage runs it on a thread."""
+    closed_on: list[threading.Thread] = []
+    real_close = RedisStore.close
+
+    def close(self: RedisStore) -> None:
+        closed_on.append(threading.current_thread())
+        real_close(self)
+
+    monkeypatch.setattr(RedisStore, "close", close)
+    async with OnlineAPI(ScriptedModel(), redis_server.url, batch_size=1) as pipeline:
+        await pipeline.request(Request("p", request_id="a"))
+        store = pipeline.cacher._broker.store
+    assert len(closed_on) == 1 and closed_on[0] is not threading.current_thread()
+    assert store._loop is None or store._loop.closed
 
 
 # == lookup rounds: the view script ==============================================================
@@ -391,6 +411,8 @@ def test_a_damaged_record_position_or_samples_list_fails_its_own_key_in_every_fo
     views = store.view(list(keys), asked)
     for key in keys[1:]:
         assert isinstance(views[key], CorruptStoreError), (key, views[key])
+    for tags in ([], [("pos", other.tag)]):  # the damaged lone record, not the asked one (the general reply)
+        assert isinstance(store.view(["pos"], tags)["pos"], CorruptStoreError), tags
     assert ok(views["solo"]) == ok(before["solo"])  # its neighbours' damage leaves it as it was
     store.close()
 
@@ -400,7 +422,7 @@ def test_a_server_that_lost_the_view_script_is_given_it_again(redis_server) -> N
     client = recorder.client(redis_server.url)
     store = RedisStore(client)
     store.commit([Append("k", samples("x"))])
-    store.view(["warm"])  # by its end the connection of view_async is open too
+    store._loop_opener.join()  # the connection of view_async is open: its opening is not counted
     with admin(redis_server.url) as operator:
         operator.script_flush()  # as a restart does
     recorder.clear()

@@ -161,6 +161,39 @@ def test_view_async_gives_the_views_view_gives_from_the_connection_opening_the_s
     store.close()
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork is POSIX only")
+def test_a_process_forked_while_the_store_opens_its_loop_connection_views_and_opens_its_own(redis_server) -> None:
+    """The opener may hold its lock at the fork, or have opened the connection before it; the
+    child neither waits for the lock forever nor uses the parent's connection."""
+    import os
+    import signal
+    import warnings
+
+    seed = RedisStore(redis_server.url)
+    seed.commit([Append("k", [("s0", None)])])
+    seed.close()
+    for attempt in range(6):  # forked at once (the opener most likely mid-connect), or once it is open
+        store = RedisStore(redis_server.url)
+        if attempt % 2:
+            store._loop_opener.join()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork of a threaded process
+            pid = os.fork()
+        if pid == 0:  # the child: a hang is ended by the alarm, a failure by the exit status
+            code = 1
+            try:
+                signal.alarm(10)
+                views = [store.view(["k"])["k"].samples for _ in range(2)]
+                store._open_loop()
+                own = store._loop is not None and store._loop._pid == os.getpid()
+                code = 0 if views == [{0: ("s0", None)}] * 2 and own else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        store.close()
+
+
 def test_closing_a_store_at_once_joins_the_opening_of_its_loop_connection_and_leaves_nothing_open(redis_server) -> None:
     store = RedisStore(redis_server.url)
     opener = store._loop_opener
@@ -246,7 +279,7 @@ def test_view_async_returns_none_for_a_server_without_the_script_and_view_reload
 def test_a_store_on_a_dropped_loop_connection_reopens_it_with_its_next_view(redis_server) -> None:
     store = RedisStore(redis_server.url)
     store.commit([Append("k", [("s0", None)])])
-    store.view(["k"])
+    store._loop_opener.join()  # opening the store opened it
     first = store._loop
     assert first is not None
     first.close()  # as a failed exchange does
@@ -263,7 +296,7 @@ def test_a_store_on_a_dropped_loop_connection_reopens_it_with_its_next_view(redi
 
 def test_closing_the_store_closes_its_loop_connection(redis_server) -> None:
     store = RedisStore(redis_server.url)
-    store.view(["k"])
+    store._loop_opener.join()  # opening the store opened it
     loop = store._loop
     assert loop is not None and not loop.closed
     store.close()
@@ -273,7 +306,7 @@ def test_closing_the_store_closes_its_loop_connection(redis_server) -> None:
 def test_the_loop_connection_is_the_stores_own_never_lent_to_the_pool(redis_server) -> None:
     client = _client(redis_server.url)
     store = RedisStore(client)
-    store.view(["k"])
+    store._loop_opener.join()  # opening the store opened it
     pool = client.connection_pool
     assert store._loop is not None and store._loop._connection not in pool._available_connections
     store.close()
@@ -372,6 +405,7 @@ def test_a_failure_to_open_the_loop_connection_is_warned_once_and_retried_later(
 
     monkeypatch.setattr(LoopConnection, "open", staticmethod(refuse))
     store = RedisStore(redis_server.url)
+    store._loop_opener.join()  # opening the store tried once
     with caplog.at_level("WARNING", logger="cachesaver.store.redis"):
         assert store.view(["k"])["k"].count == 0 and store.view(["k"])["k"].count == 0  # views still work
     assert calls == [1] and store._loop is None  # not tried again before LOOP_RETRY_S

@@ -102,6 +102,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import threading
 import time
@@ -308,7 +309,8 @@ class RedisStore:
     StoreUnavailableError, and an evicting policy logs a warning. On one server it then opens
     the connection :meth:`view_async` uses on a thread of its own, without waiting for it (a
     view asked before it is open runs on a store thread, as after a drop); :meth:`close` joins
-    that thread.
+    that thread, so it may wait for that connection's opening (bounded by the client's
+    connect and socket timeouts; the cache stage closes its stores off the event loop).
     """
 
     inline_io = False
@@ -338,6 +340,7 @@ class RedisStore:
         self._loop_retry_at = 0.0  # after a failure to open it, when to try again
         self._loop_warned = False
         self._loop_opener: threading.Thread | None = None  # opens that connection once the store is open
+        self._pid = os.getpid()  # a forked child gets a lock and opener of its own (see _open_loop)
         self.loop_views = 0  # views served by view_async
         self._named: set[str] = set()  # namespaces whose names this object has stored
         self._stale_layout = False  # a cluster view met connection trouble: ask for the layout again
@@ -597,8 +600,8 @@ class RedisStore:
             return out
 
         views = self._call("read from", run)
-        if self._loop_wanted and (self._loop is None or self._loop.closed):
-            self._open_loop()
+        if self._loop_wanted and (self._loop is None or not self._loop.usable):
+            self._open_loop(wait=False)  # being opened elsewhere: this view does not wait for it
         return views
 
     async def view_async(
@@ -639,35 +642,49 @@ class RedisStore:
         self.loop_views += 1
         return out
 
-    def _open_loop(self) -> None:
+    def _open_loop(self, wait: bool = True) -> None:
         """Open the connection of :meth:`view_async` (on a thread, never the event loop). A server or client it
         cannot be driven on is not asked again; a failure to connect is logged (a warning, once
         per store) and tried again after :data:`LOOP_RETRY_S`, views running on the threads
-        meanwhile."""
-        with self._loop_opening:
-            current = self._loop
-            if (current is not None and not current.closed) or not self._loop_wanted or self._closed:
-                return
-            if time.monotonic() < self._loop_retry_at:
-                return
-            try:
-                opened = LoopConnection.open(self.client.connection_pool)
-            except Exception as exc:  # noqa: BLE001 - views keep running on the store threads
-                self._loop_retry_at = time.monotonic() + LOOP_RETRY_S
-                if not self._loop_warned:
-                    self._loop_warned = True
-                    logger.warning(
-                        "cachesaver could not open its event-loop connection to %s (%s); lookups "
-                        "run on the store's threads, and it tries again every %g s",
-                        self._location, exc, LOOP_RETRY_S,
-                    )
-                return
-            if opened is None:
-                self._loop_wanted = False
-                return
-            self._loop = opened
-            if self._closed:  # closed while connecting: nothing may stay open
-                opened.close()
+        meanwhile. Not ``wait``: return at once while another thread is opening it. In a
+        process forked from the one that opened the store, the parent's opening (its lock may
+        have been held at the fork) is forgotten and this process opens its own."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._loop_opening = threading.Lock()
+            self._loop_opener = None
+        lock = self._loop_opening
+        if not lock.acquire(blocking=wait):
+            return
+        try:
+            self._open_loop_locked()
+        finally:
+            lock.release()
+
+    def _open_loop_locked(self) -> None:
+        current = self._loop
+        if (current is not None and current.usable) or not self._loop_wanted or self._closed:
+            return
+        if time.monotonic() < self._loop_retry_at:
+            return
+        try:
+            opened = LoopConnection.open(self.client.connection_pool)
+        except Exception as exc:  # noqa: BLE001 - views keep running on the store threads
+            self._loop_retry_at = time.monotonic() + LOOP_RETRY_S
+            if not self._loop_warned:
+                self._loop_warned = True
+                logger.warning(
+                    "cachesaver could not open its event-loop connection to %s (%s); lookups "
+                    "run on the store's threads, and it tries again every %g s",
+                    self._location, exc, LOOP_RETRY_S,
+                )
+            return
+        if opened is None:
+            self._loop_wanted = False
+            return
+        self._loop = opened
+        if self._closed:  # closed while connecting: nothing may stay open
+            opened.close()
 
     def _view_command(self, keys: Sequence[str], asked: Mapping[str, list[str]], *, declared: bool) -> tuple[Any, ...]:
         """The view script's call for ``keys`` (see :func:`~cachesaver.store.redis_views.view_command`).

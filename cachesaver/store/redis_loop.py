@@ -100,6 +100,11 @@ class LoopConnection:
         timeout_s = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else _DEFAULT_TIMEOUT_S
         return cls(connection, sock, hiredis, timeout_s)
 
+    @property
+    def usable(self) -> bool:
+        """Not closed, and opened by this process (a forked child never uses its parent's)."""
+        return not self.closed and os.getpid() == self._pid
+
     async def exchange(
         self, packed: bytes, replies: int, on_reply: Callable[[int, Any], None] | None = None
     ) -> list[Any] | None:
