@@ -275,7 +275,7 @@ def test_views_reads_and_commits_of_many_keys_cost_one_round_trip_each(redis_ser
     store.commit([Append(key, samples(*(f"{key}-{j}" for j in range(20)))) for key in keys],
                  [RecordWrite(key, RecordId("ns", key, 1, 0), (3,)) for key in keys])
     assert recorder.round_trips == 1
-    store.view(["warm"])  # by its end the connection of view_async is open too
+    store.view(["warm"])
     recorder.clear()
     with admin(redis_server.url) as operator:
         scripts = operator.info("commandstats")["cmdstat_evalsha"]["calls"]

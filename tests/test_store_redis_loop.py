@@ -214,7 +214,8 @@ def test_view_async_over_several_scripts_gives_every_keys_view_and_none_if_one_s
     store.commit([Append(key, [(f"{key}-0", None)]) for key in keys],
                  [RecordWrite(key, RecordId("ns", key, 1, 0), (0,)) for key in keys])
     tags = [(key, RecordId("ns", key, 1, 0).tag) for key in keys]
-    store.view(["warm"])  # opens the loop connection
+    store.view(["warm"])
+    store._loop_opener.join()  # the loop connection is open
 
     async def main() -> Any:
         return await store.view_async(keys, tags)
@@ -247,7 +248,8 @@ def test_view_async_gives_no_views_at_all_when_only_its_last_script_fails(redis_
     store = _LastScriptFails(redis_server.url)
     keys = [f"k{i}" for i in range(2 * VIEW_KEYS_PER_SCRIPT)] + ["last"]
     store.commit([Append(key, [(f"{key}-0", None)]) for key in keys])
-    store.view(["warm"])  # opens the loop connection
+    store.view(["warm"])
+    store._loop_opener.join()  # the loop connection is open
 
     async def main() -> Any:
         first = await store.view_async(keys)
@@ -263,7 +265,8 @@ def test_view_async_gives_no_views_at_all_when_only_its_last_script_fails(redis_
 def test_view_async_returns_none_for_a_server_without_the_script_and_view_reloads_it(redis_server, backend: str) -> None:
     store = RedisStore(redis_server.url)
     store.commit([Append("k", [("s0", None)])])
-    store.view(["k"])  # opens the loop connection
+    store.view(["k"])
+    store._loop_opener.join()  # the loop connection is open
     with redis.Redis.from_url(redis_server.url) as operator:
         operator.script_flush()  # as a restart does
 
