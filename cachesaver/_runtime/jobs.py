@@ -40,7 +40,7 @@ class Outcome(Generic[T]):
 
     __slots__ = ("_done", "_value", "_error", "_waiter")
 
-    def __init__(self) -> None:  # allocation's _Lookup sets these four itself, as here
+    def __init__(self) -> None:
         self._done = False
         self._value: Any = None
         self._error: BaseException | None = None

@@ -580,7 +580,7 @@ class AsyncCacher(Stage):
                     await anyio.to_thread.run_sync(self._explain_thread.close)
             self._explain_thread.close()  # never started: later explanations raise StoreError
             if self._owns_store:
-                if getattr(self.store, "inline_io", True) is False:  # its close may wait for the network
+                if getattr(self.store, "inline_io", True) is False:  # a network engine: its close may wait for the network
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(self.store.close)
                 else:

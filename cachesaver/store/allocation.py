@@ -206,10 +206,7 @@ class _Lookup(Outcome[Found]):
     __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused", "drive", "owes")
 
     def __init__(self, request: Request, key: str) -> None:
-        self._done = False  # Outcome's own fields, set here: one call less per lookup
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._waiter: Any = None
+        super().__init__()
         self.request = request
         self.key = key
         self.found: Found | None = None

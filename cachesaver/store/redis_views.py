@@ -92,13 +92,10 @@ def view_command(
         wanted = asked.get(key)
         if not wanted:
             tail.append(0)
-        elif len(wanted) == 1:  # the commonest: one request of the key in the round
-            tag = wanted[0]
-            tail.append(1)
+            continue
+        tail.append(len(wanted))
+        for tag in wanted:  # a loop, not a comprehension: most keys have one tag
             tail.append(tag if tag.isascii() else tag.encode("utf-8", "surrogatepass"))  # ASCII: sent as is
-        else:
-            tail.append(len(wanted))
-            tail += [tag if tag.isascii() else tag.encode("utf-8", "surrogatepass") for tag in wanted]
     head = (READ_ALONG_SAMPLES, RECORDED_SAMPLES, CONSULTED_RECORDS, len(keys), base)
     return ("EVALSHA", VIEW_SHA, len(declared), *declared, *head, *given, *tail)
 
@@ -142,15 +139,7 @@ def decode_views(
                         at = end
                         continue
                     recorded = {asked[key][0]: indices}  # its records and its found tags alike
-                    if end == at + 6:  # one sample read along, the commonest replay
-                        try:
-                            sample = loads(reply[at + 5])
-                        except Exception:  # noqa: BLE001 - as read_along: left out
-                            sample = None
-                        along = {reply[at + 4]: sample} if sample.__class__ is tuple and len(sample) == 2 else {}
-                    else:
-                        along = read_along(reply, at + 4, end, loads)
-                    out[key] = key_view(reply[at + 1], recorded, recorded, along)
+                    out[key] = key_view(reply[at + 1], recorded, recorded, read_along(reply, at + 4, end, loads))
                     at = end
                     continue
                 if count == -1:
