@@ -26,6 +26,8 @@ from ..errors import BackgroundJobError, PipelineClosedError
 
 __all__ = ["BackgroundTasks", "DETACHED", "Outcome"]
 
+_Future = asyncio.Future
+
 DETACHED: ContextVar[bool] = ContextVar("cachesaver_detached", default=False)
 """True inside a job of a :class:`BackgroundTasks` (and tasks it starts): no caller's
 cancellation reaches it, only a forced close. A stage called from such a job may do its work in
@@ -65,6 +67,10 @@ class Outcome(Generic[T]):
         waiter, self._waiter = self._waiter, None
         if waiter is None:
             return
+        if type(waiter) is _Future:  # the usual case: one waiting asyncio task
+            if not waiter.done():
+                waiter.set_result(None)
+            return
         for one in waiter if type(waiter) is list else (waiter,):
             if isinstance(one, anyio.Event):
                 one.set()
@@ -90,7 +96,7 @@ class Outcome(Generic[T]):
             return DELIVERED
         waiter: Any
         try:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = _Future(loop=asyncio.get_running_loop())  # what create_future() makes, without its call
         except RuntimeError:  # not asyncio (trio): a portable event
             waiter = anyio.Event()
         current = self._waiter

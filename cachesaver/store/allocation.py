@@ -206,7 +206,7 @@ class _Lookup(Outcome[Found]):
     __slots__ = ("request", "key", "found", "abandoned", "use", "tag", "reused", "drive", "owes")
 
     def __init__(self, request: Request, key: str) -> None:
-        super().__init__()
+        Outcome.__init__(self)  # not super(): no object made for the call, on every request
         self.request = request
         self.key = key
         self.found: Found | None = None

@@ -92,11 +92,8 @@ class KeyClaims:
         return out
 
 
-def _spill_name(kind: str, ident: tuple[Any, ...]) -> str:
-    # A string, not the tuple: pickle output of a tuple depends on which equal strings are the
-    # same object, so equal tuples could be stored under different names. repr of str/int/tuple
-    # values is canonical.
-    return f"{kind}{ident!r}"
+def _spill_name(kind: str, ident: int) -> str:
+    return f"{kind}{ident}"
 
 
 class _Spill:
@@ -142,44 +139,20 @@ class _Spill:
 
 
 _MASK64 = (1 << 64) - 1
-Ident = Any  # an int (compact) or a tuple (a key that is not a hex digest)
-
-
-_HEX_DIGITS = b"0123456789abcdef"  # a key of only these (deleted, nothing is left) is a digest
-
-
-_BITS_MEMO: dict[str, int | None] = {}  # recent keys' bits: a lookup asks for them twice
-_BITS_MEMO_SIZE = 2048  # bounded: a few hundred KB at most; a miss in it only costs the check again
-_UNSEEN = object()
-
-
-def _key_bits(key: str) -> int | None:
-    """128 bits of a hex-digest key (every cache key is a SHA-256 hex digest), or None for any
-    other key (64 characters that are not all lowercase hex digits included: such keys differ
-    in characters these bits would not see)."""
-    seen: Any = _BITS_MEMO.get(key, _UNSEEN)  # not try/except: raising at a first sight costs more
-    if seen is not _UNSEEN:
-        return seen
-    bits = (
-        int(key[:32], 16)
-        if len(key) == 64 and key.isascii() and not key.encode().translate(None, _HEX_DIGITS)
-        else None
-    )
-    if len(_BITS_MEMO) >= _BITS_MEMO_SIZE:
-        _BITS_MEMO.clear()
-    _BITS_MEMO[key] = bits
-    return bits
+Ident = int  # 64 bits of the key's hash, then 64 of the rest's (see RunClaims)
 
 
 class RunClaims:
     """Per-run state: claims per (namespace, key) and use counts per (namespace, key,
     request_id, n), with bounded memory (see the module docstring).
 
-    In memory, an identity is one int: 128 bits of the key's digest and 64 bits of a hash of
-    the rest (the namespace; or namespace, request_id and n), so a distinct request costs two
-    small dictionary entries (about 100 bytes each) however long its key or id. A key whose
-    samples were claimed in order is held as its count alone. (Two identities sharing all 192
-    bits would share claims; with a few million identities per run the odds are below 1e-40.)
+    In memory, an identity is one int: 64 bits of the key's ``hash()`` (which every string
+    keeps once computed, so it costs nothing more) and 64 bits of a hash of the rest (the
+    namespace; or namespace, request_id and n), so a distinct request costs two small
+    dictionary entries (about 100 bytes each) however long its key or id. A key whose samples
+    were claimed in order is held as its count alone. Identities hold for one process, as
+    the claims do (the disk part included). (Two identities sharing all 128 bits would share
+    claims; with ten million identities in one run the odds are below 1e-24.)
     """
 
     max_in_memory = 50_000
@@ -202,20 +175,14 @@ class RunClaims:
 
     @staticmethod
     def _key_ident(namespace: str, key: str) -> Ident:
-        bits = _key_bits(key)
-        if bits is None:
-            return (namespace, key)
-        return (bits << 64) | (hash(namespace) & _MASK64)
+        return ((hash(key) & _MASK64) << 64) | (hash(namespace) & _MASK64)
 
     @staticmethod
     def _use_ident(namespace: str, key: str, request_id: Any, n: int) -> Ident:
-        bits = _key_bits(key)
-        if bits is None:
-            return (namespace, key, type(request_id).__name__, request_id, n)
         # An int id is hashed as its text: hash() of ints collides by construction (-1 and -2,
         # 0 and 2**61 - 1), which would make two ids share their use counts.
         rid = str(request_id) if type(request_id) is int else request_id
-        return (bits << 64) | (hash((namespace, type(request_id).__name__, rid, n)) & _MASK64)
+        return ((hash(key) & _MASK64) << 64) | (hash((namespace, type(request_id).__name__, rid, n)) & _MASK64)
 
     # -- claims of one key --------------------------------------------------------------------
 
@@ -254,7 +221,7 @@ class RunClaims:
         True; else claim none and return False."""
         ident = self._key_ident(namespace, key)
         keys = self._keys
-        value = keys.get(ident)
+        value = keys.pop(ident, None)  # put back below (or by _get/_put): the most recent is last
         floor = 0 if value is None and self._spill is None else value  # 0: never claimed
         if type(floor) is int:
             # Claimed in order so far (or never): the common case of a replay, taking the next
@@ -266,10 +233,10 @@ class RunClaims:
                 and indices[0] == floor
                 and (count == 1 or list(indices) == list(range(floor, floor + count)))
             ):
-                if value is not None:
-                    del keys[ident]  # deleted and put back: the most recently used is last
                 keys[ident] = floor + count
                 return True
+        if value is not None:
+            keys[ident] = value
         if len(set(indices)) != len(indices):
             return False
         entry = self._get(ident)
