@@ -3,6 +3,7 @@ redis-server (started by the suite), under asyncio and trio; and RedisStore.view
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -415,3 +416,78 @@ def test_a_failure_to_open_the_loop_connection_is_warned_once_and_retried_later(
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
     assert "event-loop connection" in caplog.records[0].getMessage()
     store.close()
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """A real selector event loop that counts how often a reader is registered and removed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added = 0
+        self.removed = 0
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        self.added += 1
+        super().add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self.removed += 1
+        return super().remove_reader(fd)
+
+
+def test_an_asyncio_loop_watches_the_socket_once_for_many_exchanges_and_stops_before_it_closes(loop: LoopConnection) -> None:
+    event_loop = _CountingLoop()
+
+    async def main() -> list[Any]:
+        replies = [await loop.exchange(_pack(("PING",)), 1) for _ in range(20)]
+        counts = (event_loop.added, event_loop.removed)
+        number = loop._sock.fileno()
+        loop.close()  # on the watching loop's own thread: at once
+        return [replies, counts, event_loop.removed, event_loop.remove_reader(number)]
+
+    try:
+        replies, counts, removed, still_watched = event_loop.run_until_complete(main())
+    finally:
+        event_loop.close()
+    assert replies == [[b"PONG"]] * 20
+    assert counts == (1, 0)  # one registration for all 20 waits, kept between them
+    assert removed == 1 and not still_watched and loop._sock.fileno() == -1  # unwatched, then closed
+
+
+def test_a_close_from_another_thread_leaves_the_socket_to_the_watching_loop_and_its_number_to_the_next(redis_server) -> None:
+    client = _client(redis_server.url)
+    first = LoopConnection.open(client.connection_pool)
+    assert first is not None
+    number = first._sock.fileno()
+
+    async def main() -> list[Any]:
+        assert await first.exchange(_pack(("PING",)), 1) == [b"PONG"]
+        await asyncio.to_thread(first.close)  # as a store closed on a worker thread
+        await wait_until(lambda: first._sock.fileno() == -1)  # closed by the loop, unwatched first
+        assert not asyncio.get_running_loop().remove_reader(number)  # no watch left on that number
+        second = await asyncio.to_thread(LoopConnection.open, client.connection_pool)
+        assert second is not None
+        # The same socket number again: a loop still watching the old socket would refuse it.
+        replies = [second._sock.fileno() == number] + [await second.exchange(_pack(("PING",)), 1) for _ in range(5)]
+        second.close()
+        return replies
+
+    replies = asyncio.run(main())
+    assert replies == [True] + [[b"PONG"]] * 5
+    client.close()
+
+
+def test_a_connection_the_server_drops_between_exchanges_is_no_longer_watched_and_its_next_exchange_ends(redis_server, loop: LoopConnection) -> None:
+    killer = _client(redis_server.url)
+
+    async def main() -> tuple[bool, Any, bool]:
+        (ident,) = await loop.exchange(_pack(("CLIENT", "ID")), 1)
+        watching = asyncio.get_running_loop()
+        killer.client_kill_filter(_id=ident)
+        await wait_until(lambda: loop._watched is None)  # readable with no read waiting
+        still_registered = watching.remove_reader(loop._sock.fileno())  # False: nothing to remove
+        return still_registered, await loop.exchange(_pack(("PING",)), 1), loop.closed
+
+    still_registered, reply, closed = asyncio.run(main())
+    assert not still_registered and reply is None and closed
+    killer.close()
