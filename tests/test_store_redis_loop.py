@@ -418,6 +418,11 @@ def test_a_failure_to_open_the_loop_connection_is_warned_once_and_retried_later(
     store.close()
 
 
+_SLOW = ("BLPOP", "cachesaver-test:never-pushed", "0.005")
+"""A command the server answers 5 ms later (nil), so the exchange waits for its reply: a PING
+may be answered before the client reads, and then nothing is watched."""
+
+
 class _CountingLoop(asyncio.SelectorEventLoop):
     """A real selector event loop that counts how often a reader is registered and removed."""
 
@@ -439,7 +444,7 @@ def test_an_asyncio_loop_watches_the_socket_once_for_many_exchanges_and_stops_be
     event_loop = _CountingLoop()
 
     async def main() -> list[Any]:
-        replies = [await loop.exchange(_pack(("PING",)), 1) for _ in range(20)]
+        replies = [await loop.exchange(_pack(_SLOW), 1) for _ in range(20)]
         counts = (event_loop.added, event_loop.removed)
         number = loop._sock.fileno()
         loop.close()  # on the watching loop's own thread: at once
@@ -449,7 +454,7 @@ def test_an_asyncio_loop_watches_the_socket_once_for_many_exchanges_and_stops_be
         replies, counts, removed, still_watched = event_loop.run_until_complete(main())
     finally:
         event_loop.close()
-    assert replies == [[b"PONG"]] * 20
+    assert replies == [[None]] * 20
     assert counts == (1, 0)  # one registration for all 20 waits, kept between them
     assert removed == 1 and not still_watched and loop._sock.fileno() == -1  # unwatched, then closed
 
@@ -461,7 +466,8 @@ def test_a_close_from_another_thread_leaves_the_socket_to_the_watching_loop_and_
     number = first._sock.fileno()
 
     async def main() -> list[Any]:
-        assert await first.exchange(_pack(("PING",)), 1) == [b"PONG"]
+        assert await first.exchange(_pack(_SLOW), 1) == [None]
+        assert first._watched is not None  # watched from that wait on
         await asyncio.to_thread(first.close)  # as a store closed on a worker thread
         await wait_until(lambda: first._sock.fileno() == -1)  # closed by the loop, unwatched first
         assert not asyncio.get_running_loop().remove_reader(number)  # no watch left on that number
@@ -481,7 +487,9 @@ def test_a_connection_the_server_drops_between_exchanges_is_no_longer_watched_an
     killer = _client(redis_server.url)
 
     async def main() -> tuple[bool, Any, bool]:
+        assert await loop.exchange(_pack(_SLOW), 1) == [None]
         (ident,) = await loop.exchange(_pack(("CLIENT", "ID")), 1)
+        assert loop._watched is not None  # watched since the first wait
         watching = asyncio.get_running_loop()
         killer.client_kill_filter(_id=ident)
         await wait_until(lambda: loop._watched is None)  # readable with no read waiting
