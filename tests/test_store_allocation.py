@@ -26,6 +26,7 @@ from cachesaver.store.protocol import record_tag
 from cachesaver.errors import (
     BackendError,
     BackgroundJobError,
+    CorruptStoreError,
     IncompleteResponseError,
     PipelineClosedError,
     StoreError,
@@ -520,6 +521,7 @@ class _LoopViews(StoreForwarder):
         self.loop_keys: list[list[str]] = []  # the keys of each view_async, in order
         self.loop_tasks: list[int] = []  # the task each view_async ran in
         self.along = 0  # view_async carries each key's first samples, up to this many (as Redis's does)
+        self.corrupt: set[str] = set()  # keys whose view_async is a CorruptStoreError
 
     async def view_async(self, keys: Any, tags: Any = ()) -> Any:
         if self.refuse:
@@ -532,6 +534,8 @@ class _LoopViews(StoreForwarder):
         await anyio.lowlevel.checkpoint()
         self.loop_views += 1
         views = dict(self.inner.view(keys, tags))
+        for key in self.corrupt.intersection(views):
+            views[key] = CorruptStoreError(f"the entry of {key} is not cachesaver's")
         for key, view in views.items():
             if self.along and not isinstance(view, BaseException) and view.count:
                 first = range(min(view.count, self.along))
@@ -739,6 +743,39 @@ def test_a_lone_lookup_is_served_by_a_round_its_own_task_runs(backend: str) -> N
     first, again, elsewhere, driven = anyio.run(main, backend=backend)
     assert driven == 5 and elsewhere == []  # every view ran in the caller's task
     assert all(r.cached == [True] for r in first) and [r.data for r in again] == [r.data for r in first]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lone_lookup_whose_view_fails_gets_the_error_and_gives_its_use_back(backend: str) -> None:
+    """The caller's own round sees its key's view fail: that request gets the store's error,
+    and the use it took is given back, so the next attempt of the same request id replays as
+    the first would have (use 0), while other keys are served as usual."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, ["c0", "c1"])
+
+    async def main() -> tuple[Any, int, bool, int, Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("c1", namespace="warm"))  # the lane starts
+            broker = pipeline.cacher._broker
+            key = pipeline.cacher._key(Request("c0"))
+            store.corrupt.add(key)
+            driven = broker.driven_lookups
+            try:
+                await pipeline.request(Request("c0", request_id="a", namespace="x"))
+                failure: Any = None
+            except CorruptStoreError as exc:
+                failure = exc
+            count = broker.driven_lookups - driven
+            use = broker.claims.next_use("x", key, "a", 1)
+            reused = broker.claims.reused
+            other = await pipeline.request(Request("c1", request_id="b", namespace="x"))
+        return failure, use, reused, count, other
+
+    failure, use, reused, driven, other = anyio.run(main, backend=backend)
+    assert isinstance(failure, CorruptStoreError) and driven == 1  # its own round, its own error
+    assert use == 0 and reused  # the use came back
+    assert other.data == ["c1#0"] and other.cached == [True]
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

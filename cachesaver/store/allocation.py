@@ -454,14 +454,19 @@ class SampleBroker:
             return False
         if not self._mutex.acquire(blocking=False):
             return False
+        result: Found | BaseException | None = None
+        tag: str | None = None
         try:
-            results, live, tags = self._plan_round([op])
+            if op.abandoned:
+                result = PipelineClosedError("the request was abandoned before its lookup")
+            else:
+                tag = self._plan_one(op)
         finally:
             self._mutex.release()
-        result = results[0]
-        if live:
+        if result is None:
+            key = op.key
             try:
-                views = await self._loop_views(self._round_keys([op], live), tags)  # type: ignore[misc]
+                views = await self._loop_views([key], [(key, tag)] if tag is not None else [])  # type: ignore[misc]
             except BaseException:
                 self._owe(op)
                 raise
@@ -469,20 +474,24 @@ class SampleBroker:
             if views is None or not self._mutex.acquire(blocking=False):
                 self._owe(op)
                 return False
-            chosen: dict[int, Sequence[int]] = {}
+            picked: Sequence[int] = ()
             try:
-                chosen, due = self._choose([op], results, live, views)
-                if self._unread([op], chosen, views):  # samples to read: on the lane's thread
-                    if chosen:
-                        self.claims.release(op.request.namespace, op.key, chosen[0])
-                    self._undo_use(op)
-                    return False
-                result = self._answer([op], results, chosen, due, views, {}, {})[0]
-            except Exception as exc:  # a crash (a bug): this request gets it, holding nothing
-                if chosen:
-                    self._give_back_chosen([op], chosen)
-                else:
+                view = views[key]
+                if isinstance(view, BaseException):
                     self._give_back(op)
+                    result = view
+                else:
+                    picked, due = self._pick_one(op, view)
+                    along = view.samples
+                    for index in picked:
+                        if index not in along:  # samples to read: on the lane's thread
+                            self.claims.release(op.request.namespace, key, picked)
+                            self._undo_use(op)
+                            return False
+                    samples = [along[picked[0]]] if len(picked) == 1 else [along[i] for i in picked]
+                    result = self._found_one(op, picked, samples, due)
+            except Exception as exc:  # a crash (a bug): this request gets it, holding nothing
+                self._give_back(op, picked)
                 logger.error("cachesaver lookup round failed: %s", exc)
                 result = exc
             finally:
@@ -1065,14 +1074,8 @@ class SampleBroker:
         """:meth:`_serve_round` for a round of one lookup, with the same choices."""
         if op.abandoned:
             return PipelineClosedError("the request was abandoned before its lookup")
-        claims = self.claims
-        request = op.request
-        namespace, n, key = request.namespace, request.n, op.key
-        tag = None
-        if request.request_id is not None:
-            op.use = claims.next_use(namespace, key, request.request_id, n)
-            op.reused = claims.reused
-            op.tag = tag = record_tag(namespace, request.request_id, n, op.use)
+        key = op.key
+        tag = self._plan_one(op)
         try:
             view = self.store.view((key,), ((key, tag),) if tag is not None else ())[key]
         except BaseException:
@@ -1081,16 +1084,7 @@ class SampleBroker:
         if isinstance(view, BaseException):
             self._give_back(op)
             return view
-        recorded = view.found.get(tag) if tag is not None else None
-        picked: list[int] | None = None
-        if recorded is not None and len(recorded) >= n:
-            wanted = list(recorded[:n])
-            if claims.take(namespace, key, wanted, view.count):
-                picked, due = wanted, len(recorded) != n or op.reused
-        if picked is None:
-            reserved = self._reserved(view, namespace, tag) if view.records else ()
-            picked = claims.choose(namespace, key, n, view.count, recorded, reserved)
-            due = op.use is not None and len(picked) == n and (op.reused or tuple(picked) != recorded)
+        picked, due = self._pick_one(op, view)
         along = view.samples
         missing = [i for i in picked if i not in along]
         if missing:
@@ -1106,7 +1100,43 @@ class SampleBroker:
             samples = [along[i] if i in along else fetched[i] for i in picked]
         else:
             samples = [along[i] for i in picked]
-        op.found = Found(key, op.use, picked, samples, n - len(picked), namespace, request.request_id, n, due)
+        return self._found_one(op, picked, samples, due)
+
+    def _plan_one(self, op: _Lookup) -> str | None:
+        """:meth:`_plan_round` for one live lookup (under the claims lock): take its use, and
+        return its record tag (None: no request id)."""
+        request = op.request
+        request_id = request.request_id
+        if request_id is None:
+            return None
+        namespace, n = request.namespace, request.n
+        claims = self.claims
+        op.use = use = claims.next_use(namespace, op.key, request_id, n)
+        op.reused = claims.reused
+        op.tag = tag = record_tag(namespace, request_id, n, use)
+        return tag
+
+    def _pick_one(self, op: _Lookup, view: KeyView) -> tuple[Sequence[int], bool]:
+        """:meth:`_choose` for one lookup whose view was read (under the claims lock): the
+        indices it claims and whether its record is due."""
+        claims = self.claims
+        request = op.request
+        namespace, n, key, tag = request.namespace, request.n, op.key, op.tag
+        recorded = view.found.get(tag) if tag is not None else None
+        if recorded is not None and len(recorded) >= n:
+            picked = recorded if len(recorded) == n else recorded[:n]  # a tuple: no copy
+            if claims.take(namespace, key, picked, view.count):
+                return picked, len(recorded) != n or op.reused
+        reserved = self._reserved(view, namespace, tag) if view.records else ()
+        choice = claims.choose(namespace, key, n, view.count, recorded, reserved)
+        return choice, op.use is not None and len(choice) == n and (op.reused or tuple(choice) != recorded)
+
+    @staticmethod
+    def _found_one(op: _Lookup, picked: Sequence[int], samples: list[StoredSample], due: bool) -> Found:
+        """The answer of one lookup that holds ``picked`` (its ``samples``, in that order)."""
+        request = op.request
+        n = request.n
+        op.found = Found(op.key, op.use, picked, samples, n - len(picked), request.namespace, request.request_id, n, due)
         return op.found
 
     @staticmethod

@@ -62,13 +62,14 @@ class _TimedOut(Exception):
 class LoopConnection:
     """One redis-py connection, driven from the event loop; see the module docstring."""
 
-    __slots__ = ("_connection", "_sock", "_hiredis", "_busy", "_pid", "_timeout_s", "closed",
+    __slots__ = ("_connection", "_sock", "_hiredis", "_push", "_busy", "_pid", "_timeout_s", "closed",
                  "_watched", "_waiter")
 
     def __init__(self, connection: Any, sock: Any, hiredis: Any, timeout_s: float) -> None:
         self._connection = connection
         self._sock = sock
         self._hiredis = hiredis
+        self._push = getattr(hiredis, "PushNotification", None)  # RESP3 pushes: hiredis 3 and later
         self._busy = threading.Lock()
         self._pid = os.getpid()
         self._timeout_s = timeout_s
@@ -157,7 +158,7 @@ class LoopConnection:
                 continue
             pending = pending[sent:]
         reader = self._hiredis.Reader(notEnoughData=_MORE)
-        push = getattr(self._hiredis, "PushNotification", None)
+        push = self._push
         out: list[Any] = []
         while len(out) < replies:
             reply = reader.gets()
