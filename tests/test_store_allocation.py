@@ -779,6 +779,69 @@ def test_a_lone_lookup_whose_view_fails_gets_the_error_and_gives_its_use_back(ba
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lone_replay_gets_its_recorded_samples_not_the_lowest_free_ones(backend: str) -> None:
+    """The caller's own round asks for the request's record: a replay of request "a", whose
+    record is sample 1 (request "b" took sample 0 first), gets sample 1 again, alone, in a new
+    run, and writes no new record."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+
+    async def main() -> tuple[list[Response], Response, int, int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            first = [await pipeline.request(Request("p", request_id=rid, namespace="x")) for rid in ("b", "a")]
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("other", namespace="warm"))  # the lane starts
+            broker = pipeline.cacher._broker
+            driven, records = broker.driven_lookups, len(broker._records)
+            again = await pipeline.request(Request("p", request_id="a", namespace="x"))
+            return first, again, broker.driven_lookups - driven, len(broker._records) - records
+
+    first, again, driven, new_records = anyio.run(main, backend=backend)
+    assert [r.data for r in first] == [["p#0"], ["p#1"]]
+    assert driven == 1 and again.data == ["p#1"] and again.cached == [True] and new_records == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lone_round_that_crashes_fails_its_request_only_and_gives_back_what_it_took(backend: str) -> None:
+    """A bug in the caller's own round, after it claimed the request's samples, fails that
+    request alone: its use and its samples are given back, so the same request asked again
+    replays as the first attempt would have, and the pipeline goes on serving."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, ["q"])
+
+    async def main() -> tuple[Any, Response, int, int, Response]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("other", namespace="warm"))  # the lane starts
+            broker = pipeline.cacher._broker
+            key = pipeline.cacher._key(Request("q"))
+            real = broker._found_one
+
+            def crashing(*args: Any) -> Any:
+                raise RuntimeError("a bug in the round")
+
+            broker._found_one = crashing
+            driven = broker.driven_lookups
+            try:
+                await pipeline.request(Request("q", request_id="a", namespace="x"))
+                failure: Any = None
+            except RuntimeError as exc:
+                failure = exc
+            count = broker.driven_lookups - driven
+            broker._found_one = real
+            again = await pipeline.request(Request("q", request_id="a", namespace="x"))
+            uses = broker.claims.next_use("x", key, "a", 1)  # uses of "a" taken so far: 1 if 0 came back
+            other = await pipeline.request(Request("q", namespace="y"))
+        return failure, again, count, uses, other
+
+    failure, again, driven, uses, other = anyio.run(main, backend=backend)
+    assert isinstance(failure, RuntimeError) and driven == 1
+    assert again.data == ["q#0"] and again.cached == [True]  # sample 0 was given back
+    assert uses == 1  # and use 0: the second attempt took it again
+    assert other.data == ["q#0"] and other.cached == [True]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_lone_lookups_served_by_their_callers_never_wake_the_idle_lane(backend: str) -> None:
     """A lone caller's hit costs no wake-up of another task: the lane sleeps through it."""
     store = _LoopViews(MemoryStore())

@@ -419,8 +419,9 @@ def test_a_failure_to_open_the_loop_connection_is_warned_once_and_retried_later(
 
 
 _SLOW = ("BLPOP", "cachesaver-test:never-pushed", "0.005")
-"""A command the server answers 5 ms later (nil), so the exchange waits for its reply: a PING
-may be answered before the client reads, and then nothing is watched."""
+"""A command the server answers no sooner than 5 ms later (nil, at its next tick after the
+time-out), so the exchange waits for its reply: a PING may be answered before the client
+reads, and then nothing is watched."""
 
 
 class _CountingLoop(asyncio.SelectorEventLoop):
