@@ -488,8 +488,7 @@ class SampleBroker:
                             self.claims.release(op.request.namespace, key, picked)
                             self._undo_use(op)
                             return False
-                    samples = [along[picked[0]]] if len(picked) == 1 else [along[i] for i in picked]
-                    result = self._found_one(op, picked, samples, due)
+                    result = self._found_one(op, picked, [along[i] for i in picked], due)
             except Exception as exc:  # a crash (a bug): this request gets it, holding nothing
                 self._give_back(op, picked)
                 logger.error("cachesaver lookup round failed: %s", exc)

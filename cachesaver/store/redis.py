@@ -259,12 +259,6 @@ def _slot_of(key: str) -> int:
     return int(key_slot(b"{" + _slot_tag(key) + b"}"))
 
 
-@lru_cache(maxsize=65536)
-def _head_name(base: bytes, key: str) -> bytes:
-    """The head hash of ``key`` under the key base ``base`` (as :meth:`RedisStore._names`)."""
-    return base + b"{" + _slot_tag(key) + b"}:h:" + _utf8(key)
-
-
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
@@ -624,18 +618,15 @@ class RedisStore:
         loop = self._loop
         if loop is None or loop.closed or self._closed or self.cluster:
             return None  # the next view, on a thread, opens a new one
-        unique = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)
+        unique = list(dict.fromkeys(keys))
         if not unique:
             return {}
         asked = _asked(tags)
-        chunks = [unique] if len(unique) == 1 else _chunks(unique)
+        chunks = _chunks(unique)
         pack = _pack_command()
         if pack is None:
             return None
-        if len(chunks) == 1:  # a lone caller's view, or a short round
-            packed = pack(self._view_command(unique, asked, declared=True))
-        else:
-            packed = b"".join([pack(self._view_command(chunk, asked, declared=True)) for chunk in chunks])
+        packed = b"".join([pack(self._view_command(chunk, asked, declared=True)) for chunk in chunks])
         out: dict[str, KeyView | StoreError] = {}
         refused: list[Any] = []
 
@@ -707,7 +698,7 @@ class RedisStore:
         elif self.cluster:
             names = [name for key in keys for name in self._names(key)]
         else:
-            names = [_head_name(self._base, keys[0])]
+            names = [self._names(keys[0])[1]]
         return view_command(self._base, names, keys, asked)
 
     def _decode_views(

@@ -73,7 +73,9 @@ def asked_tags(tags: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def view_chunks(keys: list[str]) -> list[list[str]]:
-    """``keys`` in runs of at most :data:`VIEW_KEYS_PER_SCRIPT`, one per view script."""
+    """``keys`` in runs of at most :data:`VIEW_KEYS_PER_SCRIPT`, one per view script (new lists)."""
+    if len(keys) <= VIEW_KEYS_PER_SCRIPT:  # a lone caller's view, or a short round
+        return [keys[:]] if keys else []
     return [keys[at : at + VIEW_KEYS_PER_SCRIPT] for at in range(0, len(keys), VIEW_KEYS_PER_SCRIPT)]
 
 
