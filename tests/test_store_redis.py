@@ -92,6 +92,29 @@ def test_open_store_takes_unix_and_tcp_urls_with_a_prefix(redis_server, redis_se
     default.close()
 
 
+async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
+    redis_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection of a store opened from a URL (the store threads' and the event loop's)
+    carries the one driver description naming cachesaver, which a server from Redis 7.2 lists
+    in CLIENT LIST; none reads redis-py's installed metadata again (about 1 ms a connection)."""
+    import cachesaver
+    import redis.utils
+
+    read: list[int] = []
+    real = redis.utils.get_lib_version
+    monkeypatch.setattr(redis.utils, "get_lib_version", lambda: read.append(1) or real())
+    async with OnlineAPI(ScriptedModel(), with_query(redis_server.url, prefix="named"), batch_size=1) as pipeline:
+        store = pipeline.cacher._broker.store
+        store._loop_opener.join()
+        await pipeline.request(Request("named", request_id="a"))  # a lookup and a commit
+        assert store.loop_views == 1  # the event loop's connection was opened and used
+        info = store.client.connection_pool.connection_kwargs["driver_info"]
+        assert info.formatted_name == f"redis-py(cachesaver_v{cachesaver.__version__})"
+        assert info.lib_version == redis.__version__
+    assert read == []
+
+
 def test_the_cluster_url_form_opens_a_cluster_store(redis_cluster, redis_key_prefix) -> None:
     store, owned = open_store(with_query(redis_cluster.cluster_url, prefix=redis_key_prefix))
     try:
