@@ -115,6 +115,24 @@ async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
     assert read == []
 
 
+def test_a_version_redis_py_will_not_list_still_opens_the_store(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local build's version with a space names redis-py alone; the store opens and works."""
+    import cachesaver
+    from cachesaver.store.redis import _driver_options
+
+    monkeypatch.setattr(cachesaver, "__version__", "0.1 local build")
+    _driver_options.cache_clear()
+    try:
+        store, _ = open_store(with_query(redis_server.url, prefix="odd-version"))
+        try:
+            assert store.commit([Append("k", samples("x"))]) == [0]
+            assert store.client.connection_pool.connection_kwargs["driver_info"].formatted_name == "redis-py"
+        finally:
+            store.close()
+    finally:
+        _driver_options.cache_clear()
+
+
 def test_the_cluster_url_form_opens_a_cluster_store(redis_cluster, redis_key_prefix) -> None:
     store, owned = open_store(with_query(redis_cluster.cluster_url, prefix=redis_key_prefix))
     try:

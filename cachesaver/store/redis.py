@@ -219,7 +219,11 @@ def _driver_options() -> tuple[tuple[str, Any], ...]:
 
     version = getattr(redis, "__version__", None)
     info = DriverInfo(name="redis-py", lib_version=version) if isinstance(version, str) else DriverInfo()
-    return (("driver_info", info.add_upstream_driver("cachesaver", __version__)),)
+    try:
+        info.add_upstream_driver("cachesaver", __version__)
+    except ValueError:  # a version redis-py will not list (a local build's): redis-py's own name
+        pass
+    return (("driver_info", info),)
 
 
 class _Errors:
