@@ -92,6 +92,14 @@ def test_open_store_takes_unix_and_tcp_urls_with_a_prefix(redis_server, redis_se
     default.close()
 
 
+def _driver_info() -> Any:
+    """The driver description a store gives its connections (redis-py 7.2 and later)."""
+    pytest.importorskip("redis.driver_info", reason="redis-py before 7.2 has no driver_info option")
+    from cachesaver.store.redis import _driver_options
+
+    return dict(_driver_options())["driver_info"]
+
+
 async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
     redis_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,6 +109,9 @@ async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
     import cachesaver
     import redis.utils
 
+    info = _driver_info()
+    assert info.formatted_name == f"redis-py(cachesaver_v{cachesaver.__version__})"
+    assert info.lib_version == redis.__version__
     read: list[int] = []
     real = redis.utils.get_lib_version
     monkeypatch.setattr(redis.utils, "get_lib_version", lambda: read.append(1) or real())
@@ -109,10 +120,42 @@ async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
         store._loop_opener.join()
         await pipeline.request(Request("named", request_id="a"))  # a lookup and a commit
         assert store.loop_views == 1  # the event loop's connection was opened and used
-        info = store.client.connection_pool.connection_kwargs["driver_info"]
-        assert info.formatted_name == f"redis-py(cachesaver_v{cachesaver.__version__})"
-        assert info.lib_version == redis.__version__
+        assert store.client.connection_pool.connection_kwargs["driver_info"] is info
+        assert store._loop._connection.driver_info is info
     assert read == []
+
+
+def test_every_node_connection_of_a_cluster_store_names_cachesaver(
+    redis_cluster, redis_key_prefix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.utils
+
+    info = _driver_info()
+    read: list[int] = []
+    real = redis.utils.get_lib_version
+    monkeypatch.setattr(redis.utils, "get_lib_version", lambda: read.append(1) or real())
+    store, _ = open_store(with_query(redis_cluster.cluster_url, prefix=redis_key_prefix))
+    try:
+        assert store.commit([Append(redis_key_prefix + "k", samples("x"))]) == [0]
+        nodes = store.client.get_nodes()
+        assert len(nodes) >= 3
+        assert all(n.redis_connection.connection_pool.connection_kwargs["driver_info"] is info for n in nodes)
+    finally:
+        store.close()
+    assert read == []
+
+
+def test_a_url_that_names_its_client_keeps_that_name(redis_server) -> None:
+    """A name the user gave redis-py (deprecated there since 7.2, so it warns) is not replaced."""
+    _driver_info()
+    with pytest.warns(DeprecationWarning, match="lib_name"):
+        store, _ = open_store(with_query(redis_server.url, prefix="own-name", lib_name="team-notebook"))
+    try:
+        assert store.commit([Append("k", samples("x"))]) == [0]
+        kwargs = store.client.connection_pool.connection_kwargs
+        assert "driver_info" not in kwargs and kwargs["lib_name"] == "team-notebook"
+    finally:
+        store.close()
 
 
 def test_a_version_redis_py_will_not_list_still_opens_the_store(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,6 +163,7 @@ def test_a_version_redis_py_will_not_list_still_opens_the_store(redis_server, mo
     import cachesaver
     from cachesaver.store.redis import _driver_options
 
+    _driver_info()
     monkeypatch.setattr(cachesaver, "__version__", "0.1 local build")
     _driver_options.cache_clear()
     try:

@@ -206,10 +206,13 @@ def _redis() -> Any:
 
 @lru_cache(maxsize=None)
 def _driver_options() -> tuple[tuple[str, Any], ...]:
-    """redis-py's ``driver_info`` option naming cachesaver, one object for the whole process:
-    the server lists the store's connections as ``lib-name=redis-py(cachesaver_v<version>)``
-    (``CLIENT LIST``), and a new connection does not read redis-py's version from its
-    installed metadata again (about 1 ms each). Empty on a redis-py without that option."""
+    """redis-py's ``driver_info`` option naming cachesaver, one object for the whole process,
+    given to a store opened from a URL that names no client itself: a server from Redis 7.2
+    lists the store's connections as ``lib-name=redis-py(cachesaver_v<version>)`` (``CLIENT
+    LIST``), and a new connection does not read redis-py's version from its installed metadata
+    again (about 1 ms each). Empty on a redis-py without that option (before 7.2); a cluster
+    client of redis-py 7.2 to 7.4 does not hand it to its nodes, which then keep redis-py's
+    defaults."""
     try:
         import redis
         from redis.driver_info import DriverInfo
@@ -419,7 +422,9 @@ class RedisStore:
 
         # No retries inside redis-py: the engine's own loop retries, within retry_s, and knows
         # which calls are safe to repeat.
-        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), **parsed.timeouts, **dict(_driver_options())}
+        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), **parsed.timeouts}
+        if not parsed.names_client:  # a name the URL gives is kept
+            options.update(_driver_options())
         try:
             if parsed.cluster:
                 return redis.cluster.RedisCluster.from_url(parsed.client_url, **options)

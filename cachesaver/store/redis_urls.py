@@ -39,13 +39,15 @@ class RedisUrl:
     """A parsed store URL: ``client_url`` is what redis-py's ``from_url`` gets (cachesaver's own
     parameters removed, ``+cluster`` dropped from the scheme); ``prefix`` and ``retry_s`` are
     those parameters (None when absent); ``timeouts`` the socket time-outs to add, for those
-    the URL does not set."""
+    the URL does not set; ``names_client``: the URL gives redis-py's ``lib_name`` or
+    ``lib_version`` itself (then the store's connections keep that name)."""
 
     client_url: str
     cluster: bool
     prefix: str | None
     retry_s: float | None
     timeouts: dict[str, float]
+    names_client: bool = False
 
 
 def parse_url(url: str) -> RedisUrl:
@@ -90,7 +92,8 @@ def parse_url(url: str) -> RedisUrl:
         except ValueError:
             raise ConfigurationError(f"retry_s in {describe(url)} must be a number of seconds, got {ours['retry_s']!r}") from None
     client_url = _unsplit(base, split.netloc, split.path, urlencode(rest))
-    return RedisUrl(client_url, cluster, ours.get("prefix"), retry_s, timeouts)
+    named = bool(names & {"lib_name", "lib_version"})
+    return RedisUrl(client_url, cluster, ours.get("prefix"), retry_s, timeouts, named)
 
 
 def describe(url: str, prefix: str | None = None) -> str:
