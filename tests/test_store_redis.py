@@ -92,12 +92,12 @@ def test_open_store_takes_unix_and_tcp_urls_with_a_prefix(redis_server, redis_se
     default.close()
 
 
-def _driver_info() -> Any:
+def _description() -> Any:
     """The driver description a store gives its connections (redis-py 7.2 and later)."""
     pytest.importorskip("redis.driver_info", reason="redis-py before 7.2 has no driver_info option")
-    from cachesaver.store.redis import _driver_options
+    from cachesaver.store.redis import _driver_info
 
-    return dict(_driver_options())["driver_info"]
+    return _driver_info()
 
 
 async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
@@ -109,7 +109,7 @@ async def test_a_store_names_cachesaver_to_redis_py_once_not_per_connection(
     import cachesaver
     import redis.utils
 
-    info = _driver_info()
+    info = _description()
     assert info.formatted_name == f"redis-py(cachesaver_v{cachesaver.__version__})"
     assert info.lib_version == redis.__version__
     read: list[int] = []
@@ -130,7 +130,7 @@ def test_every_node_connection_of_a_cluster_store_names_cachesaver(
 ) -> None:
     import redis.utils
 
-    info = _driver_info()
+    info = _description()
     read: list[int] = []
     real = redis.utils.get_lib_version
     monkeypatch.setattr(redis.utils, "get_lib_version", lambda: read.append(1) or real())
@@ -147,7 +147,7 @@ def test_every_node_connection_of_a_cluster_store_names_cachesaver(
 
 def test_a_url_that_names_its_client_keeps_that_name(redis_server) -> None:
     """A name the user gave redis-py (deprecated there since 7.2, so it warns) is not replaced."""
-    _driver_info()
+    _description()
     with pytest.warns(DeprecationWarning, match="lib_name"):
         store, _ = open_store(with_query(redis_server.url, prefix="own-name", lib_name="team-notebook"))
     try:
@@ -161,11 +161,11 @@ def test_a_url_that_names_its_client_keeps_that_name(redis_server) -> None:
 def test_a_version_redis_py_will_not_list_still_opens_the_store(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
     """A local build's version with a space names redis-py alone; the store opens and works."""
     import cachesaver
-    from cachesaver.store.redis import _driver_options
+    from cachesaver.store.redis import _driver_info
 
-    _driver_info()
+    _description()
     monkeypatch.setattr(cachesaver, "__version__", "0.1 local build")
-    _driver_options.cache_clear()
+    _driver_info.cache_clear()
     try:
         store, _ = open_store(with_query(redis_server.url, prefix="odd-version"))
         try:
@@ -174,7 +174,7 @@ def test_a_version_redis_py_will_not_list_still_opens_the_store(redis_server, mo
         finally:
             store.close()
     finally:
-        _driver_options.cache_clear()
+        _driver_info.cache_clear()
 
 
 def test_the_cluster_url_form_opens_a_cluster_store(redis_cluster, redis_key_prefix) -> None:

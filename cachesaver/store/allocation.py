@@ -294,6 +294,12 @@ class _ClaimOnCommit:
         self.broker._mutex.release()
 
 
+def _abandoned_error() -> PipelineClosedError:
+    """The error of a lookup whose request was abandoned (failed, or its caller left) before
+    its round served it."""
+    return PipelineClosedError("the request was abandoned before its lookup")
+
+
 def _serialisable(samples: Sequence[StoredSample]) -> bool:
     try:
         pickle.dumps(list(samples), protocol=pickle.HIGHEST_PROTOCOL)
@@ -458,7 +464,7 @@ class SampleBroker:
         tag: str | None = None
         try:
             if op.abandoned:
-                result = PipelineClosedError("the request was abandoned before its lookup")
+                result = _abandoned_error()
             else:
                 tag = self._plan_one(op)
         finally:
@@ -645,7 +651,7 @@ class SampleBroker:
         op.abandoned = True
         if op.drive is not None:  # its caller left before running its round: nothing was taken
             op.drive = None
-            op.fail(PipelineClosedError("the request was abandoned before its lookup"))
+            op.fail(_abandoned_error())
             self._end_drive()
         found = op.found
         if found is not None:
@@ -930,7 +936,7 @@ class SampleBroker:
         tags: list[tuple[str, str]] = []
         for position, op in enumerate(lookups):
             if op.abandoned:
-                results[position] = PipelineClosedError("the request was abandoned before its lookup")
+                results[position] = _abandoned_error()
                 continue
             request = op.request
             request_id = request.request_id
@@ -1072,7 +1078,7 @@ class SampleBroker:
     def _serve_one(self, op: _Lookup) -> Found | BaseException:
         """:meth:`_serve_round` for a round of one lookup, with the same choices."""
         if op.abandoned:
-            return PipelineClosedError("the request was abandoned before its lookup")
+            return _abandoned_error()
         key = op.key
         tag = self._plan_one(op)
         try:

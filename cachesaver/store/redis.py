@@ -205,19 +205,18 @@ def _redis() -> Any:
 
 
 @lru_cache(maxsize=None)
-def _driver_options() -> tuple[tuple[str, Any], ...]:
-    """redis-py's ``driver_info`` option naming cachesaver, one object for the whole process,
-    given to a store opened from a URL that names no client itself: a server from Redis 7.2
-    lists the store's connections as ``lib-name=redis-py(cachesaver_v<version>)`` (``CLIENT
-    LIST``), and a new connection does not read redis-py's version from its installed metadata
-    again (about 1 ms each). Empty on a redis-py without that option (before 7.2); a cluster
-    client of redis-py 7.2 to 7.4 does not hand it to its nodes, which then keep redis-py's
-    defaults."""
+def _driver_info() -> Any:
+    """redis-py's ``driver_info`` naming cachesaver, one object for the whole process, given to
+    a store opened from a URL that names no client itself: a server from Redis 7.2 lists the
+    store's connections as ``lib-name=redis-py(cachesaver_v<version>)`` (``CLIENT LIST``), and
+    a new connection does not read redis-py's version from its installed metadata again (about
+    1 ms each). None on a redis-py without that option (before 7.2); a cluster client of
+    redis-py 7.2 to 7.4 does not hand it to its nodes, which then keep redis-py's defaults."""
     try:
         import redis
         from redis.driver_info import DriverInfo
     except ImportError:  # an older redis-py: its defaults
-        return ()
+        return None
     from .. import __version__
 
     version = getattr(redis, "__version__", None)
@@ -226,7 +225,7 @@ def _driver_options() -> tuple[tuple[str, Any], ...]:
         info.add_upstream_driver("cachesaver", __version__)
     except ValueError:  # a version redis-py will not list (a local build's): redis-py's own name
         pass
-    return (("driver_info", info),)
+    return info
 
 
 class _Errors:
@@ -423,8 +422,9 @@ class RedisStore:
         # No retries inside redis-py: the engine's own loop retries, within retry_s, and knows
         # which calls are safe to repeat.
         options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), **parsed.timeouts}
-        if not parsed.names_client:  # a name the URL gives is kept
-            options.update(_driver_options())
+        info = None if parsed.names_client else _driver_info()  # a name the URL gives is kept
+        if info is not None:
+            options["driver_info"] = info
         try:
             if parsed.cluster:
                 return redis.cluster.RedisCluster.from_url(parsed.client_url, **options)

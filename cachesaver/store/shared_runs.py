@@ -92,7 +92,7 @@ import anyio
 
 from .._runtime.jobs import BackgroundTasks
 from ..errors import ConfigurationError, PipelineClosedError, StoreError
-from .allocation import Found, SampleBroker, Write, _Lookup, _Record
+from .allocation import Found, SampleBroker, Write, _Lookup, _Record, _abandoned_error
 from .protocol import (
     Append,
     ClaimAsk,
@@ -519,7 +519,7 @@ class SharedBroker(SampleBroker):
         asked: list[tuple[int, str]] = []
         for position, op in enumerate(lookups):
             if op.abandoned:
-                results[position] = PipelineClosedError("the request was abandoned before its lookup")
+                results[position] = _abandoned_error()
                 continue
             request = op.request
             ticket = f"{self.worker}/{next(self._tickets)}"
