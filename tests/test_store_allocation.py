@@ -522,10 +522,13 @@ class _LoopViews(StoreForwarder):
         self.loop_tasks: list[int] = []  # the task each view_async ran in
         self.along = 0  # view_async carries each key's first samples, up to this many (as Redis's does)
         self.corrupt: set[str] = set()  # keys whose view_async is a CorruptStoreError
+        self.before_loop_view: Any = None  # called with the keys as each view_async starts
 
     async def view_async(self, keys: Any, tags: Any = ()) -> Any:
         if self.refuse:
             return None
+        if self.before_loop_view is not None:
+            self.before_loop_view(keys)
         self.loop_keys.append(list(keys))
         self.loop_tasks.append(anyio.get_current_task().id)
         if self.block is not None:
@@ -711,6 +714,94 @@ def test_once_claims_are_on_disk_a_loop_rounds_steps_run_on_the_read_thread() ->
     responses = anyio.run(main)
     assert len(where) >= 3 and set(where) == {"cachesaver-store-reads"}  # never the event loop's thread
     assert [r.data for r in responses] == [[f"s{i}#0"] for i in range(3)]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_views_of_queued_rounds_are_asked_for_before_the_round_before_them_is_answered(backend: str) -> None:
+    """A burst served in several rounds: once a round's view is back, the views of the next
+    ones (up to ``rounds_ahead``) are asked for before it chooses, so the server works while
+    the loop goes on; the rounds are still answered in order, no stored sample is handed out
+    twice in a namespace, and a replay by request_id is exact."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    prompts = [f"e{i % 6}" for i in range(36)]  # 6 prompts, 6 copies each
+    _fill(store, [f"e{i}" for i in range(6)], n=6)
+
+    async def run(ahead: int) -> tuple[list[Response], int, int]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("e0", namespace="warm"))
+            broker = pipeline.cacher._broker
+            broker._max_round, broker.rounds_ahead = 4, ahead
+            base, unanswered = broker.rounds, []  # per view: earlier views whose round is unanswered
+
+            def before(keys: Any) -> None:
+                unanswered.append(len(unanswered) - (broker.rounds - base))
+
+            store.before_loop_view = before
+            asked_ahead = broker.ahead_views
+            responses = await gather(*(
+                functools.partial(pipeline.request, Request(p, request_id=i, namespace="x")) for i, p in enumerate(prompts)
+            ))
+            store.before_loop_view = None
+            return responses, max(unanswered), broker.ahead_views - asked_ahead
+
+    first, unanswered, ahead_views = anyio.run(run, 2, backend=backend)
+    again, _, _ = anyio.run(run, 2, backend=backend)
+    plain, unanswered_plain, ahead_plain = anyio.run(run, 0, backend=backend)
+    assert ahead_views >= 4 and unanswered >= 1  # views started while an earlier round was unanswered
+    assert ahead_plain == 0 and unanswered_plain == 0  # rounds_ahead = 0: each view after the last round
+    by_prompt: dict[str, list[str]] = {}
+    for prompt, response in zip(prompts, first):
+        by_prompt.setdefault(prompt, []).extend(response.data)
+    assert all(sorted(samples) == [f"{p}#{j}" for j in range(6)] for p, samples in by_prompt.items())
+    assert all(r.cached == [True] for r in first)
+    assert [r.data for r in again] == [r.data for r in first] == [r.data for r in plain]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_view_asked_for_ahead_that_fails_fails_its_round_only_and_gives_its_uses_back(backend: str) -> None:
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    prompts = [f"f{i}" for i in range(16)]
+    _fill(store, prompts)
+
+    async def main() -> tuple[list[Any], list[str], list[int], bool]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("f0", namespace="warm"))
+            broker, cacher = pipeline.cacher._broker, pipeline.cacher
+            broker._max_round = 4
+            failed: list[str] = []
+
+            def before(keys: Any) -> None:
+                if broker._viewing_ahead and not failed:  # the first view asked for ahead
+                    failed.extend(keys)
+                    raise StoreError("the server went away mid-view")
+
+            store.before_loop_view = before
+            out: list[Any] = [None] * len(prompts)
+
+            async def ask(i: int) -> None:
+                try:
+                    out[i] = await pipeline.request(Request(prompts[i], request_id=i, namespace="x"))
+                except StoreError as exc:
+                    out[i] = exc
+
+            async with anyio.create_task_group() as group:
+                for i in range(len(prompts)):
+                    group.start_soon(ask, i)
+            store.before_loop_view = None
+            keys = [cacher._key(Request(p)) for p in prompts]
+            uses = [broker.claims.next_use("x", keys[i], i, 1) for i in range(len(prompts)) if keys[i] in failed]
+            return out, [p for p, k in zip(prompts, keys) if k in failed], uses, broker.claims.reused
+
+    out, failed, uses, reused = anyio.run(main, backend=backend)
+    assert len(failed) == 4  # one round of four
+    for prompt, result in zip([f"f{i}" for i in range(16)], out):
+        if prompt in failed:
+            assert isinstance(result, StoreError) and "went away" in str(result)
+        else:
+            assert result.data == [f"{prompt}#0"] and result.cached == [True]
+    assert uses == [0, 0, 0, 0] and reused  # each failed request's use came back
 
 
 # -- a lone lookup's round, run by the task that awaits it ---------------------------------------

@@ -10,6 +10,10 @@ only. It has two lanes, each a background job that works in *rounds*, on a threa
   With an engine that can view from the event loop without blocking it (``view_async``: one
   Redis server), a round runs on the event loop itself: its view is one exchange the loop
   waits for while other tasks run, with no thread hop (see :meth:`SampleBroker._loop_round`).
+  In a burst, the server works while the loop does: once a round's view is back, the views of
+  the next rounds (up to :attr:`SampleBroker.rounds_ahead`) are asked for before it chooses,
+  each sent as soon as the one before it is back. Rounds are still planned, chosen and answered
+  one at a time, in the order their lookups were queued: only the reads run ahead.
   A lookup that finds that lane idle with nothing queued (one caller at a time, as an agent
   calls) is served by a round its own task runs when it awaits its outcome, with the same
   choices, so it waits for no wake-up of the lane; lookups queued meanwhile wait for that
@@ -71,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 import pickle
 import threading
 from dataclasses import dataclass, field
@@ -245,6 +250,24 @@ class _Lookup(Outcome[Found]):
         return self
 
 
+class _LoopRound:
+    """A lookup round on the event loop, planned (its uses and tags taken); ``viewed`` is set
+    once a view asked for ahead (see :meth:`SampleBroker._begin_ahead`) came back, with its
+    ``views`` (None: the loop could not give them) or its ``error``."""
+
+    __slots__ = ("lookups", "results", "live", "tags", "keys", "views", "error", "viewed")
+
+    def __init__(
+        self, lookups: list[_Lookup], results: list[Found | BaseException | None], live: list[int],
+        tags: list[tuple[str, str]],
+    ) -> None:
+        self.lookups, self.results, self.live, self.tags = lookups, results, live, tags
+        self.keys: list[str] = []
+        self.views: Mapping[str, KeyView | StoreError] | None = None
+        self.error: BaseException | None = None
+        self.viewed: anyio.Event | None = None
+
+
 class _Lane:
     """One background loop of the broker: its wake-up event and whether it runs."""
 
@@ -320,6 +343,11 @@ class SampleBroker:
     inline_io = True
     """Whether a lone lookup or commit may run on the event loop (see the module docstring)."""
 
+    rounds_ahead = 2
+    """How many lookup rounds on the event loop may be planned, their views asked for, while
+    the lane is still choosing an earlier one (0: none; a round's view is then asked for when
+    the round before it has ended)."""
+
     def __init__(self, store: SampleStore, background: BackgroundTasks, max_round: int = 256) -> None:
         self.store = store
         if getattr(store, "inline_io", True) is False:  # a network engine: never on the event loop
@@ -351,12 +379,16 @@ class SampleBroker:
         self._driven: _Lookup | None = None  # a lookup whose caller runs its round (see lookup)
         self._loop_viewing = False  # the last view from the loop was given (so callers may drive)
         self._driven_done: anyio.Event | None = None  # set when that round ends (the lane waits)
+        self._ahead: deque[_LoopRound] = deque()  # the next loop rounds, planned, their views asked for
+        self._to_view: deque[_LoopRound] = deque()  # those of them whose view is not sent yet
+        self._viewing_ahead = False  # a task sends their views, one after another
         self._records_since = 0.0  # when the oldest pending replay record was queued
         self._in_flight_kept: list[Write] = []  # kept samples a write round is trying again
         self.unstorable_samples = 0
         self.rounds = 0
         self.inline_lookups = 0  # lookup rounds of one request run on the event loop itself
         self.driven_lookups = 0  # lookup rounds of one request run by the task awaiting it
+        self.ahead_views = 0  # loop rounds whose view was asked for before the previous one chose
         self.write_rounds = 0
 
     # -- what the pipeline can read -----------------------------------------------------------
@@ -727,29 +759,15 @@ class SampleBroker:
                 self._recovered = True
                 await self._load_recovery()
             lane.ready = True
-            while True:
-                if self._driven is not None:
-                    if self._driven.drive is not None:  # its caller has not started: served here
-                        self._hand_over_driven()
-                    else:  # a caller runs a round: the next one waits for it
-                        if self._driven_done is None:
-                            self._driven_done = anyio.Event()
-                        await self._driven_done.wait()
-                        continue
-                if not self._has_lookup_work():
-                    if self._stopping:
-                        return
-                    lane.wake = anyio.Event()
-                    await lane.wake.wait()
-                    lane.wake = None
-                    continue
-                lookups = self._lookups[: self._max_round]
-                del self._lookups[: self._max_round]
-                abandoned, self._abandoned = self._abandoned, []
-                if self._loop_views is not None:
-                    await self._settle_round(lookups, self._loop_round(lookups, abandoned))
-                else:
-                    await self._settle_round(lookups, self.read_thread.run(self._lookup_round, lookups, abandoned))
+            failed: list[Exception] = []
+            async with anyio.create_task_group() as views_ahead:  # owns the views asked for ahead
+                try:
+                    await self._serve_lookup_rounds(views_ahead)
+                except Exception as exc:  # raised as itself below, not in an exception group
+                    failed.append(exc)
+                    views_ahead.cancel_scope.cancel()
+            if failed:
+                raise failed[0]
         except Exception as exc:  # a crash (a bug): what was queued gets it; the owner re-raises
             crash = exc
             raise
@@ -760,11 +778,52 @@ class SampleBroker:
             error = crash if crash is not None else PipelineClosedError(
                 "the pipeline was closed before this request was served"
             )
+            self._to_view.clear()
+            while self._ahead:  # planned, never answered: what they took comes back
+                ahead = self._ahead.popleft()
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._locked(self._give_back_all, ahead.lookups, ahead.live)
+                    except Exception as exc:  # noqa: BLE001 - its callers are failed all the same
+                        logger.error("cachesaver could not give back a lookup round's uses: %s", exc)
+                for op in ahead.lookups:
+                    op.fail(error)
             for op in self._lookups:
                 op.fail(error)
             self._lookups = []
             if lane.stopped is not None:
                 lane.stopped.set()
+
+    async def _serve_lookup_rounds(self, views_ahead: Any) -> None:
+        """The lookup lane's rounds, until it stops; a view asked for ahead runs in ``views_ahead``."""
+        lane = self._lookup_lane
+        while True:
+            if self._ahead:  # planned before the previous round chose: its view is on its way
+                ahead = self._ahead.popleft()
+                await self._settle_round(ahead.lookups, self._finish_loop_round(ahead, views_ahead))
+                continue
+            if self._driven is not None:
+                if self._driven.drive is not None:  # its caller has not started: served here
+                    self._hand_over_driven()
+                else:  # a caller runs a round: the next one waits for it
+                    if self._driven_done is None:
+                        self._driven_done = anyio.Event()
+                    await self._driven_done.wait()
+                    continue
+            if not self._has_lookup_work():
+                if self._stopping:
+                    return
+                lane.wake = anyio.Event()
+                await lane.wake.wait()
+                lane.wake = None
+                continue
+            lookups = self._lookups[: self._max_round]
+            del self._lookups[: self._max_round]
+            abandoned, self._abandoned = self._abandoned, []
+            if self._loop_views is not None:
+                await self._settle_round(lookups, self._loop_round(lookups, abandoned, views_ahead))
+            else:
+                await self._settle_round(lookups, self.read_thread.run(self._lookup_round, lookups, abandoned))
 
     def _has_lookup_work(self) -> bool:
         """Whether the lookup lane has a round to run (a shared run's broker adds its own)."""
@@ -787,7 +846,7 @@ class SampleBroker:
                 op.fail(closed)
             raise
         finally:
-            self._lookup_lane.busy = False
+            self._lookup_lane.busy = bool(self._ahead)  # rounds planned ahead keep it busy
         self.rounds += 1
         for op, result in zip(lookups, found):
             if isinstance(result, BaseException):
@@ -795,7 +854,9 @@ class SampleBroker:
             else:
                 op.set(result)
 
-    async def _loop_round(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> list[Found | BaseException]:
+    async def _loop_round(
+        self, lookups: list[_Lookup], abandoned: list[_Lookup], views_ahead: Any = None
+    ) -> list[Found | BaseException]:
         """:meth:`_lookup_round` on the event loop itself, for an engine with ``view_async``:
         its view is one exchange the loop waits for without blocking (other tasks run
         meanwhile), with no thread hop. The claims lock is never waited for on the loop: each
@@ -805,26 +866,50 @@ class SampleBroker:
         from the loop, and so does a read of samples the view lacked. The choices are those of
         a round on the read thread. A round that fails or is cancelled between its steps gives
         back what it took (uses, claimed samples) and puts back the abandoned lookups it had
-        not released yet."""
-        step = 0  # how many of the three steps under the lock ran
-        live: list[int] = []
-        chosen: dict[int, Sequence[int]] = {}
+        not released yet. Given ``views_ahead`` (a task group), the next round is planned and
+        its view asked for as soon as this one's view is back (:meth:`_begin_ahead`)."""
+        return await self._finish_loop_round(await self._plan_loop_round(lookups, abandoned), views_ahead)
+
+    async def _plan_loop_round(self, lookups: list[_Lookup], abandoned: list[_Lookup]) -> _LoopRound:
+        """The first step of a loop round: the abandoned lookups released, then the uses and
+        tags taken. On failure, the abandoned lookups are put back for the next round."""
         try:
             if self.claims.over_budget:  # between rounds, as on the read thread; disk I/O, so there
                 await self.read_thread.run(self._with_mutex, self._trim)
             results, live, tags = await self._locked(self._plan_locked, lookups, abandoned)
-            step = 1
-            if not live:
-                return results  # type: ignore[return-value]
-            keys = self._round_keys(lookups, live)
+        except BaseException:
+            self._abandoned[:0] = abandoned  # released by the next round
+            raise
+        planned = _LoopRound(lookups, results, live, tags)
+        if live:
+            planned.keys = self._round_keys(lookups, live)
+        return planned
+
+    async def _finish_loop_round(self, planned: _LoopRound, views_ahead: Any = None) -> list[Found | BaseException]:
+        """The rest of a planned loop round (its view, the choices, any read, the answers);
+        failing or cancelled, it gives back what the round took."""
+        lookups, results, live, keys, tags = planned.lookups, planned.results, planned.live, planned.keys, planned.tags
+        if not live:
+            return results  # type: ignore[return-value]
+        chosen: dict[int, Sequence[int]] = {}
+        chose = False
+        try:
             views: Mapping[str, KeyView | StoreError] | None = None
-            if self._loop_views is not None:
+            if planned.viewed is not None:  # asked for ahead
+                await planned.viewed.wait()
+                if planned.error is not None:
+                    raise planned.error
+                views = planned.views
+                self._loop_viewing = views is not None
+            elif self._loop_views is not None:
                 views = await self._loop_views(keys, tags)
                 self._loop_viewing = views is not None  # lone callers run their own rounds while so
             if views is None:
                 views = await self.read_thread.run(self.store.view, keys, tags)
+            elif views_ahead is not None:
+                await self._begin_ahead(views_ahead)
             chosen, due = await self._locked(self._choose, lookups, results, live, views)
-            step = 2
+            chose = True
             order = self._unread(lookups, chosen, views)
             got: Mapping[str, Any] = {}
             if order:
@@ -832,13 +917,68 @@ class SampleBroker:
             return await self._locked(self._answer, lookups, results, chosen, due, views, order, got)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if step == 0:
-                    self._abandoned[:0] = abandoned  # released by the next round
-                elif step == 1:
+                if not chose:
                     await self._locked(self._give_back_all, lookups, live)
                 else:
                     await self._locked(self._give_back_chosen, lookups, chosen)
             raise
+
+    async def _begin_ahead(self, views_ahead: Any) -> None:
+        """Plan the next rounds of the queued lookups (up to :attr:`rounds_ahead`) and ask for
+        their views now, one after another, in a task of ``views_ahead``: the server works on
+        them while this round chooses and its callers go on, and each view is sent the moment
+        the one before it is back. Rounds are still planned, chosen and answered in order, one
+        at a time; only views run ahead, and they read the store, not the claims. Not while a
+        caller runs its own round, or while claims are on disk or over their memory bound (a
+        step on the read thread)."""
+        started = False
+        while self._lookups and len(self._ahead) < self.rounds_ahead and self._driven is None:
+            if self.claims.spilled or self.claims.over_budget:
+                break
+            lookups = self._lookups[: self._max_round]
+            del self._lookups[: self._max_round]
+            abandoned, self._abandoned = self._abandoned, []
+            try:
+                planned = await self._plan_loop_round(lookups, abandoned)
+            except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
+                logger.error("cachesaver lookup round failed: %s", exc)
+                for op in lookups:
+                    op.fail(exc)
+                continue
+            except BaseException:
+                closed = PipelineClosedError("the pipeline was closed during a lookup round")
+                for op in lookups:
+                    op.fail(closed)
+                raise
+            self._ahead.append(planned)
+            self._lookup_lane.busy = True
+            if planned.live:
+                planned.viewed = anyio.Event()
+                self._to_view.append(planned)
+                self.ahead_views += 1
+                if not self._viewing_ahead:
+                    self._viewing_ahead = started = True
+                    views_ahead.start_soon(self._view_ahead)
+        if started:
+            await anyio.lowlevel.checkpoint()  # the first view is sent before this round goes on
+
+    async def _view_ahead(self) -> None:
+        """The views of the rounds planned ahead, in order, each sent as soon as the previous
+        one is back, for :meth:`_finish_loop_round` to take; until none is left to send."""
+        try:
+            while self._to_view:
+                planned = self._to_view.popleft()
+                try:
+                    planned.views = await self._loop_views(planned.keys, planned.tags)  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001 - the round's lookups get it
+                    planned.error = exc
+                except BaseException:
+                    planned.error = PipelineClosedError("the pipeline was closed during a lookup round")
+                    raise
+                finally:
+                    planned.viewed.set()  # type: ignore[union-attr]
+        finally:
+            self._viewing_ahead = False
 
     def _plan_locked(
         self, lookups: list[_Lookup], abandoned: list[_Lookup]
