@@ -144,8 +144,10 @@ async def run_single(spec: Dict[str, Any]) -> Dict[str, Any]:
     count, sequential = int(spec["requests"]), int(spec["sequential_requests"])
     prompts = [f"p{i}" for i in range(count)]
     miss = await _concurrent(cache, prompts, spec, "concurrent-miss")
-    hit = await _concurrent(cache, prompts, spec, "concurrent-hit")
-    hit["replay_exact"] = hit["_data"] == miss["_data"]
+    hits = [await _concurrent(cache, prompts, spec, "concurrent-hit") for _ in range(int(spec.get("hit_passes", 1)))]
+    hit = dict(min(hits, key=lambda h: h["us_per_request"]))  # each pass a new pipeline (a run) replaying the first
+    hit["passes_us"] = [h["us_per_request"] for h in hits]
+    hit["replay_exact"] = all(h["_data"] == miss["_data"] for h in hits)
     seq = await _sequential(cache, prompts[:sequential], spec, "sequential-hit")
     seq["replay_exact"] = seq["_data"] == miss["_data"][:sequential]
     for result in (miss, hit, seq):
@@ -193,9 +195,13 @@ def run_floor(spec: Dict[str, Any]) -> Dict[str, Any]:
     * diskcache (``Cache(dir, eviction_policy='none')``, one call at a time: it has no
       pipelining): concurrent hit = key + ``get`` per request, total / R; concurrent miss = key +
       ``get`` that misses + ``set``; sequential hit = key + ``get``, median of S.
+
+    The concurrent hit is the best of ``hit_passes`` passes (each with new request objects), as
+    ours is the best of as many hit passes; every pass is in ``concurrent_hit_passes_us``.
     """
     cache, engine = spec["cache"], spec["engine"]
     count, sequential = int(spec["requests"]), int(spec["sequential_requests"])
+    passes = int(spec.get("hit_passes", 1))
     prompts = [f"p{i}" for i in range(count)]
     clock = time.perf_counter
 
@@ -208,13 +214,15 @@ def run_floor(spec: Dict[str, Any]) -> Dict[str, Any]:
         warm = diskcache.Cache(os.path.join(cache, "floor-hit"), eviction_policy="none")
         for request in fresh_requests("r"):
             warm.set(request_key(request), (f"{request.prompt}#0", None))
-        requests = fresh_requests("r")
-        gc.collect()
-        started = clock()
-        for request in requests:
-            if warm.get(request_key(request)) is None:
-                raise SystemExit("the floor's warm cache lost a value")
-        hit_s = clock() - started
+        hit_passes = []
+        for _ in range(passes):
+            requests = fresh_requests("r")
+            gc.collect()
+            started = clock()
+            for request in requests:
+                if warm.get(request_key(request)) is None:
+                    raise SystemExit("the floor's warm cache lost a value")
+            hit_passes.append(clock() - started)
         singles = []
         for request in fresh_requests("r")[:sequential]:
             t0 = clock()
@@ -244,16 +252,18 @@ def run_floor(spec: Dict[str, Any]) -> Dict[str, Any]:
         for name, payload in zip(names(fresh_requests("r"), "hit"), payloads):
             setup.set(name, payload)
         setup.execute()
-        requests = fresh_requests("r")
-        gc.collect()
-        started = clock()
-        pipe = client.pipeline(transaction=False)
-        for name in names(requests, "hit"):
-            pipe.get(name)
-        values = pipe.execute()
-        hit_s = clock() - started
-        if any(v is None for v in values):
-            raise SystemExit("the floor's stored payloads were not all found")
+        hit_passes = []
+        for _ in range(passes):
+            requests = fresh_requests("r")
+            gc.collect()
+            started = clock()
+            pipe = client.pipeline(transaction=False)
+            for name in names(requests, "hit"):
+                pipe.get(name)
+            values = pipe.execute()
+            hit_passes.append(clock() - started)
+            if any(v is None for v in values):
+                raise SystemExit("the floor's stored payloads were not all found")
         singles = []
         for request in fresh_requests("r")[:sequential]:
             t0 = clock()
@@ -277,7 +287,8 @@ def run_floor(spec: Dict[str, Any]) -> Dict[str, Any]:
         client.close()
     return {
         "floor": {
-            "concurrent_hit_us": hit_s / count * 1e6,
+            "concurrent_hit_us": min(hit_passes) / count * 1e6,
+            "concurrent_hit_passes_us": [s / count * 1e6 for s in hit_passes],
             "concurrent_miss_us": miss_s / count * 1e6,
             "sequential_hit_us": statistics.median(singles) * 1e6,
         }

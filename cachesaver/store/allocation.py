@@ -75,9 +75,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 import pickle
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence, TypeVar, cast
 
