@@ -804,6 +804,55 @@ def test_a_view_asked_for_ahead_that_fails_fails_its_round_only_and_gives_its_us
     assert uses == [0, 0, 0, 0] and reused  # each failed request's use came back
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_lookups_queued_after_an_abandon_are_not_planned_before_the_abandoned_round_answers(backend: str) -> None:
+    """A caller cancelled while its lane round waits for its view: the lookups queued behind
+    it are not planned ahead of that round's answer, so the sample and use the answer hands
+    the cancelled request come back before anyone else chooses, as without rounds ahead."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, ["a"], n=2)
+
+    async def main() -> tuple[list[list[bool]], list[int], int, Any]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            await pipeline.request(Request("a", namespace="warm"))
+            broker, key = pipeline.cacher._broker, pipeline.cacher._key(Request("a"))
+            broker._loop_viewing = False  # the lane runs the next round, not its caller
+            store.block = anyio.Event()
+            async with anyio.create_task_group() as group:
+                scope = anyio.CancelScope()
+                done = anyio.Event()
+
+                async def cancelled() -> None:
+                    with scope:
+                        await pipeline.request(Request("a", request_id="q", namespace="x"))
+                    done.set()
+
+                group.start_soon(cancelled)
+                await wait_until(lambda: store.waiting)
+                scope.cancel()
+                await done.wait()
+                other: list[Response] = []
+
+                async def queued() -> None:
+                    other.append(await pipeline.request(Request("a", namespace="z")))
+
+                group.start_soon(queued)
+                await wait_until(lambda: broker._lookups)
+                ahead = broker.ahead_views
+                store.block.set()
+            store.block = None
+            both = await gather(*(functools.partial(pipeline.request, Request("a", namespace="x")) for _ in range(2)))
+            uses = [broker.claims.next_use("x", key, "q", 1) for _ in range(2)]
+            return [r.cached for r in both], uses, broker.ahead_views - ahead, other[0].cached
+
+    cached, uses, ahead_views, other = anyio.run(main, backend=backend)
+    assert other == [True]
+    assert ahead_views == 0  # the queued lookup waited for the answer of the abandoned round
+    assert cached == [[True], [True]]  # both stored samples are free again in this namespace
+    assert uses == [0, 1]  # the cancelled request's use came back once
+
+
 # -- a lone lookup's round, run by the task that awaits it ---------------------------------------
 
 

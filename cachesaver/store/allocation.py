@@ -907,7 +907,7 @@ class SampleBroker:
             if views is None:
                 views = await self.read_thread.run(self.store.view, keys, tags)
             elif views_ahead is not None:
-                await self._begin_ahead(views_ahead)
+                await self._begin_ahead(views_ahead, lookups)
             chosen, due = await self._locked(self._choose, lookups, results, live, views)
             chose = True
             order = self._unread(lookups, chosen, views)
@@ -923,17 +923,21 @@ class SampleBroker:
                     await self._locked(self._give_back_chosen, lookups, chosen)
             raise
 
-    async def _begin_ahead(self, views_ahead: Any) -> None:
+    async def _begin_ahead(self, views_ahead: Any, current: list[_Lookup]) -> None:
         """Plan the next rounds of the queued lookups (up to :attr:`rounds_ahead`) and ask for
         their views now, one after another, in a task of ``views_ahead``: the server works on
         them while this round chooses and its callers go on, and each view is sent the moment
         the one before it is back. Rounds are still planned, chosen and answered in order, one
         at a time; only views run ahead, and they read the store, not the claims. Not while a
         caller runs its own round, or while claims are on disk or over their memory bound (a
-        step on the read thread)."""
+        step on the read thread), nor while a lookup abandoned before now is in a round not
+        answered yet (``current``, the round that asks, or one planned ahead): lookups queued
+        after an abandon are planned after what it held was given back, as without rounds ahead."""
         started = False
         while self._lookups and len(self._ahead) < self.rounds_ahead and self._driven is None:
             if self.claims.spilled or self.claims.over_budget:
+                break
+            if self._abandoned and self._abandoned_unanswered(current):
                 break
             lookups = self._lookups[: self._max_round]
             del self._lookups[: self._max_round]
@@ -961,6 +965,14 @@ class SampleBroker:
                     views_ahead.start_soon(self._view_ahead)
         if started:
             await anyio.lowlevel.checkpoint()  # the first view is sent before this round goes on
+
+    def _abandoned_unanswered(self, current: list[_Lookup]) -> bool:
+        """Whether a lookup abandoned before now is in a round not answered yet (``current``
+        or one planned ahead): what that answer hands it is given back only after it."""
+        unanswered = {id(op) for op in current}
+        for ahead in self._ahead:
+            unanswered.update(id(op) for op in ahead.lookups)
+        return any(id(op) in unanswered for op in self._abandoned)
 
     async def _view_ahead(self) -> None:
         """The views of the rounds planned ahead, in order, each sent as soon as the previous
