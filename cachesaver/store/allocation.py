@@ -323,6 +323,20 @@ def _abandoned_error() -> PipelineClosedError:
     return PipelineClosedError("the request was abandoned before its lookup")
 
 
+def _fail_round(lookups: Sequence[_Lookup], exc: BaseException) -> None:
+    """Fail the lookups of a round that failed as a whole, and only them: an error is logged and
+    given to each; a cancellation or the pipeline closing gives each a PipelineClosedError (the
+    caller re-raises it)."""
+    failure: BaseException
+    if isinstance(exc, Exception):
+        logger.error("cachesaver lookup round failed: %s", exc)
+        failure = exc
+    else:
+        failure = PipelineClosedError("the pipeline was closed during a lookup round")
+    for op in lookups:
+        op.fail(failure)
+
+
 def _serialisable(samples: Sequence[StoredSample]) -> bool:
     try:
         pickle.dumps(list(samples), protocol=pickle.HIGHEST_PROTOCOL)
@@ -835,16 +849,11 @@ class SampleBroker:
         self._lookup_lane.busy = True
         try:
             found = await outcomes
-        except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
-            logger.error("cachesaver lookup round failed: %s", exc)
-            for op in lookups:
-                op.fail(exc)
+        except BaseException as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
+            _fail_round(lookups, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        except BaseException:
-            closed = PipelineClosedError("the pipeline was closed during a lookup round")
-            for op in lookups:
-                op.fail(closed)
-            raise
         finally:
             self._lookup_lane.busy = bool(self._ahead)  # rounds planned ahead keep it busy
         self.rounds += 1
@@ -944,16 +953,11 @@ class SampleBroker:
             abandoned, self._abandoned = self._abandoned, []
             try:
                 planned = await self._plan_loop_round(lookups, abandoned)
-            except Exception as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
-                logger.error("cachesaver lookup round failed: %s", exc)
-                for op in lookups:
-                    op.fail(exc)
+            except BaseException as exc:  # noqa: BLE001 - a round that failed as a whole fails its ops only
+                _fail_round(lookups, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
-            except BaseException:
-                closed = PipelineClosedError("the pipeline was closed during a lookup round")
-                for op in lookups:
-                    op.fail(closed)
-                raise
             self._ahead.append(planned)
             self._lookup_lane.busy = True
             if planned.live:
