@@ -449,6 +449,28 @@ def test_bench_store_reports_each_engine_against_its_floor_in_a_tiny_run(engines
             assert "top 30 by cumulative" in (profiles / f"{name}-{workload}.txt").read_text()
 
 
+def test_bench_store_judges_every_gathered_hit_pass_not_only_the_fastest(bench_store) -> None:
+    import _store_worker  # on sys.path beside bench_store
+
+    def one_pass(us: float, **extra: int) -> dict:
+        return {"us_per_request": us, "model_calls": 0, "upstream_requests": 0, "samples_generated": 0,
+                "short_responses": 0, "samples_served": 16, "distinct_samples": 16, "cached_samples": 16,
+                **extra}
+
+    hit = dict(_store_worker._every_pass([one_pass(25.0), one_pass(20.0)]), replay_exact=True)
+    assert hit["us_per_request"] == 20.0 and hit["passes_us"] == [25.0, 20.0]  # timed by the fastest
+    assert bench_store._single_problems("concurrent-hit", hit, 16) == []
+    for slow_pass_went_wrong, problem in [
+        ({"cached_samples": 15}, "15 of 16 samples flagged cached"),
+        ({"distinct_samples": 15}, "1 samples handed out twice"),
+        ({"upstream_requests": 2}, "2 model requests on a warm store"),
+        ({"short_responses": 1}, "1 responses without exactly one sample"),
+    ]:
+        passes = [one_pass(20.0), one_pass(25.0, **slow_pass_went_wrong)]
+        hit = dict(_store_worker._every_pass(passes), replay_exact=True)
+        assert bench_store._single_problems("concurrent-hit", hit, 16) == [problem]
+
+
 def test_bench_store_targets_are_judged_on_the_figures_it_is_given(bench_store, capsys) -> None:
     args = bench_store._parse_args(["--engines", "redis", *TINY_STORE])
     engine = bench_store.Engine("redis", "one redis-server", "unix:///x.sock")

@@ -853,6 +853,127 @@ def test_lookups_queued_after_an_abandon_are_not_planned_before_the_abandoned_ro
     assert uses == [0, 1]  # the cancelled request's use came back once
 
 
+async def _rounds_of_one_lookup_two_ahead(pipeline: Any, prompt: str) -> tuple[Any, str]:
+    """Set ``pipeline``'s broker (once its lanes run) to rounds of one lookup, two planned ahead,
+    all run by the lane; returns the broker and the key of ``prompt``."""
+    await pipeline.request(Request(prompt, namespace="warm"))
+    broker = pipeline.cacher._broker
+    broker._loop_viewing = False  # the lane runs the rounds, not their callers
+    broker._max_round, broker.rounds_ahead = 1, 2
+    return broker, pipeline.cacher._key(Request(prompt))
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_abandon_in_a_round_planned_ahead_holds_back_later_rounds_until_that_round_answers(backend: str) -> None:
+    """Rounds of one lookup, two planned ahead: a caller whose round is the second planned
+    ahead leaves while the first one's view runs. No later round is planned before the left
+    caller's round is answered, so the sample and use that answer handed it are free again in
+    its namespace, and no request pays for a sample the store holds."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, ["a"], n=6)
+
+    async def main() -> tuple[list[list[bool]], list[list[bool]], list[int], list[str]]:
+        async with OnlineAPI(ScriptedModel(), store, batch_size=64) as pipeline:
+            broker, key = await _rounds_of_one_lookup_two_ahead(pipeline, "a")
+            first, second = anyio.Event(), anyio.Event()
+            store.block, views = first, len(store.loop_keys)
+            served: list[Response] = []
+            async with anyio.create_task_group() as group:
+                scope = anyio.CancelScope()
+                left = anyio.Event()
+
+                async def ask() -> None:
+                    served.append(await pipeline.request(Request("a", namespace="x")))
+
+                async def leaves() -> None:
+                    with scope:
+                        await pipeline.request(Request("a", request_id="q", namespace="x"))
+                    left.set()
+
+                try:
+                    group.start_soon(ask)  # the lane's round
+                    await wait_until(lambda: len(store.loop_keys) == views + 1)
+                    group.start_soon(ask)  # the first round planned ahead
+                    await wait_until(lambda: len(broker._lookups) == 1)
+                    group.start_soon(leaves)  # the second round planned ahead
+                    await wait_until(lambda: len(broker._lookups) == 2)
+                    for _ in range(2):  # queued behind them
+                        group.start_soon(ask)
+                    await wait_until(lambda: len(broker._lookups) == 4)
+                    store.block = second
+                    first.set()  # the lane's view is back: two rounds planned, the first one's view sent
+                    await wait_until(lambda: len(store.loop_keys) == views + 2 and len(served) == 1)
+                    # the lane's round is answered; the first round planned ahead waits for its view
+                    assert len(broker._ahead) == 1 and broker._ahead[0].lookups[0].request.request_id == "q"
+                    scope.cancel()
+                    await left.wait()
+                    store.block = None
+                finally:  # the blocked view goes on (and a failed step fails the test, not hangs)
+                    first.set()
+                    second.set()
+            both = await gather(*(functools.partial(pipeline.request, Request("a", namespace="x")) for _ in range(2)))
+            uses = [broker.claims.next_use("x", key, "q", 1) for _ in range(2)]
+            data = [d for r in served + both for d in r.data]
+            return [r.cached for r in served], [r.cached for r in both], uses, data
+
+    served, both, uses, data = anyio.run(main, backend=backend)
+    assert served == [[True]] * 4
+    assert both == [[True], [True]]  # the sample handed to the left caller is free again
+    assert sorted(data) == [f"a#{j}" for j in range(6)]  # no stored sample twice in the namespace
+    assert uses == [0, 1]  # the left caller's use came back once
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_lane_ended_while_rounds_are_planned_ahead_fails_their_callers_and_gives_back_their_uses(backend: str) -> None:
+    """The lookup lane is cancelled (a forced close, a dying event loop) while a view asked for
+    ahead has not answered: the callers of every round planned ahead get PipelineClosedError
+    instead of waiting forever, and the uses those rounds took come back."""
+    store = _LoopViews(MemoryStore())
+    store.along = 8
+    _fill(store, ["a"], n=6)
+
+    async def main() -> tuple[list[Any], list[int], bool]:
+        pipeline = OnlineAPI(ScriptedModel(), store, batch_size=64)
+        broker, key = await _rounds_of_one_lookup_two_ahead(pipeline, "a")
+        first, never = anyio.Event(), anyio.Event()
+        store.block, views = first, len(store.loop_keys)
+        out: dict[str, Any] = {}
+
+        async def ask(request_id: str) -> None:
+            try:
+                out[request_id] = await pipeline.request(Request("a", request_id=request_id, namespace="x"))
+            except PipelineClosedError as exc:
+                out[request_id] = exc
+
+        with anyio.fail_after(10):  # a caller left waiting fails the test instead of hanging it
+            async with anyio.create_task_group() as group:
+                try:
+                    group.start_soon(ask, "r0")  # the lane's round
+                    await wait_until(lambda: len(store.loop_keys) == views + 1)
+                    for i, request_id in enumerate(["r1", "r2"]):  # the rounds planned ahead
+                        group.start_soon(ask, request_id)
+                        await wait_until(lambda: len(broker._lookups) == i + 1)
+                    store.block = never  # the first view asked for ahead never answers
+                    first.set()
+                    await wait_until(lambda: len(store.loop_keys) == views + 2 and "r0" in out)
+                    assert [ahead.lookups[0].request.request_id for ahead in broker._ahead] == ["r2"]
+                    for service in list(broker._background._services):  # the broker's lanes
+                        service.cancel()
+                    await broker._lookup_lane.stopped.wait()
+                finally:
+                    first.set()
+        store.block = None
+        await pipeline.aclose()
+        uses = [broker.claims.next_use("x", key, request_id, 1) for request_id in ("r1", "r2")]
+        return [out[r] for r in ("r0", "r1", "r2")], uses, broker.claims.reused
+
+    (served, *closed), uses, reused = anyio.run(main, backend=backend)
+    assert served.data and served.cached == [True]
+    assert all(isinstance(result, PipelineClosedError) for result in closed)
+    assert uses == [0, 0] and reused  # each left request's first use came back
+
+
 # -- a lone lookup's round, run by the task that awaits it ---------------------------------------
 
 
