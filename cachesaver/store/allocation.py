@@ -323,6 +323,11 @@ def _abandoned_error() -> PipelineClosedError:
     return PipelineClosedError("the request was abandoned before its lookup")
 
 
+def _closed_during_round() -> PipelineClosedError:
+    """The error of the lookups of a round cancelled (the pipeline closing) before it answered."""
+    return PipelineClosedError("the pipeline was closed during a lookup round")
+
+
 def _fail_round(lookups: Sequence[_Lookup], exc: BaseException) -> None:
     """Fail the lookups of a round that failed as a whole, and only them: an error is logged and
     given to each; a cancellation or the pipeline closing gives each a PipelineClosedError (the
@@ -332,7 +337,7 @@ def _fail_round(lookups: Sequence[_Lookup], exc: BaseException) -> None:
         logger.error("cachesaver lookup round failed: %s", exc)
         failure = exc
     else:
-        failure = PipelineClosedError("the pipeline was closed during a lookup round")
+        failure = _closed_during_round()
     for op in lookups:
         op.fail(failure)
 
@@ -989,7 +994,7 @@ class SampleBroker:
                 except Exception as exc:  # noqa: BLE001 - the round's lookups get it
                     planned.error = exc
                 except BaseException:
-                    planned.error = PipelineClosedError("the pipeline was closed during a lookup round")
+                    planned.error = _closed_during_round()
                     raise
                 finally:
                     planned.viewed.set()  # type: ignore[union-attr]
